@@ -1,0 +1,52 @@
+"""`orchestrator` console script: one subcommand per module, each exposing `add_arguments` and `run`.
+
+Errors a user can cause end here as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pixelreg_core.config import ConfigError
+
+from .errors import UserError
+
+# subcommand -> (module, one-line help). Modules are imported lazily: `plan` must not pay for importing Ray.
+COMMANDS = {
+    "validate": ("orchestrator.spec", "check a sweep spec and exit"),
+    "plan": ("orchestrator.plan", "print the expanded trials and the work estimate; run nothing"),
+    "launch": ("orchestrator.launch", "run (or resume) a sweep on Ray Tune"),
+    "status": ("orchestrator.status", "progress of a running or finished sweep, from its Parquet files"),
+    "aggregate": ("orchestrator.aggregate", "write summary.parquet, best.parquet and figures/"),
+    "report": ("orchestrator.report", "write a self-contained HTML report page"),
+    "analyze-targets": ("orchestrator.analyze_targets", "correlate a similarity matrix with pixel similarities"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except (UserError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""One trial's configuration: a plain dataclass, the only input of the core trainer.
+
+The orchestrator builds these from a sweep spec; the CLI builds one from flags. Everything a trial does follows
+from this object, so its stable hash (`trial_id`) names the trial: the same config is the same trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A mistake the user can fix. Printed as one line: the field, what is wrong, and the fix."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+TARGETS = ("threshold", "pixel", "matrix", "shuffle", "vgg", "categorical")
+RANGES = ("all", "high", "low", "positive", "negative", "double")
+ARCHS = ("ResNet18", "ResNet34")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+ROLES = ("trial", "baseline", "fgsm_source")
+NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
+
+# Fields that say where or how a trial runs, not what it computes: left out of the trial id so that moving the
+# data, the device or the source checkpoint's path does not turn a finished trial into a new one.
+NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source")
+
+# Baselines are unregularized: these fields have no meaning for them and are set to neutral values, so one
+# baseline per task x seed is shared by every regularization dataset of that task (the same id).
+BASELINE_NEUTRAL = {"reg_data": "none", "target": "none", "range": "none", "th": 0.0, "th2": None}
+
+
+def demo_attacks() -> dict[str, dict[str, Any]]:
+    """Cheap defaults for a CPU demo: random noise only. The paper's set is `attacks.PAPER_ATTACKS`."""
+    return {"gaussian": {}, "uniform": {}, "salt_pepper": {}}
+
+
+@dataclass
+class TrialConfig:
+    """Every field of one trial. Field docs double as the CLI's --help text (see `field_help`)."""
+
+    # --- identity -------------------------------------------------------------------------------------------
+    sweep: str = field(default="adhoc", metadata={"help": "sweep name written into every row"})
+    role: str = field(default="trial", metadata={"help": "trial | baseline | fgsm_source"})
+    task: str = field(default="digits", metadata={"help": "classification dataset: digits, MNIST, FashionMNIST, "
+                                                         "CIFAR10, CIFAR100, idx:FOLDER"})
+    reg_data: str = field(default="digits", metadata={"help": "regularization dataset (same names, plus "
+                                                             "folder:PATH for an image folder)"})
+    data_root: str = field(default="data", metadata={"help": "torchvision dataset root"})
+    download: bool = field(default=False, metadata={"help": "let torchvision download missing datasets"})
+    # --- the regularizer ------------------------------------------------------------------------------------
+    target: str = field(default="threshold", metadata={"help": "|".join(TARGETS)})
+    range: str = field(default="all", metadata={"help": "which pairs are regularized: " + "|".join(RANGES)})
+    th: float = field(default=0.2, metadata={"help": "threshold Th in (0, 1)"})
+    th2: float | None = field(default=None, metadata={"help": "second, lower threshold for range double"})
+    alpha: float = field(default=0.0, metadata={"help": "regularization strength (0 = unregularized); "
+                                                        "for the authors' 2*artanh loss form"})
+    arctanh: bool = field(default=True, metadata={"help": "compare similarities through the stable arctanh "
+                                                          "(false: plain MSE)"})
+    reg_images: int = field(default=5000, metadata={"help": "N: first N train images of reg_data"})
+    reg_pairs: int = field(default=16, metadata={"help": "k: pairs per regularization batch"})
+    sim_layer: int | None = field(default=None, metadata={"help": "None: learned softmax(gamma) over the 5 "
+                                                                  "layers; 0-4: that layer only (0 = stem)"})
+    beta: float = field(default=0.9, metadata={"help": "running-mean momentum of the feature centring"})
+    matrix: str | None = field(default=None, metadata={"help": "target matrix/shuffle: .npy N x N similarity"})
+    matrix_images: str | None = field(default=None, metadata={"help": "target matrix/shuffle: .npy N images "
+                                                                      "(N,H,W) or (N,C,H,W) in [0,1]"})
+    vgg_weights: str | None = field(default=None, metadata={"help": "target vgg: local VGG19 state_dict file"})
+    # --- model and schedule ---------------------------------------------------------------------------------
+    seed: int = field(default=0, metadata={"help": "seed of splits, init, batches and noise"})
+    arch: str = field(default="ResNet18", metadata={"help": "|".join(ARCHS)})
+    width: int = field(default=64, metadata={"help": "base channels (64 in the papers; 4-8 for tests)"})
+    grayscale: bool = field(default=True, metadata={"help": "grayscale input (false: RGB)"})
+    epochs: int = field(default=20, metadata={"help": "training epochs"})
+    batch_size: int = field(default=64, metadata={"help": "classification batch size"})
+    lr: float = field(default=0.1, metadata={"help": "peak learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    lr_decay: float = field(default=0.3, metadata={"help": "lr factor per phase"})
+    phase_epochs: int = field(default=4, metadata={"help": "epochs per lr phase"})
+    cycle_phases: int = field(default=5, metadata={"help": "phases per cycle, then lr restarts"})
+    valid_fraction: float = field(default=0.01, metadata={"help": "share of train held out for validation"})
+    train_images: int | None = field(default=None, metadata={"help": "cap on training images (demos, tests)"})
+    test_images: int | None = field(default=None, metadata={"help": "cap on test images"})
+    # --- evaluation -----------------------------------------------------------------------------------------
+    attacks: dict[str, dict[str, Any]] = field(default_factory=demo_attacks,
+                                               metadata={"help": "JSON: attack name -> options"})
+    fgsm_source: str | None = field(default=None, metadata={"help": "checkpoint of the unregularized FGSM "
+                                                                    "source model"})
+    # --- where it runs --------------------------------------------------------------------------------------
+    device: str = field(default="auto", metadata={"help": "|".join(DEVICES)})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch default)"})
+
+    # ----------------------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if self.alpha == 0 and self.role != "fgsm_source":
+            self.role = "baseline"
+        if self.alpha == 0:
+            for name, value in BASELINE_NEUTRAL.items():
+                setattr(self, name, value)
+
+    @property
+    def regularized(self) -> bool:
+        return self.alpha > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown trial field; known fields: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return dataclasses.replace(self, **changes)
+
+    def identity(self) -> dict[str, Any]:
+        d = self.to_dict()
+        for name in NON_IDENTITY_FIELDS:
+            d.pop(name)
+        return d
+
+    @property
+    def trial_id(self) -> str:
+        """Stable across processes and machines: sha256 of the canonical JSON of the identity fields."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def validate(self) -> TrialConfig:
+        """Raise ConfigError on the first value a user must fix. Cheap: touches no data."""
+        _check(self.task != "", "task", "is empty; name a dataset such as MNIST or digits")
+        _check(self.role in ROLES, "role", f"must be one of {', '.join(ROLES)}")
+        _check(math.isfinite(self.alpha) and self.alpha >= 0, "alpha",
+               f"is {self.alpha}; must be >= 0 (0 trains an unregularized model)")
+        if self.regularized:
+            _check(self.target in TARGETS, "target", f"is {self.target!r}; use one of {', '.join(TARGETS)}")
+            _check(self.range in RANGES, "range", f"is {self.range!r}; use one of {', '.join(RANGES)}")
+            _check(0 < self.th < 1, "th", f"is {self.th}; Th must lie in (0, 1), e.g. 0.2")
+            if self.range == "double":
+                _check(self.th2 is not None and 0 < self.th2 < self.th, "th2",
+                       "range double needs th2 with 0 < th2 < th")
+            _check(self.reg_images >= 2, "reg_images", f"is {self.reg_images}; N must be >= 2")
+            _check(self.reg_pairs >= 1, "reg_pairs", f"is {self.reg_pairs}; k must be >= 1")
+            if self.target in ("matrix", "shuffle") and self.matrix is not None:
+                _check(self.matrix_images is not None, "matrix_images", "target matrix needs its N images")
+            if self.target == "matrix":
+                _check(self.matrix is not None, "matrix", "target matrix needs a .npy N x N similarity file")
+        _check(self.sim_layer is None or 0 <= self.sim_layer < NUM_SIM_LAYERS, "sim_layer",
+               f"is {self.sim_layer}; use null (learned weights) or 0-{NUM_SIM_LAYERS - 1}")
+        _check(0 < self.beta < 1, "beta", "must lie in (0, 1)")
+        _check(self.arch in ARCHS, "arch", f"is {self.arch!r}; use one of {', '.join(ARCHS)}")
+        _check(self.width >= 1, "width", "must be >= 1")
+        _check(self.epochs >= 1, "epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(0 < self.lr_decay <= 1, "lr_decay", "must lie in (0, 1]")
+        _check(self.phase_epochs >= 1 and self.cycle_phases >= 1, "phase_epochs", "phases must be >= 1")
+        _check(0 < self.valid_fraction < 1, "valid_fraction", "must lie in (0, 1), e.g. 0.01")
+        for name in ("train_images", "test_images"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, name, "must be >= 1 or null (all)")
+        _check(self.device in DEVICES, "device", f"is {self.device!r}; use one of {', '.join(DEVICES)}")
+        _check(isinstance(self.attacks, dict), "attacks", "must map attack names to option mappings")
+        return self
+
+
+def _check(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field_name, message)
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrialConfig)}

@@ -1,0 +1,157 @@
+"""The Parquet results contract between trainer, aggregator and users (DESIGN.md, "Results").
+
+`<root>/<table>/<trial_id>.parquet`: one file per trial per table, written to a hidden temp file and renamed, so
+`pandas.read_parquet("<root>/<table>")` works at any moment (pyarrow skips names starting with "." or "_") and a
+rewritten trial replaces its rows instead of adding to them. Every table has an explicit schema so files written
+by different trials always concatenate, even where a column is null in one of them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .config import TrialConfig
+
+KEY_FIELDS: list[pa.Field] = [
+    pa.field("trial_id", pa.string()),
+    pa.field("sweep", pa.string()),
+    pa.field("task", pa.string()),
+    pa.field("reg_data", pa.string()),
+    pa.field("target", pa.string()),
+    pa.field("range", pa.string()),
+    pa.field("th", pa.float64()),
+    pa.field("alpha", pa.float64()),
+    pa.field("seed", pa.int64()),
+    pa.field("arch", pa.string()),
+]
+KEYS = [f.name for f in KEY_FIELDS]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    # one row per trial
+    "trials": pa.schema(KEY_FIELDS + [
+        pa.field("role", pa.string()),            # trial | baseline | fgsm_source
+        pa.field("status", pa.string()),          # ok | failed
+        pa.field("error", pa.string()),           # one line, null when ok
+        pa.field("clean_acc", pa.float64()),      # test accuracy of the selected epoch
+        pa.field("valid_acc", pa.float64()),
+        pa.field("valid_loss", pa.float64()),
+        pa.field("best_epoch", pa.int64()),       # 1-based, lowest validation loss
+        pa.field("epochs", pa.int64()),
+        pa.field("layer_weights", pa.list_(pa.float64())),  # final softmax(gamma), stem first
+        pa.field("sim_layer", pa.int64()),        # null: learned weights
+        pa.field("width", pa.int64()),
+        pa.field("wall_s", pa.float64()),
+        pa.field("device", pa.string()),
+        pa.field("versions", pa.string()),        # JSON: python, torch, torchvision, foolbox, pyarrow
+        pa.field("config", pa.string()),          # JSON of the full TrialConfig
+        pa.field("checkpoint", pa.string()),      # path of the selected model's state_dict
+        pa.field("finished_at", pa.string()),     # ISO 8601 UTC
+    ]),
+    # one row per epoch
+    "epochs": pa.schema(KEY_FIELDS + [
+        pa.field("epoch", pa.int64()),            # 1-based
+        pa.field("lr", pa.float64()),
+        pa.field("loss_cls", pa.float64()),       # mean over the epoch's steps
+        pa.field("loss_sim", pa.float64()),       # mean L_sim (before alpha); null when unregularized
+        pa.field("sim_corr", pa.float64()),       # Pearson r of S_cnn vs target over the epoch's pairs
+        pa.field("train_acc", pa.float64()),
+        pa.field("valid_loss", pa.float64()),
+        pa.field("valid_acc", pa.float64()),
+        pa.field("test_acc", pa.float64()),
+        pa.field("seconds", pa.float64()),
+    ]),
+    # one row per (attack, variant, eps or severity, repeat, metric)
+    "robustness": pa.schema(KEY_FIELDS + [
+        pa.field("attack", pa.string()),          # gaussian, uniform, salt_pepper, fgsm_transfer, boundary, ...
+        pa.field("variant", pa.string()),         # corruption name; "" otherwise
+        pa.field("group", pa.string()),           # corruption frequency group low|medium|high; "" otherwise
+        pa.field("eps", pa.float64()),            # eps, or corruption severity
+        pa.field("repeat", pa.int64()),
+        pa.field("metric", pa.string()),          # accuracy | boundary_score | min_l2 | min_linf
+        pa.field("value", pa.float64()),
+        pa.field("images", pa.int64()),           # images the value is computed on
+        pa.field("failed", pa.int64()),           # images where the attack found no adversarial
+        pa.field("whitebox", pa.bool_()),         # true only for the minimal-perturbation attacks
+    ]),
+    # Fourier radial profile of the mean boundary perturbation, one row per radius bin
+    "spectrum": pa.schema(KEY_FIELDS + [
+        pa.field("attack", pa.string()),
+        pa.field("radius", pa.float64()),
+        pa.field("power", pa.float64()),
+    ]),
+}
+TABLES = tuple(SCHEMAS)
+
+
+def key_values(cfg: TrialConfig) -> dict[str, Any]:
+    """The key columns every row of a trial carries."""
+    return {"trial_id": cfg.trial_id, "sweep": cfg.sweep, "task": cfg.task, "reg_data": cfg.reg_data,
+            "target": cfg.target, "range": cfg.range, "th": float(cfg.th), "alpha": float(cfg.alpha),
+            "seed": int(cfg.seed), "arch": cfg.arch}
+
+
+def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows -> a Table of the table's schema. A missing column is null; an unknown column is a bug."""
+    schema = SCHEMAS[table]
+    extra = set().union(*(r.keys() for r in rows)) - set(schema.names) if rows else set()
+    if extra:
+        raise KeyError(f"columns not in the {table} schema: {sorted(extra)}")
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str, bool]:
+    """(filesystem, path, is_local). Accepts a plain path or a pyarrow URI such as s3://bucket/prefix."""
+    text = str(root)
+    if "://" in text and not text.startswith("file://"):
+        fs, path = pafs.FileSystem.from_uri(text)
+        return fs, path, False
+    return pafs.LocalFileSystem(), str(Path(text.removeprefix("file://")).resolve()), True
+
+
+def write_table(root: str | os.PathLike, table: str, trial_id: str, rows: list[dict[str, Any]]) -> str:
+    """Write one trial's rows of one table, replacing any earlier file of that trial. Returns the file path."""
+    data = to_arrow(table, rows)
+    fs, base, local = _filesystem(root)
+    directory = f"{base}/{table}"
+    final = f"{directory}/{trial_id}.parquet"
+    fs.create_dir(directory, recursive=True)
+    if not local:  # an object store PUT is already all-or-nothing
+        pq.write_table(data, final, filesystem=fs)
+        return final
+    tmp = f"{directory}/.{trial_id}.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(data, tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+def read_table(root: str | os.PathLike, table: str):
+    """A table as a pandas DataFrame with the schema's columns; empty (not an error) when nothing is written."""
+    import pandas as pd
+
+    fs, base, _ = _filesystem(root)
+    directory = f"{base}/{table}"
+    info = fs.get_file_info(directory)
+    if info.type == pafs.FileType.NotFound:
+        return SCHEMAS[table].empty_table().to_pandas()
+    dataset = pq.ParquetDataset(directory, filesystem=fs, schema=SCHEMAS[table])
+    return dataset.read().to_pandas() if dataset.files else SCHEMAS[table].empty_table().to_pandas()
+
+
+def remove_trial(root: str | os.PathLike, trial_id: str) -> None:
+    """Delete a trial's files from every table (used before a trial reruns from scratch)."""
+    fs, base, _ = _filesystem(root)
+    for table in TABLES:
+        path = f"{base}/{table}/{trial_id}.parquet"
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_file(path)
