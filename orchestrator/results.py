@@ -1,0 +1,45 @@
+"""A sweep's results as pandas DataFrames, for notebooks.
+
+    from orchestrator import results
+    r = results.load("results/mnist_grid")
+    r.best[r.best.chosen]                                   # the chosen (Th, alpha) per task/reg_data/attack
+    r.summary.query("attack == 'gaussian' and role == 'baseline'")
+    r.robustness.merge(r.trials[["trial_id", "role"]], on="trial_id")
+
+Every table is a DataFrame, empty (with the right columns for the per-trial tables) when nothing is written yet;
+summary and best exist after `orchestrator aggregate` (or pass aggregate=True).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+
+class SweepResults(NamedTuple):
+    """The tables of one sweep (columns: pixelreg_core.results.SCHEMAS and orchestrator.aggregate)."""
+
+    trials: object
+    epochs: object
+    robustness: object
+    spectrum: object
+    summary: object
+    best: object
+
+
+def load(sweep_dir: str | os.PathLike, aggregate: bool = False) -> SweepResults:
+    """Read every table of a sweep folder. aggregate=True (re)writes summary and best first."""
+    import pandas as pd
+
+    from pixelreg_core.results import read_table
+
+    root = Path(sweep_dir)
+    if aggregate:
+        from .aggregate import aggregate_sweep
+
+        aggregate_sweep(root, figures=False)
+    per_trial = {table: read_table(root, table) for table in ("trials", "epochs", "robustness", "spectrum")}
+    derived = {name: pd.read_parquet(root / f"{name}.parquet") if (root / f"{name}.parquet").exists()
+               else pd.DataFrame() for name in ("summary", "best")}
+    return SweepResults(**per_trial, **derived)

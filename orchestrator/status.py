@@ -1,0 +1,95 @@
+"""`orchestrator status ROOT/<name>`: where a sweep stands, read from its Parquet files only.
+
+Works while the sweep runs (every file is written atomically) and after the driver died: no Ray, no Tune state.
+The expected total comes from the spec.yaml that launch saved next to the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .errors import UserError
+
+COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_acc", "wall_s"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_dir", help="a sweep's results folder, e.g. results/quickstart")
+    parser.add_argument("--all", action="store_true", help="list every trial (default: the first 50 and failures)")
+
+
+def expected_total(sweep_dir: str) -> int | None:
+    """Trials the saved spec expands to (optuna: plus its search budget); None when the spec cannot be read."""
+    from .launch import search_type, seed_list
+    from .resume import SPEC_FILE, filesystem
+
+    fs, base = filesystem(sweep_dir)
+    path = f"{base}/{SPEC_FILE}"
+    try:
+        import tempfile
+
+        from .expand import expand
+        from .spec import load_spec
+
+        with fs.open_input_stream(path) as stream, tempfile.NamedTemporaryFile("wb", suffix=".yaml") as tmp:
+            tmp.write(stream.read())
+            tmp.flush()
+            spec = load_spec(tmp.name)
+        total = len(expand(spec, sweep_dir))
+    except Exception:  # noqa: BLE001 - status must work even with an unreadable or missing spec
+        return None
+    if search_type(spec) == "optuna":
+        search = spec.search
+        total += int(getattr(search, "trials", 0)) * len(spec.pairs) * len(seed_list(spec))
+    return total
+
+
+def summarize(sweep_dir: str) -> dict[str, Any]:
+    """Counts by status and by role, and the per-trial table (a DataFrame)."""
+    from pixelreg_core.results import read_table
+
+    trials = read_table(sweep_dir, "trials")
+    total = expected_total(sweep_dir)
+    by_status = trials["status"].value_counts().to_dict()
+    by_role = trials.groupby(["role", "status"]).size().to_dict() if len(trials) else {}
+    pending = None if total is None else max(0, total - len(trials))
+    return {"trials": trials, "total": total, "by_status": by_status, "by_role": by_role, "pending": pending}
+
+
+def render(info: dict[str, Any], show_all: bool = False) -> str:
+    import pandas as pd
+
+    trials = info["trials"]
+    lines = []
+    total = info["total"]
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(info["by_status"].items())) or "no trials finished yet"
+    lines.append(f"trials: {counts}; pending {info['pending'] if total is not None else '?'}"
+                 f" of {total if total is not None else '? (spec.yaml unreadable)'}")
+    for (role, status), n in sorted(info["by_role"].items()):
+        lines.append(f"  {role:<12} {status:<8} {n}")
+    if len(trials):
+        table = trials.sort_values(["role", "task", "reg_data", "th", "alpha", "seed"])
+        shown = table if show_all or len(table) <= 50 else pd.concat(
+            [table.head(50), table[table["status"] == "failed"]]).drop_duplicates("trial_id")
+        with pd.option_context("display.max_rows", None, "display.width", 160):
+            lines.append(shown[COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        if len(shown) < len(table):
+            lines.append(f"... {len(table) - len(shown)} more (--all lists every trial)")
+        failed = trials[trials["status"] == "failed"]
+        for row in failed.itertuples():
+            lines.append(f"failed {row.trial_id}: {row.error}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .resume import filesystem, is_uri
+
+    if not is_uri(args.sweep_dir):
+        import pyarrow.fs as pafs
+
+        fs, base = filesystem(args.sweep_dir)
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            raise UserError(f"{args.sweep_dir}: no such sweep folder; pass ROOT/<name>, e.g. results/quickstart")
+    print(render(summarize(args.sweep_dir), show_all=args.all))
+    return 0

@@ -1,0 +1,157 @@
+"""Common corruptions (Hendrycks & Dietterich 2019): accuracy per corruption x severity, grouped by frequency.
+
+Two sources:
+- A CIFAR-10-C / CIFAR-100-C folder (`folder` option): `<name>.npy` uint8 of shape (5 * N, H, W, 3), severity 1's
+  N images first, and `labels.npy` of shape (5 * N,). RGB is averaged to gray for grayscale models (the
+  convention of pixelreg_core.data).
+- Otherwise the corruptions are generated for any dataset with the `imagecorruptions` package (PyPI
+  imagecorruptions-imaug); none is written here. Its `corrupt()` wrapper refuses images under 32 px, but the
+  corruption functions themselves run on 8x8 digits and 28x28 MNIST when given HxWx3 uint8 (checked for all 19
+  with imagecorruptions-imaug 1.1.5), so images go in as gray repeated to three channels, as `corrupt()` does,
+  and come back averaged to gray. A corruption that still fails on some image size is skipped, with a warning
+  and a row of metric "skipped" (value NaN, `failed` = the images), never a crash. The library draws from
+  numpy's global RNG: it is seeded per (corruption, severity) and restored afterwards; glass_blur and
+  impulse_noise get a per-image seed.
+
+Frequency groups: the table below follows the Fourier analysis of the CIFAR-10-C corruptions (Yin et al. 2019,
+"A Fourier perspective on model robustness"), used by Li et al. 2023 to group corruptions: noise, pixelate and
+JPEG perturb mostly high frequencies; blurs and elastic warps mostly the middle band; weather and global
+photometric changes mostly low frequencies. The four validation corruptions are placed by the same reasoning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from .common import accuracy, derive_seed, row, seeded_subset
+
+log = logging.getLogger(__name__)
+
+FREQUENCY_GROUP = {
+    "gaussian_noise": "high", "shot_noise": "high", "impulse_noise": "high", "speckle_noise": "high",
+    "pixelate": "high", "jpeg_compression": "high",
+    "defocus_blur": "medium", "glass_blur": "medium", "motion_blur": "medium", "zoom_blur": "medium",
+    "elastic_transform": "medium", "gaussian_blur": "medium", "spatter": "medium",
+    "snow": "low", "frost": "low", "fog": "low", "brightness": "low", "contrast": "low", "saturate": "low",
+}
+SEEDED_BY_ARGUMENT = ("glass_blur", "impulse_noise")  # take a seed; the rest use numpy's global RNG
+FOLDER_FIELD = "attacks.corruptions.folder"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folder (CIFAR-10-C layout)
+# ----------------------------------------------------------------------------------------------------------------
+def check_folder(folder: str | os.PathLike, names: list[str]) -> int:
+    """Check the CIFAR-10-C layout from the .npy headers only; returns N (images per severity)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(FOLDER_FIELD, f"{folder} is not a folder; give the CIFAR-10-C folder or null to generate")
+    labels = _open(root / "labels.npy", f"{folder} has no labels.npy; expected <name>.npy files and labels.npy "
+                                        "(the CIFAR-10-C layout)")
+    if labels.ndim != 1 or len(labels) % 5 != 0:
+        raise ConfigError(FOLDER_FIELD, f"labels.npy has shape {labels.shape}; expected (5 * N,), e.g. (50000,)")
+    n = len(labels) // 5
+    for name in names:
+        arr = _open(root / f"{name}.npy", f"{folder} has no {name}.npy; add it or drop {name} from names")
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != 5 * n or arr.shape[3] != 3:
+            raise ConfigError(FOLDER_FIELD, f"{name}.npy is {arr.dtype} {arr.shape}; expected uint8 "
+                                            f"({5 * n}, H, W, 3) like CIFAR-10-C's (50000, 32, 32, 3)")
+    return n
+
+
+def _open(path: Path, missing: str) -> np.ndarray:
+    if not path.is_file():
+        raise ConfigError(FOLDER_FIELD, missing)
+    try:
+        return np.load(path, mmap_mode="r")
+    except Exception as exc:
+        raise ConfigError(FOLDER_FIELD, f"{path} is not a readable .npy file ({exc})") from exc
+
+
+def folder_images(folder: str | os.PathLike, name: str, severity: int, n: int | None, channels: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x [n, C, H, W] float in [0, 1], y) of one corruption and severity from the folder."""
+    per_severity = check_folder(folder, [name])
+    count = per_severity if n is None else min(n, per_severity)
+    start = (severity - 1) * per_severity
+    images = np.load(Path(folder) / f"{name}.npy", mmap_mode="r")[start:start + count]
+    labels = np.load(Path(folder) / "labels.npy", mmap_mode="r")[start:start + count]
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255.0
+    if channels == 1:
+        x = x.mean(dim=1, keepdim=True)
+    return x, torch.from_numpy(np.array(labels, dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generated with imagecorruptions
+# ----------------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _numpy_seed(seed: int) -> Iterator[None]:
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def corrupt_images(x: torch.Tensor, name: str, severity: int, seed: int) -> torch.Tensor:
+    """Corrupted copies of x ([n, C, H, W] in [0, 1]), same shape, values in [0, 1]. Raises if the library fails."""
+    from imagecorruptions import corruption_dict
+    from PIL import Image
+
+    function = corruption_dict[name]
+    rgb = (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    out = np.empty_like(rgb)
+    with _numpy_seed(derive_seed(seed, "corruption", name, severity)):
+        for i, image in enumerate(rgb):
+            kwargs = {"seed": derive_seed(seed, name, severity, i) % 2**31} if name in SEEDED_BY_ARGUMENT else {}
+            corrupted = np.uint8(function(Image.fromarray(image), severity, **kwargs))  # as imagecorruptions.corrupt
+            if corrupted.ndim == 2:
+                corrupted = np.repeat(corrupted[..., None], 3, axis=-1)
+            if corrupted.shape != image.shape:
+                raise ValueError(f"returned shape {corrupted.shape} for an image of shape {image.shape}")
+            out[i] = corrupted
+    result = torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
+    return result.mean(dim=1, keepdim=True) if x.shape[1] == 1 else result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, opts: dict[str, Any],
+        seed: int) -> list[dict[str, Any]]:
+    """One accuracy row per (corruption, severity); eps holds the severity, group the frequency band."""
+    rows = []
+    channels = int(x_all.shape[1])
+    idx = seeded_subset(len(y_all), opts["images"], seed, "corruptions")
+    x, y = x_all[idx], y_all[idx]
+    for name in opts["names"]:
+        for severity in opts["severities"]:
+            group = FREQUENCY_GROUP[name]
+            if opts["folder"] is not None:
+                xc, yc = folder_images(opts["folder"], name, severity, opts["images"], channels)
+                if xc.shape[1:] != x_all.shape[1:]:
+                    raise ConfigError(FOLDER_FIELD, f"{name}.npy images are {tuple(xc.shape[2:])}, the test "
+                                                    f"images {tuple(x_all.shape[2:])}; use the matching -C set")
+            else:
+                try:
+                    xc, yc = corrupt_images(x, name, severity, seed), y
+                except Exception as exc:  # recorded, not fatal: some corruptions cannot run on some sizes
+                    log.warning("corruption %s severity %d skipped: %s: %s", name, severity, type(exc).__name__, exc)
+                    rows.append(row("corruptions", float("nan"), 0, eps=severity, metric="skipped", variant=name,
+                                    group=group, failed=len(y)))
+                    continue
+            acc = accuracy(model, xc, yc, opts["batch_size"])
+            rows.append(row("corruptions", acc, len(yc), eps=severity, variant=name, group=group))
+    return rows

@@ -1,0 +1,131 @@
+"""Transferred FGSM: perturbations from an unregularized source model, accuracy of the evaluated model.
+
+x_adv = clamp(x + eps * (pixel range) * sign(grad_x CE(source(x), y)), 0, 1). Images are in [0, 1], so the pixel
+range is 1 and eps is in pixel units, whatever input scaling the models apply inside.
+
+Why a cache: the signs depend only on the source model and the test set, not on eps or on the evaluated model.
+The reference code recomputed one gradient per image for every eps and every trial; here the signs are computed
+once per (sha256 of the source checkpoint file, sha256 of the test set), batched, stored as int8 under
+`cache_dir/fgsm_signs/`, and every trial of the task and every eps reuse them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError, TrialConfig
+from .common import model_device, row
+
+# Gradient work done by `gradient_signs` in this process; tests read it to see that the cache was hit.
+GRADIENT_COUNTS = {"batches": 0, "images": 0}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_set_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    digest.update(str(tuple(x.shape)).encode())
+    digest.update(x.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(y.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_source(path: str, cfg: TrialConfig, map_location: torch.device | str = "cpu") -> nn.Module:
+    """The source model, refusing the evaluated model itself (that would be a white-box attack)."""
+    from ..model import load_checkpoint
+
+    if not os.path.isfile(path):
+        raise ConfigError("fgsm_source", f"{path} does not exist; point it at the checkpoint (.pt) of an "
+                                         "unregularized model of the same task")
+    try:
+        source, source_cfg = load_checkpoint(path, map_location=map_location)
+    except Exception as exc:  # a file that is not a checkpoint is the user's to fix
+        raise ConfigError("fgsm_source", f"{path} is not a pixelreg checkpoint ({type(exc).__name__}); "
+                                         "use a checkpoints/<trial_id>.pt file") from exc
+    # The attack set is part of a trial's id but not of its model: compare the ids with equal attack sets.
+    if source_cfg.replace(attacks=cfg.attacks).trial_id == cfg.trial_id:
+        raise ConfigError("fgsm_source", "is the evaluated model's own checkpoint; transferred FGSM needs a "
+                                         "different (unregularized) source model of the same task")
+    if source_cfg.task != cfg.task:
+        raise ConfigError("fgsm_source", f"was trained on {source_cfg.task!r}, not on the task {cfg.task!r}; use a "
+                                         "source model of the same task")
+    return source
+
+
+def gradient_signs(source: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """sign(grad_x CE(source(x), y)) for every image, as int8 on the CPU, one backward pass per batch."""
+    source.eval()
+    device = model_device(source)
+    signs = []
+    for i in range(0, len(y), batch_size):
+        xb = x[i:i + batch_size].to(device).requires_grad_(True)
+        loss = F.cross_entropy(source(xb), y[i:i + batch_size].to(device), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xb)
+        signs.append(grad.sign().to(torch.int8).cpu())
+        GRADIENT_COUNTS["batches"] += 1
+        GRADIENT_COUNTS["images"] += len(xb)
+    return torch.cat(signs)
+
+
+def cached_signs(source_path: str, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor,
+                 cache_dir: str | os.PathLike | None, device: torch.device, batch_size: int = 500) -> torch.Tensor:
+    """The signs of the whole test set from the disk cache, computed and stored (atomically) on a miss."""
+    source = load_source(source_path, cfg, map_location=device)  # also refuses self-attack on a cache hit
+    if cache_dir is None:
+        return gradient_signs(source, x, y, batch_size)
+    key = f"{file_sha256(source_path)[:20]}-{test_set_sha256(x, y)[:20]}"
+    folder = Path(cache_dir) / "fgsm_signs"
+    path = folder / f"{key}.npy"
+    if path.exists():
+        cached = torch.from_numpy(np.load(path))
+        if cached.shape == x.shape:
+            return cached
+    signs = gradient_signs(source, x, y, batch_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key}.{uuid.uuid4().hex}.tmp.npy"
+    try:
+        np.save(tmp, signs.numpy())
+        os.replace(tmp, path)  # concurrent trials may race; either complete file wins
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return signs
+
+
+@torch.no_grad()
+def transfer_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, signs: torch.Tensor, eps: float,
+                      batch_size: int = 500) -> float:
+    """Accuracy of `model` on clamp(x + eps * sign, 0, 1)."""
+    device = model_device(model)
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        adv = (xb + eps * signs[i:i + batch_size].to(device, xb.dtype)).clamp(0.0, 1.0)
+        correct += int((model(adv).argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
+    return correct / len(y)
+
+
+def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, subset: torch.Tensor, eps_values: list[float],
+        opts: dict[str, Any], cfg: TrialConfig, cache_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
+    """One accuracy row per eps; signs cover the whole test set so every trial shares one cache entry."""
+    if cfg.fgsm_source is None:
+        raise ConfigError("fgsm_source", "attack fgsm_transfer needs the checkpoint of an unregularized source model")
+    signs = cached_signs(cfg.fgsm_source, cfg, x_all, y_all, cache_dir, model_device(model), opts["batch_size"])
+    x, y, s = x_all[subset], y_all[subset], signs[subset]
+    return [row("fgsm_transfer", transfer_accuracy(model, x, y, s, eps, opts["batch_size"]), len(y), eps=eps)
+            for eps in eps_values]

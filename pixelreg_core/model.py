@@ -1,0 +1,148 @@
+"""ResNet with the pair pathway (REFERENCE.md, "The network side").
+
+The classifier is the authors' CIFAR-style ResNet: a 7x7 stride-1 stem without max-pool, four stages of basic
+blocks (strides 1, 2, 2, 2), average pool, linear head. The pair pathway reads K = 5 layers (stem output and the
+output of each stage), centres each layer's features by a running per-channel mean, and combines the per-layer
+cosine similarities of two images with softmax(gamma) weights (or one fixed layer).
+
+The model takes images in [0, 1] and normalises them itself, so attacks and noise always work in pixel space.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import NUM_SIM_LAYERS, TrialConfig
+
+STAGE_BLOCKS = {"ResNet18": (2, 2, 2, 2), "ResNet34": (3, 4, 6, 3)}
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class PairResNet(nn.Module):
+    def __init__(self, arch: str, width: int, in_channels: int, num_classes: int, *, input_scale: float = 1.0,
+                 input_shift: float = 0.0, sim_layer: int | None = None, beta: float = 0.9):
+        super().__init__()
+        self.register_buffer("input_scale", torch.tensor(float(input_scale)))
+        self.register_buffer("input_shift", torch.tensor(float(input_shift)))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 1, 3, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        stages, c_in = [], width
+        for i, (blocks, stride) in enumerate(zip(STAGE_BLOCKS[arch], (1, 2, 2, 2))):
+            c_out = width * 2**i
+            layers = [BasicBlock(c_in if b == 0 else c_out, c_out, stride if b == 0 else 1) for b in range(blocks)]
+            stages.append(nn.Sequential(*layers))
+            c_in = c_out
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Linear(c_in, num_classes)
+        # Pair pathway state: gamma is trained (equal at init); the centring means are running statistics.
+        self.gamma = nn.Parameter(torch.zeros(NUM_SIM_LAYERS))
+        self.sim_layer = sim_layer
+        self.beta = beta
+        for i, channels in enumerate([width] + [width * 2**s for s in range(4)]):
+            self.register_buffer(f"feature_mean_{i}", torch.zeros(channels))
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the K = 5 layer outputs the pair pathway reads."""
+        h = self.stem((x - self.input_shift) * self.input_scale)
+        layers = [h]
+        for stage in self.stages:
+            h = stage(h)
+            layers.append(h)
+        logits = self.head(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+        return logits, layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[0]
+
+    def layer_weights(self) -> torch.Tensor:
+        """softmax(gamma), or a one-hot vector when the similarity is taken at one fixed layer."""
+        if self.sim_layer is not None:
+            return F.one_hot(torch.tensor(self.sim_layer), NUM_SIM_LAYERS).to(self.gamma)
+        return torch.softmax(self.gamma, dim=0)
+
+    def pair_similarity(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        """S_cnn for k pairs: weighted per-layer cosine similarity of centred, flattened feature maps."""
+        k = xa.shape[0]
+        _, layers = self.features(torch.cat([xa, xb]))
+        weights = self.layer_weights()
+        sims = []
+        for i, h in enumerate(layers):
+            mean = getattr(self, f"feature_mean_{i}")
+            if self.training:  # running mean over both images of every pair batch; no gradient through it
+                with torch.no_grad():
+                    mean.mul_(self.beta).add_(h.mean(dim=(0, 2, 3)), alpha=1 - self.beta)
+            centred = (h - mean[None, :, None, None]).flatten(1)
+            sims.append(F.cosine_similarity(centred[:k], centred[k:], dim=1, eps=1e-8))
+        return torch.stack(sims, dim=1) @ weights
+
+
+def build_model(cfg: TrialConfig, in_channels: int, num_classes: int, input_scale: float = 1.0,
+                input_shift: float = 0.0) -> PairResNet:
+    return PairResNet(cfg.arch, cfg.width, in_channels, num_classes, input_scale=input_scale,
+                      input_shift=input_shift, sim_layer=cfg.sim_layer, beta=cfg.beta)
+
+
+def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str) -> None:
+    """Atomic save of the state_dict plus what rebuilds the model; loads with torch.load(weights_only=True)."""
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": json.dumps(cfg.to_dict(), sort_keys=True),
+        "in_channels": int(model.stem[0].in_channels),
+        "num_classes": int(model.head.out_features),
+    }
+    if "://" in path:
+        import pyarrow.fs as pafs
+
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        fs, p = pafs.FileSystem.from_uri(path)
+        with fs.open_output_stream(p) as out:
+            out.write(buffer.getvalue())
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:
+    """The model in eval mode and its TrialConfig."""
+    if "://" in path:
+        import pyarrow.fs as pafs
+
+        fs, p = pafs.FileSystem.from_uri(path)
+        with fs.open_input_stream(p) as src:
+            payload = torch.load(io.BytesIO(src.read()), map_location=map_location, weights_only=True)
+    else:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    cfg = TrialConfig.from_dict(json.loads(payload["config"]))
+    model = build_model(cfg, payload["in_channels"], payload["num_classes"])
+    model.load_state_dict(payload["state_dict"])  # includes input_scale / input_shift buffers
+    return model.to(map_location).eval(), cfg

@@ -1,0 +1,97 @@
+"""One trial end to end: validate, load data, build the target, train, attack, write Parquet.
+
+Results appear all at once at the end (checkpoint, epochs, robustness, spectrum, and the trials row last), so a
+trial's `trials` row with status "ok" means every other table of that trial is complete: that row is what resume
+looks for. A failure leaves no partial tables; with `record_failure` (the orchestrator) it leaves one trials row
+with status "failed" and the error, so the sweep can report it and go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import attacks
+from .config import TrialConfig
+from .data import prepare_data
+from .model import build_model, save_checkpoint
+from .results import key_values, remove_trial, write_table
+from .targets import build_target
+from .train import resolve_device, train
+
+
+def library_versions() -> str:
+    import foolbox
+    import pyarrow
+    import torchvision
+
+    return json.dumps({"python": platform.python_version(), "torch": torch.__version__,
+                       "torchvision": torchvision.__version__, "foolbox": foolbox.__version__,
+                       "pyarrow": pyarrow.__version__})
+
+
+def checkpoint_path(out_root: str | os.PathLike, trial_id: str) -> str:
+    return f"{out_root}/checkpoints/{trial_id}.pt"
+
+
+def _row_base(cfg: TrialConfig, device: str, started: float) -> dict[str, Any]:
+    return {**key_values(cfg), "role": cfg.role, "sim_layer": cfg.sim_layer, "width": cfg.width,
+            "epochs": cfg.epochs, "device": device, "versions": library_versions(),
+            "config": json.dumps(cfg.to_dict(), sort_keys=True), "wall_s": time.perf_counter() - started,
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
+              on_epoch: Callable[[dict[str, Any]], None] | None = None,
+              cache_dir: str | os.PathLike | None = None, record_failure: bool = False) -> dict[str, Any]:
+    """Run one trial and write its rows under `out_root`; returns its trials row."""
+    started = time.perf_counter()
+    out_root = str(out_root)
+    cfg.validate()
+    attacks.validate_attacks(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        data = prepare_data(cfg)
+        attacks.validate_attacks(cfg, len(data.test_x))
+        target = build_target(cfg, data.reg_x, data.reg_y) if cfg.regularized else None
+        model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
+                            data.input_shift).to(device)
+        result = train(cfg, data, model, target, device, on_epoch)
+
+        model.load_state_dict(result.best_state)
+        model.eval()
+        robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or f"{out_root}/fgsm_cache")
+
+        keys = key_values(cfg)
+        ckpt = checkpoint_path(out_root, cfg.trial_id)
+        save_checkpoint(model, cfg, ckpt)
+        write_table(out_root, "epochs", cfg.trial_id, [{**keys, **row} for row in result.epochs])
+        write_table(out_root, "robustness", cfg.trial_id, [{**keys, **row} for row in robustness])
+        write_table(out_root, "spectrum", cfg.trial_id, [{**keys, **row} for row in spectrum])
+        best = result.best
+        row = {**_row_base(cfg, str(device), started), "status": "ok", "error": None,
+               "clean_acc": best["test_acc"], "valid_acc": best["valid_acc"], "valid_loss": best["valid_loss"],
+               "best_epoch": result.best_epoch, "layer_weights": model.layer_weights().tolist(),
+               "checkpoint": ckpt}
+        write_table(out_root, "trials", cfg.trial_id, [row])  # last: marks the trial complete
+        return row
+    except BaseException as exc:
+        remove_trial(out_root, cfg.trial_id)  # never leave a half-written trial behind
+        ckpt = checkpoint_path(out_root, cfg.trial_id)
+        if "://" not in ckpt and os.path.exists(ckpt):
+            os.remove(ckpt)
+        if record_failure and not isinstance(exc, KeyboardInterrupt):
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
+            write_table(out_root, "trials", cfg.trial_id,
+                        [{**_row_base(cfg, str(device), started), "status": "failed", "error": error}])
+        raise

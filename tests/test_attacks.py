@@ -1,0 +1,278 @@
+"""Robustness evaluation on a tiny real model: a width-4 ResNet18 trained on sklearn's 8x8 digits for 250 steps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pixelreg_core import attacks
+from pixelreg_core.attacks import boundary, corruptions, fgsm, minimal, noise
+from pixelreg_core.attacks.common import accuracy
+from pixelreg_core.attacks.options import eps_list, resolve
+from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.data import prepare_data
+from pixelreg_core.model import build_model, save_checkpoint
+from pixelreg_core.results import SCHEMAS, key_values, to_arrow
+
+
+def _train(cfg: TrialConfig, data, steps: int = 250):
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.in_channels, data.num_classes, data.input_scale, data.input_shift)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.train_y), (64,), generator=gen)
+        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    cfg = TrialConfig(task="digits", width=4, seed=0, alpha=0.0, device="cpu", attacks={})
+    data = prepare_data(cfg)
+    model = _train(cfg, data)
+    source_cfg = TrialConfig(task="digits", width=4, seed=1, alpha=0.0, role="fgsm_source", device="cpu")
+    source = _train(source_cfg, data)
+    ckpt = tmp_path_factory.mktemp("ckpt") / "source.pt"
+    save_checkpoint(source, source_cfg, str(ckpt))
+    own = tmp_path_factory.mktemp("own") / "own.pt"
+    save_checkpoint(model, cfg, str(own))
+    return {"cfg": cfg, "data": data, "model": model, "source": source, "source_ckpt": str(ckpt), "own": str(own)}
+
+
+def _cfg(setup, **attack_opts) -> TrialConfig:
+    return setup["cfg"].replace(attacks=attack_opts, fgsm_source=setup["source_ckpt"])
+
+
+def _values(rows, attack):
+    return [r["value"] for r in rows if r["attack"] == attack]
+
+
+def test_model_learned_something(setup):
+    assert accuracy(setup["model"], setup["data"].test_x, setup["data"].test_y) > 0.6
+
+
+def test_eps_zero_equals_clean_accuracy(setup):
+    data, model = setup["data"], setup["model"]
+    clean = accuracy(model, data.test_x, data.test_y)
+    opts = {"eps": [0.0, 0.3]}
+    rows, _ = attacks.evaluate(model, data, _cfg(setup, gaussian=opts, uniform=opts, salt_pepper=opts,
+                                                 fgsm_transfer=opts), None)
+    for name in ("gaussian", "uniform", "salt_pepper", "fgsm_transfer"):
+        at_zero = [r for r in rows if r["attack"] == name and r["eps"] == 0.0]
+        assert len(at_zero) == 1 and at_zero[0]["value"] == clean and at_zero[0]["images"] == len(data.test_y)
+
+
+def test_gaussian_accuracy_falls_and_repeats_exactly(setup):
+    cfg = _cfg(setup, gaussian={"eps": [0.0, 0.3, 0.6, 1.2]})
+    rows, _ = attacks.evaluate(setup["model"], setup["data"], cfg, None)
+    acc = _values(rows, "gaussian")
+    assert acc[0] > acc[1] > acc[3] and acc[2] > acc[3]
+    assert acc[0] - acc[3] > 0.3
+    again, _ = attacks.evaluate(setup["model"], setup["data"], cfg, None)
+    assert rows == again
+
+
+def test_noise_keeps_each_image_in_its_own_range():
+    x = torch.rand(5, 1, 8, 8) * 0.5 + 0.2
+    for kind in noise.NOISE_ATTACKS:
+        noisy = noise.add_noise(kind, x, 0.3, torch.Generator().manual_seed(0))
+        assert noisy.shape == x.shape and not torch.equal(noisy, x)
+        assert (noisy.amin(dim=(1, 2, 3)) >= x.amin(dim=(1, 2, 3))).all()
+        assert (noisy.amax(dim=(1, 2, 3)) <= x.amax(dim=(1, 2, 3))).all()
+
+
+def test_fgsm_hurts_source_more_than_gaussian_of_same_size(setup):
+    # White-box use of the source on its own signs: allowed here, refused by evaluate() (next test).
+    data, source = setup["data"], setup["source"]
+    signs = fgsm.gradient_signs(source, data.test_x, data.test_y)
+    eps = 0.2
+    fgsm_acc = fgsm.transfer_accuracy(source, data.test_x, data.test_y, signs, eps)
+    gauss_acc = noise.noise_accuracy(source, "gaussian", data.test_x, data.test_y, eps, seed=0, batch_size=500)
+    assert fgsm_acc < gauss_acc - 0.2
+    # transferred to the other model it still hurts, less than white-box
+    transferred = fgsm.transfer_accuracy(setup["model"], data.test_x, data.test_y, signs, eps)
+    assert fgsm_acc < transferred < accuracy(setup["model"], data.test_x, data.test_y)
+
+
+def test_evaluate_refuses_the_model_as_its_own_source(setup):
+    cfg = setup["cfg"].replace(attacks={"fgsm_transfer": {}}, fgsm_source=setup["own"])
+    with pytest.raises(ConfigError, match="fgsm_source"):
+        attacks.evaluate(setup["model"], setup["data"], cfg, None)
+
+
+def test_fgsm_cache_is_hit_on_second_use(setup, tmp_path):
+    cfg = _cfg(setup, fgsm_transfer={})
+    before = fgsm.GRADIENT_COUNTS["images"]
+    first, _ = attacks.evaluate(setup["model"], setup["data"], cfg, tmp_path)
+    assert fgsm.GRADIENT_COUNTS["images"] - before == len(setup["data"].test_y)
+    assert len(list((tmp_path / "fgsm_signs").glob("*.npy"))) == 1
+    middle = fgsm.GRADIENT_COUNTS["images"]
+    # another trial (other seed) of the same task, other eps: same cache entry, no gradient computed
+    other = cfg.replace(seed=5, attacks={"fgsm_transfer": {"eps": [0.05, 0.1]}})
+    attacks.evaluate(setup["model"], setup["data"], other, tmp_path)
+    second, _ = attacks.evaluate(setup["model"], setup["data"], cfg, tmp_path)
+    assert fgsm.GRADIENT_COUNTS["images"] == middle
+    assert first == second and len(first) == 10
+
+
+def test_boundary_adversarials_are_misclassified_in_bounds_with_positive_score(setup):
+    data, model = setup["data"], setup["model"]
+    x, y = data.test_x[:12], data.test_y[:12]
+    result = boundary.boundary_attack(model, x, y, steps=100, batch_size=6, seed=0)
+    ok = result.success
+    assert ok.sum() >= 8
+    adv = result.adv[ok]
+    assert adv.min() >= 0 and adv.max() <= 1
+    logits = model(adv)
+    assert (logits.argmax(1) != y[ok]).all()
+    score = result.score()
+    assert math.isfinite(score) and score > 0
+
+
+def test_boundary_rows_and_spectrum(setup):
+    cfg = _cfg(setup, boundary={"images": 8, "steps": 60, "repeats": 2, "batch_size": 8})
+    rows, spectrum = attacks.evaluate(setup["model"], setup["data"], cfg, None)
+    assert [r["repeat"] for r in rows] == [0, 1]
+    for r in rows:
+        assert r["metric"] == "boundary_score" and r["images"] + r["failed"] == 8 and r["value"] > 0
+    radii = [s["radius"] for s in spectrum]
+    assert radii[0] == 0.0 and radii == sorted(radii) and all(s["power"] >= 0 for s in spectrum)
+
+
+def test_minimal_perturbations_are_whitebox_and_positive(setup):
+    cfg = _cfg(setup, minimal_l2={"images": 6, "method": "fmn", "steps": 30},
+               minimal_linf={"images": 6, "pgd_steps": [10], "search_steps": 5})
+    rows, _ = attacks.evaluate(setup["model"], setup["data"], cfg, None)
+    assert {r["metric"] for r in rows} == {"min_l2", "min_linf"}
+    for r in rows:
+        assert r["whitebox"] is True and r["images"] + r["failed"] == 6
+        assert math.isfinite(r["value"]) and r["value"] > 0
+    linf = [r for r in rows if r["metric"] == "min_linf"][0]["value"]
+    assert linf <= 1.0
+
+
+def test_minimal_linf_eps_is_adversarial(setup):
+    data, model = setup["data"], setup["model"]
+    opts = resolve("minimal_linf", {"pgd_steps": [10], "search_steps": 4})
+    eps = minimal.minimal_linf(model, data.test_x[:4], data.test_y[:4], opts, seed=0)
+    assert torch.isfinite(eps).all() and (eps > 0).all() and (eps <= 1).all()
+
+
+@pytest.mark.slow
+def test_brendel_bethge_minimal_l2(setup):  # numba compiles Brendel-Bethge for ~35 s on first use
+    opts = resolve("minimal_l2", {"images": 4, "steps": 20})
+    dist = minimal.minimal_l2(setup["model"], setup["data"].test_x[:4], setup["data"].test_y[:4], opts, seed=0)
+    assert torch.isfinite(dist).any() and (dist[torch.isfinite(dist)] > 0).all()
+
+
+def test_corrupted_images_keep_shape_and_range(setup):
+    x = setup["data"].test_x[:5]
+    for name in ("gaussian_noise", "motion_blur", "fog", "jpeg_compression", "elastic_transform"):
+        out = corruptions.corrupt_images(x, name, 5, seed=0)
+        assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+        assert not torch.equal(out, x)
+    assert torch.equal(corruptions.corrupt_images(x, "fog", 3, 0), corruptions.corrupt_images(x, "fog", 3, 0))
+    rgb = torch.rand(2, 3, 28, 28)
+    assert corruptions.corrupt_images(rgb, "frost", 2, seed=1).shape == rgb.shape
+
+
+def test_corruption_rows_have_groups(setup):
+    cfg = _cfg(setup, corruptions={"names": ["gaussian_noise", "contrast"], "severities": [1, 5], "images": 40})
+    rows, _ = attacks.evaluate(setup["model"], setup["data"], cfg, None)
+    assert [(r["variant"], r["eps"], r["group"]) for r in rows] == [
+        ("gaussian_noise", 1, "high"), ("gaussian_noise", 5, "high"), ("contrast", 1, "low"), ("contrast", 5, "low")]
+    assert all(r["images"] == 40 and 0 <= r["value"] <= 1 for r in rows)
+
+
+def test_corruptions_from_a_cifar_c_style_folder(setup, tmp_path):
+    n = 6
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "fog.npy", rng.integers(0, 256, (5 * n, 8, 8, 3), dtype=np.uint8))
+    np.save(tmp_path / "labels.npy", rng.integers(0, 10, 5 * n).astype(np.int64))
+    cfg = _cfg(setup, corruptions={"names": ["fog"], "folder": str(tmp_path), "images": None})
+    rows, _ = attacks.evaluate(setup["model"], setup["data"], cfg, None)
+    assert len(rows) == 5 and all(r["images"] == n for r in rows)
+
+
+def test_rows_have_the_documented_columns(setup):
+    cfg = _cfg(setup, gaussian={"eps": [0.1]}, fgsm_transfer={"eps": [0.1]},
+               boundary={"images": 4, "steps": 20}, corruptions={"names": ["fog"], "severities": [2], "images": 10})
+    rows, spectrum = attacks.evaluate(setup["model"], setup["data"], cfg, None)
+    keys = key_values(cfg)
+    table = to_arrow("robustness", [{**keys, **r} for r in rows])
+    assert table.schema == SCHEMAS["robustness"] and table.num_rows == 4
+    assert set(rows[0]) == set(SCHEMAS["robustness"].names) - set(keys)
+    spec = to_arrow("spectrum", [{**keys, **s} for s in spectrum])
+    assert spec.num_rows > 0 and set(spectrum[0]) == {"attack", "radius", "power"}
+
+
+def test_paper_preset_and_dataset_eps():
+    boundary_opts = resolve("boundary", {"preset": "paper"})
+    assert (boundary_opts["images"], boundary_opts["repeats"]) == (1000, 5)
+    assert resolve("boundary", {"preset": "paper", "images": 10})["images"] == 10
+    assert resolve("boundary", {})["images"] == 64
+    mnist = eps_list("gaussian", resolve("gaussian", {}), "MNIST")
+    assert len(mnist) == 10 and mnist[0] == 0 and mnist[-1] == pytest.approx(0.5)
+    assert eps_list("salt_pepper", resolve("salt_pepper", {}), "idx:/data")[-1] == pytest.approx(0.3)
+    assert eps_list("fgsm_transfer", resolve("fgsm_transfer", {}), "CIFAR10")[-1] == pytest.approx(0.02)
+    assert eps_list("fgsm_transfer", resolve("fgsm_transfer", {}), "CIFAR100")[-1] == pytest.approx(0.005)
+    assert eps_list("uniform", resolve("uniform", {}), "CIFAR100")[-1] == pytest.approx(0.1)
+    assert set(attacks.PAPER_ATTACKS) == {"gaussian", "uniform", "salt_pepper", "fgsm_transfer", "boundary"}
+    assert attacks.attack_preset("full")["corruptions"] == {"preset": "paper"}
+
+
+@pytest.mark.parametrize("attack_cfg, field", [
+    ({"laser": {}}, "attacks.laser"),
+    ({"gaussian": {"sigma": 1}}, "attacks.gaussian.sigma"),
+    ({"gaussian": {"eps": [0.1, -0.2]}}, "attacks.gaussian.eps"),
+    ({"uniform": {"eps_max": -1}}, "attacks.uniform.eps_max"),
+    ({"boundary": {"images": 5000}}, "attacks.boundary.images"),
+    ({"boundary": {"steps": 0}}, "attacks.boundary.steps"),
+    ({"boundary": {"preset": "huge"}}, "attacks.boundary.preset"),
+    ({"corruptions": {"names": ["rain"]}}, "attacks.corruptions.names"),
+    ({"corruptions": {"severities": [6]}}, "attacks.corruptions.severities"),
+    ({"minimal_l2": {"method": "cw"}}, "attacks.minimal_l2.method"),
+    ({"gaussian": [0.1]}, "attacks.gaussian"),
+])
+def test_bad_inputs_raise_config_error_naming_the_field(attack_cfg, field):
+    cfg = TrialConfig(task="digits", attacks=attack_cfg)
+    with pytest.raises(ConfigError) as err:
+        attacks.validate_attacks(cfg, test_count=360)
+    assert err.value.field == field
+
+
+def test_fgsm_source_errors(setup, tmp_path):
+    base = setup["cfg"].replace(attacks={"fgsm_transfer": {}})
+    for source in (None, str(tmp_path / "missing.pt"), setup["own"]):
+        with pytest.raises(ConfigError) as err:
+            attacks.validate_attacks(base.replace(fgsm_source=source))
+        assert err.value.field == "fgsm_source"
+    not_ckpt = tmp_path / "junk.pt"
+    not_ckpt.write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="not a pixelreg checkpoint"):
+        attacks.validate_attacks(base.replace(fgsm_source=str(not_ckpt)))
+    attacks.validate_attacks(base.replace(fgsm_source=setup["source_ckpt"]), 360)  # the good one passes
+
+
+def test_corruption_folder_with_wrong_layout(tmp_path):
+    cfg = TrialConfig(task="CIFAR10", attacks={"corruptions": {"names": ["fog"], "folder": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="labels.npy"):
+        attacks.validate_attacks(cfg)
+    np.save(tmp_path / "labels.npy", np.zeros(50, dtype=np.int64))
+    with pytest.raises(ConfigError, match="fog.npy"):
+        attacks.validate_attacks(cfg)
+    np.save(tmp_path / "fog.npy", np.zeros((50, 32, 32), dtype=np.uint8))  # no channel axis
+    with pytest.raises(ConfigError) as err:
+        attacks.validate_attacks(cfg)
+    assert err.value.field == "attacks.corruptions.folder"
+    np.save(tmp_path / "fog.npy", np.zeros((50, 32, 32, 3), dtype=np.uint8))
+    attacks.validate_attacks(cfg)

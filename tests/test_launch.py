@@ -1,0 +1,221 @@
+"""`orchestrator launch` / `status` end to end through a real Ray Tune, plus the pure helpers.
+
+One local Ray (2 CPUs, no dashboard) serves the whole module: starting Ray costs ~10 s on 2 cores. Sweeps are tiny
+(digits, width 4, 1 epoch, 100 train images, gaussian noise on 20 test images) but real: torch training, Tune
+scheduling, Parquet files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from orchestrator import cli
+from orchestrator.dashboard import access_lines, security_warnings
+from orchestrator.launch import concurrent_slots
+from orchestrator.progress import Progress
+from orchestrator.tune_trainable import score
+
+TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
+              "num_threads": 1}
+
+
+def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
+    spec = {"name": name, "pairs": [{"task": "digits", "reg_data": "digits"}],
+            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1], "baseline": True,
+            "train": dict(TINY_TRAIN), "attacks": {"gaussian": {"images": 20, "num_eps": 2}},
+            "resources": {"cpu": 1}, "max_failures": 1}
+    spec.update(overrides)
+    path = directory / f"{name}-{abs(hash(json.dumps(spec, sort_keys=True))) % 10**8}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def main(argv: list[str]) -> int:
+    """The real console-script entry, with only the commands under test registered (the parser imports every
+    command module, and sibling commands are not this test's business)."""
+    commands = {name: cli.COMMANDS[name] for name in ("launch", "status")}
+    original = cli.COMMANDS
+    cli.COMMANDS = commands
+    try:
+        return cli.main(argv)
+    finally:
+        cli.COMMANDS = original
+
+
+def launch(spec: Path, root: Path, *extra: str) -> int:
+    return main(["launch", str(spec), "--results", str(root), "--progress-every", "2", *extra])
+
+
+# ------------------------------------------------------------------------------------------ end to end (Ray)
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    root = tmp_path / "results"
+    assert launch(spec, root) == 0
+    out = capsys.readouterr().out
+    sweep = root / "tiny"
+    trials = pd.read_parquet(sweep / "trials")
+    epochs = pd.read_parquet(sweep / "epochs")
+    robustness = pd.read_parquet(sweep / "robustness")
+    assert sorted(trials["role"]) == ["baseline", "baseline", "trial", "trial"]
+    assert set(trials["status"]) == {"ok"}, trials[["role", "error"]]
+    assert trials["trial_id"].is_unique
+    assert len(epochs) == 4 and set(epochs["epoch"]) == {1}
+    assert set(robustness["attack"]) == {"gaussian"} and len(robustness) == 4 * 2
+    assert (sweep / "spec.yaml").read_text() == spec.read_text()
+    assert "every trial ok" in out and "done 4/4" in out
+    # every epoch went to Tune: its TensorBoard logger wrote event files
+    assert list((sweep / "tune").rglob("events.out.tfevents*"))
+    # json config per trial carries the thread count the launcher set (1 CPU per trial)
+    assert {json.loads(c)["num_threads"] for c in trials["config"]} == {1}
+
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
+    assert launch(spec, root) == 0
+    out = capsys.readouterr().out
+    assert "4 complete from earlier launches, 0 to run" in out
+    assert {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()} == mtimes
+
+    assert main(["status", str(sweep)]) == 0
+    status = capsys.readouterr().out
+    assert "ok 4; pending 0 of 4" in status
+    assert "baseline" in status and "trial" in status
+
+
+@pytest.mark.slow
+def test_different_spec_is_refused_and_fresh_starts_over(ray_session, tmp_path, capsys):
+    root = tmp_path / "results"
+    first = write_spec(tmp_path, seeds=[0], baseline=False)
+    assert launch(first, root) == 0
+    old_ids = set(pd.read_parquet(root / "tiny" / "trials")["trial_id"])
+    second = write_spec(tmp_path, seeds=[0], baseline=False, grid={"th": [0.5], "alpha": [2.0]})
+    capsys.readouterr()
+    assert launch(second, root) == 2
+    err = capsys.readouterr().err
+    assert "holds sweep spec" in err and "--fresh" in err and err.count("\n") == 1
+    assert set(pd.read_parquet(root / "tiny" / "trials")["trial_id"]) == old_ids  # untouched
+
+    assert launch(second, root, "--fresh") == 0
+    trials = pd.read_parquet(root / "tiny" / "trials")
+    assert len(trials) == 1 and not set(trials["trial_id"]) & old_ids
+    assert trials["th"].tolist() == [0.5] and trials["status"].tolist() == ["ok"]
+
+
+@pytest.mark.slow
+def test_failing_trial_is_retried_then_recorded_failed_while_others_finish(ray_session, tmp_path, capsys):
+    # lr 1e12 makes the loss non-finite in the first steps: a real runtime failure inside the trainer
+    spec = write_spec(tmp_path, name="failing", seeds=[0], baseline=False,
+                      grid={"th": [0.3], "alpha": [1.0], "lr": [0.05, 1e12]}, max_failures=1)
+    root = tmp_path / "results"
+    assert launch(spec, root) == 0  # the sweep ran: exit 0, with the failure reported
+    out = capsys.readouterr().out
+    trials = pd.read_parquet(root / "failing" / "trials")
+    lrs = trials["config"].map(lambda c: json.loads(c)["lr"])
+    bad, good = trials[lrs == 1e12].iloc[0], trials[lrs == 0.05].iloc[0]
+    assert good["status"] == "ok"
+    assert bad["status"] == "failed" and "loss became" in bad["error"]
+    assert f"retrying trial_{bad['trial_id']}" in out  # Tune's FailureConfig ran it a second time
+    assert "1 trial(s) failed" in out
+    assert trials["trial_id"].is_unique
+    # the failed trial left no epochs/robustness rows behind
+    assert set(pd.read_parquet(root / "failing" / "epochs")["trial_id"]) == {good["trial_id"]}
+
+
+@pytest.mark.slow
+def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_session, tmp_path, capsys):
+    spec = write_spec(tmp_path, name="searched", grid=None, seeds=[0],
+                      search={"type": "optuna", "trials": 2, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
+                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5}},
+                      scheduler={"type": "asha", "grace_period": 1})
+    root = tmp_path / "results"
+    assert launch(spec, root) == 0
+    trials = pd.read_parquet(root / "searched" / "trials")
+    assert sorted(trials["role"]) == ["baseline", "trial", "trial"]
+    assert set(trials["status"]) == {"ok"}
+    searched = trials[trials["role"] == "trial"]
+    assert searched["th"].between(0.2, 0.8).all() and searched["alpha"].between(0.5, 8.0).all()
+    # a relaunch feeds the finished points back to Optuna instead of training more
+    capsys.readouterr()
+    assert launch(spec, root) == 0
+    assert len(pd.read_parquet(root / "searched" / "trials")) == 3
+
+
+# ------------------------------------------------------------------------------------------ bad input (no Ray)
+
+
+def test_unwritable_results_root_is_one_line_and_writes_nothing(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    spec = write_spec(tmp_path)
+    assert launch(spec, blocker / "results") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --results") and "is a file" in err and err.count("\n") == 1
+    assert blocker.read_text() == "not a folder"
+
+
+def test_gpu_asked_without_gpu_is_refused(tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = write_spec(tmp_path, resources={"cpu": 1, "gpu": 0.5})
+    assert launch(spec, tmp_path / "results") == 2
+    assert "resources.gpu" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):
+    assert main(["status", str(tmp_path / "nope")]) == 2
+    assert "no such sweep folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+
+
+def test_concurrent_slots_take_the_scarcer_resource():
+    assert concurrent_slots(cpus=16, gpus=1, cpu=1, gpu=0.25, cap=None) == 4   # 4 trials share the GPU
+    assert concurrent_slots(cpus=2, gpus=0, cpu=1, gpu=0, cap=None) == 2
+    assert concurrent_slots(cpus=8, gpus=0, cpu=2, gpu=0, cap=3) == 3
+    assert concurrent_slots(cpus=1, gpus=0, cpu=2, gpu=0, cap=None) == 1
+
+
+def test_security_warnings_only_when_auth_off_or_dashboard_exposed():
+    assert security_warnings("127.0.0.1", "token", started_here=True) == []
+    assert security_warnings("127.0.0.1", None, started_here=True) == []
+    [auth] = security_warnings("127.0.0.1", "disabled", started_here=True)
+    assert "RAY_AUTH_MODE=disabled" in auth
+    [bind] = security_warnings("0.0.0.0", "token", started_here=True)
+    assert "0.0.0.0" in bind
+    assert "ray get-auth-token" in " ".join(access_lines("127.0.0.1:8265", "token"))
+    assert "ray get-auth-token" not in " ".join(access_lines("127.0.0.1:8265", "disabled"))
+
+
+def test_progress_eta_is_mean_time_times_remaining_over_slots():
+    lines = []
+    progress = Progress(total=10, already_done=2, slots=2, log=lines.append)
+    assert progress.eta() is None and progress.pending == 8
+    progress.done, progress.running, progress.unit_seconds = 2, 2, [10.0, 30.0]
+    assert progress.pending == 4
+    assert progress.eta() == pytest.approx(20.0 * 6 / 2)
+    assert "done 4/10" in progress.line() and "failed 0" in progress.line()
+
+
+def test_search_score_prefers_every_feasible_point():
+    assert score(clean_ratio=0.95, robust_ratio=1.3, min_clean_ratio=0.9) == 1.3
+    infeasible = score(clean_ratio=0.5, robust_ratio=5.0, min_clean_ratio=0.9)
+    assert infeasible < 0 < score(0.9, 0.01, 0.9)
+    assert score(0.8, 5.0, 0.9) > score(0.5, 5.0, 0.9)  # graded: closer to feasible is better

@@ -1,0 +1,241 @@
+"""Sweep spec loading: the shipped sweeps validate, and every bad input is one line naming file + field, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.errors import UserError
+from orchestrator.spec import SweepSpec, check_resources, load_spec, parse_spec, spec_fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = """\
+name: tiny
+pairs:
+  - {task: digits, reg_data: digits}
+grid: {th: [0.2, 0.8], alpha: [4]}
+seeds: 2
+train: {width: 4, epochs: 1}
+attacks: {gaussian: {}}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def validate(path: Path, capsys) -> tuple[int, str, str]:
+    rc = main(["validate", str(path)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("quickstart.yaml", "ok: 10 trials (1 fgsm_source, 3 baseline, 6 trial)"),
+    ("mnist_grid.yaml", "ok: 176 trials (1 fgsm_source, 7 baseline, 168 trial)"),
+    ("fashion_grid.yaml", "ok: 176 trials (1 fgsm_source, 7 baseline, 168 trial)"),
+    ("cifar10_paper.yaml", "ok: 29 trials (1 fgsm_source, 7 baseline, 21 trial)"),
+])
+def test_shipped_sweeps_validate(name, expected, capsys):
+    rc, out, err = validate(REPO / "sweeps" / name, capsys)
+    assert (rc, err) == (0, "")
+    assert out.startswith(expected)
+
+
+def test_quickstart_is_the_small_offline_demo():
+    spec = load_spec(REPO / "sweeps" / "quickstart.yaml")
+    assert [(p.task, p.reg_data) for p in spec.pairs] == [("digits", "digits")]
+    assert [(p["th"], p["alpha"]) for p in spec.grid_points()] == [(0.2, 4.0), (0.8, 10.0)]
+    assert spec.seed_list == [0, 1, 2] and spec.baseline and not spec.download
+    assert 4 <= spec.train["width"] <= 8 and 2 <= spec.train["epochs"] <= 3
+    assert {"gaussian", "uniform", "salt_pepper", "fgsm_transfer", "boundary"} <= set(spec.attacks)
+    assert (spec.resources.cpu, spec.resources.gpu) == (1.0, 0.0)
+
+
+def test_good_spec_defaults_and_normalisation(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD + "resources: {cpu: 0.5, gpu: 0.25}\nsearch: grid\nscheduler: asha\n"))
+    assert spec.grid["alpha"] == [4.0] and isinstance(spec.grid["alpha"][0], float)  # alpha 4 == alpha 4.0
+    assert spec.seed_list == [0, 1]
+    assert (spec.resources.cpu, spec.resources.gpu) == (0.5, 0.25)
+    assert spec.search.type == "grid" and spec.scheduler.type == "asha" and spec.scheduler.grace_period >= 1
+    assert (spec.max_failures, spec.fgsm_source_seed, spec.target, spec.range) == (2, 1000, "threshold", "all")
+
+
+def test_model_dump_round_trips_and_fingerprint(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD + "search: {type: grid}\n"))
+    again = SweepSpec.model_validate(spec.model_dump())
+    assert again.model_dump() == spec.model_dump() and spec_fingerprint(again) == spec_fingerprint(spec)
+    moved = load_spec(write(tmp_path, GOOD + "data_root: /elsewhere\nresources: {cpu: 2}\n", "moved.yaml"))
+    assert spec_fingerprint(moved) == spec_fingerprint(spec)  # where data lives and the machine are not the spec
+    as_list = load_spec(write(tmp_path, GOOD.replace("seeds: 2", "seeds: [0, 1]"), "list.yaml"))
+    assert spec_fingerprint(as_list) == spec_fingerprint(spec)
+    changed = load_spec(write(tmp_path, GOOD.replace("alpha: [4]", "alpha: [4, 10]"), "changed.yaml"))
+    assert spec_fingerprint(changed) != spec_fingerprint(spec)
+
+
+def test_points_form_and_optuna_shorthand(tmp_path):
+    text = GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}",
+                        "grid: {points: [{th: 0.2, alpha: 4}, {th: 0.8, alpha: 10}], sim_layer: [null, 1]}")
+    spec = load_spec(write(tmp_path, text))
+    assert len(spec.grid_points()) == 4
+    assert spec.grid_field_names() == ["sim_layer", "th", "alpha"]
+    optuna = load_spec(write(tmp_path, GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "search: optuna"), "o.yaml"))
+    assert optuna.search.type == "optuna" and optuna.search.trials >= 1 and optuna.search.objective.attack == "gaussian"
+
+
+def test_scientific_notation_is_a_number(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD.replace("epochs: 1}", "epochs: 1, lr: 1e-3}")))
+    assert spec.train["lr"] == pytest.approx(0.001)
+
+
+# (spec text, the start of the error after "error: <file>: ")
+BAD = [
+    ("name: [unclosed\n", "line 2, column 1: invalid YAML (expected ',' or ']'"),
+    ("name: tiny\npairs: [a\n  b: c\n", "line 3, column 4: invalid YAML"),
+    ("- name: tiny\n- pairs: []\n", "the spec must be a mapping"),
+    ("", "is empty"),
+    (GOOD + "colour: red\n", "colour: unknown key; allowed keys: name, data_root"),
+    (GOOD + "resources: {cpu: 1, gpus: 1}\n", "resources.gpus: unknown key; allowed keys: cpu, gpu"),
+    (GOOD.replace("pairs:\n  - {task: digits, reg_data: digits}", "pairs:\n  - {task: digits, reg: digits}"),
+     "pairs[0].reg: unknown key"),
+    (GOOD + "name2: x\n", "name2: unknown key"),
+    (GOOD.replace("name: tiny", "name: 123"), "name: got 123"),
+    (GOOD.replace("name: tiny", "name: my sweep!"), "name: 'my sweep!' is not a plain name"),
+    (GOOD.replace("name: tiny", "name: ../up"), "name: '../up' is not a plain name"),
+    (GOOD.replace("name: tiny\n", ""), "name: is required"),
+    (GOOD.replace("th: [0.2, 0.8]", "th: [0.2, 0.8, 1.5]"), "grid.th[2]: 1.5 is outside (0, 1)"),
+    (GOOD.replace("th: [0.2, 0.8]", "th: [0, 0.8]"), "grid.th[0]: 0.0 is outside (0, 1)"),
+    (GOOD.replace("alpha: [4]", "alpha: [4, -1]"), "grid.alpha[1]: -1.0 is negative"),
+    (GOOD.replace("alpha: [4]", "alpha: []"), "grid.alpha: got []; use a non-empty list"),
+    (GOOD.replace("alpha: [4]", "alpha: 4"), "grid.alpha: got 4; use a non-empty list"),
+    (GOOD.replace("alpha: [4]", "alpha: [four]"), "grid.alpha[0]: got 'four'"),
+    (GOOD.replace("alpha: [4]", "alpha: [4, 4]"), "grid.alpha[1]: 4.0 is listed twice"),
+    (GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "grid: {}"), "grid: is empty"),
+    (GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "grid: {th: [0.2]}"), "grid.alpha: is required"),
+    (GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "seeds: 3\n").replace("seeds: 2\n", ""),
+     "grid: is required for search grid"),
+    (GOOD.replace("alpha: [4]", "alpha: [4], thresh: [0.3]"), "grid.thresh: unknown field 'thresh' in grid"),
+    (GOOD.replace("alpha: [4]", "alpha: [4], task: [MNIST]"), "grid.task: unknown field 'task' in grid"),
+    (GOOD.replace("alpha: [4]", "alpha: [4], sim_layer: [null, 7]"), "grid.sim_layer: is 7; use null"),
+    (GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "grid: {points: [{th: 0.2, alpha: 4}, {th: 0.8}]}"),
+     "grid.points[1]: has fields"),
+    (GOOD.replace("pairs:\n  - {task: digits, reg_data: digits}", "pairs: []"), "pairs: is empty"),
+    (GOOD.replace("pairs:\n  - {task: digits, reg_data: digits}", "pairs: {task: digits}"), "pairs: got"),
+    (GOOD.replace("{task: digits, reg_data: digits}", "{task: mnist, reg_data: digits}"),
+     "pairs[0].task: unknown dataset 'mnist' (did you mean 'MNIST'?)"),
+    (GOOD.replace("{task: digits, reg_data: digits}", "{task: digits, reg_data: ImageNet}"),
+     "pairs[0].reg_data: unknown dataset 'ImageNet'"),
+    (GOOD.replace("{task: digits, reg_data: digits}", "{task: 'folder:imgs', reg_data: digits}"),
+     "pairs[0].task: 'folder:imgs' is an unlabeled image folder; use it as reg_data only"),
+    (GOOD.replace("{task: digits, reg_data: digits}", "{task: digits, reg_data: digits}\n"
+                                                       "  - {task: digits, reg_data: digits}"),
+     "pairs[1]: digits x digits is listed twice"),
+    (GOOD.replace("seeds: 2", "seeds: 0"), "seeds: 0 seeds; use a count > 0"),
+    (GOOD.replace("seeds: 2", "seeds: -3"), "seeds: -3 seeds; use a count > 0"),
+    (GOOD.replace("seeds: 2", "seeds: []"), "seeds: got []"),
+    (GOOD.replace("seeds: 2", "seeds: [0, 1, 1]"), "seeds[2]: seed 1 is listed twice"),
+    (GOOD.replace("seeds: 2", "seeds: [0, -1]"), "seeds[1]: got -1"),
+    (GOOD.replace("seeds: 2", "seeds: two"), "seeds: got 'two'"),
+    (GOOD.replace("epochs: 1}", "epochs: '1'}"), "train.epochs: got '1'; expected int"),
+    (GOOD.replace("epochs: 1}", "epochs: 1.5}"), "train.epochs: got 1.5; expected int"),
+    (GOOD.replace("epochs: 1}", "epochs: 0}"), "train.epochs: must be >= 1"),
+    (GOOD.replace("width: 4", "width: 0"), "train.width: must be >= 1"),
+    (GOOD.replace("epochs: 1}", "epochs: 1, arch: VGG}"), "train.arch: is 'VGG'; use one of ResNet18"),
+    (GOOD.replace("epochs: 1}", "epochs: 1, epoch: 3}"), "train.epoch: unknown field 'epoch' in train"),
+    (GOOD.replace("epochs: 1}", "epochs: 1, alpha: 3}"), "train.alpha: unknown field 'alpha' in train"),
+    (GOOD.replace("epochs: 1}", "epochs: 1, grayscale: yes please}"), "train.grayscale: got 'yes please'"),
+    (GOOD + "target: neural\n", "target: 'neural' is not a target; use one of threshold"),
+    (GOOD + "range: middle\n", "range: 'middle' is not a range"),
+    (GOOD + "range: double\n", "th2: range double needs th2"),
+    (GOOD + "th2: 1.2\n", "th2: 1.2 is outside (0, 1)"),
+    (GOOD + "download: maybe\n", "download: got 'maybe'"),
+    (GOOD + "baseline: 1\n", "baseline: got 1"),
+    (GOOD + "resources: {cpu: 0}\n", "resources.cpu: got 0; should be greater than 0"),
+    (GOOD + "resources: {gpu: -1}\n", "resources.gpu: got -1; should be greater than or equal to 0"),
+    (GOOD + "resources: {gpu: 1.5}\n", "resources.gpu: 1.5 GPUs: above 1 a trial needs a whole number"),
+    (GOOD + "resources: 2\n", "resources: got 2; should be a mapping"),
+    (GOOD + "max_failures: -1\n", "max_failures: got -1"),
+    (GOOD + "search: random\n", "search.type: 'random' is not a search; use grid or optuna"),
+    (GOOD + "search: {type: grid, trials: 5}\n", "search.trials: only for search type optuna"),
+    (GOOD + "search: optuna\n", "grid: search optuna draws th and alpha"),
+    (GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "search: {type: optuna, th: [0.5, 0.2]}"),
+     "search.th: [0.5, 0.2] is not a range"),
+    (GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "search: {type: optuna, objective: {attack: boundary}}"),
+     "search.objective.attack: 'boundary' is not among attacks"),
+    (GOOD + "scheduler: {type: asha, grace_period: 5}\n", "scheduler.grace_period: 5 is more than the 1 epochs"),
+    (GOOD + "scheduler: {type: fifo, grace_period: 5}\n", "scheduler.grace_period: only for scheduler type asha"),
+    (GOOD.replace("attacks: {gaussian: {}}", "attacks: {gaussian: {}, laser: {}}"), "attacks.laser: unknown attack"),
+    (GOOD.replace("attacks: {gaussian: {}}", "attacks: {gaussian: {colour: 3}}"),
+     "attacks.gaussian.colour: unknown option"),
+    (GOOD.replace("attacks: {gaussian: {}}", "attacks: {gaussian: 3}"), "attacks.gaussian: got 3"),
+    (GOOD.replace("attacks: {gaussian: {}}", "attacks: {preset: everything}"), "attacks.preset: 'everything'"),
+    (GOOD.replace("attacks: {gaussian: {}}", "attacks: {fgsm_transfer: {}}") + "fgsm_source_seed: 1\n",
+     "fgsm_source_seed: 1 is also in seeds"),
+    (GOOD + "seeds: 3\n", "line 8, column 1: invalid YAML (duplicate key 'seeds')"),
+]
+
+
+@pytest.mark.parametrize("text, expected", BAD, ids=[b[1][:40] for b in BAD])
+def test_bad_input_is_one_line_naming_file_and_field(text, expected, tmp_path, capsys):
+    path = write(tmp_path, text)
+    rc, out, err = validate(path, capsys)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {path}: {expected}"), err
+
+
+def test_missing_file(tmp_path, capsys):
+    rc, _, err = validate(tmp_path / "nope.yaml", capsys)
+    assert rc == 2 and err.startswith(f"error: {tmp_path / 'nope.yaml'}: no such file")
+
+
+def test_yaml_is_never_executed(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    path = write(tmp_path, GOOD + f"extra: !!python/object/apply:os.system ['touch {marker}']\n")
+    rc, _, err = validate(path, capsys)
+    assert rc == 2 and "invalid YAML" in err and "line 8" in err
+    assert not marker.exists()
+
+
+def test_parse_spec_accepts_a_mapping():
+    spec = parse_spec(yaml.safe_load(GOOD), "inline")
+    assert spec.source == "inline" and spec.name == "tiny"
+    with pytest.raises(UserError, match=r"^inline: grid.th\[0\]: 2.0 is outside"):
+        parse_spec({**yaml.safe_load(GOOD), "grid": {"th": [2], "alpha": [1]}}, "inline")
+
+
+def test_check_resources_refuses_a_missing_gpu(tmp_path):
+    cpu_only = load_spec(write(tmp_path, GOOD))
+    check_resources(cpu_only, available_gpus=0)  # gpu 0 asks for nothing
+    gpu = load_spec(write(tmp_path, GOOD + "resources: {gpu: 0.25}\n", "gpu.yaml"))  # validate passes anywhere
+    with pytest.raises(UserError, match=r"gpu.yaml: resources.gpu: 0.25 GPU per trial asked for, but no CUDA GPU"):
+        check_resources(gpu, available_gpus=0)
+    check_resources(gpu, available_gpus=1)
+    with pytest.raises(UserError, match="only 1 available"):
+        check_resources(load_spec(write(tmp_path, GOOD + "resources: {gpu: 2}\n", "two.yaml")), available_gpus=1)
+
+
+def test_check_resources_detects_this_machine(tmp_path):
+    import torch
+
+    gpu = load_spec(write(tmp_path, GOOD + "resources: {gpu: 1}\n"))
+    if torch.cuda.is_available():
+        check_resources(gpu)
+    else:
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            check_resources(gpu)
+
+
+def test_spec_modules_import_without_torch_or_ray():
+    """validate/plan --help must stay fast: no heavy import at module top level."""
+    code = ("import sys, orchestrator.spec, orchestrator.expand, orchestrator.plan; "
+            "heavy = {'torch', 'ray', 'matplotlib', 'foolbox'} & set(sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

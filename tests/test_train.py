@@ -1,0 +1,136 @@
+"""The core trainer end to end on scikit-learn's digits: tiny model, few images, real training."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from pixelreg_core import cli
+from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.data import prepare_data
+from pixelreg_core.model import build_model, load_checkpoint
+from pixelreg_core.results import SCHEMAS
+from pixelreg_core.targets import build_target
+from pixelreg_core.train import learning_rate, train
+from pixelreg_core.trial import run_trial
+
+TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=256, test_images=128,
+            reg_images=200, valid_fraction=0.1, attacks={"gaussian": {"images": 64}}, device="cpu", num_threads=1)
+
+
+def tiny(**changes) -> TrialConfig:
+    return TrialConfig(**{**TINY, **changes})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def test_layer_weights_sum_to_one_and_fixed_layer_is_one_hot():
+    model = build_model(tiny(alpha=4), 1, 10)
+    assert torch.isclose(model.layer_weights().sum(), torch.tensor(1.0))
+    assert torch.allclose(model.layer_weights(), torch.full((5,), 0.2))
+    fixed = build_model(tiny(alpha=4, sim_layer=2), 1, 10)
+    assert fixed.layer_weights().tolist() == [0, 0, 1, 0, 0]
+
+
+def test_cyclic_schedule_restarts_after_a_cycle():
+    cfg = tiny()
+    lrs = [learning_rate(cfg, e) for e in range(24)]
+    assert lrs[0] == lrs[3] == 0.1 and lrs[4] == pytest.approx(0.03) and lrs[16] == pytest.approx(0.1 * 0.3**4)
+    assert lrs[20] == 0.1
+
+
+def test_a_few_epochs_lower_both_losses():
+    cfg = tiny(alpha=4, th=0.2, epochs=3, lr=0.05)
+    data = prepare_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, 1, data.num_classes)
+    result = train(cfg, data, model, build_target(cfg, data.reg_x, data.reg_y), torch.device("cpu"))
+    first, last = result.epochs[0], result.epochs[-1]
+    assert last["loss_cls"] < first["loss_cls"]
+    assert last["loss_sim"] < first["loss_sim"]
+    assert last["train_acc"] > 0.3
+
+
+def test_same_seed_same_numbers_and_other_seed_differs(tmp_path):
+    rows = [run_trial(tiny(alpha=4, seed=s), tmp_path / f"r{i}") for i, s in enumerate((0, 0, 1))]
+    epochs = [pd.read_parquet(tmp_path / f"r{i}" / "epochs") for i in range(3)]
+    pd.testing.assert_frame_equal(epochs[0].drop(columns="seconds"), epochs[1].drop(columns="seconds"))
+    assert rows[0]["clean_acc"] == rows[1]["clean_acc"]
+    assert rows[0]["layer_weights"] == rows[1]["layer_weights"]
+    assert not epochs[0]["loss_cls"].equals(epochs[2]["loss_cls"])
+
+
+def test_run_trial_writes_documented_tables_and_a_loadable_checkpoint(tmp_path):
+    row = run_trial(tiny(alpha=4), tmp_path)
+    for table in ("trials", "epochs", "robustness"):
+        frame = pd.read_parquet(tmp_path / table)
+        assert list(frame.columns) == SCHEMAS[table].names
+        assert (frame["trial_id"] == row["trial_id"]).all()
+    trials = pd.read_parquet(tmp_path / "trials")
+    assert trials.loc[0, "status"] == "ok" and len(trials.loc[0, "layer_weights"]) == 5
+    assert sum(trials.loc[0, "layer_weights"]) == pytest.approx(1.0)
+    assert len(pd.read_parquet(tmp_path / "epochs")) == 2
+    model, cfg = load_checkpoint(row["checkpoint"])
+    assert cfg.trial_id == row["trial_id"]
+    data = prepare_data(cfg)
+    with torch.no_grad():
+        acc = (model(data.test_x).argmax(1) == data.test_y).float().mean().item()
+    assert acc == pytest.approx(row["clean_acc"])
+
+
+def test_baseline_is_shared_across_regularization_datasets():
+    a = tiny(alpha=0, reg_data="digits", th=0.5)
+    b = tiny(alpha=0, reg_data="MNIST", th=0.8)
+    assert a.trial_id == b.trial_id and a.role == "baseline" and a.reg_data == "none"
+
+
+def test_trial_id_ignores_where_it_runs():
+    assert tiny(device="cpu").trial_id == tiny(device="auto", data_root="/elsewhere").trial_id
+    assert tiny(seed=1).trial_id != tiny(seed=2).trial_id
+
+
+def test_diverging_loss_is_one_clear_error_and_leaves_nothing(tmp_path):
+    with pytest.raises(ConfigError, match="lower lr or alpha"):
+        run_trial(tiny(alpha=4, lr=1e12, epochs=1), tmp_path)
+    assert not any(p.suffix == ".parquet" for p in tmp_path.rglob("*"))
+
+
+def test_failure_is_recorded_when_asked(tmp_path):
+    with pytest.raises(ConfigError):
+        run_trial(tiny(alpha=4, lr=1e12, epochs=1), tmp_path, record_failure=True)
+    trials = pd.read_parquet(tmp_path / "trials")
+    assert trials["status"].tolist() == ["failed"] and "lower lr" in trials.loc[0, "error"]
+    assert not (tmp_path / "epochs").exists() or not os.listdir(tmp_path / "epochs")
+
+
+@pytest.mark.parametrize("flags, field", [
+    (["--task", "NoSuchSet"], "task"),
+    (["--th", "1.5", "--alpha", "4"], "th"),
+    (["--th", "0", "--alpha", "4"], "th"),
+    (["--alpha", "-1"], "alpha"),
+    (["--alpha", "4", "--reg-images", "1"], "reg_images"),
+    (["--task", "MNIST", "--data-root", "/nonexistent"], "MNIST"),
+    (["--alpha", "4", "--target", "matrix"], "matrix"),
+    (["--attacks", '{"nosuch": {}}'], "attacks"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, field):
+    code = cli.main(["train", "--out", str(tmp_path / "out"), "--width", "4", "--epochs", "1", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and field in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.parquet"))
+
+
+def test_cli_trains_one_trial(tmp_path, capsys):
+    code = cli.main(["train", "--out", str(tmp_path), "--width", "4", "--epochs", "1", "--train-images", "128",
+                     "--test-images", "64", "--reg-images", "100", "--valid-fraction", "0.1", "--alpha", "4",
+                     "--th", "0.2", "--attacks", '{"gaussian": {"images": 32}}', "--num-threads", "1"])
+    assert code == 0
+    assert "clean accuracy" in capsys.readouterr().out
+    assert len(pd.read_parquet(tmp_path / "trials")) == 1
