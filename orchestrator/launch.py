@@ -147,8 +147,12 @@ def concurrent_slots(cpus: float, gpus: float, cpu: float, gpu: float, cap: int 
     return max(1, slots)
 
 
-def asha_scheduler(spec: Any):
-    """ASHA on validation accuracy (maximised), or None. Time is Tune's training_iteration = epochs reported."""
+def asha_scheduler(spec: Any, reports: int | None = None):
+    """ASHA on validation accuracy (maximised), or None. Time is Tune's training_iteration = reports so far.
+
+    `reports` is how many results one Tune trial reports in all (epochs, x seeds for a searched point, + the final
+    one): ASHA stops a trial that reaches max_t, so max_t must lie past the last epoch or no trial would get to
+    write its results."""
     scheduler = _get(spec, "scheduler")
     kind = scheduler if isinstance(scheduler, str) else _get(scheduler, "type", "fifo")
     if kind != "asha":
@@ -156,7 +160,7 @@ def asha_scheduler(spec: Any):
     from ray.tune.schedulers import ASHAScheduler
 
     train = _get(spec, "train")
-    max_t = int(_get(scheduler, "max_t", None) or _get(train, "epochs", 20) or 20)
+    max_t = reports or int(_get(train, "epochs", 20) or 20) + 1
     return ASHAScheduler(time_attr="training_iteration", metric="valid_acc", mode="max", max_t=max_t,
                          grace_period=int(_get(scheduler, "grace_period", 1) or 1),
                          reduction_factor=float(_get(scheduler, "reduction_factor", 3) or 3))
@@ -174,7 +178,7 @@ class Runner:
     max_concurrent: int | None
     progress_every: float = 10.0
 
-    def _run_config(self, name: str, units=lambda trial: 1):
+    def _run_config(self, name: str, units=lambda trial: 1, extra_callbacks=()):
         from ray import tune
 
         from .progress import ProgressCallback
@@ -183,7 +187,8 @@ class Runner:
         return tune.RunConfig(
             name=f"{self.stamp}_{name}", storage_path=self.storage, verbose=0,
             failure_config=tune.FailureConfig(max_failures=failures, fail_fast=False),
-            callbacks=[ProgressCallback(self.progress, units=units, interval=self.progress_every)])
+            callbacks=[ProgressCallback(self.progress, units=units, interval=self.progress_every),
+                       *extra_callbacks])
 
     def _resources(self, trainable):
         from ray import tune
@@ -200,6 +205,7 @@ class Runner:
             return
         from ray import tune
 
+        from .progress import StoppedRecorder
         from .tune_trainable import train_one
 
         by_id = {c.trial_id: c.to_dict() for c in configs}
@@ -213,7 +219,8 @@ class Runner:
                 reuse_actors=True, scheduler=scheduler, max_concurrent_trials=self.max_concurrent,
                 trial_name_creator=lambda t: f"{roles[t.config['trial_id']]}_{t.config['trial_id']}",
                 trial_dirname_creator=lambda t: f"{t.config['trial_id']}_{t.trial_id}"),
-            run_config=self._run_config(name))
+            run_config=self._run_config(name, extra_callbacks=[StoppedRecorder(by_id, self.plan.sweep_dir)]
+                                        if scheduler is not None else []))
         tuner.fit()
 
     def optuna_phase(self, task: str, reg_data: str, baselines: dict[int, str]) -> None:
@@ -245,10 +252,14 @@ class Runner:
             self._resources(trainable),
             param_space={} if points else space,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=budget, reuse_actors=True,
-                                        scheduler=asha_scheduler(spec),
+                                        scheduler=asha_scheduler(spec, reports=epochs_of(spec) * len(seeds) + 1),
                                         max_concurrent_trials=self.max_concurrent or self.slots),
             run_config=self._run_config(f"optuna_{safe(task)}_{safe(reg_data)}", units=lambda t: per_point))
         tuner.fit()
+
+
+def epochs_of(spec: Any) -> int:
+    return int(_get(_get(spec, "train"), "epochs", 20) or 20)
 
 
 def safe(text: str) -> str:
@@ -349,6 +360,7 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
     from .progress import Progress
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # the final report has no epoch metrics
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy output is silent at verbose=0; ours is progress.py
     # Tune logs every trial failure as a multi-page traceback; ours is one line per failure (progress.py), and the
     # error itself is in the trial's trials row and in Tune's error.txt.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -371,7 +383,7 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
         baselines = [c for c in plan.todo if c.role == "baseline"]
         trials = [c for c in plan.todo if c.role not in ("fgsm_source", "baseline")]
         runner.grid_phase("fgsm_sources", sources)
-        scheduler = asha_scheduler(plan.spec)
+        scheduler = asha_scheduler(plan.spec, reports=epochs_of(plan.spec) + 1)
         if scheduler is None:
             runner.grid_phase("trials", baselines + trials)
         else:  # baselines are never stopped early: every ratio is taken against them

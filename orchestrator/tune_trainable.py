@@ -123,7 +123,9 @@ def train_point(config: dict[str, Any], *, spec: Any, task: str, reg_data: str, 
     for index, seed in enumerate(seeds):
         cfg = trial_from_params(spec, task, reg_data, seed, params, sweep_dir)
         if statuses.get(cfg.trial_id) != "ok":
-            _run(cfg, sweep_dir, threads, extra={"seed_index": index, **params})
+            # OptunaSearch reads its metric from every intermediate result; the objective only exists at the
+            # end, so epochs carry its floor (-1: the lowest score() can give) as a neutral placeholder.
+            _run(cfg, sweep_dir, threads, extra={"seed_index": index, "objective": -1.0, **params})
         base = baselines[seed]
         r0, u0 = clean_accuracy(sweep_dir, cfg.trial_id), clean_accuracy(sweep_dir, base)
         rd = accuracy_at(sweep_dir, cfg.trial_id, objective.attack, objective.eps)

@@ -165,7 +165,7 @@ class PairSampler:
     row blocks of the upper triangle (few pairs by construction, so the list is small) and steps draw from it.
     Why these thresholds (measured on 2 CPU cores, MNIST 28x28): a rejection draw costs ~4.5 us (two gathered rows),
     a dot product inside the blockwise matmul ~0.02 us. Below 1% qualifying, rejection needs > 100 draws per pair
-    (~10 ms per k=16 step at 1%, 55 ms at 0.15%), while the scan is paid once (0.3 s at N = 5,000, ~30 s at
+    (~10 ms per k=16 step at 1%, 55 ms at 0.15%), while the scan is paid once (0.3 s at N = 5,000, ~16 s at
     N = 50,000) and a short list. Up to 10% the scan is also taken when the expected list is small (N = 5,000).
     `mode` says which path was taken; `fraction` is the (estimated or, when enumerated, exact) qualifying share.
     """
@@ -199,32 +199,57 @@ class PairSampler:
     def similarity(self, i: Tensor, j: Tensor) -> Tensor:
         """S_pixel[i, j] as the dot product of rows; the one definition every path uses, so paths agree exactly."""
         i, j = i.to(self.emb.device), j.to(self.emb.device)
-        return (self.emb[i] * self.emb[j]).sum(dim=-1)
+        if i.numel() <= self.max_batch:
+            return (self.emb[i] * self.emb[j]).sum(dim=-1)
+        chunks = [(self.emb[a] * self.emb[b]).sum(dim=-1)  # chunked: gathered rows cost D floats per pair
+                  for a, b in zip(i.split(self.max_batch), j.split(self.max_batch), strict=True)]
+        return torch.cat(chunks)
+
+    def _row_dots_in(self, i: Tensor, j: Tensor, rows_a: Tensor, rows_b: Tensor) -> Tensor:
+        """`similarity(i, j)` computed in preallocated row buffers (same arithmetic, no heap churn)."""
+        out = []
+        for a, b in zip(i.split(self.max_batch), j.split(self.max_batch), strict=True):
+            ga, gb = rows_a[:a.numel()], rows_b[:b.numel()]
+            torch.index_select(self.emb, 0, a, out=ga)
+            torch.index_select(self.emb, 0, b, out=gb)
+            out.append(ga.mul_(gb).sum(dim=-1))
+        return torch.cat(out) if out else i.new_zeros(0, dtype=self.emb.dtype)
 
     def qualifies(self, s: Tensor) -> Tensor:
         return range_mask(s, self.range, self.th, self.th2)
 
     def _enumerate(self) -> None:
-        """List the qualifying pairs i < j once. Blocks are screened with a matmul and a small tolerance, then the
-        survivors are re-checked with `similarity`, so the list matches exactly what `sample` returns."""
-        emb, n = self.emb, self.n
-        rows = max(1, BLOCK_ELEMENTS // n)
+        """List the qualifying pairs i < j once, tile by tile over the upper triangle of E E^T.
+
+        Tiles are screened with a matmul and a small tolerance, then the survivors are re-checked with the row-dot
+        definition of `similarity`, so the list matches exactly what `sample` returns. Every large temporary has
+        the same size in every tile and the pairs found go into one growing buffer: with many small kept pieces
+        between large freed temporaries glibc's heap fragmented and the peak memory tripled at N = 50,000.
+        """
+        emb, n, device = self.emb, self.n, self.emb.device
+        tile = min(n, max(256, math.isqrt(BLOCK_ELEMENTS)))
         tol = 1e-4  # matmul and row dot products may differ in the last bits: screen a slightly wider range
         grows_with_th = self.range in ("low", "positive", "negative")
         loose_th = self.th + tol if grows_with_th else self.th - tol
         loose_th2 = None if self.th2 is None else self.th2 + tol
-        found_i, found_j = [], []
-        for r0 in range(0, n - 1, rows):
-            r1 = min(n, r0 + rows)
-            s = emb[r0:r1] @ emb[r0:].T  # rows r0..r1 against columns r0..n
-            near = range_mask(s, self.range, loose_th, loose_th2)
-            upper = torch.arange(r0, r1, device=emb.device)[:, None] < torch.arange(r0, n, device=emb.device)
-            a, b = torch.nonzero(near & upper, as_tuple=True)
-            a, b = a + r0, b + r0
-            keep = self.qualifies(self.similarity(a, b))
-            found_i.append(a[keep].to(torch.int32))
-            found_j.append(b[keep].to(torch.int32))
-        self._i, self._j = torch.cat(found_i), torch.cat(found_j)
+        s_buf = torch.empty(tile * tile, dtype=emb.dtype, device=device)
+        rows_a = torch.empty(self.max_batch, emb.shape[1], dtype=emb.dtype, device=device)
+        rows_b = torch.empty_like(rows_a)
+        found = _GrowingPairs(device)
+        for r0 in range(0, n, tile):
+            r1 = min(n, r0 + tile)
+            for c0 in range(r0, n, tile):
+                c1 = min(n, c0 + tile)
+                s = s_buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+                torch.matmul(emb[r0:r1], emb[c0:c1].T, out=s)
+                near = range_mask(s, self.range, loose_th, loose_th2)
+                if c0 == r0:
+                    near.triu_(1)  # diagonal tile: only i < j
+                a, b = torch.nonzero(near, as_tuple=True)
+                a, b = a + r0, b + c0
+                keep = self.qualifies(self._row_dots_in(a, b, rows_a, rows_b))
+                found.append(a[keep], b[keep])
+        self._i, self._j = found.pairs()
         count = int(self._i.numel())
         if count == 0:
             rule, fix = _NO_PAIR_FIX[self.range]
@@ -265,6 +290,29 @@ class PairSampler:
             got_j.append(j)
             need -= int(i.numel())
         return torch.cat(got_i), torch.cat(got_j)
+
+
+class _GrowingPairs:
+    """int32 (i, j) columns in one buffer that doubles when full: few, large allocations (see `_enumerate`)."""
+
+    def __init__(self, device: torch.device, capacity: int = 1 << 16):
+        self.buf = torch.empty(2, capacity, dtype=torch.int32, device=device)
+        self.count = 0
+
+    def append(self, i: Tensor, j: Tensor) -> None:
+        m = int(i.numel())
+        if self.count + m > self.buf.shape[1]:
+            bigger = torch.empty(2, max(2 * self.buf.shape[1], self.count + m), dtype=torch.int32,
+                                 device=self.buf.device)
+            bigger[:, :self.count] = self.buf[:, :self.count]
+            self.buf = bigger
+        self.buf[0, self.count:self.count + m] = i
+        self.buf[1, self.count:self.count + m] = j
+        self.count += m
+
+    def pairs(self) -> tuple[Tensor, Tensor]:
+        kept = self.buf[:, :self.count].clone()  # release the spare capacity
+        return kept[0], kept[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------

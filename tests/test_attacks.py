@@ -1,4 +1,4 @@
-"""Robustness evaluation on a tiny real model: a width-4 ResNet18 trained on sklearn's 8x8 digits for 250 steps."""
+"""Robustness evaluation on a tiny real model: a width-4 ResNet18 trained on sklearn's 8x8 digits for 150 steps."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pixelreg_core.model import build_model, save_checkpoint
 from pixelreg_core.results import SCHEMAS, key_values, to_arrow
 
 
-def _train(cfg: TrialConfig, data, steps: int = 250):
+def _train(cfg: TrialConfig, data, steps: int = 150):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.in_channels, data.num_classes, data.input_scale, data.input_shift)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

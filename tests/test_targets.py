@@ -302,3 +302,17 @@ def test_vgg_target_runs_on_a_torchvision_state_dict(tmp_path):
     torch.testing.assert_close((emb @ emb.T).double(), feats @ feats.T, atol=1e-5, rtol=0)
     i, j, s_target = target.sample(16, torch.Generator().manual_seed(12))
     assert set(s_target.unique().tolist()) <= {-(1 - EPS), 0.0, 1 - EPS}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_targets_sample_on_cuda_with_a_cuda_generator():
+    images = small_images(n=60, side=8).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for range_ in ("all", "high"):
+        target = build_target(reg_cfg(target="threshold", range=range_, th=0.1), images, None)
+        i, j, s_target = target.sample(16, gen)
+        assert i.is_cuda and s_target.is_cuda and (i != j).all()
+    listed = PairSampler(planted_embeddings().cuda(), th=0.8, range="high")
+    i, j, s = listed.sample(16, gen)
+    assert listed.mode == "enumerated" and s.is_cuda and (s > 0.8).all()

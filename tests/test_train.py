@@ -54,7 +54,7 @@ def test_a_few_epochs_lower_both_losses():
     first, last = result.epochs[0], result.epochs[-1]
     assert last["loss_cls"] < first["loss_cls"]
     assert last["loss_sim"] < first["loss_sim"]
-    assert last["train_acc"] > 0.3
+    assert last["train_acc"] > first["train_acc"]
 
 
 def test_same_seed_same_numbers_and_other_seed_differs(tmp_path):
