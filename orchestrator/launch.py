@@ -101,7 +101,7 @@ def validate_configs(configs: list[TrialConfig], spec_path: Path) -> None:
     for cfg in configs:
         try:
             cfg.validate()
-            attacks.validate_attacks(cfg)
+            attacks.validate_attacks(cfg, check_source=False)  # sources are trained in the first phase
         except ConfigError as exc:
             raise UserError(f"{spec_path}: trial {cfg.trial_id} ({cfg.role} {cfg.task}/{cfg.reg_data}): {exc}") \
                 from None
@@ -183,10 +183,9 @@ class Runner:
 
         from .progress import ProgressCallback
 
-        failures = int(_get(self.plan.spec, "max_failures", 1) or 0)
         return tune.RunConfig(
             name=f"{self.stamp}_{name}", storage_path=self.storage, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=failures, fail_fast=False),
+            failure_config=tune.FailureConfig(max_failures=self.retries, fail_fast=False),
             callbacks=[ProgressCallback(self.progress, units=units, interval=self.progress_every),
                        *extra_callbacks])
 
@@ -194,6 +193,10 @@ class Runner:
         from ray import tune
 
         return tune.with_resources(trainable, {"cpu": self.plan.cpu, "gpu": self.plan.gpu})
+
+    @property
+    def retries(self) -> int:
+        return int(_get(self.plan.spec, "max_failures", 1) or 0)
 
     @property
     def threads(self) -> int:
@@ -210,7 +213,7 @@ class Runner:
 
         by_id = {c.trial_id: c.to_dict() for c in configs}
         trainable = tune.with_parameters(train_one, configs=by_id, sweep_dir=self.plan.sweep_dir,
-                                         threads=self.threads)
+                                         threads=self.threads, retries=self.retries)
         roles = {c.trial_id: c.role for c in configs}
         tuner = tune.Tuner(
             self._resources(trainable),
@@ -246,7 +249,7 @@ class Runner:
             spec = spec.model_copy(update={"data_root": str(Path(spec.data_root).resolve())})
         trainable = tune.with_parameters(train_point, spec=spec, task=task, reg_data=reg_data, seeds=seeds,
                                          baselines=baselines, sweep_dir=self.plan.sweep_dir, threads=self.threads,
-                                         objective=objective)
+                                         objective=objective, retries=self.retries)
         per_point = len(seeds)
         tuner = tune.Tuner(
             self._resources(trainable),

@@ -97,7 +97,11 @@ class ProgressCallback(Callback):
             self.progress.done += n
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, failed=False)
+        result = trial.last_result or {}
+        failed = result.get("ok") == 0.0  # the trainable retried it in-process and gave up (tune_trainable._run)
+        self._finish(trial, failed=failed)
+        if failed:
+            self.progress.log(f"failed {trial} (retries used up): {result.get('error', '?')}"[:300])
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, failed=True)

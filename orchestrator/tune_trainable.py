@@ -37,8 +37,15 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _run(cfg: TrialConfig, sweep_dir: str, threads: int, extra: dict[str, float] | None = None) -> dict[str, Any]:
-    """run_trial with Tune reporting; failures leave a `failed` trials row and re-raise so Tune retries."""
+def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
+         extra: dict[str, float] | None = None) -> dict[str, Any]:
+    """run_trial with Tune reporting, retried in this worker up to `retries` times; returns its trials row.
+
+    Exceptions are retried here rather than by Tune: in Ray 2.60 a trial that raises with reuse_actors on
+    loses its actor and Tune never replaces it, so one failure would cost the sweep a slot for good (seen here:
+    after one error, every later trial ran in a single actor). Tune's FailureConfig still restarts trials whose
+    worker process dies. A trial that fails every attempt has a `failed` trials row (written by run_trial).
+    """
     import torch
 
     from pixelreg_core.trial import run_trial
@@ -46,23 +53,29 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, extra: dict[str, float]
     torch.set_num_threads(threads)
     cfg = cfg.replace(num_threads=threads)
     extra = extra or {}
-    try:
-        return run_trial(cfg, sweep_dir, on_epoch=lambda row: tune.report({**numeric(row), **extra}),
-                         cache_dir=f"{sweep_dir}/fgsm_cache", record_failure=True)
-    except Exception as exc:
-        # Tune copies the exception to retry/report it; ConfigError's two-argument constructor breaks that copy.
-        raise TrialFailed(f"trial {cfg.trial_id}: {type(exc).__name__}: {exc}") from None
+    for attempt in range(retries + 1):
+        try:
+            return run_trial(cfg, sweep_dir, on_epoch=lambda row: tune.report({**numeric(row), **extra}),
+                             cache_dir=f"{sweep_dir}/fgsm_cache", record_failure=True)
+        except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if attempt < retries:
+                print(f"trial {cfg.trial_id} failed ({error}); retry {attempt + 1} of {retries}", flush=True)
+    return {"trial_id": cfg.trial_id, "status": "failed", "error": error}
 
 
 class TrialFailed(RuntimeError):
-    """A trial's failure as Tune sees it: one line, already recorded in the trials table by run_trial."""
+    """A searched point whose trials failed: Tune records it as errored (its rows say why)."""
 
 
-def train_one(config: dict[str, Any], *, configs: dict[str, dict[str, Any]], sweep_dir: str, threads: int) -> None:
+def train_one(config: dict[str, Any], *, configs: dict[str, dict[str, Any]], sweep_dir: str, threads: int,
+              retries: int) -> None:
     """Grid search: the Tune trial `config["trial_id"]` is exactly that TrialConfig."""
     cfg = TrialConfig.from_dict(configs[config["trial_id"]])
-    row = _run(cfg, sweep_dir, threads)
-    tune.report(numeric({"clean_acc": row.get("clean_acc"), "valid_acc": row.get("valid_acc"), "ok": 1}))
+    row = _run(cfg, sweep_dir, threads, retries)
+    ok = row.get("status") == "ok"
+    tune.report({**numeric({"clean_acc": row.get("clean_acc"), "valid_acc": row.get("valid_acc")}),
+                 "ok": float(ok), **({} if ok else {"error": row["error"][:300]})})
 
 
 # ----------------------------------------------------------------------------------------------- optuna
@@ -108,7 +121,8 @@ def _ratio(a: float, b: float) -> float:
 
 
 def train_point(config: dict[str, Any], *, spec: Any, task: str, reg_data: str, seeds: list[int],
-                baselines: dict[int, str], sweep_dir: str, threads: int, objective: Objective) -> None:
+                baselines: dict[int, str], sweep_dir: str, threads: int, objective: Objective,
+                retries: int) -> None:
     """Optuna: one sampled (Th, alpha) for one pair, trained for every seed; reports the seed-mean objective.
 
     Seeds finished by an earlier launch are read back, not retrained. Ratios are taken per seed against the
@@ -125,7 +139,9 @@ def train_point(config: dict[str, Any], *, spec: Any, task: str, reg_data: str, 
         if statuses.get(cfg.trial_id) != "ok":
             # OptunaSearch reads its metric from every intermediate result; the objective only exists at the
             # end, so epochs carry its floor (-1: the lowest score() can give) as a neutral placeholder.
-            _run(cfg, sweep_dir, threads, extra={"seed_index": index, "objective": -1.0, **params})
+            row = _run(cfg, sweep_dir, threads, retries, extra={"seed_index": index, "objective": -1.0, **params})
+            if row.get("status") != "ok":
+                raise TrialFailed(f"trial {cfg.trial_id} (seed {seed}): {row['error']}")
         base = baselines[seed]
         r0, u0 = clean_accuracy(sweep_dir, cfg.trial_id), clean_accuracy(sweep_dir, base)
         rd = accuracy_at(sweep_dir, cfg.trial_id, objective.attack, objective.eps)

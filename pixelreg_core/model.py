@@ -50,7 +50,7 @@ class PairResNet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 1, 3, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU())
         stages, c_in = [], width
-        for i, (blocks, stride) in enumerate(zip(STAGE_BLOCKS[arch], (1, 2, 2, 2))):
+        for i, (blocks, stride) in enumerate(zip(STAGE_BLOCKS[arch], (1, 2, 2, 2), strict=True)):
             c_out = width * 2**i
             layers = [BasicBlock(c_in if b == 0 else c_out, c_out, stride if b == 0 else 1) for b in range(blocks)]
             stages.append(nn.Sequential(*layers))

@@ -137,8 +137,6 @@ def write_table(root: str | os.PathLike, table: str, trial_id: str, rows: list[d
 
 def read_table(root: str | os.PathLike, table: str):
     """A table as a pandas DataFrame with the schema's columns; empty (not an error) when nothing is written."""
-    import pandas as pd
-
     fs, base, _ = _filesystem(root)
     directory = f"{base}/{table}"
     info = fs.get_file_info(directory)

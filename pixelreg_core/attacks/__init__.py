@@ -44,11 +44,13 @@ def attack_preset(name: str) -> dict[str, dict[str, Any]]:
     return copy.deepcopy(PRESETS[name])
 
 
-def validate_attacks(cfg: TrialConfig, test_count: int | None = None) -> dict[str, dict[str, Any]]:
+def validate_attacks(cfg: TrialConfig, test_count: int | None = None, *,
+                     check_source: bool = True) -> dict[str, dict[str, Any]]:
     """Resolve and check every attack's options; returns {name: resolved options}. Raises ConfigError.
 
     Cheap: it touches no test data; with fgsm_transfer it loads the source checkpoint to check that it exists and
-    is not the evaluated trial itself; with a corruption folder it reads the .npy headers.
+    is not the evaluated trial itself (`check_source=False` skips that for a sweep planned before its source model
+    is trained); with a corruption folder it reads the .npy headers.
     """
     if not isinstance(cfg.attacks, dict):
         raise ConfigError("attacks", "must map attack names to option mappings, e.g. {\"gaussian\": {}}")
@@ -64,7 +66,8 @@ def validate_attacks(cfg: TrialConfig, test_count: int | None = None) -> dict[st
             if cfg.fgsm_source is None:
                 raise ConfigError("fgsm_source", "attack fgsm_transfer needs the checkpoint of an unregularized "
                                                  "source model of the same task; set fgsm_source or drop the attack")
-            fgsm.load_source(cfg.fgsm_source, cfg)
+            if check_source:
+                fgsm.load_source(cfg.fgsm_source, cfg)
         if from_folder:
             corruptions.check_folder(opts["folder"], opts["names"])
         resolved[name] = opts
