@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -324,13 +323,8 @@ def write_parquet(frame, path: Path) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    from pixelreg_core.results import atomic_path
+
+    with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return str(path)

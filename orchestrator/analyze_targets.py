@@ -176,7 +176,10 @@ def scatter(pixel, target, result: dict[str, Any], path: Path, seed: int) -> Non
     ax.set_ylabel(f"user similarity ({Path(result['matrix']).name})")
     ax.grid(alpha=0.3)
     ax.legend(title=f"{shown_count} of {result['pairs']} pairs shown", fontsize=9, loc="upper left")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    from pixelreg_core.results import atomic_path
+
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100, metadata={"Software": None})
+    finally:
+        plt.close(fig)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +81,13 @@ def _keep(fig, why: str | None, path: Path, name: str, written: list[str], skipp
     if fig is None:
         skipped[name] = why or "no data"
         return
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp.png"
+    from pixelreg_core.results import atomic_path
+
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", metadata={"Software": None})
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight", metadata={"Software": None})
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     written.append(str(path))
 
 

@@ -12,7 +12,6 @@ import base64
 import datetime as dt
 import html
 import os
-import uuid
 from pathlib import Path
 
 from .aggregate import DEFAULT_A0, SELECTION_KEYS, aggregate_sweep, parse_distortions
@@ -90,14 +89,10 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
     best = pd.read_parquet(root / "best.parquet")
     page = render(root, trials, summary, best)
     path = Path(out) if out else root / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from pixelreg_core.results import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
     return str(path)
 
 

@@ -61,7 +61,22 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if attempt < retries:
                 print(f"trial {cfg.trial_id} failed ({error}); retry {attempt + 1} of {retries}", flush=True)
+    error = f"{error} (failed {retries + 1} attempt(s))"
+    _amend_error(sweep_dir, cfg.trial_id, error)
     return {"trial_id": cfg.trial_id, "status": "failed", "error": error}
+
+
+def _amend_error(sweep_dir: str, trial_id: str, error: str) -> None:
+    """Say in the failed trials row how many attempts were made (run_trial wrote it without knowing)."""
+    import pyarrow.parquet as pq
+
+    from pixelreg_core.results import write_table
+
+    from .resume import filesystem
+
+    fs, base = filesystem(sweep_dir)
+    rows = pq.read_table(f"{base}/trials/{trial_id}.parquet", filesystem=fs).to_pylist()  # keeps nulls as None
+    write_table(sweep_dir, "trials", trial_id, [{**rows[0], "error": error}])
 
 
 class TrialFailed(RuntimeError):

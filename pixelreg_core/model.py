@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import uuid
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import NUM_SIM_LAYERS, TrialConfig
+from .results import atomic_path
 
 STAGE_BLOCKS = {"ResNet18": (2, 2, 2, 2), "ResNet34": (3, 4, 6, 3)}
 
@@ -122,14 +121,8 @@ def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str) -> None:
         with fs.open_output_stream(p) as out:
             out.write(buffer.getvalue())
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:

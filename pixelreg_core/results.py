@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,25 @@ def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """A hidden temp path beside `path`, renamed over it when the block succeeds and removed when it fails.
+
+    Readers see the old file or the new one, never half of one (a rename inside one folder is atomic), and a
+    reader of the folder skips the temp file (pyarrow ignores names starting with "."). `suffix` keeps writers
+    that choose the format by extension (np.save, savefig) happy.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str, bool]:
     """(filesystem, path, is_local). Accepts a plain path or a pyarrow URI such as s3://bucket/prefix."""
     text = str(root)
@@ -125,13 +146,8 @@ def write_table(root: str | os.PathLike, table: str, trial_id: str, rows: list[d
     if not local:  # an object store PUT is already all-or-nothing
         pq.write_table(data, final, filesystem=fs)
         return final
-    tmp = f"{directory}/.{trial_id}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_path(final) as tmp:
         pq.write_table(data, tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return final
 
 

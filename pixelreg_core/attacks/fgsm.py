@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, TrialConfig
+from ..results import atomic_path
 from .common import model_device, row
 
 # Gradient work done by `gradient_signs` in this process; tests read it to see that the cache was hit.
@@ -96,14 +96,8 @@ def cached_signs(source_path: str, cfg: TrialConfig, x: torch.Tensor, y: torch.T
         if cached.shape == x.shape:
             return cached
     signs = gradient_signs(source, x, y, batch_size)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{uuid.uuid4().hex}.tmp.npy"
-    try:
+    with atomic_path(path, suffix=".npy") as tmp:  # concurrent trials may race; either complete file wins
         np.save(tmp, signs.numpy())
-        os.replace(tmp, path)  # concurrent trials may race; either complete file wins
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return signs
 
 
