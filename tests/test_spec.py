@@ -55,7 +55,7 @@ def test_quickstart_is_the_small_offline_demo():
     assert [(p.task, p.reg_data) for p in spec.pairs] == [("digits", "digits")]
     assert [(p["th"], p["alpha"]) for p in spec.grid_points()] == [(0.2, 4.0), (0.8, 10.0)]
     assert spec.seed_list == [0, 1, 2] and spec.baseline and not spec.download
-    assert 4 <= spec.train["width"] <= 8 and 2 <= spec.train["epochs"] <= 3
+    assert 4 <= spec.train["width"] <= 8 and spec.train["epochs"] <= 20  # a few minutes on 2 CPU cores
     assert {"gaussian", "uniform", "salt_pepper", "fgsm_transfer", "boundary"} <= set(spec.attacks)
     assert (spec.resources.cpu, spec.resources.gpu) == (1.0, 0.0)
 
