@@ -100,10 +100,13 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     the figures written or skipped (with the reason). Safe to run while a sweep is still writing: it reads the
     finished trials only, and every output is replaced atomically.
     """
-    from pixelreg_core.results import read_table
+    import pyarrow.fs as pafs
 
-    root = Path(sweep_dir)
-    if not (root / "trials").is_dir():
+    from pixelreg_core.results import _filesystem, is_uri, join, read_table
+
+    root = str(sweep_dir) if is_uri(sweep_dir) else Path(sweep_dir)
+    fs, base, _ = _filesystem(root)
+    if fs.get_file_info(f"{base}/trials").type != pafs.FileType.Directory:
         raise UserError(f"{root}: no trials/ folder here; pass a sweep's results folder such as results/mnist_grid")
     if not math.isfinite(a0) or a0 <= 0:
         raise UserError(f"--a0 {a0}: must be a positive ratio such as 0.9")
@@ -113,15 +116,18 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     summary = summarize(ok, robustness, failed)
     best = select_best(summary, a0=a0, distortions=distortions or {})
 
-    summary_path = write_parquet(summary, root / "summary.parquet")
-    best_path = write_parquet(best, root / "best.parquet")
+    summary_path = write_parquet(summary, join(root, "summary.parquet"))
+    best_path = write_parquet(best, join(root, "best.parquet"))
     result: dict[str, Any] = {
         "summary": summary_path, "best": best_path, "summary_rows": len(summary), "best_rows": len(best),
         "trials_ok": len(ok), "trials_failed": len(failed),
         "failed": {str(r.trial_id): str(r.error) for r in failed.itertuples()},
         "chosen": describe_chosen(best), "figures": [], "skipped_figures": {},
     }
-    if figures:
+    if figures and is_uri(root):
+        result["skipped_figures"]["figures"] = ("drawn only for a local results folder; copy the sweep folder "
+                                                "and run `orchestrator aggregate` on the copy")
+    elif figures:
         from . import figures as figs
 
         written, skipped = figs.write_figures(root, summary=summary, best=best, trials=ok,
@@ -318,13 +324,14 @@ def describe_chosen(best) -> list[str]:
 # --------------------------------------------------------------------------------------------------- output
 
 
-def write_parquet(frame, path: Path) -> str:
-    """Write a DataFrame atomically: a hidden temp file in the same folder, then rename over the target."""
+def write_parquet(frame, path: str | os.PathLike) -> str:
+    """Write a DataFrame all at once (local path or URI): locally a hidden temp file renamed over the target."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pixelreg_core.results import atomic_path
+    from pixelreg_core.results import write_bytes
 
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    write_bytes(path, buffer.getvalue().to_pybytes())
     return str(path)

@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 from pixelreg_core.config import ROLES, ConfigError, TrialConfig
+from pixelreg_core.results import join
 
 from .errors import UserError
 from .spec import FGSM_ATTACK, GRID_FIELDS, SweepSpec
@@ -32,7 +33,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig) if f.def
 
 
 def checkpoint_path(sweep_dir: str | os.PathLike, trial_id: str) -> str:
-    return f"{str(sweep_dir).rstrip('/')}/checkpoints/{trial_id}.pt"
+    return join(sweep_dir, "checkpoints", f"{trial_id}.pt")  # a URI keeps its ?query at the end
 
 
 def expand(spec: SweepSpec, sweep_dir: str | os.PathLike) -> list[TrialConfig]:

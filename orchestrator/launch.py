@@ -421,14 +421,15 @@ def count_failed(plan: Plan) -> int:
 
 def report_outputs(sweep_dir: str, log) -> None:
     """Aggregate where the aggregator exists (it is optional for a launch) and say where everything is."""
-    log(f"results: {sweep_dir}/{{trials,epochs,robustness,spectrum}}/ (pandas.read_parquet reads each folder)")
+    if is_uri(sweep_dir):
+        log(f"results: {sweep_dir} (tables trials, epochs, robustness, spectrum; "
+            f"orchestrator.results.load(URI) reads them)")
+    else:
+        log(f"results: {sweep_dir}/{{trials,epochs,robustness,spectrum}}/ (pandas.read_parquet reads each folder)")
     try:
         from .aggregate import aggregate_sweep
     except ImportError:
         log(f"aggregate later with: orchestrator aggregate {sweep_dir}")
-        return
-    if is_uri(sweep_dir):
-        log(f"aggregate with: orchestrator aggregate on a local copy of {sweep_dir}")
         return
     try:
         result = aggregate_sweep(sweep_dir)
@@ -438,5 +439,7 @@ def report_outputs(sweep_dir: str, log) -> None:
     log(f"summary: {result['summary']}  best settings: {result['best']}")
     if result.get("figures"):
         log(f"figures: {Path(sweep_dir) / 'figures'} ({len(result['figures'])} files)")
+    elif is_uri(sweep_dir):
+        log(f"figures: not drawn for a URI ({result['skipped_figures']['figures']})")
     for line in result.get("chosen", [])[:10]:
         log(f"  {line}")

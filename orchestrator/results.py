@@ -13,7 +13,6 @@ summary and best exist after `orchestrator aggregate` (or pass aggregate=True).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 
@@ -29,17 +28,21 @@ class SweepResults(NamedTuple):
 
 
 def load(sweep_dir: str | os.PathLike, aggregate: bool = False) -> SweepResults:
-    """Read every table of a sweep folder. aggregate=True (re)writes summary and best first."""
+    """Read every table of a sweep folder (a local path or a pyarrow URI such as s3://bucket/prefix/<name>).
+    aggregate=True (re)writes summary and best first."""
+    import io
+
     import pandas as pd
 
-    from pixelreg_core.results import read_table
+    from pixelreg_core.results import join, read_bytes, read_table
 
-    root = Path(sweep_dir)
     if aggregate:
         from .aggregate import aggregate_sweep
 
-        aggregate_sweep(root, figures=False)
-    per_trial = {table: read_table(root, table) for table in ("trials", "epochs", "robustness", "spectrum")}
-    derived = {name: pd.read_parquet(root / f"{name}.parquet") if (root / f"{name}.parquet").exists()
-               else pd.DataFrame() for name in ("summary", "best")}
+        aggregate_sweep(sweep_dir, figures=False)
+    per_trial = {table: read_table(sweep_dir, table) for table in ("trials", "epochs", "robustness", "spectrum")}
+    derived = {}
+    for name in ("summary", "best"):
+        data = read_bytes(join(sweep_dir, f"{name}.parquet"))
+        derived[name] = pd.read_parquet(io.BytesIO(data)) if data is not None else pd.DataFrame()
     return SweepResults(**per_trial, **derived)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from pixelreg_core.config import TrialConfig
-from pixelreg_core.results import TABLES, read_table, remove_trial
+from pixelreg_core.results import TABLES, _filesystem, is_uri, join, read_table, remove_trial
 
 from .errors import UserError
 
@@ -25,22 +25,17 @@ FINGERPRINT_FILE = "fingerprint"
 COMPLETE_STATUSES = ("ok", "stopped")
 
 
-def is_uri(root: str | os.PathLike) -> bool:
-    text = str(root)
-    return "://" in text and not text.startswith("file://")
-
-
 def filesystem(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or a pyarrow URI."""
-    if is_uri(path):
-        return pafs.FileSystem.from_uri(str(path))
-    return pafs.LocalFileSystem(), str(Path(str(path).removeprefix("file://")).resolve())
+    """(filesystem, path inside it) for a local path or a pyarrow URI (pixelreg_core.results' one helper)."""
+    fs, base, _ = _filesystem(path)
+    return fs, base
 
 
 def sweep_dir_for(root: str | os.PathLike, name: str) -> str:
-    """ROOT/<name>, absolute for a local root (Tune's workers do not share our working directory)."""
+    """ROOT/<name>, absolute for a local root (Tune's workers do not share our working directory); a URI keeps
+    its query (s3://bucket/prefix/<name>?endpoint_override=...)."""
     if is_uri(root):
-        return f"{str(root).rstrip('/')}/{name}"
+        return join(root, name)
     return str(Path(str(root).removeprefix("file://")).resolve() / name)
 
 

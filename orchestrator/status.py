@@ -83,13 +83,12 @@ def render(info: dict[str, Any], show_all: bool = False) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .resume import filesystem, is_uri
+    import pyarrow.fs as pafs
 
-    if not is_uri(args.sweep_dir):
-        import pyarrow.fs as pafs
+    from .resume import filesystem
 
-        fs, base = filesystem(args.sweep_dir)
-        if fs.get_file_info(base).type != pafs.FileType.Directory:
-            raise UserError(f"{args.sweep_dir}: no such sweep folder; pass ROOT/<name>, e.g. results/quickstart")
+    fs, base = filesystem(args.sweep_dir)  # a local folder or a URI prefix (s3://bucket/prefix/<name>?...)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise UserError(f"{args.sweep_dir}: no such sweep folder; pass ROOT/<name>, e.g. results/quickstart")
     print(render(summarize(args.sweep_dir), show_all=args.all))
     return 0

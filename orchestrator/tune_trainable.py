@@ -12,9 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray import tune
 
 from pixelreg_core.config import TrialConfig
+from pixelreg_core.results import join
 
 
 @dataclass(frozen=True)
@@ -56,27 +58,36 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
     for attempt in range(retries + 1):
         try:
             return run_trial(cfg, sweep_dir, on_epoch=lambda row: tune.report({**numeric(row), **extra}),
-                             cache_dir=f"{sweep_dir}/fgsm_cache", record_failure=True)
+                             cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True)
         except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if attempt < retries:
                 print(f"trial {cfg.trial_id} failed ({error}); retry {attempt + 1} of {retries}", flush=True)
     error = f"{error} (failed {retries + 1} attempt(s))"
-    _amend_error(sweep_dir, cfg.trial_id, error)
+    _amend_error(sweep_dir, cfg, error)
     return {"trial_id": cfg.trial_id, "status": "failed", "error": error}
 
 
-def _amend_error(sweep_dir: str, trial_id: str, error: str) -> None:
-    """Say in the failed trials row how many attempts were made (run_trial wrote it without knowing)."""
+def _amend_error(sweep_dir: str, cfg: TrialConfig, error: str) -> None:
+    """Say in the failed trials row how many attempts were made (run_trial wrote it without knowing). A trial
+    that failed before run_trial could write a row (e.g. its FGSM source checkpoint is unreadable) gets one here,
+    so the sweep still counts and reports it as failed."""
+    import json
+
     import pyarrow.parquet as pq
 
-    from pixelreg_core.results import write_table
+    from pixelreg_core.results import key_values, write_table
 
     from .resume import filesystem
 
     fs, base = filesystem(sweep_dir)
-    rows = pq.read_table(f"{base}/trials/{trial_id}.parquet", filesystem=fs).to_pylist()  # keeps nulls as None
-    write_table(sweep_dir, "trials", trial_id, [{**rows[0], "error": error}])
+    path = f"{base}/trials/{cfg.trial_id}.parquet"
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        row = pq.read_table(path, filesystem=fs).to_pylist()[0]  # keeps nulls as None
+    else:
+        row = {**key_values(cfg), "role": cfg.role, "status": "failed", "width": cfg.width, "epochs": cfg.epochs,
+               "config": json.dumps(cfg.to_dict(), sort_keys=True)}
+    write_table(sweep_dir, "trials", cfg.trial_id, [{**row, "error": error}])
 
 
 class TrialFailed(RuntimeError):

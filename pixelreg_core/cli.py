@@ -30,8 +30,8 @@ def _flag_type(annotation: Any) -> tuple[str, Any]:
     if hint is bool:
         return "bool", None
     origin = typing.get_origin(hint)
-    if origin is dict:
-        return "json", json.loads
+    if origin is dict:  # parsed in config_from_args, so that bad JSON is main's one-line error, not argparse's
+        return "json", str
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
         return "value", _parse_optional(inner)
@@ -67,8 +67,9 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError("config", f"cannot read {args.config}: {exc}") from None
     for f in dataclasses.fields(TrialConfig):
-        if getattr(args, f.name) is not None:
-            values[f.name] = getattr(args, f.name)
+        value = getattr(args, f.name)
+        if value is not None:
+            values[f.name] = json.loads(value) if _flag_type(f.type)[0] == "json" else value
     return TrialConfig.from_dict(values)
 
 

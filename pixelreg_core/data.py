@@ -367,13 +367,17 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
     Train split minus a seeded validation holdout (cfg.valid_fraction, at least 1 image), optionally capped at
     cfg.train_images; the test split capped at its first cfg.test_images images (the same for every seed, so seeds
     are compared on the same images); the regularization set is the first cfg.reg_images images of cfg.reg_data's
-    train split (ref. code), converted to the task's channel count. CIFAR tasks get the reference code's input
+    train split (ref. code), converted to the task's channel count, and empty for a baseline or a matrix target
+    (its images come with the matrix). CIFAR tasks get the reference code's input
     scaling 5 * (x - 0.5) and training augmentation.
     """
     channels = 1 if cfg.grayscale else 3
     load = functools.partial(load_split, root=cfg.data_root, grayscale=cfg.grayscale, download=cfg.download)
     check_dataset_name(cfg.task, "task", allow_folder=False)
-    regularized = cfg.regularized and cfg.reg_data != "none"
+    # A matrix target brings its own N images (targets.load_matrix): reg_data is not loaded then, so its size
+    # cannot refuse reg_images.
+    own_images = cfg.target == "matrix" or (cfg.target == "shuffle" and cfg.matrix is not None)
+    regularized = cfg.regularized and cfg.reg_data != "none" and not own_images
     if regularized:
         check_dataset_name(cfg.reg_data, "reg_data")  # fail on a bad name before loading anything
     full_x, full_y = load(cfg.task, split="train", field_name="task")

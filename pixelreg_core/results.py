@@ -46,7 +46,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("valid_loss", pa.float64()),
         pa.field("best_epoch", pa.int64()),       # 1-based, lowest validation loss
         pa.field("epochs", pa.int64()),
-        pa.field("layer_weights", pa.list_(pa.float64())),  # final softmax(gamma), stem first
+        pa.field("layer_weights", pa.list_(pa.float64())),  # softmax(gamma) of best_epoch, stem first
         pa.field("sim_layer", pa.int64()),        # null: learned weights
         pa.field("width", pa.int64()),
         pa.field("wall_s", pa.float64()),
@@ -127,13 +127,54 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
             os.remove(tmp)
 
 
+def is_uri(path: str | os.PathLike) -> bool:
+    """True for a pyarrow URI such as s3://bucket/prefix (file:// counts as a local path)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def join(root: str | os.PathLike, *parts: str) -> str:
+    """ROOT/part/...: for a URI the query (`?endpoint_override=...&scheme=http`) stays at the end, where pyarrow
+    reads it."""
+    text, sep, query = str(root).partition("?") if is_uri(root) else (str(root), "", "")
+    return "/".join([text.rstrip("/"), *parts]) + sep + query
+
+
 def _filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str, bool]:
-    """(filesystem, path, is_local). Accepts a plain path or a pyarrow URI such as s3://bucket/prefix."""
-    text = str(root)
-    if "://" in text and not text.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(text)
+    """(filesystem, path, is_local). Accepts a plain path or a pyarrow URI such as s3://bucket/prefix. The one
+    place that turns a results location into a filesystem (orchestrator.resume.filesystem wraps it)."""
+    if is_uri(root):
+        fs, path = pafs.FileSystem.from_uri(str(root))
         return fs, path, False
-    return pafs.LocalFileSystem(), str(Path(text.removeprefix("file://")).resolve()), True
+    return pafs.LocalFileSystem(), str(Path(str(root).removeprefix("file://")).resolve()), True
+
+
+def read_bytes(path: str | os.PathLike) -> bytes | None:
+    """A file's content (local path or URI), or None when it does not exist."""
+    fs, p, _ = _filesystem(path)
+    if fs.get_file_info(p).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(p) as stream:
+        return stream.read()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file all at once: atomically (temp file + rename) locally; an object store PUT already is."""
+    fs, p, local = _filesystem(path)
+    if local:
+        with atomic_path(p) as tmp, open(tmp, "wb") as f:
+            f.write(data)
+        return
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as stream:
+        stream.write(data)
+
+
+def delete_file(path: str | os.PathLike) -> None:
+    """Remove a file (local path or URI) if it exists."""
+    fs, p, _ = _filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        fs.delete_file(p)
 
 
 def write_table(root: str | os.PathLike, table: str, trial_id: str, rows: list[dict[str, Any]]) -> str:

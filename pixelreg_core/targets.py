@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import TARGETS, ConfigError, TrialConfig
+from .config import RANGES, TARGETS, ConfigError, TrialConfig
 
 EPS = 1e-5  # targets of +/-1 become +/-(1 - EPS) so that the arctanh stays finite (ref. code)
-RANGES = ("all", "high", "low", "positive", "negative", "double")
 ESTIMATE_PAIRS = 8192  # random pairs used to estimate how common the qualifying pairs are
 ENUMERATE_BELOW = 0.01  # below this qualifying fraction rejection wastes > 100 draws per pair: list them instead,
 ENUMERATE_SMALL_LIST = (0.1, 4_000_000)  # and below 10% too while the list stays under 4M pairs (32 MB of int32)

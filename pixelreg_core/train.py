@@ -36,6 +36,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Start indices of the classification batches of one epoch: all batches full but the last, except that a
+    last batch of a single image is folded into the one before it. BatchNorm cannot train on one image whose
+    feature map has shrunk to 1 x 1 (8 x 8 digits after three stride-2 stages): it would stop the trial."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return starts
+
+
 def learning_rate(cfg: TrialConfig, epoch: int) -> float:
     """Cycles of `cycle_phases` phases of `phase_epochs` epochs; lr * decay**phase, restarting each cycle."""
     phase = (epoch // cfg.phase_epochs) % cfg.cycle_phases
@@ -82,7 +92,9 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
     reg_x = getattr(target, "images", None)
     reg_x = (reg_x if reg_x is not None else data.reg_x).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
-    regularized = cfg.regularized and target is not None
+    regularized = cfg.regularized
+    if regularized and target is None:
+        raise ValueError(f"alpha is {cfg.alpha} but no target was given; build one with targets.build_target")
 
     result = TrainResult(best_state={}, best_epoch=0)
     best_valid = float("inf")
@@ -95,8 +107,9 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
         order = torch.randperm(len(train_x), generator=generator).to(device)
         sums = {"cls": 0.0, "sim": 0.0, "correct": 0, "seen": 0, "steps": 0}
         s_cnn_all, s_target_all = [], []
-        for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-            idx = order[start:start + cfg.batch_size]
+        starts = batch_starts(len(order), cfg.batch_size)
+        for step, start in enumerate(starts):
+            idx = order[start:starts[step + 1] if step + 1 < len(starts) else len(order)]
             x, y = train_x[idx], train_y[idx]
             if data.augment:
                 x = augment_batch(x, generator)

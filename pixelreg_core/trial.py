@@ -22,7 +22,7 @@ from . import attacks
 from .config import TrialConfig
 from .data import prepare_data
 from .model import build_model, save_checkpoint
-from .results import key_values, remove_trial, write_table
+from .results import delete_file, join, key_values, remove_trial, write_table
 from .targets import build_target
 from .train import resolve_device, train
 
@@ -38,7 +38,7 @@ def library_versions() -> str:
 
 
 def checkpoint_path(out_root: str | os.PathLike, trial_id: str) -> str:
-    return f"{out_root}/checkpoints/{trial_id}.pt"
+    return join(out_root, "checkpoints", f"{trial_id}.pt")
 
 
 def _row_base(cfg: TrialConfig, device: str, started: float) -> dict[str, Any]:
@@ -54,12 +54,16 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
     """Run one trial and write its rows under `out_root`; returns its trials row."""
     started = time.perf_counter()
     out_root = str(out_root)
-    cfg.validate()
-    attacks.validate_attacks(cfg)
-    device = resolve_device(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    device: torch.device | str = cfg.device  # named in a failed row even when resolving it is what failed
+    threads_before = torch.get_num_threads()
     try:
+        # Checks that can only fail at run time (a missing FGSM source, an absent GPU) are inside the try, so
+        # that with `record_failure` they too leave a failed trials row.
+        cfg.validate()
+        attacks.validate_attacks(cfg)
+        device = resolve_device(cfg.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
         data = prepare_data(cfg)
         attacks.validate_attacks(cfg, len(data.test_x))
@@ -70,7 +74,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
 
         model.load_state_dict(result.best_state)
         model.eval()
-        robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or f"{out_root}/fgsm_cache")
+        robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"))
 
         keys = key_values(cfg)
         ckpt = checkpoint_path(out_root, cfg.trial_id)
@@ -87,11 +91,11 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         return row
     except BaseException as exc:
         remove_trial(out_root, cfg.trial_id)  # never leave a half-written trial behind
-        ckpt = checkpoint_path(out_root, cfg.trial_id)
-        if "://" not in ckpt and os.path.exists(ckpt):
-            os.remove(ckpt)
+        delete_file(checkpoint_path(out_root, cfg.trial_id))
         if record_failure and not isinstance(exc, KeyboardInterrupt):
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
             write_table(out_root, "trials", cfg.trial_id,
                         [{**_row_base(cfg, str(device), started), "status": "failed", "error": error}])
         raise
+    finally:
+        torch.set_num_threads(threads_before)  # a Ray worker runs many trials: leave its thread count as found

@@ -276,3 +276,20 @@ def test_corruption_folder_with_wrong_layout(tmp_path):
     assert err.value.field == "attacks.corruptions.folder"
     np.save(tmp_path / "fog.npy", np.zeros((50, 32, 32, 3), dtype=np.uint8))
     attacks.validate_attacks(cfg)
+
+
+def test_fgsm_source_must_be_unregularized_and_not_the_evaluated_weights(setup, tmp_path):
+    base = setup["cfg"].replace(attacks={"fgsm_transfer": {}})
+    regularized = tmp_path / "regularized.pt"
+    save_checkpoint(setup["source"], TrialConfig(task="digits", width=4, seed=1, alpha=4.0, device="cpu"),
+                    str(regularized))
+    with pytest.raises(ConfigError, match="unregularized"):
+        attacks.validate_attacks(base.replace(fgsm_source=str(regularized)))
+    # the evaluated model's own weights saved under another config (another sweep) pass the id check ...
+    renamed = tmp_path / "renamed.pt"
+    save_checkpoint(setup["model"], setup["cfg"].replace(sweep="other"), str(renamed))
+    cfg = base.replace(fgsm_source=str(renamed))
+    attacks.validate_attacks(cfg)
+    # ... but never attack the model that holds them
+    with pytest.raises(ConfigError, match="own weights"):
+        attacks.evaluate(setup["model"], setup["data"], cfg, None)

@@ -134,3 +134,67 @@ def test_cli_trains_one_trial(tmp_path, capsys):
     assert code == 0
     assert "clean accuracy" in capsys.readouterr().out
     assert len(pd.read_parquet(tmp_path / "trials")) == 1
+
+
+# --- review fixes ---------------------------------------------------------------------------------------------
+def test_a_last_batch_of_one_image_is_folded_into_the_one_before():
+    from pixelreg_core.train import batch_starts
+
+    assert batch_starts(65, 32) == [0, 32] and batch_starts(64, 32) == [0, 32] and batch_starts(66, 32) == [0, 32, 64]
+    assert batch_starts(1, 32) == [0]
+    # 33 digits at batch size 32 left one 8x8 image whose last stage is 1x1: BatchNorm stopped the trial
+    cfg = tiny(epochs=1, train_images=33)
+    data = prepare_data(cfg)
+    assert len(data.train_y) == 33
+    torch.manual_seed(0)
+    result = train(cfg, data, build_model(cfg, 1, data.num_classes), None, torch.device("cpu"))
+    assert result.best_epoch == 1
+
+
+def test_train_refuses_a_regularized_config_without_a_target():
+    cfg = tiny(alpha=4, epochs=1)
+    data = prepare_data(cfg)
+    with pytest.raises(ValueError, match="no target"):
+        train(cfg, data, build_model(cfg, 1, data.num_classes), None, torch.device("cpu"))
+
+
+def test_a_run_time_config_error_leaves_a_failed_row_when_asked(tmp_path):
+    cfg = tiny(attacks={"fgsm_transfer": {}}, fgsm_source=str(tmp_path / "missing.pt"))
+    with pytest.raises(ConfigError, match="fgsm_source"):
+        run_trial(cfg, tmp_path / "out", record_failure=True)
+    trials = pd.read_parquet(tmp_path / "out" / "trials")
+    assert trials["status"].tolist() == ["failed"] and "fgsm_source" in trials.loc[0, "error"]
+    with pytest.raises(ConfigError):  # without record_failure (the CLI) nothing is written
+        run_trial(cfg, tmp_path / "cli")
+    assert not (tmp_path / "cli").exists() or not any((tmp_path / "cli").rglob("*.parquet"))
+
+
+def test_run_trial_leaves_the_thread_count_as_it_found_it(tmp_path):
+    torch.set_num_threads(2)
+    try:
+        run_trial(tiny(epochs=1), tmp_path)  # num_threads=1 for this trial only
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_a_matrix_target_brings_its_images_and_needs_none_from_reg_data(tmp_path):
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    sim = gen.uniform(-1, 1, (30, 30)).astype(np.float32)
+    np.save(tmp_path / "sim.npy", (sim + sim.T) / 2)
+    np.save(tmp_path / "images.npy", gen.uniform(0, 1, (30, 8, 8)).astype(np.float32))
+    # reg_images keeps its default 5,000, more than digits has: the matrix's own 30 images are used instead
+    cfg = tiny(alpha=4, epochs=1, target="matrix", matrix=str(tmp_path / "sim.npy"),
+               matrix_images=str(tmp_path / "images.npy"), reg_images=5000)
+    assert len(prepare_data(cfg).reg_x) == 0
+    row = run_trial(cfg, tmp_path / "out")
+    assert row["status"] == "ok"
+    assert pd.read_parquet(tmp_path / "out" / "epochs")["loss_sim"].notna().all()
+
+
+def test_cli_bad_attacks_json_is_one_line(tmp_path, capsys):
+    code = cli.main(["train", "--out", str(tmp_path / "out"), "--attacks", "{bad"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: attacks: not valid JSON")

@@ -6,23 +6,26 @@ range is 1 and eps is in pixel units, whatever input scaling the models apply in
 Why a cache: the signs depend only on the source model and the test set, not on eps or on the evaluated model.
 The reference code recomputed one gradient per image for every eps and every trial; here the signs are computed
 once per (sha256 of the source checkpoint file, sha256 of the test set), batched, stored as int8 under
-`cache_dir/fgsm_signs/`, and every trial of the task and every eps reuse them.
+`cache_dir/fgsm_signs/`, and every trial of the task and every eps reuse them. Paths may be pyarrow URIs
+(s3://...?endpoint_override=...) as well as local paths: a sweep with `--results s3://...` keeps its source
+checkpoints and this cache there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pyarrow.fs import FileType
 from torch import nn
 
 from ..config import ConfigError, TrialConfig
-from ..results import atomic_path
+from ..results import _filesystem, join, read_bytes, write_bytes
 from .common import model_device, row
 
 # Gradient work done by `gradient_signs` in this process; tests read it to see that the cache was hit.
@@ -30,11 +33,11 @@ GRADIENT_COUNTS = {"batches": 0, "images": 0}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file (local path or URI)."""
+    data = read_bytes(path)
+    if data is None:
+        raise FileNotFoundError(str(path))
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_set_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -49,7 +52,8 @@ def load_source(path: str, cfg: TrialConfig, map_location: torch.device | str = 
     """The source model, refusing the evaluated model itself (that would be a white-box attack)."""
     from ..model import load_checkpoint
 
-    if not os.path.isfile(path):
+    fs, inner, _ = _filesystem(path)
+    if fs.get_file_info(inner).type != FileType.File:
         raise ConfigError("fgsm_source", f"{path} does not exist; point it at the checkpoint (.pt) of an "
                                          "unregularized model of the same task")
     try:
@@ -61,10 +65,20 @@ def load_source(path: str, cfg: TrialConfig, map_location: torch.device | str = 
     if source_cfg.replace(attacks=cfg.attacks).trial_id == cfg.trial_id:
         raise ConfigError("fgsm_source", "is the evaluated model's own checkpoint; transferred FGSM needs a "
                                          "different (unregularized) source model of the same task")
+    if source_cfg.regularized:
+        raise ConfigError("fgsm_source", f"was trained with alpha {source_cfg.alpha}; transferred FGSM needs an "
+                                         "unregularized (alpha 0) source model of the same task")
     if source_cfg.task != cfg.task:
         raise ConfigError("fgsm_source", f"was trained on {source_cfg.task!r}, not on the task {cfg.task!r}; use a "
                                          "source model of the same task")
     return source
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """True when two models hold identical tensors: the same model, whatever its config says."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].detach().cpu(), sb[k].detach().cpu()) for k in sa)
 
 
 def gradient_signs(source: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
@@ -83,21 +97,30 @@ def gradient_signs(source: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
 
 
 def cached_signs(source_path: str, cfg: TrialConfig, x: torch.Tensor, y: torch.Tensor,
-                 cache_dir: str | os.PathLike | None, device: torch.device, batch_size: int = 500) -> torch.Tensor:
-    """The signs of the whole test set from the disk cache, computed and stored (atomically) on a miss."""
+                 cache_dir: str | os.PathLike | None, device: torch.device, batch_size: int = 500, *,
+                 evaluated: nn.Module | None = None) -> torch.Tensor:
+    """The signs of the whole test set from the disk cache, computed and stored (atomically) on a miss.
+
+    With `evaluated`, a source whose weights equal the evaluated model's is refused too: the trial-id check of
+    `load_source` misses the same training run saved under another config (e.g. another sweep name).
+    """
     source = load_source(source_path, cfg, map_location=device)  # also refuses self-attack on a cache hit
+    if evaluated is not None and same_weights(source, evaluated):
+        raise ConfigError("fgsm_source", f"{source_path} holds the evaluated model's own weights; transferred "
+                                         "FGSM needs a different (unregularized) source model of the same task")
     if cache_dir is None:
         return gradient_signs(source, x, y, batch_size)
     key = f"{file_sha256(source_path)[:20]}-{test_set_sha256(x, y)[:20]}"
-    folder = Path(cache_dir) / "fgsm_signs"
-    path = folder / f"{key}.npy"
-    if path.exists():
-        cached = torch.from_numpy(np.load(path))
+    path = join(cache_dir, "fgsm_signs", f"{key}.npy")
+    data = read_bytes(path)
+    if data is not None:
+        cached = torch.from_numpy(np.load(io.BytesIO(data)))
         if cached.shape == x.shape:
             return cached
     signs = gradient_signs(source, x, y, batch_size)
-    with atomic_path(path, suffix=".npy") as tmp:  # concurrent trials may race; either complete file wins
-        np.save(tmp, signs.numpy())
+    buffer = io.BytesIO()
+    np.save(buffer, signs.numpy())
+    write_bytes(path, buffer.getvalue())  # atomic: concurrent trials may race; either complete file wins
     return signs
 
 
@@ -119,7 +142,8 @@ def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, subset: torc
     """One accuracy row per eps; signs cover the whole test set so every trial shares one cache entry."""
     if cfg.fgsm_source is None:
         raise ConfigError("fgsm_source", "attack fgsm_transfer needs the checkpoint of an unregularized source model")
-    signs = cached_signs(cfg.fgsm_source, cfg, x_all, y_all, cache_dir, model_device(model), opts["batch_size"])
+    signs = cached_signs(cfg.fgsm_source, cfg, x_all, y_all, cache_dir, model_device(model), opts["batch_size"],
+                         evaluated=model)
     x, y, s = x_all[subset], y_all[subset], signs[subset]
     return [row("fgsm_transfer", transfer_accuracy(model, x, y, s, eps, opts["batch_size"]), len(y), eps=eps)
             for eps in eps_values]
