@@ -24,8 +24,6 @@ from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import key_values, read_table, write_table
 
 TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32}
-ONLY_LAUNCH = ("import sys; from orchestrator import cli; "
-               "cli.COMMANDS = {'launch': cli.COMMANDS['launch']}; sys.exit(cli.main(sys.argv[1:]))")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +48,7 @@ def test_relaunch_after_sigkill_skips_finished_trials_and_duplicates_nothing(ray
     root = tmp_path / "results"
     trials_dir = root / "killed" / "trials"
     args = ["launch", str(spec), "--results", str(root), "--address", ray_address, "--max-concurrent", "1"]
-    driver = subprocess.Popen([sys.executable, "-c", ONLY_LAUNCH, *args], start_new_session=True,
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
@@ -65,12 +63,7 @@ def test_relaunch_after_sigkill_skips_finished_trials_and_duplicates_nothing(ray
     before = read_table(root / "killed", "trials")
     assert 1 <= len(finished) < 6, "the kill must land mid-sweep"
 
-    commands = cli.COMMANDS
-    cli.COMMANDS = {"launch": commands["launch"]}
-    try:
-        assert cli.main(args[:-2]) == 0
-    finally:
-        cli.COMMANDS = commands
+    assert cli.main(args[:-2]) == 0
 
     after = read_table(root / "killed", "trials")
     assert len(after) == 6 and set(after["status"]) == {"ok"}

@@ -51,14 +51,7 @@ def ray_session(s3_root):
     ray.shutdown()
 
 
-def main(argv: list[str]) -> int:
-    commands = {name: cli.COMMANDS[name] for name in ("launch", "status")}
-    original = cli.COMMANDS
-    cli.COMMANDS = commands
-    try:
-        return cli.main(argv)
-    finally:
-        cli.COMMANDS = original
+main = cli.main  # the real console-script entry
 
 
 def keys_under(uri: str) -> set[str]:
