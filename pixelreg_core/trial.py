@@ -66,7 +66,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
         data = prepare_data(cfg)
-        attacks.validate_attacks(cfg, len(data.test_x))
+        attacks.validate_attacks(cfg, len(data.test_x), check_source=False)  # source checked just above
         target = build_target(cfg, data.reg_x, data.reg_y) if cfg.regularized else None
         model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
                             data.input_shift).to(device)

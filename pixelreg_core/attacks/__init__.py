@@ -82,7 +82,8 @@ def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.
     `cache_dir` holds the transferred-FGSM signs shared between trials (None: no disk cache).
     """
     x_all, y_all = data.test_x.detach().cpu(), data.test_y.detach().cpu()
-    all_opts = validate_attacks(cfg, len(y_all))
+    # the FGSM source is loaded and checked where it is used (fgsm.cached_signs); no need to load it here too
+    all_opts = validate_attacks(cfg, len(y_all), check_source=False)
     model.eval()
     robustness: list[dict[str, Any]] = []
     spectra: list[dict[str, Any]] = []
