@@ -39,7 +39,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     # one row per trial
     "trials": pa.schema(KEY_FIELDS + [
         pa.field("role", pa.string()),            # trial | baseline | fgsm_source
-        pa.field("status", pa.string()),          # ok | failed
+        pa.field("status", pa.string()),          # ok | failed | stopped | blocked
         pa.field("error", pa.string()),           # one line, null when ok
         pa.field("clean_acc", pa.float64()),      # test accuracy of the selected epoch
         pa.field("valid_acc", pa.float64()),
@@ -55,6 +55,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("config", pa.string()),          # JSON of the full TrialConfig
         pa.field("checkpoint", pa.string()),      # path of the selected model's state_dict
         pa.field("finished_at", pa.string()),     # ISO 8601 UTC
+        pa.field("resumed_from_epoch", pa.int64()),  # epochs restored from a per-epoch checkpoint (0: none)
     ]),
     # one row per epoch
     "epochs": pa.schema(KEY_FIELDS + [

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import faults
+from .checkpoint import EpochCheckpoint
 from .config import ConfigError, TrialConfig
 from .data import DataBundle, augment_batch
 from .model import PairResNet
@@ -57,6 +59,7 @@ class TrainResult:
     best_state: dict[str, torch.Tensor]
     best_epoch: int  # 1-based
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int = 0  # epochs restored from a checkpoint (0: trained from the start)
 
     @property
     def best(self) -> dict[str, Any]:
@@ -83,8 +86,11 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | None, device: torch.device,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train `model` on `data`; `target` (from targets.build_target) is None for an unregularized model."""
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          checkpoint: EpochCheckpoint | None = None) -> TrainResult:
+    """Train `model` on `data`; `target` (from targets.build_target) is None for an unregularized model.
+
+    With `checkpoint`, training resumes after the last epoch saved there and saves after every epoch."""
     generator = torch.Generator().manual_seed(cfg.seed)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     valid_x, valid_y = data.valid_x.to(device), data.valid_y.to(device)
@@ -98,7 +104,12 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
 
     result = TrainResult(best_state={}, best_epoch=0)
     best_valid = float("inf")
-    for epoch in range(cfg.epochs):
+    saved = checkpoint.restore(model, optimizer, generator) if checkpoint is not None else None
+    if saved is not None:
+        result = TrainResult(best_state=saved["best_state"], best_epoch=saved["best_epoch"], epochs=saved["rows"],
+                             resumed_from_epoch=saved["epochs_done"])
+        best_valid = saved["best_valid"]
+    for epoch in range(result.resumed_from_epoch, cfg.epochs):
         started = time.perf_counter()
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
@@ -155,6 +166,11 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
             best_valid = valid_loss
             result.best_epoch = epoch + 1
             result.best_state = copy.deepcopy(model.state_dict())
+        if checkpoint is not None:
+            checkpoint.save(epochs_done=epoch + 1, model=model, optimizer=optimizer, generator=generator,
+                            rows=result.epochs, best_state=result.best_state, best_epoch=result.best_epoch,
+                            best_valid=best_valid)
         if on_epoch is not None:
             on_epoch(dict(row))
+        faults.after_epoch(cfg.trial_id, epoch + 1, model)  # test-only, off unless PIXELREG_FAULTS is set
     return result

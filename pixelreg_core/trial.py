@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import attacks
+from .checkpoint import EpochCheckpoint
 from .config import TrialConfig
 from .data import prepare_data
 from .model import build_model, save_checkpoint
@@ -70,7 +71,8 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         target = build_target(cfg, data.reg_x, data.reg_y) if cfg.regularized else None
         model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
                             data.input_shift).to(device)
-        result = train(cfg, data, model, target, device, on_epoch)
+        resume = EpochCheckpoint.for_trial(out_root, cfg)  # kept when the trial fails: a rerun resumes from it
+        result = train(cfg, data, model, target, device, on_epoch, checkpoint=resume)
 
         model.load_state_dict(result.best_state)
         model.eval()
@@ -86,8 +88,9 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         row = {**_row_base(cfg, str(device), started), "status": "ok", "error": None,
                "clean_acc": best["test_acc"], "valid_acc": best["valid_acc"], "valid_loss": best["valid_loss"],
                "best_epoch": result.best_epoch, "layer_weights": model.layer_weights().tolist(),
-               "checkpoint": ckpt}
+               "checkpoint": ckpt, "resumed_from_epoch": result.resumed_from_epoch}
         write_table(out_root, "trials", cfg.trial_id, [row])  # last: marks the trial complete
+        resume.remove()
         return row
     except BaseException as exc:
         remove_trial(out_root, cfg.trial_id)  # never leave a half-written trial behind
