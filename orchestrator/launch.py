@@ -19,7 +19,9 @@ from typing import Any
 
 from pixelreg_core.config import ConfigError, TrialConfig
 
+from .blocked import exit_code, skip_blocked
 from .errors import UserError
+from .preflight import preflight
 from .resume import COMPLETE_STATUSES, is_uri, prepare_sweep_dir, split_done, sweep_dir_for, trial_statuses
 
 DEFAULT_RESULTS = "results"
@@ -122,6 +124,7 @@ def make_plan(args: argparse.Namespace, log=print) -> Plan:
     sweep_dir = sweep_dir_for(args.results, spec.name)
     configs = [localize(c) for c in expand(spec, sweep_dir)]
     validate_configs(configs, spec_path)
+    preflight(configs, spec_path)  # datasets, matrices, checkpoints, GPUs: present before Ray starts
     prepare_sweep_dir(sweep_dir, spec_path.read_text(), spec_fingerprint(spec), args.fresh, log=log)
     done, todo = split_done(configs, sweep_dir)
     resources = _get(spec, "resources")
@@ -349,11 +352,11 @@ def run(args: argparse.Namespace) -> int:
     if plan.todo or plan.optuna_units:
         run_on_ray(plan, args, n_total, log)
     failed = count_failed(plan)
-    log(f"finished: {failed} trial(s) failed" if failed else "finished: every trial ok")
+    log(f"finished: {failed} trial(s) failed or blocked" if failed else "finished: every trial ok")
     if failed:
         log(f"  see their errors with: orchestrator status {plan.sweep_dir}")
     report_outputs(plan.sweep_dir, log)
-    return 0
+    return exit_code(trial_statuses(plan.sweep_dir))  # 1 after failed or blocked trials
 
 
 def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
@@ -386,6 +389,7 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
         baselines = [c for c in plan.todo if c.role == "baseline"]
         trials = [c for c in plan.todo if c.role not in ("fgsm_source", "baseline")]
         runner.grid_phase("fgsm_sources", sources)
+        baselines, trials = skip_blocked(plan.sweep_dir, baselines, trials, log=progress.log)  # source failed
         scheduler = asha_scheduler(plan.spec, reports=epochs_of(plan.spec) + 1)
         if scheduler is None:
             runner.grid_phase("trials", baselines + trials)

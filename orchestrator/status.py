@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import UserError
 
+NOT_OK = ("failed", "blocked")  # listed with their errors; blocked: not run because its FGSM source failed
 COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_acc", "wall_s"]
 
 
@@ -71,14 +72,14 @@ def render(info: dict[str, Any], show_all: bool = False) -> str:
     if len(trials):
         table = trials.sort_values(["role", "task", "reg_data", "th", "alpha", "seed"])
         shown = table if show_all or len(table) <= 50 else pd.concat(
-            [table.head(50), table[table["status"] == "failed"]]).drop_duplicates("trial_id")
+            [table.head(50), table[table["status"].isin(NOT_OK)]]).drop_duplicates("trial_id")
         with pd.option_context("display.max_rows", None, "display.width", 160):
             lines.append(shown[COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         if len(shown) < len(table):
             lines.append(f"... {len(table) - len(shown)} more (--all lists every trial)")
-        failed = trials[trials["status"] == "failed"]
+        failed = trials[trials["status"].isin(NOT_OK)]
         for row in failed.itertuples():
-            lines.append(f"failed {row.trial_id}: {row.error}")
+            lines.append(f"{row.status} {row.trial_id}: {row.error}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray import tune
 
-from pixelreg_core.config import TrialConfig
+from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.results import join
 
 
@@ -59,11 +59,15 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
         try:
             return run_trial(cfg, sweep_dir, on_epoch=lambda row: tune.report({**numeric(row), **extra}),
                              cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True)
+        except ConfigError as exc:  # a value the user must change fails the same way every time: no retry
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0] + " (not retried: a config error)"
+            break
         except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if attempt < retries:
                 print(f"trial {cfg.trial_id} failed ({error}); retry {attempt + 1} of {retries}", flush=True)
-    error = f"{error} (failed {retries + 1} attempt(s))"
+            else:
+                error = f"{error} (failed {retries + 1} attempt(s))"
     _amend_error(sweep_dir, cfg, error)
     return {"trial_id": cfg.trial_id, "status": "failed", "error": error}
 

@@ -1,7 +1,8 @@
 """Fault injection for the reliability tests and scripts/soak.py: real failures at the end of an epoch.
 
-Off unless the environment variable PIXELREG_FAULTS holds a JSON object (Ray workers inherit the driver's
-environment, so setting it before a launch reaches every trial):
+Off unless the environment variable PIXELREG_FAULTS holds a JSON object, or `@FILE` naming a JSON file (Ray
+workers inherit the environment of the process that started Ray, so setting it before a launch reaches every
+trial):
 
     {"dir": "/tmp/marks",                       # required: one marker file per fault that fired
      "rates": {"raise": 0.1, "nan": 0.05, "sigkill": 0.05}, "seed": 0,   # random faults, or
@@ -33,7 +34,12 @@ class InjectedFault(RuntimeError):
 
 
 def _plan() -> dict[str, Any] | None:
+    """The plan from PIXELREG_FAULTS: JSON, or `@FILE` naming a JSON file read at every epoch (a test can then
+    change the plan after the Ray workers, which inherit the variable, have started)."""
     text = os.environ.get(ENV)
+    if text and text.startswith("@"):
+        path = Path(text[1:])
+        text = path.read_text() if path.is_file() else None
     return json.loads(text) if text else None
 
 
