@@ -53,7 +53,7 @@ def access_lines(url: str | None, auth_mode: str | None) -> list[str]:
 
 
 def start_ray(address: str | None, dashboard_host: str, dashboard: bool,
-              log=print) -> RaySession:
+              log=print, listen_all: bool = False) -> RaySession:
     """ray.init on an existing cluster (--address / RAY_ADDRESS) or a fresh local one.
 
     A local start passes address="local" on purpose: with no address Ray would join whatever cluster
@@ -68,8 +68,11 @@ def start_ray(address: str | None, dashboard_host: str, dashboard: bool,
         ray.init(address=address, log_to_driver=False, configure_logging=True, logging_level="ERROR")
         started_here = False
     else:
+        from .local_ray import loopback
+
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
-                 dashboard_host=dashboard_host, log_to_driver=False, logging_level="ERROR")
+                 dashboard_host=dashboard_host, log_to_driver=False, logging_level="ERROR",
+                 **({} if listen_all else loopback()))  # every port on 127.0.0.1 unless --listen-all
         started_here = True
     try:  # the public address_info carries webui_url only for a cluster we started
         url = ray._private.worker.global_worker.node.webui_url if dashboard or not started_here else None

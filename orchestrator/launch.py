@@ -10,6 +10,7 @@ Ray, Tune and torch are imported inside functions: the CLI imports this module t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import tempfile
@@ -21,6 +22,7 @@ from pixelreg_core.config import ConfigError, TrialConfig
 
 from .blocked import exit_code, skip_blocked
 from .errors import UserError
+from .lock import sweep_lock
 from .preflight import preflight
 from .resume import COMPLETE_STATUSES, is_uri, prepare_sweep_dir, split_done, sweep_dir_for, trial_statuses
 
@@ -40,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard-host", default="127.0.0.1",
                         help="interface the local Ray dashboard binds (default 127.0.0.1: this machine only)")
     parser.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
+    parser.add_argument("--listen-all", action="store_true",
+                        help="let the local Ray listen on every interface (Ray's own default); without it every "
+                             "port of the local Ray is bound to 127.0.0.1")
     parser.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                         help="run at most N trials at once (default: as many as the resources allow)")
     parser.add_argument("--progress-every", type=float, default=10.0, metavar="S",
@@ -63,6 +68,7 @@ class Plan:
     gpu: float
     search: str                             # grid | optuna
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
+    lock: Any = None                        # the sweep folder's lock.SweepLock while launch holds it
     notes: list[str] = field(default_factory=list)
 
 
@@ -109,7 +115,8 @@ def validate_configs(configs: list[TrialConfig], spec_path: Path) -> None:
                 from None
 
 
-def make_plan(args: argparse.Namespace, log=print) -> Plan:
+def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
+    """`hold(sweep_dir)`, when given, takes the sweep folder's lock before anything in it is written."""
     from .expand import expand
     from .resume import check_writable
     from .spec import check_resources, load_spec, spec_fingerprint
@@ -125,12 +132,13 @@ def make_plan(args: argparse.Namespace, log=print) -> Plan:
     configs = [localize(c) for c in expand(spec, sweep_dir)]
     validate_configs(configs, spec_path)
     preflight(configs, spec_path)  # datasets, matrices, checkpoints, GPUs: present before Ray starts
+    lock = hold(sweep_dir) if hold else None
     prepare_sweep_dir(sweep_dir, spec_path.read_text(), spec_fingerprint(spec), args.fresh, log=log)
     done, todo = split_done(configs, sweep_dir)
     resources = _get(spec, "resources")
     plan = Plan(spec=spec, spec_path=spec_path, sweep_dir=sweep_dir, configs=configs, todo=todo, done=done,
                 cpu=float(_get(resources, "cpu", 1) or 1), gpu=float(_get(resources, "gpu", 0) or 0),
-                search=search_type(spec))
+                search=search_type(spec), lock=lock)
     if plan.search == "optuna":
         search = _get(spec, "search")
         plan.optuna_units = int(_get(search, "trials", 0)) * len(_get(spec, "pairs", [])) * len(seed_list(spec))
@@ -343,7 +351,11 @@ def finished_points(plan: Plan, task: str, reg_data: str, seeds: list[int], base
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = make_plan(args)
+    with contextlib.ExitStack() as held:  # the sweep folder's lock, from before its first write to the end
+        return _run(args, make_plan(args, hold=lambda sweep_dir: held.enter_context(sweep_lock(sweep_dir))))
+
+
+def _run(args: argparse.Namespace, plan: Plan) -> int:
     log = print
     n_total = len(plan.configs) + plan.optuna_units
     log(f"sweep {plan.spec.name}: {n_total} trials ({len(plan.done)} complete from earlier launches, "
@@ -370,7 +382,11 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
     # Tune logs every trial failure as a multi-page traceback; ours is one line per failure (progress.py), and the
     # error itself is in the trial's trials row and in Tune's error.txt.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    session = start_ray(args.address, args.dashboard_host, not args.no_dashboard, log=log)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C ends the launch at once (trials resume)
+    session = start_ray(args.address, args.dashboard_host, not args.no_dashboard, log=log,
+                        listen_all=getattr(args, "listen_all", False))
+    if session.started_here and plan.lock is not None:
+        plan.lock.track_ray()  # recorded, so that whoever ends this launch can stop all of it
     storage = (tempfile.mkdtemp(prefix="pixelreg-tune-") if is_uri(plan.sweep_dir)
                else str(Path(plan.sweep_dir, "tune")))
     try:

@@ -18,6 +18,7 @@ from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import TABLES, _filesystem, is_uri, join, read_table, remove_trial
 
 from .errors import UserError
+from .lock import LOCK_FILE
 
 SPEC_FILE = "spec.yaml"
 FINGERPRINT_FILE = "fingerprint"
@@ -94,7 +95,13 @@ def prepare_sweep_dir(sweep_dir: str, spec_text: str, fingerprint: str, fresh: b
     held = saved_fingerprint(sweep_dir)
     if fresh and fs.get_file_info(base).type == pafs.FileType.Directory:
         log(f"--fresh: deleting the earlier results in {sweep_dir}")
-        fs.delete_dir(base)
+        for info in fs.get_file_info(pafs.FileSelector(base)):
+            if info.base_name == LOCK_FILE:  # this launch's own lock stays
+                continue
+            if info.type == pafs.FileType.Directory:
+                fs.delete_dir(info.path)
+            else:
+                fs.delete_file(info.path)
     elif held is not None and held != fingerprint:
         raise UserError(f"{sweep_dir} holds sweep spec {held[:12]} (its {SPEC_FILE} is there), not this spec "
                         f"({fingerprint[:12]}); use --fresh to start over or a different --results")

@@ -1,0 +1,151 @@
+"""A real launch in a subprocess, with its own local Ray: loopback only, one launch per sweep folder, and nothing
+left running however the launch ends (SIGKILL then relaunch, SIGTERM).
+
+One test, two launches of the same tiny sweep (each starts a local Ray: 15-60 s on a busy 2-core machine):
+A runs; while it runs its Ray listens only on 127.0.0.1, a second launch is refused naming A, and status works.
+A is killed with SIGKILL: some of its Ray survives. B takes A's stale lock over and stops what A left, finishes the
+trial A was running from its last epoch checkpoint, and is ended with SIGTERM, leaving nothing running. (The normal
+end runs the same `finally` as SIGTERM; test_launch's sweeps end normally.)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from orchestrator import cli, local_ray
+from orchestrator.lock import LOCK_FILE
+
+TRAIN = {"width": 4, "epochs": 3, "train_images": 200, "test_images": 40, "reg_images": 40, "batch_size": 16,
+         "num_threads": 1}
+
+
+def write_spec(path: Path) -> Path:
+    spec = {"name": "guarded", "pairs": [{"task": "digits", "reg_data": "digits"}],
+            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1, 2], "baseline": True, "train": TRAIN,
+            "attacks": {"gaussian": {"images": 20, "num_eps": 2}}, "resources": {"cpu": 1}, "max_failures": 0}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def start(spec: Path, root: Path, log: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "orchestrator.cli", "launch", str(spec), "--results", str(root),
+            "--no-dashboard", "--max-concurrent", "1", "--progress-every", "2"]
+    return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, log: Path, what: str, timeout: float = 150):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"launch ended before {what}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.3)
+
+
+def lock_record(sweep: Path) -> dict:
+    try:
+        return json.loads((sweep / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def training(sweep: Path) -> bool:
+    """A trial is past its first epoch (its per-epoch checkpoint exists) and the lock lists a Ray worker."""
+    running = sweep / "checkpoints" / "running"
+    workers = [p for p in lock_record(sweep).get("ray", []) if p["name"].startswith("ray::")]
+    return running.is_dir() and any(running.iterdir()) and bool(workers)
+
+
+def tree(pid: int) -> list[dict]:
+    procs = psutil.Process(pid).children(recursive=True)
+    return [{"pid": p.pid, "started": p.create_time(), "name": p.name()} for p in procs if p.is_running()]
+
+
+def listening(records: list[dict]) -> list[str]:
+    found = []
+    for record in records:
+        try:
+            conns = psutil.Process(record["pid"]).net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        found += [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+@pytest.mark.slow
+def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(tmp_path, capsys):
+    spec = write_spec(tmp_path / "guarded.yaml")
+    root = tmp_path / "results"
+    sweep = root / "guarded"
+    seen: list[dict] = []  # every Ray process of the three launches, to clean up whatever the outcome
+    try:
+        a = start(spec, root, tmp_path / "a.log")
+        wait_for(lambda: training(sweep), a, tmp_path / "a.log", "A's first epoch")
+        seen += tree(a.pid)
+
+        # loopback: every listening socket of A's Ray (GCS, raylet, agents, workers) is on 127.0.0.1
+        addresses = listening(tree(a.pid))
+        assert len(addresses) >= 5, addresses
+        assert all(is_loopback(ip) for ip in addresses), addresses
+
+        # the lock: a second launch is refused at once, naming the holder; status reads the folder meanwhile
+        capsys.readouterr()
+        assert cli.main(["launch", str(spec), "--results", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {a.pid}" in err and "since" in err and err.count("\n") == 1
+        assert cli.main(["status", str(sweep)]) == 0
+
+        # SIGKILL the driver only (as the OOM killer would); part of its Ray outlives it
+        recorded = lock_record(sweep)["ray"]
+        interrupted = {p.stem for p in (sweep / "checkpoints" / "running").iterdir()}
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait()
+        time.sleep(2)
+        left_by_a = local_ray.alive(recorded)
+
+        # B finds the stale lock, stops what A left, runs; SIGTERM ends it and its Ray with it
+        b = start(spec, root, tmp_path / "b.log")
+        wait_for(lambda: training(sweep) and lock_record(sweep).get("pid") == b.pid, b, tmp_path / "b.log",
+                 "B's first epoch")
+        assert local_ray.alive(recorded) == [], f"A's leftovers still run: {local_ray.alive(recorded)}"
+        if left_by_a:
+            assert "taking over the lock" in (tmp_path / "b.log").read_text()
+        b_procs = tree(b.pid)
+        seen += b_procs
+
+        def resumed_row():
+            rows = pd.read_parquet(sweep / "trials") if (sweep / "trials").is_dir() else pd.DataFrame()
+            return rows[rows["trial_id"].isin(interrupted)] if len(rows) else rows
+
+        wait_for(lambda: len(resumed_row()) > 0, b, tmp_path / "b.log", "B to finish the trial A was running")
+        assert resumed_row()["resumed_from_epoch"].iloc[0] >= 1  # went on from A's last finished epoch
+        b_procs = local_ray.merge(b_procs, tree(b.pid))
+        seen += b_procs
+        os.kill(b.pid, signal.SIGTERM)
+        assert b.wait(timeout=60) != 0
+        time.sleep(1)
+        assert local_ray.alive(b_procs) == [], f"B's Ray outlived SIGTERM: {local_ray.alive(b_procs)}"
+        assert not (sweep / LOCK_FILE).exists()
+    finally:
+        local_ray.stop(seen + lock_record(sweep).get("ray", []))
+    trials = pd.read_parquet(sweep / "trials")
+    assert trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    epochs = pd.read_parquet(sweep / "epochs")
+    assert len(epochs) == 3 * len(trials) and not epochs.duplicated(["trial_id", "epoch"]).any()
