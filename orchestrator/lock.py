@@ -97,6 +97,8 @@ class SweepLock:
     def _read(self, path: str | None = None) -> dict[str, Any] | None:
         path = path or self.path
         try:
+            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return None
             with self.fs.open_input_stream(path) as stream:
                 return json.loads(stream.read().decode())
         except FileNotFoundError:
