@@ -20,10 +20,13 @@ never used (it would stop every Ray session of the machine).
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
 CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray's Python services run scripts from the installed package: .../site-packages/ray/dashboard/dashboard.py etc.
+RAY_SCRIPT = re.compile(r"[/\\]ray[/\\](_private|dashboard|autoscaler|core)[/\\]")
 
 
 def loopback() -> dict[str, Any]:
@@ -41,7 +44,7 @@ def _is_ray(proc) -> bool:
     name = proc.name()
     if name in ("gcs_server", "raylet") or name.startswith("ray::"):
         return True
-    return any("/ray/" in part for part in proc.cmdline()[:3])
+    return any(RAY_SCRIPT.search(part) for part in proc.cmdline()[:3])
 
 
 def descendants() -> list[dict[str, Any]]:
