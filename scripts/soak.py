@@ -15,7 +15,8 @@ subprocess). Faults, all real (pixelreg_core/faults.py, through PIXELREG_FAULTS;
 
 Printed at the end: completed, retried, failed (after the first relaunch and at the end), resumed-from-epoch
 counts, whether every interrupted trial resumed from its last finished epoch, rows lost, rows duplicated, Ray
-processes left running, and the number of trials running at once before and after the first worker SIGKILL.
+processes left running, and, per launch, the number of trials running at once before and after its first dead
+worker (from the launch's progress lines).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,7 +74,7 @@ class Launch:
     def __init__(self, spec: Path, root: Path, log: Path, env: dict[str, str]):
         self.log = log
         args = [sys.executable, "-m", "orchestrator.cli", "launch", str(spec), "--results", str(root),
-                "--no-dashboard", "--progress-every", "30"]
+                "--no-dashboard", "--progress-every", "5"]
         self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
@@ -104,20 +106,24 @@ def rows(sweep: Path, table: str) -> pd.DataFrame:
     return pd.read_parquet(folder) if folder.is_dir() and any(folder.glob("*.parquet")) else pd.DataFrame()
 
 
-def concurrency(trials: pd.DataFrame, after: float | None) -> tuple[int, int]:
-    """(most trials running at once before `after`, after it), from each ok row's start and finish times."""
-    ok = trials[trials["status"] == "ok"]
-    end = pd.to_datetime(ok["finished_at"]).map(lambda t: t.timestamp())
-    start = end - ok["wall_s"]
-    events = sorted([(s, 1) for s in start] + [(e, -1) for e in end])
-    running, before_max, after_max = 0, 0, 0
-    for t, step in events:
-        running += step
-        if after is None or t < after:
-            before_max = max(before_max, running)
-        else:
-            after_max = max(after_max, running)
-    return before_max, after_max
+PROGRESS = re.compile(r"running (\d+), failed \d+, pending (\d+)")
+
+
+def slots_after_worker_death(log: Path) -> tuple[int, int] | None:
+    """(most trials running at once before the launch's first dead worker, most after it while trials were still
+    pending), from the launch's own progress lines; None when no worker died in that launch."""
+    before, after, dead = 0, 0, False
+    for line in log.read_text(errors="replace").splitlines():
+        if "worker process has died" in line or "actor is dead" in line:
+            dead = True
+        match = PROGRESS.search(line)
+        if match:
+            running, pending = int(match.group(1)), int(match.group(2))
+            if not dead:
+                before = max(before, running)
+            elif pending > 0:
+                after = max(after, running)
+    return (before, after) if dead else None
 
 
 def main() -> int:
@@ -151,10 +157,15 @@ def main() -> int:
     # 2. the sweep, its driver SIGKILLed part-way
     first = Launch(spec, root, work / "launch1.log", env)
     first.wait(until=lambda: len(rows(sweep, "trials")) >= args.kill_after)
-    running = sweep / "checkpoints" / "running"
-    at_kill = {p.stem: int(torch.load(p, weights_only=True)["epochs_done"]) for p in running.glob("*.pt")}
     os.kill(first.proc.pid, signal.SIGKILL)
     first.proc.wait()
+    # its workers may finish the epoch they are in before they notice the raylet is gone: the last finished
+    # epoch is what the checkpoints say once they are dead (the agents outlive them; the relaunch stops those)
+    deadline = time.monotonic() + 60
+    while [p for p in local_ray.alive(Launch.seen) if "Agent" not in p["name"]] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    running = sweep / "checkpoints" / "running"
+    at_kill = {p.stem: int(torch.load(p, weights_only=True)["epochs_done"]) for p in running.glob("*.pt")}
     print(f"driver SIGKILLed with {len(rows(sweep, 'trials'))} trials rows; {len(at_kill)} trial(s) had an epoch "
           "checkpoint")
 
@@ -196,10 +207,7 @@ def main() -> int:
         + sum(rob_expected - int(per_trial_rob.get(t, 0)) for t in ok["trial_id"])
     duplicated = int(trials["trial_id"].duplicated().sum() + epochs.duplicated(["trial_id", "epoch"]).sum()
                      + robust.duplicated(["trial_id", "attack", "variant", "eps", "repeat", "metric"]).sum())
-    kill_times = [(marks / f"{trial}-{epoch}-{kind}").stat().st_mtime  # the marker is made just before the kill
-                  for trial, epoch, kind in fired if kind == "sigkill"]
-    first_worker_kill = min(kill_times) if kill_times else None
-    before, after = concurrency(trials, first_worker_kill)
+    slots = {log.name: slots_after_worker_death(log) for log in sorted(work.glob("launch*.log"))}
     left = local_ray.alive(Launch.seen)
 
     print("\n=== soak figures ===")
@@ -215,7 +223,10 @@ def main() -> int:
           f"interrupted trials not resumed from their last finished epoch: {len(wrong_resume)} {wrong_resume[:5]}")
     print(f"rows lost: {lost}; rows duplicated: {duplicated}")
     print(f"Ray processes of the launches still running: {len(left)}")
-    print(f"trials running at once (2 CPUs): at most {before} before the first worker SIGKILL, {after} after it")
+    for name, measured in slots.items():
+        if measured:
+            print(f"{name}: trials running at once (2 slots): at most {measured[0]} before its first dead worker, "
+                  f"at most {measured[1]} after it while trials were pending")
     print(f"exit codes: unwritable root {code}, relaunch 1 {code2}, relaunch 2 {code3}; "
           f"wall {time.monotonic() - started:.0f} s")
     local_ray.stop(left)
