@@ -20,20 +20,16 @@ from collections import Counter
 from typing import Any
 
 from pixelreg_core.config import ROLES, ConfigError, TrialConfig
-from pixelreg_core.results import join
 
 from .errors import UserError
-from .spec import FGSM_ATTACK, GRID_FIELDS, SweepSpec
+from .results import checkpoint_path
+from .schema import FGSM_ATTACK, GRID_FIELDS, SweepSpec
 
 # Fields that only matter when alpha > 0. An unregularized model gets their defaults, so a grid over, say,
 # sim_layer does not make one baseline per sim_layer value (they would be the same model under different ids).
 REGULARIZER_FIELDS = ("reg_data", "target", "range", "th", "th2", "arctanh", "reg_images", "reg_pairs", "sim_layer",
                       "beta", "matrix", "matrix_images", "vgg_weights")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig) if f.default is not dataclasses.MISSING}
-
-
-def checkpoint_path(sweep_dir: str | os.PathLike, trial_id: str) -> str:
-    return join(sweep_dir, "checkpoints", f"{trial_id}.pt")  # a URI keeps its ?query at the end
 
 
 def expand(spec: SweepSpec, sweep_dir: str | os.PathLike) -> list[TrialConfig]:

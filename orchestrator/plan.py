@@ -17,7 +17,10 @@ from typing import Any
 from pixelreg_core.config import TrialConfig
 
 from .expand import expand, role_counts
-from .spec import DEFAULT_RESULTS_ROOT, SweepSpec, load_spec
+from .resources import concurrent_slots, local_gpus
+from .results import DEFAULT_ROOT
+from .schema import SweepSpec
+from .spec import load_spec
 
 # Training FLOPs per 32x32 image at base width 64 (forward + backward ~ 3x the forward's 2 x MACs):
 # ResNet18 ~0.56 GMACs, ResNet34 ~1.16 GMACs forward at 32x32 with a stride-1 stem and no max-pool.
@@ -34,7 +37,7 @@ FOLDER_PIXELS = 36 * 64        # Li et al.'s ImageNet preprocessing
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML, e.g. sweeps/mnist_grid.yaml")
-    parser.add_argument("--results", default=DEFAULT_RESULTS_ROOT,
+    parser.add_argument("--results", default=DEFAULT_ROOT,
                         help="output root the sweep would write under (ROOT/<name>/); nothing is written")
 
 
@@ -86,7 +89,7 @@ def estimate_lines(spec: SweepSpec, trials: list[TrialConfig]) -> list[str]:
     lines.append(f"epochs: {epochs} in all" + (f" (+ {searched * _typical(trials).epochs} searched)" if searched
                                                 else ""))
     cpus, gpus = machine_resources(spec)
-    slots = concurrent_slots(spec, cpus, gpus)
+    slots = concurrent_slots(cpus, gpus, spec.resources.cpu, spec.resources.gpu)
     res = spec.resources
     lines.append(f"resources per trial: {res.cpu:g} CPU, {res.gpu:g} GPU; this machine ({cpus} CPUs, {gpus} GPUs) "
                  f"runs {slots} at a time" + ("" if slots else " (it has no GPU: launch on a GPU machine or cluster)"))
@@ -114,20 +117,7 @@ def _typical(trials: list[TrialConfig], regularized: bool = False) -> TrialConfi
 
 def machine_resources(spec: SweepSpec) -> tuple[int, int]:
     """(CPUs, GPUs) here. torch is imported only when the spec asks for GPUs (plan stays fast otherwise)."""
-    cpus = os.cpu_count() or 1
-    gpus = 0
-    if spec.resources.gpu > 0:
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return cpus, gpus
-
-
-def concurrent_slots(spec: SweepSpec, cpus: int, gpus: int) -> int:
-    slots = max(1, int(cpus // spec.resources.cpu))
-    if spec.resources.gpu > 0:
-        slots = min(slots, int(gpus // spec.resources.gpu + 1e-9))
-    return slots
+    return os.cpu_count() or 1, local_gpus() if spec.resources.gpu > 0 else 0
 
 
 def dataset_size(name: str) -> tuple[int, int, int]:

@@ -16,9 +16,9 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.dashboard import access_lines, security_warnings
-from orchestrator.launch import concurrent_slots
+from orchestrator.objective import score
 from orchestrator.progress import Progress
-from orchestrator.tune_trainable import score
+from orchestrator.resources import concurrent_slots
 
 TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
               "num_threads": 1}
