@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_aggregate import make_results
+from conftest import make_results
 
 from orchestrator import aggregate, analyze_targets, report, results
 from orchestrator.errors import UserError
@@ -48,6 +48,23 @@ def test_every_figure_written_and_not_blank(sweep: tuple[Path, dict]) -> None:
     assert {Path(p).name for p in out["figures"]} == EXPECTED_FIGURES
     for path in out["figures"]:
         assert_not_blank(path)
+
+
+def test_tradeoff_panel_of_corruptions_names_the_severity(sweep: tuple[Path, dict]) -> None:
+    """Robustness rows call the attack "corruptions"; its tradeoff panel says D is a severity."""
+    import matplotlib.pyplot as plt
+
+    from orchestrator import figures
+
+    root, _ = sweep
+    summary, best = pd.read_parquet(root / "summary.parquet"), pd.read_parquet(root / "best.parquet")
+    assert "corruptions" in set(best["attack"])
+    fig, why = figures._tradeoff(summary, best, ("MNIST", "MNIST", "ResNet18"), 0.9)
+    titles = {ax.get_title() for ax in fig.axes}
+    plt.close(fig)
+    assert any(t.startswith(figures.ATTACK_TITLES.get("corruptions", "corruptions")) and "severity D = " in t
+               for t in titles), titles
+    assert not any("severity" in t for t in titles if "orruption" not in t)
 
 
 def test_figures_skip_gracefully_without_data(tmp_path: Path) -> None:
