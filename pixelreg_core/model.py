@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import NUM_SIM_LAYERS, TrialConfig
-from .results import atomic_path
+from .results import read_bytes, write_bytes
 
 STAGE_BLOCKS = {"ResNet18": (2, 2, 2, 2), "ResNet34": (3, 4, 6, 3)}
 
@@ -112,29 +112,17 @@ def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str) -> None:
         "in_channels": int(model.stem[0].in_channels),
         "num_classes": int(model.head.out_features),
     }
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_output_stream(p) as out:
-            out.write(buffer.getvalue())
-        return
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())  # a local path or a URI, as every results file
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:
     """The model in eval mode and its TrialConfig."""
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_input_stream(p) as src:
-            payload = torch.load(io.BytesIO(src.read()), map_location=map_location, weights_only=True)
-    else:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+    data = read_bytes(path)  # a local path or a URI, as every results file
+    if data is None:
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     cfg = TrialConfig.from_dict(json.loads(payload["config"]))
     model = build_model(cfg, payload["in_channels"], payload["num_classes"])
     model.load_state_dict(payload["state_dict"])  # includes input_scale / input_shift buffers
