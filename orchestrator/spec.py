@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import UserError
-from .schema import SpecFieldError, SweepSpec, format_path, short
+from .schema import SweepSpec
+from .spec_fields import SpecFieldError, format_path, short
 
 
 # ---------------------------------------------------------------------------------------------------------------
