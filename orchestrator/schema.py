@@ -14,7 +14,7 @@ import copy
 import itertools
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
 
@@ -91,7 +91,27 @@ class Objective(_Strict):
     min_clean_ratio: float = Field(default=0.9, gt=0, le=1)
 
 
-class Search(_Strict):
+class _Kinded(_Strict):
+    """A section with a `type` (a bare string is the type) and fields that belong to one other type only."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data
+
+    def _is_plain(self, section: str, kinds: tuple[str, str], only_other: tuple[str, ...], fix: str) -> bool:
+        """Whether the type is kinds[0], whose sections must not set `only_other`; refuses an unknown type."""
+        if self.type not in kinds:
+            raise SpecFieldError((section, "type"), f"{self.type!r} is not a {section}; use {kinds[0]} or {kinds[1]}")
+        if self.type != kinds[0]:
+            return False
+        for name in only_other:
+            if getattr(self, name) is not None:
+                raise SpecFieldError((section, name), f"only for {section} type {kinds[1]}; {fix}")
+        return True
+
+
+class Search(_Kinded):
     """`grid` (exhaustive, the default) or `optuna` (Ray Tune's Optuna searcher over th and alpha ranges)."""
 
     type: str = "grid"
@@ -101,21 +121,10 @@ class Search(_Strict):
     objective: Objective | None = None
     pareto: bool | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"type": data} if isinstance(data, str) else data
-
     @model_validator(mode="after")
     def _consistent(self) -> Search:
-        if self.type not in ("grid", "optuna"):
-            raise SpecFieldError(("search", "type"), f"{self.type!r} is not a search; use grid or optuna")
-        optuna_only = ("trials", "th", "alpha", "objective", "pareto")
-        if self.type == "grid":
-            for name in optuna_only:
-                if getattr(self, name) is not None:
-                    raise SpecFieldError(("search", name), "only for search type optuna; remove it or set "
-                                                           "search.type: optuna")
+        if self._is_plain("search", ("grid", "optuna"), ("trials", "th", "alpha", "objective", "pareto"),
+                          "remove it or set search.type: optuna"):
             return self
         self.trials = 20 if self.trials is None else self.trials
         if self.trials < 1:
@@ -136,26 +145,16 @@ def _check_range(path: tuple[str, ...], values: list[float], *, lo_ok, hi_ok, al
         raise SpecFieldError(path, f"{values} is not a range; use {allowed}")
 
 
-class Scheduler(_Strict):
+class Scheduler(_Kinded):
     """`fifo` runs every trial to the end; `asha` stops weak trials early on validation accuracy."""
 
     type: str = "fifo"
     grace_period: int | None = None
     reduction_factor: float | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"type": data} if isinstance(data, str) else data
-
     @model_validator(mode="after")
     def _consistent(self) -> Scheduler:
-        if self.type not in ("fifo", "asha"):
-            raise SpecFieldError(("scheduler", "type"), f"{self.type!r} is not a scheduler; use fifo or asha")
-        if self.type == "fifo":
-            for name in ("grace_period", "reduction_factor"):
-                if getattr(self, name) is not None:
-                    raise SpecFieldError(("scheduler", name), "only for scheduler type asha; remove it")
+        if self._is_plain("scheduler", ("fifo", "asha"), ("grace_period", "reduction_factor"), "remove it"):
             return self
         self.grace_period = 1 if self.grace_period is None else self.grace_period
         self.reduction_factor = 3.0 if self.reduction_factor is None else self.reduction_factor
@@ -210,18 +209,12 @@ class SweepSpec(_Strict):
             seen.add((pair.task, pair.reg_data))
         return value
 
-    @field_validator("target")
+    @field_validator("target", "range")
     @classmethod
-    def _target_known(cls, value: str) -> str:
-        if value not in TARGETS:
-            raise ValueError(f"{value!r} is not a target; use one of {', '.join(TARGETS)}")
-        return value
-
-    @field_validator("range")
-    @classmethod
-    def _range_known(cls, value: str) -> str:
-        if value not in RANGES:
-            raise ValueError(f"{value!r} is not a range; use one of {', '.join(RANGES)}")
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        allowed = TARGETS if info.field_name == "target" else RANGES
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not a {info.field_name}; use one of {', '.join(allowed)}")
         return value
 
     @field_validator("th2")
