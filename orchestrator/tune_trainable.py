@@ -15,8 +15,10 @@ from ray import tune
 
 from pixelreg_core.config import TrialConfig
 
+from .expand import trial_from_params
 from .objective import FLOOR, evaluate_point
 from .results import join, record_failure, trial_statuses
+from .schema import Objective, SweepSpec
 
 
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -76,8 +78,8 @@ def train_one(config: dict[str, Any], *, configs: dict[str, dict[str, Any]], swe
 # ----------------------------------------------------------------------------------------------- optuna
 
 
-def train_point(config: dict[str, Any], *, spec: Any, task: str, reg_data: str, seeds: list[int],
-                baselines: dict[int, str], sweep_dir: str, threads: int, objective: Any,
+def train_point(config: dict[str, Any], *, spec: SweepSpec, task: str, reg_data: str, seeds: list[int],
+                baselines: dict[int, str], sweep_dir: str, threads: int, objective: Objective,
                 retries: int) -> None:
     """Optuna: one sampled (Th, alpha) for one pair, trained for every seed; reports the seed-mean objective.
 
@@ -85,8 +87,6 @@ def train_point(config: dict[str, Any], *, spec: Any, task: str, reg_data: str, 
     reports (orchestrator.objective): seed means over the seed-averaged baseline. `objective` is the spec's
     search.objective.
     """
-    from .expand import trial_from_params
-
     params = {"th": float(config["th"]), "alpha": float(config["alpha"])}
     statuses = trial_statuses(sweep_dir)
     trial_ids = []
