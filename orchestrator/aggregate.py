@@ -97,10 +97,10 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     """
     import pyarrow.fs as pafs
 
-    from pixelreg_core.results import _filesystem, is_uri, join, read_table
+    from pixelreg_core.results import filesystem, is_uri, join, read_table
 
     root = str(sweep_dir) if is_uri(sweep_dir) else Path(sweep_dir)
-    fs, base, _ = _filesystem(root)
+    fs, base = filesystem(root)
     if fs.get_file_info(f"{base}/trials").type != pafs.FileType.Directory:
         raise UserError(f"{root}: no trials/ folder here; pass a sweep's results folder such as results/mnist_grid")
     if not math.isfinite(a0) or a0 <= 0:
