@@ -84,7 +84,7 @@ class Resources(_Strict):
 
 class Objective(_Strict):
     """What `search: optuna` maximises: accuracy under `attack` at `eps`, among trials whose clean accuracy is at
-    least `min_clean_ratio` times the unregularized baseline's (R0/U0 >= A0 in REFERENCE.md)."""
+    least `min_clean_ratio` times the unregularized baseline's (the papers' R0/U0 >= A0 rule)."""
 
     attack: str = "gaussian"
     eps: float = Field(default=0.1, ge=0)
