@@ -28,6 +28,9 @@ from .spec import load_spec
 # Training FLOPs per 32x32 image at base width 64 (forward + backward ~ 3x the forward's 2 x MACs):
 # ResNet18 ~0.56 GMACs, ResNet34 ~1.16 GMACs forward at 32x32 with a stride-1 stem and no max-pool.
 TRAIN_GFLOP_PER_IMAGE = {"ResNet18": 3.3, "ResNet34": 7.0}
+MEASURE_STEPS = 5              # timed steps after one warm-up step, fewer when they take longer than the budget
+MEASURE_BUDGET_S = 1.5
+MEASURE_BATCH = 64             # at most (the default batch size); a step of a wide model on 32x32 images takes seconds
 CPU_GFLOPS_PER_CORE = 20.0     # sustained conv throughput of one modern x86 core (rough)
 GPU_GFLOPS = 5000.0            # one data-centre GPU on small images; gives the authors' ~34 min per CIFAR-10 model
 PER_IMAGE_FLOOR_S = 5e-5       # framework overhead per image that tiny widths cannot go below
@@ -36,9 +39,6 @@ TRIAL_OVERHEAD_S = 5.0         # process, data loading, checkpoint and Parquet w
 DATASET_SIZES = {"digits": (1437, 360, 64), "MNIST": (60000, 10000, 784), "FashionMNIST": (60000, 10000, 784),
                  "CIFAR10": (50000, 10000, 1024), "CIFAR100": (50000, 10000, 1024), "idx": (60000, 10000, 784)}
 FOLDER_PIXELS = 36 * 64        # Li et al.'s ImageNet preprocessing
-MEASURE_STEPS = 5              # timed steps after one warm-up step, fewer when they take longer than the budget
-MEASURE_BUDGET_S = 1.5
-MEASURE_BATCH = 64             # at most (the default batch size); a step of a wide model on 32x32 images takes seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

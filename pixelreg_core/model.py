@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +105,7 @@ def build_model(cfg: TrialConfig, in_channels: int, num_classes: int, input_scal
                       input_shift=input_shift, sim_layer=cfg.sim_layer, beta=cfg.beta)
 
 
-def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str) -> None:
+def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str | os.PathLike) -> None:
     """Atomic save of the state_dict plus what rebuilds the model; loads with torch.load(weights_only=True)."""
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -114,14 +115,15 @@ def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str) -> None:
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    write_bytes(path, buffer.getvalue())  # a local path or a URI, as every results file
+    write_bytes(path, buffer.getvalue())  # local path (atomic) or URI: results.py decides which
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:
+def load_checkpoint(path: str | os.PathLike,
+                    map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:
     """The model in eval mode and its TrialConfig."""
-    data = read_bytes(path)  # a local path or a URI, as every results file
+    data = read_bytes(path)  # local path, file:// or another pyarrow URI
     if data is None:
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(path)
     payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     cfg = TrialConfig.from_dict(json.loads(payload["config"]))
     model = build_model(cfg, payload["in_channels"], payload["num_classes"])
