@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from conftest import make_results
 
 from orchestrator import aggregate, analyze_targets, report, results
+from orchestrator.cli import main
 from orchestrator.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,9 +99,7 @@ def test_report_contains_every_figure_and_tables(sweep: tuple[Path, dict], tmp_p
 def test_report_aggregates_first_when_needed(tmp_path: Path) -> None:
     root = make_results(tmp_path / "fresh")
     assert report.needs_aggregate(root)
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
-    assert report.run(parser.parse_args([str(root)])) == 0
+    assert main(["report", str(root)]) == 0
     assert (root / "summary.parquet").exists() and (root / "report.html").exists()
     assert not report.needs_aggregate(root)
     with pytest.raises(UserError, match="no trials/ folder"):
@@ -141,10 +139,8 @@ def test_analyze_targets_recovers_pixel_similarity(tmp_path: Path, capsys: pytes
     images = rng.random((60, 8, 8)).astype(np.float32)
     s = known_pixel_similarity(images)
     m_path, x_path = write_inputs(tmp_path, images, 0.5 * s + 0.1)  # linear in S: r = 1
-    parser = argparse.ArgumentParser()
-    analyze_targets.add_arguments(parser)
-    args = parser.parse_args(["--matrix", str(m_path), "--images", str(x_path), "--out", str(tmp_path / "o")])
-    assert analyze_targets.run(args) == 0
+    assert main(["analyze-targets", "--matrix", str(m_path), "--images", str(x_path), "--out",
+                 str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert "Pearson r  = 1.0000" in printed and "1770 pairs" in printed
     numbers = json.loads((tmp_path / "o" / "target_vs_pixel.json").read_text())
