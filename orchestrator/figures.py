@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .aggregate import CLEAN, GROUP_KEYS, SETTING_KEYS, per_trial_values
+from .curves import CLEAN, GROUP_KEYS, SETTING_KEYS, per_trial_values
 
 FIGURE_PREFIXES = ("curves_", "tradeoff_", "boundary", "corruptions", "layer_weights", "spectrum")
 FREQUENCY_GROUPS = ("low", "medium", "high")
@@ -196,7 +196,7 @@ def _tradeoff(summary, best, selection, a0: float):
         eps_used = part["d_used"].iloc[0]
         metric = part["metric"].iloc[0]
         if metric == "accuracy":
-            where = f"severity D = {eps_used:g}" if attack == "corruption" else f"D = {eps_used:g}"
+            where = distortion_label(attack, eps_used)
             ax.set_ylabel("RD / UD (accuracy at distortion D)")
         else:
             where = metric.replace("_", " ")
@@ -210,6 +210,11 @@ def _tradeoff(summary, best, selection, a0: float):
     fig.suptitle(f"{task} classified, regularized with {reg_data} ({arch}): accuracy trade-off per (Th, α)",
                  fontsize=13)
     return fig, None
+
+
+def distortion_label(attack: str, eps: float) -> str:
+    """The tradeoff panel's D: a corruption's "eps" is its severity (robustness rows name the attack "corruptions")."""
+    return f"severity D = {eps:g}" if attack == "corruptions" else f"D = {eps:g}"
 
 
 def _boundary(data, summary, best):
