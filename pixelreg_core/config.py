@@ -13,14 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A mistake the user can fix. Printed as one line: the field, what is wrong, and the fix."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-
+from .errors import ConfigError  # re-exported: `from pixelreg_core.config import ConfigError` keeps working
 
 TARGETS = ("threshold", "pixel", "matrix", "shuffle", "vgg", "categorical")
 RANGES = ("all", "high", "low", "positive", "negative", "double")

@@ -35,14 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, TrialConfig
+from . import datasets
+from .config import TrialConfig
+from .errors import ConfigError
 
-TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
-BUILTIN_DATASETS = ("digits", *TORCHVISION_DATASETS)
-PREFIXES = ("idx:", "folder:", "folder-raw:")
-DATASET_NAMES_HELP = ", ".join((*BUILTIN_DATASETS, "idx:FOLDER", "folder:PATH", "folder-raw:PATH"))
-NUM_CLASSES = {"digits": 10, "MNIST": 10, "FashionMNIST": 10, "CIFAR10": 10, "CIFAR100": 100}
-CIFAR_DATASETS = ("CIFAR10", "CIFAR100")
 SPLITS = ("train", "test")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -88,37 +84,6 @@ class DataBundle:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Names
-# --------------------------------------------------------------------------------------------------------------
-def check_dataset_name(name: str, field_name: str = "task", *, allow_folder: bool = True) -> str:
-    """Raise ConfigError unless `name` is a dataset this module can load; cheap (touches no files).
-
-    Returns the kind: a built-in name, or "idx", "folder", "folder-raw". Image folders have no labels and so
-    cannot be a classification task: check a task with `allow_folder=False`.
-    """
-    if name in BUILTIN_DATASETS:
-        return name
-    for prefix in PREFIXES:
-        if name.startswith(prefix):
-            kind = prefix[:-1]
-            if not name[len(prefix):]:
-                raise ConfigError(field_name, f"dataset {name!r} names no path; write {prefix}PATH")
-            if kind.startswith("folder") and not allow_folder:
-                raise ConfigError(field_name, f"{name!r} is an unlabeled image folder; use it as reg_data only")
-            return kind
-    hint = [known for known in BUILTIN_DATASETS if known.lower() == name.lower()]
-    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-    raise ConfigError(field_name, f"unknown dataset {name!r}{suggestion}; use one of {DATASET_NAMES_HELP}")
-
-
-def num_classes_of(name: str, train_y: torch.Tensor, test_y: torch.Tensor) -> int:
-    """Known for the built-ins; for IDX folders the largest label seen + 1 (IDX files may hold any label set)."""
-    if name in NUM_CLASSES:
-        return NUM_CLASSES[name]
-    return int(max(int(train_y.max()), int(test_y.max()))) + 1
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Loading one split
 # --------------------------------------------------------------------------------------------------------------
 def load_split(name: str, root: str | os.PathLike, split: str, grayscale: bool, download: bool, *,
@@ -131,23 +96,17 @@ def load_split(name: str, root: str | os.PathLike, split: str, grayscale: bool, 
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    kind = check_dataset_name(name, field_name)
-    root_key = _normalise_path(root)
-    if kind == "digits":
-        x, y = _load_digits(split)
-    elif kind in TORCHVISION_DATASETS:
-        x, y = _load_torchvision(kind, root_key, split, download)
-    elif kind == "idx":
-        x, y = load_idx_folder(name[len("idx:"):], split, field_name=field_name)
-    else:
-        if split != "train":
-            raise ConfigError(field_name, f"{name!r} is an unlabeled image folder; it has no {split} split")
-        x = load_image_folder(name.split(":", 1)[1], li_preprocess=kind == "folder", limit=limit,
-                              field_name=field_name)
-        y = torch.full((x.shape[0],), -1, dtype=torch.int64)
+    record = datasets.get(name, field_name)
+    x, y = record.load(name, _normalise_path(root), split, download, limit=limit, field_name=field_name)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     return convert_channels(to_unit_float(x), 1 if grayscale else 3), y.clone()
+
+
+def check_dataset_name(name: str, field_name: str = "task", *, allow_folder: bool = True) -> datasets.Dataset:
+    """Raise ConfigError unless `name` is a known dataset (kept for the orchestrator; `datasets.get` is the one
+    lookup)."""
+    return datasets.get(name, field_name, allow_unlabelled=allow_folder)
 
 
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +131,33 @@ def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 def _normalise_path(path: str | os.PathLike) -> str:
     """One cache key per folder however it was spelled."""
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+# The loaders the dataset registry (pixelreg_core.datasets) names: one call shape,
+# (name, root, split, download, *, limit, field_name) -> (x [n, C, H, W], y).
+def load_digits_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
+                      field_name: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
+    return _load_digits(split)
+
+
+def load_torchvision_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
+                           field_name: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
+    return _load_torchvision(name, root, split, download)
+
+
+def load_idx_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
+                   field_name: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
+    return load_idx_folder(datasets.path_of(name), split, field_name=field_name)
+
+
+def load_folder_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
+                      field_name: str = "reg_data") -> tuple[torch.Tensor, torch.Tensor]:
+    """An image folder as the train split with labels -1; `folder:` applies Li et al.'s preprocessing."""
+    if split != "train":
+        raise ConfigError(field_name, f"{name!r} is an unlabeled image folder; it has no {split} split")
+    x = load_image_folder(datasets.path_of(name), li_preprocess=name.startswith("folder:"), limit=limit,
+                          field_name=field_name)
+    return x, torch.full((x.shape[0],), -1, dtype=torch.int64)
 
 
 @functools.lru_cache(maxsize=4)
@@ -373,13 +359,13 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
     """
     channels = 1 if cfg.grayscale else 3
     load = functools.partial(load_split, root=cfg.data_root, grayscale=cfg.grayscale, download=cfg.download)
-    check_dataset_name(cfg.task, "task", allow_folder=False)
+    task = datasets.get(cfg.task, "task", allow_unlabelled=False)
     # A matrix target brings its own N images (targets.load_matrix): reg_data is not loaded then, so its size
     # cannot refuse reg_images.
     own_images = cfg.target == "matrix" or (cfg.target == "shuffle" and cfg.matrix is not None)
     regularized = cfg.regularized and cfg.reg_data != "none" and not own_images
     if regularized:
-        check_dataset_name(cfg.reg_data, "reg_data")  # fail on a bad name before loading anything
+        datasets.get(cfg.reg_data, "reg_data")  # fail on a bad name before loading anything
     full_x, full_y = load(cfg.task, split="train", field_name="task")
     test_x, test_y = load(cfg.task, split="test", field_name="task")
     train_idx, valid_idx = split_train_valid(len(full_y), cfg.valid_fraction, cfg.train_images, cfg.seed)
@@ -396,16 +382,14 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
         reg_x = full_x.new_zeros((0, *full_x.shape[1:]))
         reg_y = torch.zeros(0, dtype=torch.int64)
 
-    is_cifar = cfg.task in CIFAR_DATASETS
     return DataBundle(
         train_x=full_x[train_idx], train_y=full_y[train_idx],
         valid_x=full_x[valid_idx], valid_y=full_y[valid_idx],
         test_x=test_x, test_y=test_y,
         reg_x=reg_x, reg_y=reg_y,
-        num_classes=num_classes_of(cfg.task, full_y, test_y),
-        input_scale=5.0 if is_cifar else 1.0,
-        input_shift=0.5 if is_cifar else 0.0,
-        augment=is_cifar,
+        # IDX folders may hold any label set: the largest label seen + 1
+        num_classes=task.num_classes or int(max(int(full_y.max()), int(test_y.max()))) + 1,
+        input_scale=task.input_scale, input_shift=task.input_shift, augment=task.augment,
     )
 
 
