@@ -7,7 +7,8 @@ each random-noise / FGSM eps range, the papers' default distortion D per attack,
 their prefix, so `get("idx:data/mnist")` and `get("MNIST")` answer the same questions.
 
 Adding a dataset: one `register(Dataset(...))` call at the end of this file plus its test (README, "Adding a
-dataset"). The loaders live in `pixelreg_core.data`, which imports nothing from here but the record type's users.
+dataset"). The readers live in `pixelreg_core.loaders` (imported when a dataset is loaded; it imports nothing from
+here, so there is no import cycle).
 
 Torch-free on purpose: the orchestrator checks spec names and reads sizes and distortions without importing torch.
 """
@@ -93,13 +94,13 @@ def path_of(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The datasets. Loaders are imported lazily from pixelreg_core.data (torch), so this module stays light.
+# The datasets. Readers are imported lazily from pixelreg_core.loaders (torch), so this module stays light.
 # ----------------------------------------------------------------------------------------------------------------
 def _loader(function: str) -> Callable[..., tuple[Any, Any]]:
     def load(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        from . import data
+        from . import loaders
 
-        return getattr(data, function)(*args, **kwargs)
+        return getattr(loaders, function)(*args, **kwargs)
 
     load.__name__ = function
     return load

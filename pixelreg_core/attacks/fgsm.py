@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pyarrow.fs import FileType
 from torch import nn
 
 from ..config import ConfigError, TrialConfig
-from ..results import _filesystem, join, read_bytes, write_bytes
+from ..model import load_checkpoint
+from ..results import join, read_bytes, write_bytes
 from .common import AttackContext, accuracy, model_device, row, seeded_subset
 from .options import Attack, eps_options
 
@@ -48,14 +48,11 @@ def test_set_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def load_source(path: str, cfg: TrialConfig, map_location: torch.device | str = "cpu") -> nn.Module:
     """The source model, refusing the evaluated model itself (that would be a white-box attack)."""
-    from ..model import load_checkpoint
-
-    fs, inner, _ = _filesystem(path)
-    if fs.get_file_info(inner).type != FileType.File:
-        raise ConfigError("fgsm_source", f"{path} does not exist; point it at the checkpoint (.pt) of an "
-                                         "unregularized model of the same task")
     try:
         source, source_cfg = load_checkpoint(path, map_location=map_location)
+    except FileNotFoundError:
+        raise ConfigError("fgsm_source", f"{path} does not exist; point it at the checkpoint (.pt) of an "
+                                         "unregularized model of the same task") from None
     except Exception as exc:  # a file that is not a checkpoint is the user's to fix
         raise ConfigError("fgsm_source", f"{path} is not a pixelreg checkpoint ({type(exc).__name__}); "
                                          "use a checkpoints/<trial_id>.pt file") from exc

@@ -55,20 +55,6 @@ class Attack:
         return resolve_options(self.name, self.options, raw)
 
 
-def _eps_options() -> dict[str, Option]:
-    return {
-        "eps": Option(None, None, "eps_list", "explicit eps list (null: the task's range)"),
-        "eps_max": Option(None, None, "nonneg_or_none", "top of the eps range (null: the task's value)"),
-        "num_eps": Option(NUM_EPS, NUM_EPS, "count", "how many evenly spaced eps in [0, eps_max]"),
-        "images": Option(None, None, "count_or_all", "test images used (null: all)"),
-        "batch_size": Option(500, 500, "count", "images per forward pass"),
-    }
-
-
-def _noise_options() -> dict[str, Option]:
-    return {**_eps_options(), "repeats": Option(1, 1, "count", "independent noise draws per eps")}
-
-
 def eps_options() -> dict[str, Option]:
     """Options of an eps-curve attack (the noises, transferred FGSM)."""
     return {
