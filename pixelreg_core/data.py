@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 
-from . import datasets
+from . import datasets, target_kinds
 from .config import TrialConfig
 from .errors import ConfigError
 from .loaders import convert_channels, normalise_path
@@ -134,8 +134,8 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
     task = datasets.get(cfg.task, "task", allow_unlabelled=False)
     # A matrix target brings its own N images (targets.load_matrix): reg_data is not loaded then, so its size
     # cannot refuse reg_images.
-    own_images = cfg.target == "matrix" or (cfg.target == "shuffle" and cfg.matrix is not None)
-    regularized = cfg.regularized and cfg.reg_data != "none" and not own_images
+    regularized = (cfg.regularized and cfg.reg_data != "none"
+                   and not target_kinds.get(cfg.target).own_images(cfg))
     if regularized:
         datasets.get(cfg.reg_data, "reg_data")  # fail on a bad name before loading anything
     full_x, full_y = load(cfg.task, split="train", field_name="task")

@@ -88,11 +88,6 @@ def get(name: str, field_name: str = "task", *, allow_unlabelled: bool = True) -
     return record
 
 
-def path_of(name: str) -> str:
-    """The PATH of a prefixed name (`idx:PATH` -> PATH); the name itself otherwise."""
-    return name.split(":", 1)[1] if ":" in name else name
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The datasets. Readers are imported lazily from pixelreg_core.loaders (torch), so this module stays light.
 # ----------------------------------------------------------------------------------------------------------------

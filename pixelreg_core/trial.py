@@ -23,7 +23,7 @@ from .config import TrialConfig
 from .data import prepare_data
 from .model import build_model, save_checkpoint
 from .results import delete_file, join, key_values, remove_trial, write_table
-from .targets import build_target
+from .target_kinds import build_target
 from .train import resolve_device, train
 
 

@@ -71,47 +71,55 @@ def minimal_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[st
 
 
 def _pgd_fools(fmodel: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-               opts: dict[str, Any]) -> torch.Tensor:
-    """Whether any searched PGD setting finds an adversarial within each image's own L-inf eps."""
+               opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(whether any searched PGD setting finds an adversarial within each image's own L-inf eps, the adversarials
+    found; x where none was)."""
     import foolbox as fb
 
     fooled = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    found = x.clone()
     for rel in opts["rel_stepsizes"]:
         for steps in opts["pgd_steps"]:
             for _ in range(opts["repeats"]):
                 todo = ~fooled
                 if not bool(todo.any()):
-                    return fooled
+                    return fooled, found
                 attack = fb.attacks.LinfPGD(rel_stepsize=rel, steps=steps, random_start=True)
                 eps_b = eps[todo].view(-1, *([1] * (x.dim() - 1)))
                 adv = attack.run(fmodel, x[todo], fb.criteria.Misclassification(y[todo]), epsilon=eps_b)
-                fooled[todo] = predict(model, adv).to(x.device) != y[todo]
-    return fooled
+                hit = predict(model, adv).to(x.device) != y[todo]
+                found[todo.nonzero().squeeze(1)[hit]] = adv[hit]
+                fooled[todo] = hit
+    return fooled, found
 
 
 def minimal_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[str, Any],
-                 seed: int) -> torch.Tensor:
-    """Smallest L-inf eps per image at which PGD fools the model (upper end of the bisection; inf: never)."""
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(smallest L-inf eps per image at which PGD fools the model, the upper end of the bisection, inf: never;
+    the adversarial found at that eps, on the CPU, x where never fooled)."""
     import foolbox as fb
 
     device = model_device(model)
     fmodel = fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=device)
     result = torch.full((len(y),), float("inf"))
+    adversarials = x.detach().cpu().clone()
     for start in range(0, len(y), opts["batch_size"]):
         xb = x[start:start + opts["batch_size"]].to(device)
         yb = y[start:start + opts["batch_size"]].to(device)
         with seeded_torch(derive_seed(seed, "min_linf", start), device):
             hi = torch.full((len(yb),), float(opts["eps_max"]), device=device)
             lo = torch.zeros_like(hi)
-            reachable = _pgd_fools(fmodel, model, xb, yb, hi, opts)
+            reachable, adv_hi = _pgd_fools(fmodel, model, xb, yb, hi, opts)
             for _ in range(opts["search_steps"]):
                 mid = (lo + hi) / 2
-                fooled = _pgd_fools(fmodel, model, xb, yb, mid, opts)
+                fooled, adv = _pgd_fools(fmodel, model, xb, yb, mid, opts)
                 hi = torch.where(fooled, mid, hi)
                 lo = torch.where(fooled, lo, mid)
+                adv_hi[fooled] = adv[fooled]
                 reachable |= fooled
         result[start:start + len(yb)] = torch.where(reachable, hi, torch.full_like(hi, float("inf"))).cpu()
-    return result
+        adversarials[start:start + len(yb)] = adv_hi.cpu()
+    return result, adversarials
 
 
 def _median_row(attack: str, metric: str, distances: torch.Tensor) -> dict[str, Any]:
@@ -127,7 +135,7 @@ def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
     x, y = x_all[idx], y_all[idx]
     if kind == "minimal_l2":
         return [_median_row(kind, "min_l2", minimal_l2(model, x, y, ctx.opts, ctx.seed))]
-    return [_median_row(kind, "min_linf", minimal_linf(model, x, y, ctx.opts, ctx.seed))]
+    return [_median_row(kind, "min_linf", minimal_linf(model, x, y, ctx.opts, ctx.seed)[0])]
 
 
 ATTACKS = [
