@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import target_kinds
+from . import datasets, target_kinds
 from .errors import ConfigError  # re-exported: `from pixelreg_core.config import ConfigError` keeps working
 from .ranges import RANGES
 from .target_kinds import TARGETS
@@ -44,10 +44,9 @@ class TrialConfig:
     # --- identity -------------------------------------------------------------------------------------------
     sweep: str = field(default="adhoc", metadata={"help": "sweep name written into every row"})
     role: str = field(default="trial", metadata={"help": "trial | baseline | fgsm_source"})
-    task: str = field(default="digits", metadata={"help": "classification dataset: digits, MNIST, FashionMNIST, "
-                                                         "CIFAR10, CIFAR100, idx:FOLDER"})
-    reg_data: str = field(default="digits", metadata={"help": "regularization dataset (same names, plus "
-                                                             "folder:PATH for an image folder)"})
+    task: str = field(default="digits", metadata={"help": "classification dataset, a labelled one of: "
+                                                         + datasets.names_help()})
+    reg_data: str = field(default="digits", metadata={"help": "regularization dataset: " + datasets.names_help()})
     data_root: str = field(default="data", metadata={"help": "torchvision dataset root"})
     download: bool = field(default=False, metadata={"help": "let torchvision download missing datasets"})
     # --- the regularizer ------------------------------------------------------------------------------------
