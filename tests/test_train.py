@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pixelreg_core import cli
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data import prepare_data
-from pixelreg_core.model import build_model, load_checkpoint
+from pixelreg_core.model import build_model, load_checkpoint, save_checkpoint
 from pixelreg_core.results import SCHEMAS
 from pixelreg_core.target_kinds import build_target
 from pixelreg_core.targets import similarity_loss
@@ -225,3 +225,20 @@ def test_cli_bad_attacks_json_is_one_line(tmp_path, capsys):
     code = cli.main(["train", "--out", str(tmp_path / "out"), "--attacks", "{bad"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: attacks: not valid JSON")
+
+
+def test_checkpoints_take_file_uris_like_plain_paths(tmp_path):
+    """model.py reads and writes through results.py, so `file://PATH` and PATH name the same file (the model once
+    sent anything with "://" to pyarrow's URI parser while results.is_uri treated file:// as local)."""
+    cfg = tiny(alpha=4)
+    model = build_model(cfg, 1, 10)
+    save_checkpoint(model, cfg, f"file://{tmp_path}/a.pt")
+    assert (tmp_path / "a.pt").is_file() and not list(tmp_path.glob(".*"))  # no temp file left behind
+    loaded, loaded_cfg = load_checkpoint(str(tmp_path / "a.pt"))
+    assert loaded_cfg == cfg
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(),
+                                                 strict=True))
+    save_checkpoint(loaded, loaded_cfg, str(tmp_path / "b.pt"))
+    assert load_checkpoint(f"file://{tmp_path}/b.pt")[1] == cfg
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(f"file://{tmp_path}/missing.pt")

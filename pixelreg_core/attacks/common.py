@@ -1,4 +1,5 @@
-"""Helpers every attack shares: batched prediction, the fixed image subset, per-image clamping, row building.
+"""What every attack shares: the `AttackContext` its `run` gets, the one batched accuracy loop, the foolbox
+starting-point search, batched prediction, the fixed image subsets, per-image clamping, row building.
 
 All attacks work on [0, 1] pixel tensors [n, C, H, W] kept on the CPU; batches move to the model's device for the
 forward pass only, so CPU and GPU runs draw the same random numbers.
