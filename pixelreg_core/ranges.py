@@ -20,4 +20,4 @@ def check_thresholds(range: str, th: float, th2: float | None) -> None:
     if not 0 < th < 1:
         raise ConfigError("th", f"is {th}; Th must lie in (0, 1), e.g. 0.2")
     if range == "double" and (th2 is None or not 0 < th2 < th):
-        raise ConfigError("th2", f"is {th2}; range double needs a second threshold with 0 < th2 < th ({th})")
+        raise ConfigError("th2", f"range double needs th2 with 0 < th2 < th ({th}); got {th2}")
