@@ -25,8 +25,13 @@ FREQUENCY_GROUPS = ("low", "medium", "high")
 MAX_LINES = 6  # more lines than this in one panel are unreadable
 BASELINE_COLOR = "#444444"
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-ATTACK_TITLES = {"gaussian": "Gaussian noise", "uniform": "Uniform noise", "salt_pepper": "Salt-and-pepper noise",
-                 "fgsm_transfer": "Transferred FGSM", "boundary": "Boundary attack", "corruption": "Corruptions"}
+
+
+def attack_title(attack: str) -> str:
+    """The attack's title from the core's attack registry (torch is imported only when a figure needs one)."""
+    from pixelreg_core.attacks import title
+
+    return title(attack)
 
 
 def write_figures(sweep_dir: str | os.PathLike, *, summary, best, trials, robustness, spectrum,
@@ -154,7 +159,7 @@ def _curves(summary, best, selection, a0: float):
             mine = _setting_rows(rows, task, reg_data, arch, setting)
             _band(ax, mine[mine["attack"] == attack], COLORS[0], f"{_label(setting)} ({how})")
             ax.axvline(setting["d_used"], color="#999999", ls=":", lw=1, label=f"D = {setting['d_used']:g}")
-        ax.set_title(ATTACK_TITLES.get(attack, attack))
+        ax.set_title(attack_title(attack))
         ax.set_xlabel("eps")
         ax.set_ylabel("test accuracy")
         ax.set_ylim(0, 1.02)
@@ -201,7 +206,7 @@ def _tradeoff(summary, best, selection, a0: float):
         else:
             where = metric.replace("_", " ")
             ax.set_ylabel(f"R / U ({where})")
-        ax.set_title(f"{ATTACK_TITLES.get(attack, attack)} ({where})")
+        ax.set_title(f"{attack_title(attack)} ({where})")
         ax.set_xlabel("R0 / U0 (clean accuracy vs unregularized)")
         ax.grid(alpha=0.3)
     handles = {h.get_label(): h for ax in axes for h in ax.collections + ax.patches if not

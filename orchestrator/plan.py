@@ -17,7 +17,8 @@ import math
 import os
 from typing import Any
 
-from pixelreg_core.config import TrialConfig
+from pixelreg_core import datasets
+from pixelreg_core.config import ConfigError, TrialConfig
 
 from .expand import expand, role_counts
 from .resources import concurrent_slots, local_gpus
@@ -35,10 +36,6 @@ CPU_GFLOPS_PER_CORE = 20.0     # sustained conv throughput of one modern x86 cor
 GPU_GFLOPS = 5000.0            # one data-centre GPU on small images; gives the authors' ~34 min per CIFAR-10 model
 PER_IMAGE_FLOOR_S = 5e-5       # framework overhead per image that tiny widths cannot go below
 TRIAL_OVERHEAD_S = 5.0         # process, data loading, checkpoint and Parquet writes per trial
-# (train images, test images, pixels per image) of each dataset; idx: folders are guessed MNIST-sized.
-DATASET_SIZES = {"digits": (1437, 360, 64), "MNIST": (60000, 10000, 784), "FashionMNIST": (60000, 10000, 784),
-                 "CIFAR10": (50000, 10000, 1024), "CIFAR100": (50000, 10000, 1024), "idx": (60000, 10000, 784)}
-FOLDER_PIXELS = 36 * 64        # Li et al.'s ImageNet preprocessing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,11 +134,12 @@ def machine_resources(spec: SweepSpec) -> tuple[int, int]:
 
 
 def dataset_size(name: str) -> tuple[int, int, int]:
-    if name.startswith("idx:"):
-        return DATASET_SIZES["idx"]
-    if name.startswith("folder"):
-        return (5000, 0, FOLDER_PIXELS)
-    return DATASET_SIZES.get(name, DATASET_SIZES["idx"])
+    """(train images, test images, pixels per image) from the dataset's record (pixelreg_core.datasets); a name
+    it does not know (a baseline's reg_data "none") is guessed MNIST-sized, like idx: folders."""
+    try:
+        return datasets.get(name).sizes
+    except ConfigError:
+        return datasets.REGISTRY["idx"].sizes
 
 
 def image_shape(cfg: TrialConfig) -> tuple[int, int, int]:

@@ -33,7 +33,6 @@ KEY_FIELDS: list[pa.Field] = [
     pa.field("seed", pa.int64()),
     pa.field("arch", pa.string()),
 ]
-KEYS = [f.name for f in KEY_FIELDS]
 
 SCHEMAS: dict[str, pa.Schema] = {
     # one row per trial

@@ -22,7 +22,7 @@ from .config import TrialConfig
 from .data import prepare_data
 from .model import build_model, save_checkpoint
 from .results import checkpoint_path, delete_file, join, key_values, remove_trial, status_row, write_table
-from .targets import build_target
+from .target_kinds import build_target
 from .train import resolve_device, train
 
 
@@ -53,13 +53,13 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         # Checks that can only fail at run time (a missing FGSM source, an absent GPU) are inside the try, so
         # that with `record_failure` they too leave a failed trials row.
         cfg.validate()
-        attacks.validate_attacks(cfg)
+        attack_options = attacks.validate_attacks(cfg)  # resolved once, before any data is loaded
         device = resolve_device(cfg.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
         data = prepare_data(cfg)
-        attacks.validate_attacks(cfg, len(data.test_x), check_source=False)  # source checked just above
+        attacks.check_image_counts(attack_options, len(data.test_x))  # before any training
         target = build_target(cfg, data.reg_x, data.reg_y) if cfg.regularized else None
         model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
                             data.input_shift).to(device)
@@ -67,7 +67,8 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
 
         model.load_state_dict(result.best_state)
         model.eval()
-        robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"))
+        robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"),
+                                             attack_options)
 
         keys = key_values(cfg)
         ckpt = checkpoint_path(out_root, cfg.trial_id)
