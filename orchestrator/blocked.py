@@ -8,12 +8,11 @@ error. `blocked` is not a complete status: a relaunch runs the source again, the
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 from pathlib import PurePosixPath
 
 from pixelreg_core.config import TrialConfig
-from pixelreg_core.results import key_values, read_table, write_table
+
+from .results import read_table, record_status
 
 BLOCKED = "blocked"
 
@@ -39,11 +38,7 @@ def skip_blocked(sweep_dir: str, *groups: list[TrialConfig], log=print) -> tuple
                 runnable.append(cfg)
                 continue
             reason = errors.get(source) or f"status {status.get(source, 'missing')}"
-            write_table(sweep_dir, "trials", cfg.trial_id, [{
-                **key_values(cfg), "role": cfg.role, "status": BLOCKED, "width": cfg.width, "epochs": cfg.epochs,
-                "error": f"not run: its FGSM source {source} failed ({reason})"[:2000],
-                "config": json.dumps(cfg.to_dict(), sort_keys=True),
-                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}])
+            record_status(sweep_dir, cfg, BLOCKED, f"not run: its FGSM source {source} failed ({reason})"[:2000])
             blocked += 1
         kept.append(runnable)
     if blocked:

@@ -76,7 +76,7 @@ class SweepLock:
     """The lock of one sweep folder, held by this process from `acquire` to `release`."""
 
     def __init__(self, sweep_dir: str, log: Callable[[str], None] = print):
-        from .resume import filesystem
+        from .results import filesystem
 
         self.sweep_dir = sweep_dir
         self.log = log
@@ -239,7 +239,7 @@ def sweep_lock(sweep_dir: str, log: Callable[[str], None] = print) -> Iterator[S
 
 
 def lock_exists(sweep_dir: str) -> bool:
-    from .resume import filesystem
+    from .results import filesystem
 
     fs, base = filesystem(sweep_dir)
     return fs.get_file_info(f"{base}/{LOCK_FILE}").type == pafs.FileType.File

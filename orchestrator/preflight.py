@@ -47,11 +47,13 @@ def _openable(path: Path) -> bool:
 
 def check_dataset(name: str, data_root: str, download: bool, field: str) -> None:
     """Raise UserError unless dataset `name` can be loaded (cheaply: files exist and open)."""
-    from pixelreg_core.data import TORCHVISION_DATASETS, _find_idx_pair, list_images
+    from pixelreg_core import datasets
+    from pixelreg_core.loaders import _find_idx_pair, list_images
 
-    if name == "digits" or "://" in data_root and name in TORCHVISION_DATASETS:
+    torchvision = datasets.get(name, field).load.__name__ == "load_torchvision_split"  # the registry's reader
+    if name == "digits" or "://" in data_root and torchvision:
         return
-    if name in TORCHVISION_DATASETS:
+    if torchvision:
         if download:
             return
         root = Path(data_root).expanduser()
