@@ -210,10 +210,7 @@ def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_ses
     spec = write_spec(tmp_path, name="searched", grid=None, seeds=[0],
                       search={"type": "optuna", "trials": 2, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
                               "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5}},
-                      # grace_period past the last report: ASHA is wired in but stops nothing. With a rung inside
-                      # the run, whether the second point is stopped depends on one machine's float results (a
-                      # 1-image validation split here), and a stopped point would leave no row: not a CPU-proof test.
-                      scheduler={"type": "asha", "grace_period": 10})
+                      scheduler={"type": "asha", "grace_period": 1})
     root = tmp_path / "results"
     assert launch(spec, root) == 0
     trials = pd.read_parquet(root / "searched" / "trials")
