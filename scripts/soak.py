@@ -181,8 +181,10 @@ def main() -> int:
         set_immutable(sweep / "robustness", False)
     code2 = second.wait()
     after_second = rows(sweep, "trials")
-    failed_2 = int((after_second["status"] != "ok").sum())
-    print(f"relaunch 1: exit {code2}, {failed_2} trial(s) failed or blocked")
+    not_ok = after_second[after_second["status"] != "ok"]
+    failed_2 = len(not_ok)
+    kinds = not_ok["error"].fillna("").map(lambda e: e.split(":", 1)[0]).value_counts().to_dict()
+    print(f"relaunch 1: exit {code2}, {failed_2} trial(s) failed or blocked, by error: {kinds}")
 
     # 4. relaunch for the failed ones
     code3 = Launch(spec, root, work / "launch3.log", env).wait()
@@ -217,8 +219,8 @@ def main() -> int:
           f"{by_kind['sigkill']}, driver SIGKILL 1 ({len(at_kill)} trial(s) running), unwritable folder 2")
     print(f"retried (an exception or worker kill, then finished ok): "
           f"{sum(1 for t, _, k in fired if k in ('raise', 'sigkill') and t in set(ok['trial_id']))}")
-    print(f"failed after relaunch 1: {failed_2} (NaN losses are not retried; relaunch 2 finished them: "
-          f"{len(trials) - len(ok) == 0})")
+    print(f"failed after relaunch 1: {failed_2} (NaN losses are not retried, and a write into the unwritable folder "
+          f"fails every quick retry; relaunch 2 finished them all: {len(trials) - len(ok) == 0})")
     print(f"resumed from an epoch checkpoint: {int((ok['resumed_from_epoch'].fillna(0) > 0).sum())} trials; "
           f"interrupted trials not resumed from their last finished epoch: {len(wrong_resume)} {wrong_resume[:5]}")
     print(f"rows lost: {lost}; rows duplicated: {duplicated}")
