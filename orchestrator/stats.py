@@ -230,15 +230,14 @@ def curve_significance(setting_rows, baseline_rows) -> dict[float, float]:
     is the sample std of the per-trial values, so the test equals the test on the per-seed values). Holm runs over
     the eps of this curve. Eps without a finite p-value are left out.
     """
-    base = baseline_rows.set_index("eps")[["mean", "std", "n"]]
-    mine = setting_rows.set_index("eps")[["mean", "std", "n"]]
-    both = mine.join(base, how="inner", lsuffix="_r", rsuffix="_u").sort_index()
+    columns = ["eps", "mean", "std", "n"]
+    both = setting_rows[columns].merge(baseline_rows[columns], on="eps", suffixes=("_r", "_u")).sort_values("eps")
     if not len(both):
         return {}
     _, _, _, p, _ = welch_from_moments(both["mean_r"], both["std_r"] ** 2, both["n_r"],
                                        both["mean_u"], both["std_u"] ** 2, both["n_u"])
     adjusted = holm(p)
-    return {float(eps): float(q) for eps, q in zip(both.index, adjusted, strict=True) if math.isfinite(q)}
+    return {float(eps): float(q) for eps, q in zip(both["eps"], adjusted, strict=True) if math.isfinite(q)}
 
 
 def significant_eps(setting_rows, baseline_rows) -> list[float]:
