@@ -154,9 +154,12 @@ def add_statistics(best, values):
 
 
 def held_out_seeds(ok_trials, k: int) -> tuple[list[int], list[int]]:
-    """(training seeds, held-out seeds): the K highest seed ids among the finished trials are held out."""
-    seeds = sorted({int(s) for s in ok_trials["seed"].dropna()})
-    if not isinstance(k, int) or k < 1 or k >= len(seeds):
+    """(training seeds, held-out seeds): the K highest seed ids among the finished trials are held out. Only the
+    seeds of regularized trials and baselines count: the FGSM source model has a seed of its own (e.g. 1000) that is
+    not one of the study's seeds."""
+    studied = ok_trials[ok_trials["role"].isin(["trial", "baseline"])]
+    seeds = sorted({int(s) for s in studied["seed"].dropna()})
+    if int(k) != k or k < 1 or k >= len(seeds):
         raise UserError(f"--confirm-seeds {k}: hold out at least 1 seed and keep at least 1 for choosing; "
                         f"this sweep has {len(seeds)} finished seed(s) ({', '.join(map(str, seeds)) or 'none'})")
     return seeds[:-k], seeds[-k:]
@@ -186,7 +189,7 @@ def confirm_selection(best, ok_trials, robustness, k: int | None, a0: float, dis
     no_failed = ok_trials.iloc[0:0]
     keys = SELECTION_KEYS + SETTING_KEYS
 
-    def rerun(seeds):
+    def rerun(seeds):  # the FGSM source trial plays no part in the selection, whichever side its seed falls on
         subset = ok_trials[ok_trials["seed"].isin(seeds)]
         return select_best(summarize(subset, robustness, no_failed), a0=a0, distortions=distortions)
 
@@ -196,6 +199,7 @@ def confirm_selection(best, ok_trials, robustness, k: int | None, a0: float, dis
     best = best.drop(columns=CONFIRM_COLUMNS[1:])
     best = best.merge(on_train, on=keys, how="left").merge(on_held, on=keys, how="left")
     best["train_chosen"] = best["train_chosen"].fillna(False).astype(bool)
+    best = best.astype({"confirmed_r0_over_u0": "float64", "confirmed_rd_over_ud": "float64"})  # empty merge: object
     best["held_out_seeds"] = ",".join(map(str, held))
     return best[columns]
 
@@ -213,10 +217,13 @@ def describe_confirmation(best) -> list[str]:
             lines.append(f"{where}: no acceptable setting on the training seeds")
             continue
         c = chosen.iloc[0]
-        holds = bool(c["confirmed_r0_over_u0"] >= c["a0"] and c["confirmed_rd_over_ud"] > 1)
-        lines.append(f"{where}: Th={c['th']:g} alpha={c['alpha']:g} on held-out seeds {c['held_out_seeds']}: "
-                     f"R0/U0={c['confirmed_r0_over_u0']:.3f}, RD/UD={c['confirmed_rd_over_ud']:.3f} "
-                     f"({'holds' if holds else 'does not hold'})")
+        head = f"{where}: Th={c['th']:g} alpha={c['alpha']:g} on held-out seeds {c['held_out_seeds']}: "
+        r0u0, rdud = c["confirmed_r0_over_u0"], c["confirmed_rd_over_ud"]
+        if not (math.isfinite(r0u0) and math.isfinite(rdud)):
+            lines.append(head + "not measured (no finished trial of this setting or of its baseline there)")
+            continue
+        holds = bool(r0u0 >= c["a0"] and rdud > 1)
+        lines.append(head + f"R0/U0={r0u0:.3f}, RD/UD={rdud:.3f} ({'holds' if holds else 'does not hold'})")
     return lines
 
 

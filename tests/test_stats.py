@@ -24,14 +24,15 @@ REPEAT_STEP = 0.006  # repeat r adds (r - 0.5) * REPEAT_STEP: the per-seed value
 
 
 def write_sweep(root: Path, settings: dict[tuple[float, float], dict[int, tuple[float, list[float]]]]) -> Path:
-    """settings: (th, alpha) -> {seed: (clean accuracy, [gaussian accuracy per eps in EPS])}; alpha 0 = baseline.
+    """settings: (th, alpha) -> {seed: (clean accuracy, [gaussian accuracy per eps in EPS])}; alpha 0 = baseline;
+    th = -1 with alpha 0 is the FGSM source model (role fgsm_source, its own seed, as a launch writes it).
 
     Each eps is written as two repeats around the given value, so a test reading the per-seed value straight from
     `settings` also checks that repeats are averaged before the test across seeds.
     """
     for (th, alpha), seeds in settings.items():
         for seed, (clean, curve) in seeds.items():
-            extra = {"th": th} if alpha else {}
+            extra = {"th": th} if alpha else {"role": "fgsm_source"} if th < 0 else {}
             cfg = TrialConfig(sweep="st", task="MNIST", reg_data="MNIST", alpha=alpha, seed=seed, width=4, **extra)
             keys = key_values(cfg)
             write_table(root, "trials", cfg.trial_id, [{**keys, "role": cfg.role, "status": "ok", "clean_acc": clean,
@@ -165,7 +166,8 @@ def confirm_settings() -> dict:
     def seeds(clean, tops):
         return {s: (clean + 0.001 * s, [clean, (clean + top) / 2, top]) for s, top in enumerate(tops)}
 
-    return {(0.0, 0.0): seeds(0.98, [0.30, 0.32, 0.31, 0.40]),
+    return {(-1.0, 0.0): {1000: (0.99, [0.99, 0.5, 0.1])},  # the FGSM source: seed 1000 is not a study seed
+            (0.0, 0.0): seeds(0.98, [0.30, 0.32, 0.31, 0.40]),
             (0.2, 4.0): seeds(0.97, [0.60, 0.61, 0.62, 0.38]),
             (0.8, 10.0): seeds(0.95, [0.50, 0.51, 0.52, 0.95])}
 
@@ -178,7 +180,8 @@ def test_confirm_seeds_chooses_on_training_seeds_only(tmp_path: Path) -> None:
     # on all seeds B wins; on seeds 0-2 (seed 3, the highest, held out) A wins
     assert best.loc[(0.8, 10.0), "chosen"] and not best.loc[(0.2, 4.0), "chosen"]
     assert best.loc[(0.2, 4.0), "train_chosen"] and not best.loc[(0.8, 10.0), "train_chosen"]
-    assert set(best["held_out_seeds"]) == {"3"}
+    assert set(best["held_out_seeds"]) == {"3"}  # not the FGSM source's seed 1000
+    assert best["confirmed_rd_over_ud"].dtype == "float64"
     # the confirmed ratios are seed 3's alone, against seed 3's baseline
     for th_alpha in [(0.2, 4.0), (0.8, 10.0)]:
         clean, curve = settings[th_alpha][3]
@@ -190,7 +193,7 @@ def test_confirm_seeds_chooses_on_training_seeds_only(tmp_path: Path) -> None:
     assert stats.describe_confirmation(best.reset_index()) == [
         "MNIST / MNIST / gaussian: Th=0.2 alpha=4 on held-out seeds 3: R0/U0=0.990, RD/UD=0.950 (does not hold)"]
     # the choice equals a plain aggregate of a sweep that never had seed 3
-    without = {k: {s: v for s, v in seeds.items() if s != 3} for k, seeds in settings.items()}
+    without = {k: {s: v for s, v in seeds.items() if s not in (3, 1000)} for k, seeds in settings.items()}
     plain = pd.read_parquet(aggregate.aggregate_sweep(write_sweep(tmp_path / "no3", without), figures=False)["best"])
     plain = plain[(plain["attack"] == "gaussian") & plain["chosen"]]
     assert plain[["th", "alpha"]].values.tolist() == [[0.2, 4.0]]
@@ -202,6 +205,18 @@ def test_confirm_seeds_chooses_on_training_seeds_only(tmp_path: Path) -> None:
 def test_confirm_seeds_bad_k_writes_nothing(tmp_path: Path) -> None:
     root = write_sweep(tmp_path / "st", confirm_settings())
     for k in (0, 4, -1):
-        with pytest.raises(UserError, match=rf"--confirm-seeds {k}: .*4 finished seed"):
+        with pytest.raises(UserError, match=rf"--confirm-seeds {k}: .*4 finished seed\(s\) \(0, 1, 2, 3\)"):
             aggregate.aggregate_sweep(root, figures=False, confirm_seeds=k)
     assert not (root / "best.parquet").exists() and not (root / "summary.parquet").exists()
+
+
+def test_confirm_seeds_choice_without_held_out_trials_is_not_measured(tmp_path: Path) -> None:
+    settings = confirm_settings()
+    settings[(0.2, 4.0)].pop(3)  # A, the training seeds' choice, never ran seed 3
+    root = write_sweep(tmp_path / "st", settings)
+    best = pd.read_parquet(aggregate.aggregate_sweep(root, figures=False, confirm_seeds=1)["best"])
+    a = best[(best["attack"] == "gaussian") & (best["th"] == 0.2)].iloc[0]
+    assert a["train_chosen"] and math.isnan(a["confirmed_rd_over_ud"])
+    line = [x for x in stats.describe_confirmation(best) if "gaussian" in x]
+    assert line == ["MNIST / MNIST / gaussian: Th=0.2 alpha=4 on held-out seeds 3: not measured "
+                    "(no finished trial of this setting or of its baseline there)"]
