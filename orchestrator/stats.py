@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from .aggregate import CLEAN, GROUP_KEYS, SELECTION_KEYS, SETTING_KEYS
+from .curves import CLEAN, GROUP_KEYS, SELECTION_KEYS, SETTING_KEYS, per_trial_values
 from .errors import UserError
 
 LEVEL = 0.95  # two-sided confidence level of ci_low / ci_high
@@ -101,8 +101,6 @@ def holm(p_values):
 def per_seed_values(ok_trials, robustness):
     """One value per trial x attack x eps x metric: repeats averaged (per_trial_values), then, for attacks
     evaluated per variant (corruptions), the mean over variants, the same reduction curves_for_selection makes."""
-    from .aggregate import per_trial_values
-
     values = per_trial_values(ok_trials, robustness)
     keys = GROUP_KEYS + ["trial_id", "seed", "attack", "eps", "metric"]
     return values.groupby(keys, dropna=False, sort=False)["value"].mean().reset_index()
@@ -165,17 +163,16 @@ def held_out_seeds(ok_trials, k: int) -> tuple[list[int], list[int]]:
     return seeds[:-k], seeds[-k:]
 
 
-def confirm_selection(best, ok_trials, robustness, k: int | None, a0: float, distortions: dict[str, float]):
+def confirm_selection(best, ok_trials, k: int | None, choose):
     """best.parquet plus held_out_seeds, train_chosen, confirmed_r0_over_u0, confirmed_rd_over_ud.
 
     With k: the paper's rule is re-run on the trials of the training seeds only (baselines included) to give
     `train_chosen`, and the ratios of every setting are recomputed on the K held-out seeds alone (against the
     held-out baselines' mean). Without k the columns are there but empty ("", False, NaN), so the schema of
-    best.parquet never depends on a flag.
+    best.parquet never depends on a flag. `choose(trials)` is the paper's rule on a subset of the finished trials
+    (aggregate passes it in, so this module does not import aggregate).
     """
     import numpy as np
-
-    from .aggregate import select_best, summarize
 
     best = best.copy()
     best["held_out_seeds"] = ""
@@ -186,12 +183,10 @@ def confirm_selection(best, ok_trials, robustness, k: int | None, a0: float, dis
     if k is None:
         return best
     train, held = held_out_seeds(ok_trials, k)
-    no_failed = ok_trials.iloc[0:0]
     keys = SELECTION_KEYS + SETTING_KEYS
 
     def rerun(seeds):  # the FGSM source trial plays no part in the selection, whichever side its seed falls on
-        subset = ok_trials[ok_trials["seed"].isin(seeds)]
-        return select_best(summarize(subset, robustness, no_failed), a0=a0, distortions=distortions)
+        return choose(ok_trials[ok_trials["seed"].isin(seeds)])
 
     on_train = rerun(train)[keys + ["chosen"]].rename(columns={"chosen": "train_chosen"})
     on_held = rerun(held)[keys + ["r0_over_u0", "rd_over_ud"]].rename(

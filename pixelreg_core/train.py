@@ -26,12 +26,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda was asked for but no GPU is visible; use device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device", "mps was asked for but is not available; use device cpu or auto")
     return torch.device(name)
 
@@ -84,7 +84,7 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | None, device: torch.device,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train `model` on `data`; `target` (from targets.build_target) is None for an unregularized model."""
+    """Train `model` on `data`; `target` (from target_kinds.build_target) is None for an unregularized model."""
     generator = torch.Generator().manual_seed(cfg.seed)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     valid_x, valid_y = data.valid_x.to(device), data.valid_y.to(device)
@@ -94,7 +94,7 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
     regularized = cfg.regularized
     if regularized and target is None:
-        raise ValueError(f"alpha is {cfg.alpha} but no target was given; build one with targets.build_target")
+        raise ValueError(f"alpha is {cfg.alpha} but no target was given; build one with target_kinds.build_target")
 
     result = TrainResult(best_state={}, best_epoch=0)
     best_valid = float("inf")
