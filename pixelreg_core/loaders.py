@@ -177,7 +177,7 @@ def load_idx_folder(folder: str | os.PathLike, split: str, *, field_name: str = 
     """An MNIST-format folder as (uint8 [n, 1, H, W], int64 labels).
 
     With both train-* and t10k-* files present they are the train and test splits. With only one of the two
-    (e.g. ../shared/data/mnist-test holds only MNIST's 10,000 t10k images) that file is split by position, the same
+    (e.g. a folder holding only MNIST's 10,000 t10k images) that file is split by position, the same
     for every seed: the first 80% are train, the last 20% test (8,000 / 2,000 for MNIST's test set).
     """
     path = Path(normalise_path(folder))
