@@ -24,8 +24,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import common
-from .common import AttackContext, attack_from_starts, derive_seed, model_device, row, seeded_torch
+from .common import (
+    AttackContext,
+    attack_from_starts,
+    correct_subset,
+    derive_seed,
+    model_device,
+    predict,
+    row,
+    seeded_subset,
+    seeded_torch,
+)
 from .options import Attack, Option
 from .spectrum import spectrum_rows
 
@@ -78,9 +87,9 @@ def attacked_images(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, 
     every model of a task; with `label` they are the first correctly classified ones in that same order.
     """
     if opts["criterion"] == "prediction":
-        idx = common.seeded_subset(len(y_all), opts["images"], opts["image_seed"], "boundary")
-        return idx, common.predict(model, x_all[idx])
-    idx = common.correct_subset(model, x_all, y_all, opts["images"], opts["image_seed"], "boundary")
+        idx = seeded_subset(len(y_all), opts["images"], opts["image_seed"], "boundary")
+        return idx, predict(model, x_all[idx])
+    idx = correct_subset(model, x_all, y_all, opts["images"], opts["image_seed"], "boundary")
     return idx, y_all[idx]
 
 
