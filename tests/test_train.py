@@ -145,6 +145,15 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, f
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.parquet"))
 
 
+def test_cli_reads_the_authors_protocol_flags():
+    """An optional boolean reads its word (bool("false") would be True); the protocol options are flags."""
+    parser = cli.build_parser()
+    for word, value in (("false", False), ("true", True), ("none", None)):
+        assert parser.parse_args(["train", "--out", "x", "--reg-augment", word]).reg_augment is value
+    args = parser.parse_args(["train", "--out", "x", "--gray", "mean", "--no-exact-targets"])
+    assert (args.gray, args.exact_targets) == ("mean", False)
+
+
 def test_cli_trains_one_trial_through_python_m(tmp_path):
     """The documented command, `python -m pixelreg_core train ...`, in its own process."""
     repo = Path(__file__).resolve().parents[1]

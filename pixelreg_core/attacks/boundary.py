@@ -1,8 +1,14 @@
 """Decision-based Boundary Attack (Brendel et al. 2017) with foolbox, on batches of images.
 
-Score per repeat (REFERENCE.md): median over images of the squared L2 distance per pixel, in [0, 1] scale, between
-the original and its adversarial; larger is more robust. The images are a fixed seeded subset of correctly
-classified test images, the same for every trial with this seed.
+Score per repeat: median over the successfully attacked images of the squared L2 distance per pixel, in [0, 1]
+scale, between the original and its adversarial; larger is more robust.
+
+Which images, against which labels (docs/method.md, "Evaluation"): the images are drawn once per task by
+`image_seed`, independent of the trial seed, so every model and baseline of a task is scored on the same images.
+`criterion: prediction` (the authors' code) attacks each of them away from the model's own prediction, so
+misclassified images are attacked too; `criterion: label` attacks the first `images` correctly classified ones
+(in the same fixed order) against the true label, the classic minimal-perturbation reading (`preset: minimal`,
+with foolbox's 25,000 steps for converged perturbations).
 
 Starting points come from `common.attack_from_starts` (images without one are counted in `failed` and left out
 of the median, and the rest are attacked). Images whose final point is not adversarial are counted the same way.
@@ -18,7 +24,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import AttackContext, attack_from_starts, correct_subset, derive_seed, model_device, row, seeded_torch
+from .common import (
+    AttackContext,
+    attack_from_starts,
+    correct_subset,
+    derive_seed,
+    model_device,
+    predict,
+    row,
+    seeded_subset,
+    seeded_torch,
+)
 from .options import Attack, Option
 from .spectrum import spectrum_rows
 
@@ -63,11 +79,25 @@ def boundary_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps
     return BoundaryResult(x.cpu(), y.cpu(), torch.cat(advs), torch.cat(successes))
 
 
+def attacked_images(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, opts: dict[str, Any]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices into the test set, the labels to attack away from), by `criterion` (module docstring).
+
+    The order of the test images is fixed by `image_seed` alone: with `prediction` the indices are the same for
+    every model of a task; with `label` they are the first correctly classified ones in that same order.
+    """
+    if opts["criterion"] == "prediction":
+        idx = seeded_subset(len(y_all), opts["images"], opts["image_seed"], "boundary")
+        return idx, predict(model, x_all[idx])
+    idx = correct_subset(model, x_all, y_all, opts["images"], opts["image_seed"], "boundary")
+    return idx, y_all[idx]
+
+
 def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext) -> list[dict[str, Any]]:
     """One boundary_score row per repeat; the perturbations' spectrum goes to `ctx.spectrum` (option spectrum)."""
     opts, seed = ctx.opts, ctx.seed
-    idx = correct_subset(model, x_all, y_all, opts["images"], seed, "boundary")
-    x, y = x_all[idx], y_all[idx]
+    idx, labels = attacked_images(model, x_all, y_all, opts)
+    x, y = x_all[idx], labels
     rows, results = [], []
     for r in range(opts["repeats"]):
         result = boundary_attack(model, x, y, steps=opts["steps"], batch_size=opts["batch_size"],
@@ -82,9 +112,16 @@ def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackC
 
 
 ATTACK = Attack("boundary", "Boundary attack", {
-    "images": Option(64, 1000, "count", "correctly classified test images attacked"),
+    "images": Option(64, 1000, "count", "test images attacked, drawn once per task by image_seed"),
     "repeats": Option(1, 5, "count", "independent runs; each gives one score row"),
-    "steps": Option(300, 25000, "count", "Boundary Attack steps (25000 = foolbox default)"),
+    "steps": Option(300, 50, "count", "Boundary Attack steps (authors' code 50; foolbox's default 25000)"),
+    "criterion": Option("prediction", "prediction", "choice", "attack away from the model's prediction (authors' "
+                        "code; misclassified images too) or from the true label (correct images only)",
+                        ("prediction", "label")),
+    "image_seed": Option(0, 0, "seed", "seed of the image draw, the same for every model and seed of a task"),
     "batch_size": Option(64, 100, "count", "images attacked together"),
     "spectrum": Option(True, True, "bool", "write the Fourier radial profile of the perturbations"),
-}, run)
+}, run, presets={
+    # converged minimal perturbations: foolbox's default step count, correct images against their true label
+    "minimal": {"steps": 25000, "criterion": "label"},
+})

@@ -11,6 +11,7 @@ comes from the task's record in pixelreg_core.datasets: ten values over the data
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ class Attack:
     resolved options, cache dir, shared inputs) and returns robustness rows without the key columns.
     `check(opts, cfg, check_source)`, if given, does the checks that need more than the options (files, sources).
     `on_test_images(opts)`: whether `images` counts test images (False: the attack reads its own images).
+    `presets`: named option sets beyond "demo" and "paper" (e.g. boundary's "minimal"), each applied over the
+    paper values.
     """
 
     name: str
@@ -50,9 +53,10 @@ class Attack:
     run: Callable[..., list[dict[str, Any]]]
     check: Callable[..., None] | None = None
     on_test_images: Callable[[dict[str, Any]], bool] = lambda opts: True
+    presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def resolve(self, raw: Any) -> dict[str, Any]:
-        return resolve_options(self.name, self.options, raw)
+        return resolve_options(self.name, self.options, raw, self.presets)
 
 
 def eps_options() -> dict[str, Option]:
@@ -78,8 +82,11 @@ def eps_list(attack: str, opts: dict[str, Any], task: str) -> list[float]:
     return [top * i / (n - 1) for i in range(n)] if n > 1 else [float(top)]
 
 
-def resolve_options(name: str, spec: dict[str, Option], raw: Any) -> dict[str, Any]:
-    """Defaults (or paper values) overlaid with the user's options; raises ConfigError on unknown/bad values."""
+def resolve_options(name: str, spec: dict[str, Option], raw: Any,
+                    presets: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Defaults (or paper values, or a named extra preset over the paper values) overlaid with the user's options;
+    raises ConfigError on unknown/bad values."""
+    presets = presets or {}
     field = f"attacks.{name}"
     if raw is None:
         raw = {}
@@ -87,13 +94,15 @@ def resolve_options(name: str, spec: dict[str, Option], raw: Any) -> dict[str, A
         raise ConfigError(field, f"options must be a mapping such as {{}} or {{\"preset\": \"paper\"}}, got {raw!r}")
     raw = dict(raw)
     preset = raw.pop("preset", "demo")
-    if preset not in ("demo", "paper"):
-        raise ConfigError(f"{field}.preset", f"is {preset!r}; use \"demo\" (cheap defaults) or \"paper\"")
+    if preset not in ("demo", "paper", *presets):
+        allowed = "".join(f", \"{p}\"" for p in presets)
+        raise ConfigError(f"{field}.preset", f"is {preset!r}; use \"demo\" (cheap defaults), \"paper\"{allowed}")
     unknown = sorted(set(raw) - set(spec))
     if unknown:
         raise ConfigError(f"{field}.{unknown[0]}", f"unknown option; {name} accepts {', '.join(sorted(spec))}, "
                                                     "preset")
-    resolved = {key: (opt.paper if preset == "paper" else opt.default) for key, opt in spec.items()}
+    resolved = {key: (opt.default if preset == "demo" else opt.paper) for key, opt in spec.items()}
+    resolved.update(presets.get(preset, {}))
     resolved.update(raw)
     for key, opt in spec.items():
         resolved[key] = _check_value(f"{field}.{key}", opt, resolved[key])
@@ -113,6 +122,9 @@ def _check_value(field: str, option: Option, value: Any) -> Any:
     kind = option.kind
     if kind == "count":
         _require(_is_count(value), field, f"is {value!r}; must be a whole number >= 1")
+    elif kind == "seed":
+        _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field,
+                 f"is {value!r}; must be a whole number >= 0")
     elif kind == "count_or_all":
         _require(value is None or _is_count(value), field, f"is {value!r}; must be >= 1, or null for all")
     elif kind == "pos":
