@@ -55,10 +55,11 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
     torch.set_num_threads(threads)
     cfg = cfg.replace(num_threads=threads)
     extra = extra or {}
+    node = worker_node()
     for attempt in range(retries + 1):
         try:
             return run_trial(cfg, sweep_dir, on_epoch=lambda row: tune.report({**numeric(row), **extra}),
-                             cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True)
+                             cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True, node=node)
         except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if attempt < retries:
@@ -66,6 +67,14 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
     error = f"{error} (failed {retries + 1} attempt(s))"
     _amend_error(sweep_dir, cfg, error)
     return {"trial_id": cfg.trial_id, "status": "failed", "error": error}
+
+
+def worker_node() -> str | None:
+    """The Ray node id of the node this worker runs on (`ray list nodes` and the dashboard map it to a machine):
+    on a cluster the trials table says where each trial ran. None outside a Ray worker."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _amend_error(sweep_dir: str, cfg: TrialConfig, error: str) -> None:
@@ -86,7 +95,7 @@ def _amend_error(sweep_dir: str, cfg: TrialConfig, error: str) -> None:
         row = pq.read_table(path, filesystem=fs).to_pylist()[0]  # keeps nulls as None
     else:
         row = {**key_values(cfg), "role": cfg.role, "status": "failed", "width": cfg.width, "epochs": cfg.epochs,
-               "config": json.dumps(cfg.to_dict(), sort_keys=True)}
+               "node": worker_node(), "config": json.dumps(cfg.to_dict(), sort_keys=True)}
     write_table(sweep_dir, "trials", cfg.trial_id, [{**row, "error": error}])
 
 

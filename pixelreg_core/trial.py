@@ -41,19 +41,24 @@ def checkpoint_path(out_root: str | os.PathLike, trial_id: str) -> str:
     return join(out_root, "checkpoints", f"{trial_id}.pt")
 
 
-def _row_base(cfg: TrialConfig, device: str, started: float) -> dict[str, Any]:
+def _row_base(cfg: TrialConfig, device: str, started: float, node: str | None) -> dict[str, Any]:
     return {**key_values(cfg), "role": cfg.role, "sim_layer": cfg.sim_layer, "width": cfg.width,
-            "epochs": cfg.epochs, "device": device, "versions": library_versions(),
+            "epochs": cfg.epochs, "device": device, "node": node, "versions": library_versions(),
             "config": json.dumps(cfg.to_dict(), sort_keys=True), "wall_s": time.perf_counter() - started,
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
               on_epoch: Callable[[dict[str, Any]], None] | None = None,
-              cache_dir: str | os.PathLike | None = None, record_failure: bool = False) -> dict[str, Any]:
-    """Run one trial and write its rows under `out_root`; returns its trials row."""
+              cache_dir: str | os.PathLike | None = None, record_failure: bool = False,
+              node: str | None = None) -> dict[str, Any]:
+    """Run one trial and write its rows under `out_root`; returns its trials row.
+
+    `node` names the machine in the trials row: the orchestrator passes the Ray node id of its worker; left out,
+    it is this machine's hostname (None where the platform gives none)."""
     started = time.perf_counter()
     out_root = str(out_root)
+    node = node or platform.node() or None
     device: torch.device | str = cfg.device  # named in a failed row even when resolving it is what failed
     threads_before = torch.get_num_threads()
     try:
@@ -83,7 +88,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         write_table(out_root, "robustness", cfg.trial_id, [{**keys, **row} for row in robustness])
         write_table(out_root, "spectrum", cfg.trial_id, [{**keys, **row} for row in spectrum])
         best = result.best
-        row = {**_row_base(cfg, str(device), started), "status": "ok", "error": None,
+        row = {**_row_base(cfg, str(device), started, node), "status": "ok", "error": None,
                "clean_acc": best["test_acc"], "valid_acc": best["valid_acc"], "valid_loss": best["valid_loss"],
                "best_epoch": result.best_epoch, "layer_weights": model.layer_weights().tolist(),
                "checkpoint": ckpt}
@@ -95,7 +100,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         if record_failure and not isinstance(exc, KeyboardInterrupt):
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
             write_table(out_root, "trials", cfg.trial_id,
-                        [{**_row_base(cfg, str(device), started), "status": "failed", "error": error}])
+                        [{**_row_base(cfg, str(device), started, node), "status": "failed", "error": error}])
         raise
     finally:
         torch.set_num_threads(threads_before)  # a Ray worker runs many trials: leave its thread count as found
