@@ -36,7 +36,7 @@ def main(temp_dir: str) -> int:
               "include_dashboard": False}
     cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
                       head_node_args={**common, "temp_dir": temp_dir,
-                                      "dashboard_agent_listen_port": free_port()})
+                                      "dashboard_agent_listen_port": free_port(), "dashboard_port": free_port()})
     worker = cluster.add_node(**common, resources={"pixelreg_node2": 1})
     cluster.wait_for_nodes()
     print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id, "worker": worker.node_id}),
