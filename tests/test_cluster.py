@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
+from orchestrator.dashboard import join_error
 from pixelreg_core.results import TABLES, read_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +42,6 @@ TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "
               "num_threads": 1}
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
        "AWS_EC2_METADATA_DISABLED": "true"}
-
-pytestmark = pytest.mark.slow
 
 
 def spec_dict(name: str, **train) -> dict:
@@ -208,6 +207,7 @@ def check_spread_and_complete(sweep: str, cluster: TwoNodes) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------ tests
 
 
+@pytest.mark.slow
 def test_sweep_spreads_over_two_nodes_and_equals_a_single_node_run(workdir, env, cluster, single_node):
     root = str(workdir / "cluster")
     out = run_launch(workdir / "clu.yaml", root, env, "--address", cluster.address)
@@ -221,6 +221,30 @@ def test_sweep_spreads_over_two_nodes_and_equals_a_single_node_run(workdir, env,
     assert not local, local
 
 
+@pytest.mark.slow
+def test_a_driver_without_the_token_gets_one_line_naming_the_fix(workdir, env, cluster):
+    no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    proc = launch(workdir / "clu.yaml", str(workdir / "no-token"), no_token, "--address", cluster.address)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out
+    error = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and f"--address {cluster.address}: cannot join" in error[0], out
+    assert "set RAY_AUTH_MODE=token" in error[0]
+    assert "Traceback" not in out
+
+
+def test_join_error_names_the_token_only_when_auth_is_off():
+    cause = RuntimeError("InvalidAuthToken: Authentication token is missing or incorrect\nmore")
+    exc = ConnectionError("Failed to connect to Ray cluster at 10.0.0.10:6379")
+    exc.__cause__ = cause
+    line = join_error("10.0.0.10:6379", exc, None)
+    assert line.startswith("--address 10.0.0.10:6379: cannot join that Ray cluster (Failed to connect")
+    assert "InvalidAuthToken" in line and "more" not in line and "\n" not in line
+    assert "RAY_AUTH_MODE=token" in line
+    assert "RAY_AUTH_MODE" not in join_error("10.0.0.10:6379", exc, "token")
+
+
+@pytest.mark.slow
 def test_sweep_on_an_object_store_from_both_nodes(workdir, env, cluster, single_node, s3_root):
     out = run_launch(workdir / "clu.yaml", s3_root, env, "--address", cluster.address)
     assert "2 trial(s) at a time" in out
@@ -229,6 +253,7 @@ def test_sweep_on_an_object_store_from_both_nodes(workdir, env, cluster, single_
     assert_same_content(content(sweep), single_node)
 
 
+@pytest.mark.slow
 def test_a_lost_node_reruns_its_trials_on_the_head(workdir, env, cluster, capsys):
     """Runs last: it kills the second node. Trials are longer here (2 epochs on 600 images) so that the kill lands
     while the second node runs one."""
