@@ -233,6 +233,25 @@ def test_a_driver_without_the_token_gets_one_line_naming_the_fix(workdir, env, c
     assert "Traceback" not in out
 
 
+def test_a_trial_run_without_ray_names_this_machine(tmp_path):
+    import platform
+
+    import torch
+
+    from pixelreg_core.config import TrialConfig
+    from pixelreg_core.trial import run_trial
+
+    threads = torch.get_num_threads()
+    cfg = TrialConfig(task="digits", reg_data="digits", width=4, epochs=1, batch_size=32, train_images=64,
+                      test_images=32, reg_images=40, attacks={"gaussian": {"images": 16, "num_eps": 1}},
+                      device="cpu", num_threads=1)
+    run_trial(cfg, tmp_path)
+    assert torch.get_num_threads() == threads
+    assert list(read_table(tmp_path, "trials")["node"]) == [platform.node() or None]
+    run_trial(cfg, tmp_path, node="ray-node-id")
+    assert list(read_table(tmp_path, "trials")["node"]) == ["ray-node-id"]
+
+
 def test_join_error_names_the_token_only_when_auth_is_off():
     cause = RuntimeError("InvalidAuthToken: Authentication token is missing or incorrect\nmore")
     exc = ConnectionError("Failed to connect to Ray cluster at 10.0.0.10:6379")
