@@ -57,8 +57,9 @@ def access_lines(url: str | None, auth_mode: str | None) -> list[str]:
 def join_error(address: str, exc: BaseException, auth_mode: str | None) -> str:
     """One line for a cluster that cannot be joined. The usual cause besides a wrong address: the cluster uses
     token authentication and this process does not (Ray turns it on for a local ray.init only)."""
-    causes = [exc, exc.__cause__] if exc.__cause__ else [exc]
-    detail = "; ".join(str(c).splitlines()[0] for c in causes if str(c))
+    # Ray's cause carries a whole traceback as text: its last line is the reason (e.g. InvalidAuthToken)
+    lines = [str(exc).strip().splitlines()[:1], str(exc.__cause__ or "").strip().splitlines()[-1:]]
+    detail = "; ".join(line[0].strip() for line in lines if line and line[0].strip())
     line = f"--address {address}: cannot join that Ray cluster ({detail[:300]})"
     if (auth_mode or "").lower() != "token":
         line += ("; if it uses token authentication, set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "

@@ -253,12 +253,15 @@ def test_a_trial_run_without_ray_names_this_machine(tmp_path):
 
 
 def test_join_error_names_the_token_only_when_auth_is_off():
-    cause = RuntimeError("InvalidAuthToken: Authentication token is missing or incorrect\nmore")
+    cause = RuntimeError("Failed to connect to GCS. Last connection error: Traceback (most recent call last):\n"
+                         '  File "node.py", line 996, in _init_gcs_client\n'
+                         "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is "
+                         "missing or incorrect.\n")
     exc = ConnectionError("Failed to connect to Ray cluster at 10.0.0.10:6379")
     exc.__cause__ = cause
     line = join_error("10.0.0.10:6379", exc, None)
     assert line.startswith("--address 10.0.0.10:6379: cannot join that Ray cluster (Failed to connect")
-    assert "InvalidAuthToken" in line and "more" not in line and "\n" not in line
+    assert "InvalidAuthToken" in line and "Traceback" not in line and "\n" not in line
     assert "RAY_AUTH_MODE=token" in line
     assert "RAY_AUTH_MODE" not in join_error("10.0.0.10:6379", exc, "token")
 
