@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 
@@ -52,6 +54,19 @@ def access_lines(url: str | None, auth_mode: str | None) -> list[str]:
     return lines
 
 
+def join_error(address: str, exc: BaseException, auth_mode: str | None) -> str:
+    """One line for a cluster that cannot be joined. The usual cause besides a wrong address: the cluster uses
+    token authentication and this process does not (Ray turns it on for a local ray.init only)."""
+    # Ray's cause carries a whole traceback as text: its last line is the reason (e.g. InvalidAuthToken)
+    lines = [str(exc).strip().splitlines()[:1], str(exc.__cause__ or "").strip().splitlines()[-1:]]
+    detail = "; ".join(line[0].strip() for line in lines if line and line[0].strip())
+    line = f"--address {address}: cannot join that Ray cluster ({detail[:300]})"
+    if (auth_mode or "").lower() != "token":
+        line += ("; if it uses token authentication, set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
+                 "~/.ray/auth_token) here too")
+    return line
+
+
 def start_ray(address: str | None, dashboard_host: str, dashboard: bool,
               log=print, listen_all: bool = False) -> RaySession:
     """ray.init on an existing cluster (--address / RAY_ADDRESS) or a fresh local one.
@@ -65,7 +80,10 @@ def start_ray(address: str | None, dashboard_host: str, dashboard: bool,
     if ray.is_initialized():  # a caller (a test, a notebook) already holds a Ray session: use it, leave it running
         address, started_here = "current session", False
     elif address:
-        ray.init(address=address, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        except ConnectionError as exc:
+            raise UserError(join_error(address, exc, os.environ.get("RAY_AUTH_MODE"))) from None
         started_here = False
     else:
         from .local_ray import loopback

@@ -48,10 +48,11 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
     torch.set_num_threads(threads)
     cfg = cfg.replace(num_threads=threads)
     extra = extra or {}
+    node = worker_node()
     for attempt in range(retries + 1):
         try:
             return run_trial(cfg, sweep_dir, on_epoch=lambda row: tune.report({**numeric(row), **extra}),
-                             cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True)
+                             cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True, node=node)
         except ConfigError as exc:  # a value the user must change fails the same way every time: no retry
             error = f"{type(exc).__name__}: {exc}".splitlines()[0] + " (not retried: a config error)"
             break
@@ -63,6 +64,14 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
                 error = f"{error} (failed {retries + 1} attempt(s))"
     record_failure(sweep_dir, cfg, error)
     return {"trial_id": cfg.trial_id, "status": "failed", "error": error}
+
+
+def worker_node() -> str | None:
+    """The Ray node id of the node this worker runs on (`ray list nodes` and the dashboard map it to a machine):
+    on a cluster the trials table says where each trial ran. None outside a Ray worker."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 class TrialFailed(RuntimeError):

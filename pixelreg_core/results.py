@@ -50,6 +50,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("width", pa.int64()),
         pa.field("wall_s", pa.float64()),
         pa.field("device", pa.string()),
+        pa.field("node", pa.string()),            # Ray node id of the worker; hostname without Ray; may be null
         pa.field("versions", pa.string()),        # JSON: python, torch, torchvision, foolbox, pyarrow
         pa.field("config", pa.string()),          # JSON of the full TrialConfig
         pa.field("checkpoint", pa.string()),      # path of the selected model's state_dict

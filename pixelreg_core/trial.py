@@ -44,10 +44,15 @@ def _row(cfg: TrialConfig, status: str, error: str | None, device: str, started:
 
 def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
               on_epoch: Callable[[dict[str, Any]], None] | None = None,
-              cache_dir: str | os.PathLike | None = None, record_failure: bool = False) -> dict[str, Any]:
-    """Run one trial and write its rows under `out_root`; returns its trials row."""
+              cache_dir: str | os.PathLike | None = None, record_failure: bool = False,
+              node: str | None = None) -> dict[str, Any]:
+    """Run one trial and write its rows under `out_root`; returns its trials row.
+
+    `node` names the machine in the trials row: the orchestrator passes the Ray node id of its worker; left out,
+    it is this machine's hostname (None where the platform gives none)."""
     started = time.perf_counter()
     out_root = str(out_root)
+    node = node or platform.node() or None
     device: torch.device | str = cfg.device  # named in a failed row even when resolving it is what failed
     threads_before = torch.get_num_threads()
     try:
@@ -82,7 +87,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         row = _row(cfg, "ok", None, str(device), started, clean_acc=best["test_acc"],
                    valid_acc=best["valid_acc"], valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
                    layer_weights=model.layer_weights().tolist(), checkpoint=ckpt,
-                   resumed_from_epoch=result.resumed_from_epoch)
+                   resumed_from_epoch=result.resumed_from_epoch, node=node)
         write_table(out_root, "trials", cfg.trial_id, [row])  # last: marks the trial complete
         resume.remove()
         return row
@@ -92,7 +97,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         if record_failure and not isinstance(exc, KeyboardInterrupt):
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
             write_table(out_root, "trials", cfg.trial_id,
-                        [_row(cfg, "failed", error, str(device), started)])
+                        [_row(cfg, "failed", error, str(device), started, node=node)])
         raise
     finally:
         torch.set_num_threads(threads_before)  # a Ray worker runs many trials: leave its thread count as found

