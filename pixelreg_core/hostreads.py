@@ -7,8 +7,8 @@ step that reads even one loss value per step cannot run ahead of the GPU.
 What counts as a read:
 - every scalar read (`.item()`, `bool(t)`, `float(t)`, `int(t)`, a Python `if` on a tensor, printing one): these
   all end in the operator `aten._local_scalar_dense`, seen by a TorchDispatchMode on any device;
-- operators whose output size depends on the data (`nonzero`, boolean-mask indexing, `masked_select`, `unique`):
-  on CUDA they copy a count to the host;
+- operators whose output size depends on the data (`nonzero`, boolean-mask indexing and assignment,
+  `masked_select`, `unique`): on CUDA they copy a count to the host;
 - `.cpu()`, `.tolist()` and `.numpy()` (on CPU tensors these are no-ops or direct reads that bypass the
   dispatcher, so they are counted by wrapping the methods).
 """
@@ -23,7 +23,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _DATA_DEPENDENT = ("_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
-                   "is_nonzero", "equal")
+                   "equal")
+
+
+def _has_bool_index(args: tuple) -> bool:
+    indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
 
 
 class HostReads(TorchDispatchMode):
@@ -42,6 +47,8 @@ class HostReads(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in _DATA_DEPENDENT:
             self.by_kind[name] += 1
+        elif name in ("index", "index_put", "index_put_") and _has_bool_index(args):
+            self.by_kind["boolean_mask"] += 1  # on CPU the nonzero inside is not dispatched; on CUDA it syncs
         return func(*args, **(kwargs or {}))
 
     def __enter__(self) -> HostReads:

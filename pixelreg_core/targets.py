@@ -59,10 +59,8 @@ def pixel_embeddings(images: Tensor | np.ndarray) -> Tensor:
 
 def threshold_targets(s: Tensor, th: float, eps: float = EPS) -> Tensor:
     """S^Th elementwise: +(1-eps) where s > th, -(1-eps) where s < -th, 0 elsewhere (same shape and dtype)."""
-    out = torch.zeros_like(s)
-    out[s > th] = 1.0 - eps
-    out[s < -th] = -(1.0 - eps)
-    return out
+    # masked_fill_, not `out[s > th] = ...`: boolean-mask assignment would read a count back from the GPU per step
+    return torch.zeros_like(s).masked_fill_(s > th, 1.0 - eps).masked_fill_(s < -th, -(1.0 - eps))
 
 
 def sample_pairs(emb: Tensor, k: int, *, th: float, range: str = "all", generator: torch.Generator | None = None,

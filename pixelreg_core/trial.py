@@ -67,7 +67,8 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         torch.manual_seed(cfg.seed)
         data = prepare_data(cfg)
         attacks.validate_attacks(cfg, len(data.test_x), check_source=False)  # source checked just above
-        target = build_target(cfg, data.reg_x, data.reg_y) if cfg.regularized else None
+        # The target is built from images on the trial's device, so its pairs are drawn there (train.py).
+        target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device)) if cfg.regularized else None
         model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
                             data.input_shift).to(device)
         result = train(cfg, data, model, target, device, on_epoch)
