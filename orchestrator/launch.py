@@ -19,6 +19,7 @@ from typing import Any
 
 from pixelreg_core.config import ConfigError, TrialConfig
 
+from . import mps
 from .errors import UserError
 from .resume import COMPLETE_STATUSES, is_uri, prepare_sweep_dir, split_done, sweep_dir_for, trial_statuses
 
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run at most N trials at once (default: as many as the resources allow)")
     parser.add_argument("--progress-every", type=float, default=10.0, metavar="S",
                         help="seconds between progress lines (default 10)")
+    parser.add_argument("--mps", action="store_true",
+                        help="run a CUDA MPS daemon for the launch, so trials packed on one GPU share it "
+                             "(needs nvidia-cuda-mps-control and a local Ray)")
 
 
 # --------------------------------------------------------------------------------------------------- the plan
@@ -61,6 +65,7 @@ class Plan:
     gpu: float
     search: str                             # grid | optuna
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
+    mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
     notes: list[str] = field(default_factory=list)
 
 
@@ -119,15 +124,17 @@ def make_plan(args: argparse.Namespace, log=print) -> Plan:
     check_writable(args.results)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+    resources = _get(spec, "resources")
+    mps_control = mps.check(getattr(args, "mps", False), address=args.address,
+                            gpu_per_trial=float(_get(resources, "gpu", 0) or 0))
     sweep_dir = sweep_dir_for(args.results, spec.name)
     configs = [localize(c) for c in expand(spec, sweep_dir)]
     validate_configs(configs, spec_path)
     prepare_sweep_dir(sweep_dir, spec_path.read_text(), spec_fingerprint(spec), args.fresh, log=log)
     done, todo = split_done(configs, sweep_dir)
-    resources = _get(spec, "resources")
     plan = Plan(spec=spec, spec_path=spec_path, sweep_dir=sweep_dir, configs=configs, todo=todo, done=done,
                 cpu=float(_get(resources, "cpu", 1) or 1), gpu=float(_get(resources, "gpu", 0) or 0),
-                search=search_type(spec))
+                search=search_type(spec), mps=mps_control)
     if plan.search == "optuna":
         search = _get(spec, "search")
         plan.optuna_units = int(_get(search, "trials", 0)) * len(_get(spec, "pairs", [])) * len(seed_list(spec))
@@ -347,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(plan.todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
         f"to run) -> {plan.sweep_dir}")
     if plan.todo or plan.optuna_units:
-        run_on_ray(plan, args, n_total, log)
+        with mps.daemon(plan.mps, log):  # before Ray starts its workers; stopped when the launch ends
+            run_on_ray(plan, args, n_total, log)
     failed = count_failed(plan)
     log(f"finished: {failed} trial(s) failed" if failed else "finished: every trial ok")
     if failed:
