@@ -546,8 +546,8 @@ def _print_c(c: dict[str, Any]) -> None:
     print(f"(c) packed sweep of {c['sweep']['trials']} MNIST-shaped trials")
     for r in c["rows"]:
         print(f"{r['mode']:6s} {r['trials_per_gpu']:3d} per GPU: {r['trials']} ok in {r['wall_s']:.1f} s = "
-              f"{_fmt(r['trials_per_hour'], '.0f')} trials/h (x{_fmt(r['speedup'], '.2f')}), util "
-              f"{_fmt(r['gpu_util_pct'], '.0f')}%, {_fmt(r['memory_per_trial_mib'], '.0f')} MiB/trial"
+              f"{_fmt(r['trials_per_hour'], '.0f')} trials/h (x{_fmt(r['speedup'], '.2f')}), GPU util "
+              f"{_fmt(r['gpu_util_pct'], '.0f')} %, {_fmt(r['memory_per_trial_mib'], '.0f')} MiB per trial"
               f"{'  error: ' + r['error'] if r['error'] else ''}")
 
 
