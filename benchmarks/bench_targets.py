@@ -74,7 +74,7 @@ def run_case(n: int, range_: str, th: float, mnist: Path) -> dict:
     import torch
 
     from pixelreg_core.config import TrialConfig
-    from pixelreg_core.targets import build_target
+    from pixelreg_core.target_kinds import build_target
 
     images, source = load_images(n, mnist)
     cfg = TrialConfig(alpha=4.0, th=th, range=range_, reg_images=n, target="threshold")

@@ -47,7 +47,7 @@ from pixelreg_core import attacks  # noqa: E402
 from pixelreg_core.config import KERNEL_FIELDS, TrialConfig  # noqa: E402
 from pixelreg_core.data import DataBundle  # noqa: E402
 from pixelreg_core.model import build_model, save_checkpoint  # noqa: E402
-from pixelreg_core.targets import build_target  # noqa: E402
+from pixelreg_core.target_kinds import build_target  # noqa: E402
 from pixelreg_core.train import (  # noqa: E402
     PlacedData,
     batch_starts,

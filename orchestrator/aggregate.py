@@ -22,25 +22,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .curves import CLEAN, CURVE_KEYS, GROUP_KEYS, SETTING_KEYS, nearest, per_trial_values, ratio
 from .errors import UserError
 
-# Every key of a trial but seed and trial_id, plus the role (baseline / trial / fgsm_source): one group = one setting.
-GROUP_KEYS = ["sweep", "task", "reg_data", "target", "range", "th", "alpha", "arch", "role"]
-# What identifies one point of one curve inside a trial's robustness rows.
-CURVE_KEYS = ["attack", "variant", "group", "eps", "metric"]
 # A selection compares settings of one task x regularization set, one architecture, one attack.
 SELECTION_KEYS = ["sweep", "task", "reg_data", "arch", "attack", "metric"]
-SETTING_KEYS = ["target", "range", "th", "alpha"]
-CLEAN = "clean"  # the pseudo-attack that carries trials.clean_acc in the summary (eps 0, metric accuracy)
 
-# D from REFERENCE.md: eps 0.1 for random noise and 0.02 for transferred FGSM on CIFAR-10. The CIFAR-100 FGSM value
-# is our extension by the same rule (both CIFAR-10 numbers are the top of the papers' eps ranges; CIFAR-100's FGSM
-# range ends at 0.005). Every other task (MNIST-like data) uses the largest eps evaluated for the attack: the papers
-# show the MNIST gain "at high noise level", and the top of the range is what the CIFAR rule amounts to.
-PAPER_DISTORTION: dict[str, dict[str, float]] = {
-    "CIFAR10": {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.02},
-    "CIFAR100": {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.005},
-}
 DEFAULT_A0 = 0.9
 
 
@@ -102,10 +89,10 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     """
     import pyarrow.fs as pafs
 
-    from pixelreg_core.results import _filesystem, is_uri, join, read_table
+    from pixelreg_core.results import filesystem, is_uri, join, read_table
 
     root = str(sweep_dir) if is_uri(sweep_dir) else Path(sweep_dir)
-    fs, base, _ = _filesystem(root)
+    fs, base = filesystem(root)
     if fs.get_file_info(f"{base}/trials").type != pafs.FileType.Directory:
         raise UserError(f"{root}: no trials/ folder here; pass a sweep's results folder such as results/mnist_grid")
     if not math.isfinite(a0) or a0 <= 0:
@@ -145,27 +132,6 @@ def split_trials(trials):
     return trials[is_ok].reset_index(drop=True), trials[~is_ok].reset_index(drop=True)
 
 
-def per_trial_values(ok_trials, robustness):
-    """One value per (trial, attack, variant, group, eps, metric): the mean over the trial's repeats.
-
-    Clean accuracy joins as attack "clean", eps 0. Key columns come from the trials table (it alone has the role).
-    """
-    import pandas as pd
-
-    keys = ok_trials[["trial_id", "seed"] + GROUP_KEYS]
-    rob = robustness[robustness["trial_id"].isin(ok_trials["trial_id"])].copy()
-    for column in ("variant", "group"):
-        rob[column] = rob[column].fillna("")
-    per_trial = (rob.groupby(["trial_id"] + CURVE_KEYS, dropna=False, sort=False)
-                 .agg(value=("value", "mean"), images=("images", "mean"), failed=("failed", "mean"))
-                 .reset_index())
-    clean = pd.DataFrame({"trial_id": ok_trials["trial_id"], "attack": CLEAN, "variant": "", "group": "",
-                          "eps": 0.0, "metric": "accuracy", "value": ok_trials["clean_acc"].astype("float64"),
-                          "images": math.nan, "failed": math.nan})
-    values = pd.concat([clean, per_trial], ignore_index=True) if len(per_trial) else clean
-    return values.merge(keys, on="trial_id", how="left")
-
-
 def summarize(ok_trials, robustness, failed_trials):
     """summary rows: per group x curve point, mean / std / SEM across seeds, n seeds and n failed trials."""
     import numpy as np
@@ -203,14 +169,19 @@ def curves_for_selection(summary):
 
 def default_distortion(task: str, attack: str, eps_values: list[float]) -> tuple[float, str]:
     """(D, where it came from) for one task and attack."""
-    paper = PAPER_DISTORTION.get(str(task).upper().replace("-", ""), {})
+    # The papers' D per dataset lives in its record (pixelreg_core.datasets); every other task (MNIST-like data)
+    # uses the largest eps evaluated: the papers show the MNIST gain "at high noise level", and the top of the
+    # range is what the CIFAR rule amounts to.
+    from pixelreg_core import datasets
+    from pixelreg_core.errors import ConfigError
+
+    try:
+        paper = datasets.get(str(task)).distortion
+    except ConfigError:
+        paper = {}
     if attack in paper:
         return paper[attack], "paper"
     return (max(eps_values) if eps_values else math.nan), "largest eps"
-
-
-def nearest(values: list[float], target: float) -> float:
-    return min(values, key=lambda v: (abs(v - target), -v)) if values else math.nan
 
 
 def auc(curve: dict[float, float], eps_values: list[float]) -> float:
@@ -221,10 +192,6 @@ def auc(curve: dict[float, float], eps_values: list[float]) -> float:
         return math.nan
     xs = sorted(eps_values)
     return float(np.trapezoid([curve[x] for x in xs], xs))
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b and math.isfinite(a) and math.isfinite(b) else math.nan
 
 
 def select_best(summary, a0: float = DEFAULT_A0, distortions: dict[str, float] | None = None):
@@ -262,14 +229,14 @@ def select_best(summary, a0: float = DEFAULT_A0, distortions: dict[str, float] |
             rd, ud = (r_curve[d_used], u_curve[d_used]) if common else (math.nan, math.nan)
             auc_r = auc(r_curve, common) if metric == "accuracy" else math.nan
             auc_u = auc(u_curve, common) if metric == "accuracy" else math.nan
-            r0u0, rdud = _ratio(r_clean, u_clean), _ratio(rd, ud)
+            r0u0, rdud = ratio(r_clean, u_clean), ratio(rd, ud)
             rows.append({
                 "sweep": sweep, "task": task, "reg_data": reg_data, "arch": arch, "attack": attack, "metric": metric,
                 "target": target, "range": range_, "th": th, "alpha": alpha, "n": n_setting, "n_baseline": n_base,
                 "R0": r_clean, "U0": u_clean, "RD": rd, "UD": ud, "r0_over_u0": r0u0, "rd_over_ud": rdud,
                 "d_requested": d_requested, "d_used": d_used, "d_source": d_source, "a0": a0,
                 "acceptable": bool(r0u0 >= a0 and rdud > 1), "auc": auc_r, "auc_baseline": auc_u,
-                "auc_ratio": _ratio(auc_r, auc_u),
+                "auc_ratio": ratio(auc_r, auc_u),
             })
     best = pd.DataFrame(rows, columns=BEST_COLUMNS[:-2])
     return _mark_choice(best)

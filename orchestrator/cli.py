@@ -15,7 +15,7 @@ from .errors import UserError
 
 # subcommand -> (module, one-line help). Modules are imported lazily: `plan` must not pay for importing Ray.
 COMMANDS = {
-    "validate": ("orchestrator.spec", "check a sweep spec and exit"),
+    "validate": ("orchestrator.validate", "check a sweep spec and exit"),
     "plan": ("orchestrator.plan", "print the expanded trials and the work estimate; run nothing"),
     "launch": ("orchestrator.launch", "run (or resume) a sweep on Ray Tune"),
     "status": ("orchestrator.status", "progress of a running or finished sweep, from its Parquet files"),

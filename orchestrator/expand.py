@@ -20,20 +20,17 @@ from collections import Counter
 from typing import Any
 
 from pixelreg_core.config import ROLES, ConfigError, TrialConfig
-from pixelreg_core.results import join
 
 from .errors import UserError
-from .spec import FGSM_ATTACK, GRID_FIELDS, SweepSpec
+from .results import checkpoint_path
+from .schema import SweepSpec
+from .spec_fields import FGSM_ATTACK, GRID_FIELDS
 
 # Fields that only matter when alpha > 0. An unregularized model gets their defaults, so a grid over, say,
 # sim_layer does not make one baseline per sim_layer value (they would be the same model under different ids).
 REGULARIZER_FIELDS = ("reg_data", "target", "range", "th", "th2", "arctanh", "reg_images", "reg_pairs", "sim_layer",
                       "beta", "matrix", "matrix_images", "vgg_weights")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig) if f.default is not dataclasses.MISSING}
-
-
-def checkpoint_path(sweep_dir: str | os.PathLike, trial_id: str) -> str:
-    return join(sweep_dir, "checkpoints", f"{trial_id}.pt")  # a URI keeps its ?query at the end
 
 
 def expand(spec: SweepSpec, sweep_dir: str | os.PathLike) -> list[TrialConfig]:
@@ -79,21 +76,19 @@ def fgsm_source(spec: SweepSpec, task: str, point: dict[str, Any]) -> TrialConfi
     return cfg.replace(attacks={k: v for k, v in cfg.attacks.items() if k != FGSM_ATTACK})
 
 
-def attach_source(spec: SweepSpec, cfg: TrialConfig, sweep_dir: str | os.PathLike | None) -> TrialConfig:
-    """Point a trial with the fgsm_transfer attack at its source's checkpoint (same task and non-regularizer
-    fields). fgsm_source is not part of the trial id, so this never changes an id."""
-    if sweep_dir is None or cfg.role == "fgsm_source" or FGSM_ATTACK not in cfg.attacks:
-        return cfg
-    point = {name: getattr(cfg, name) for name in spec.grid_field_names()}
-    source = fgsm_source(spec, cfg.task, point)
-    return cfg.replace(fgsm_source=checkpoint_path(sweep_dir, source.trial_id))
-
-
 def source_of(spec: SweepSpec, cfg: TrialConfig) -> TrialConfig | None:
-    """The FGSM source trial a trial depends on (None when it needs none): the launcher runs it first."""
+    """The FGSM source trial a trial depends on (same task and non-regularizer grid fields), or None when it needs
+    none (it is a source itself, or has no fgsm_transfer attack)."""
     if cfg.role == "fgsm_source" or FGSM_ATTACK not in cfg.attacks:
         return None
     return fgsm_source(spec, cfg.task, {name: getattr(cfg, name) for name in spec.grid_field_names()})
+
+
+def attach_source(spec: SweepSpec, cfg: TrialConfig, sweep_dir: str | os.PathLike | None) -> TrialConfig:
+    """Point a trial with the fgsm_transfer attack at its source's checkpoint. fgsm_source is not part of the
+    trial id, so this never changes an id."""
+    source = source_of(spec, cfg) if sweep_dir is not None else None
+    return cfg if source is None else cfg.replace(fgsm_source=checkpoint_path(sweep_dir, source.trial_id))
 
 
 def trial_from_params(spec: SweepSpec, task: str, reg_data: str, seed: int, params: dict[str, Any],

@@ -18,15 +18,20 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .aggregate import CLEAN, GROUP_KEYS, SETTING_KEYS, per_trial_values
+from .curves import CLEAN, GROUP_KEYS, SETTING_KEYS, per_trial_values
 
 FIGURE_PREFIXES = ("curves_", "tradeoff_", "boundary", "corruptions", "layer_weights", "spectrum")
 FREQUENCY_GROUPS = ("low", "medium", "high")
 MAX_LINES = 6  # more lines than this in one panel are unreadable
 BASELINE_COLOR = "#444444"
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-ATTACK_TITLES = {"gaussian": "Gaussian noise", "uniform": "Uniform noise", "salt_pepper": "Salt-and-pepper noise",
-                 "fgsm_transfer": "Transferred FGSM", "boundary": "Boundary attack", "corruption": "Corruptions"}
+
+
+def attack_title(attack: str) -> str:
+    """The attack's title from the core's attack registry (torch is imported only when a figure needs one)."""
+    from pixelreg_core.attacks import title
+
+    return title(attack)
 
 
 def write_figures(sweep_dir: str | os.PathLike, *, summary, best, trials, robustness, spectrum,
@@ -154,7 +159,7 @@ def _curves(summary, best, selection, a0: float):
             mine = _setting_rows(rows, task, reg_data, arch, setting)
             _band(ax, mine[mine["attack"] == attack], COLORS[0], f"{_label(setting)} ({how})")
             ax.axvline(setting["d_used"], color="#999999", ls=":", lw=1, label=f"D = {setting['d_used']:g}")
-        ax.set_title(ATTACK_TITLES.get(attack, attack))
+        ax.set_title(attack_title(attack))
         ax.set_xlabel("eps")
         ax.set_ylabel("test accuracy")
         ax.set_ylim(0, 1.02)
@@ -196,12 +201,12 @@ def _tradeoff(summary, best, selection, a0: float):
         eps_used = part["d_used"].iloc[0]
         metric = part["metric"].iloc[0]
         if metric == "accuracy":
-            where = f"severity D = {eps_used:g}" if attack == "corruption" else f"D = {eps_used:g}"
+            where = distortion_label(attack, eps_used)
             ax.set_ylabel("RD / UD (accuracy at distortion D)")
         else:
             where = metric.replace("_", " ")
             ax.set_ylabel(f"R / U ({where})")
-        ax.set_title(f"{ATTACK_TITLES.get(attack, attack)} ({where})")
+        ax.set_title(f"{attack_title(attack)} ({where})")
         ax.set_xlabel("R0 / U0 (clean accuracy vs unregularized)")
         ax.grid(alpha=0.3)
     handles = {h.get_label(): h for ax in axes for h in ax.collections + ax.patches if not
@@ -210,6 +215,11 @@ def _tradeoff(summary, best, selection, a0: float):
     fig.suptitle(f"{task} classified, regularized with {reg_data} ({arch}): accuracy trade-off per (Th, α)",
                  fontsize=13)
     return fig, None
+
+
+def distortion_label(attack: str, eps: float) -> str:
+    """The tradeoff panel's D: a corruption's "eps" is its severity (robustness rows name the attack "corruptions")."""
+    return f"severity D = {eps:g}" if attack == "corruptions" else f"D = {eps:g}"
 
 
 def _boundary(data, summary, best):

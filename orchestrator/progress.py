@@ -126,21 +126,13 @@ class StoppedRecorder(Callback):
         self.sweep_dir = sweep_dir
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        import datetime as dt
-        import json
-
         from pixelreg_core.config import TrialConfig
-        from pixelreg_core.results import key_values, write_table
 
-        from .resume import trial_statuses
+        from .results import record_status, trial_statuses
 
         trial_id = trial.config.get("trial_id")
         if trial_id not in self.configs or trial_statuses(self.sweep_dir).get(trial_id) == "ok":
             return
-        cfg = TrialConfig.from_dict(self.configs[trial_id])
         epochs = int((trial.last_result or {}).get("training_iteration", 0))
-        write_table(self.sweep_dir, "trials", trial_id, [{
-            **key_values(cfg), "role": cfg.role, "status": "stopped", "width": cfg.width, "epochs": epochs,
-            "error": f"stopped early by ASHA after {epochs} epoch(s) (valid_acc)",
-            "config": json.dumps(cfg.to_dict(), sort_keys=True),
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}])
+        record_status(self.sweep_dir, TrialConfig.from_dict(self.configs[trial_id]), "stopped",
+                      f"stopped early by ASHA after {epochs} epoch(s) (valid_acc)", epochs=epochs)

@@ -1,12 +1,14 @@
-"""The sweep directory as the only state of a sweep: what is done, what is left, which spec it belongs to.
+"""The sweep directory as the only state of a sweep: which spec it belongs to, what is done, what is left.
 
 Nothing lives in the driver. A trial is complete when its `trials` Parquet row says so (run_trial writes that row
 last, atomically), so a driver killed with SIGKILL loses only the trials that were running; a relaunch reads the
-rows again and runs the rest. Works for local paths and pyarrow URIs (s3://...) alike.
+rows again and runs the rest. Works for local paths and pyarrow URIs (s3://...) alike (orchestrator.results).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -14,29 +16,37 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from pixelreg_core.config import TrialConfig
-from pixelreg_core.results import TABLES, _filesystem, is_uri, join, read_table, remove_trial
+from pixelreg_core.config import NON_IDENTITY_FIELDS, TrialConfig
 
 from .errors import UserError
+from .results import (
+    COMPLETE_STATUSES,
+    FINGERPRINT_FILE,
+    SPEC_FILE,
+    filesystem,
+    has_rows,
+    is_uri,
+    read_text,
+    remove_trial,
+    trial_statuses,
+    write_text,
+)
+from .schema import SweepSpec
 
-SPEC_FILE = "spec.yaml"
-FINGERPRINT_FILE = "fingerprint"
-# "stopped": ended early on purpose by the ASHA scheduler; rerunning it would only be stopped again.
-COMPLETE_STATUSES = ("ok", "stopped")
+# Fields that are not part of what a sweep computes: left out of the fingerprint, like NON_IDENTITY_FIELDS for ids.
+NON_FINGERPRINT_KEYS = ("data_root", "download", "resources", "max_failures")
 
 
-def filesystem(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or a pyarrow URI (pixelreg_core.results' one helper)."""
-    fs, base, _ = _filesystem(path)
-    return fs, base
-
-
-def sweep_dir_for(root: str | os.PathLike, name: str) -> str:
-    """ROOT/<name>, absolute for a local root (Tune's workers do not share our working directory); a URI keeps
-    its query (s3://bucket/prefix/<name>?endpoint_override=...)."""
-    if is_uri(root):
-        return join(root, name)
-    return str(Path(str(root).removeprefix("file://")).resolve() / name)
+def spec_fingerprint(spec: SweepSpec) -> str:
+    """Stable hash of what the spec computes. Leaves out where data lives, the resources and the retry count
+    (moving data or changing the machine does not change the results), and the form seeds are written in."""
+    data = spec.model_dump()
+    for key in NON_FINGERPRINT_KEYS:
+        data.pop(key, None)
+    data["seeds"] = spec.seed_list
+    data["train"] = {k: v for k, v in data["train"].items() if k not in NON_IDENTITY_FIELDS}
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def check_writable(root: str | os.PathLike) -> None:
@@ -70,21 +80,8 @@ def check_writable(root: str | os.PathLike) -> None:
                 from None
 
 
-def _read_text(fs: pafs.FileSystem, path: str) -> str | None:
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as stream:
-        return stream.read().decode()
-
-
-def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
-    with fs.open_output_stream(path) as stream:
-        stream.write(text.encode())
-
-
 def saved_fingerprint(sweep_dir: str) -> str | None:
-    fs, base = filesystem(sweep_dir)
-    text = _read_text(fs, f"{base}/{FINGERPRINT_FILE}")
+    text = read_text(sweep_dir, FINGERPRINT_FILE)
     return text.strip() if text else None
 
 
@@ -99,14 +96,8 @@ def prepare_sweep_dir(sweep_dir: str, spec_text: str, fingerprint: str, fresh: b
         raise UserError(f"{sweep_dir} holds sweep spec {held[:12]} (its {SPEC_FILE} is there), not this spec "
                         f"({fingerprint[:12]}); use --fresh to start over or a different --results")
     fs.create_dir(base, recursive=True)
-    _write_text(fs, f"{base}/{SPEC_FILE}", spec_text)
-    _write_text(fs, f"{base}/{FINGERPRINT_FILE}", fingerprint + "\n")
-
-
-def trial_statuses(sweep_dir: str) -> dict[str, str]:
-    """trial_id -> status of its trials row, for every trial that has one."""
-    trials = read_table(sweep_dir, "trials")
-    return dict(zip(trials["trial_id"], trials["status"], strict=True))
+    write_text(sweep_dir, SPEC_FILE, spec_text)
+    write_text(sweep_dir, FINGERPRINT_FILE, fingerprint + "\n")
 
 
 def split_done(configs: Iterable[TrialConfig], sweep_dir: str) -> tuple[list[TrialConfig], list[TrialConfig]]:
@@ -117,13 +108,7 @@ def split_done(configs: Iterable[TrialConfig], sweep_dir: str) -> tuple[list[Tri
         if statuses.get(cfg.trial_id) in COMPLETE_STATUSES:
             done.append(cfg)
         else:
-            if cfg.trial_id in statuses or _has_rows(sweep_dir, cfg.trial_id):
+            if cfg.trial_id in statuses or has_rows(sweep_dir, cfg.trial_id):
                 remove_trial(sweep_dir, cfg.trial_id)
             todo.append(cfg)
     return done, todo
-
-
-def _has_rows(sweep_dir: str, trial_id: str) -> bool:
-    fs, base = filesystem(sweep_dir)
-    return any(fs.get_file_info(f"{base}/{table}/{trial_id}.parquet").type == pafs.FileType.File
-               for table in TABLES)

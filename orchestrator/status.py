@@ -10,6 +10,9 @@ import argparse
 from typing import Any
 
 from .errors import UserError
+from .expand import expand
+from .results import SPEC_FILE, filesystem, read_table, read_text
+from .spec import parse_spec, parse_yaml
 
 COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_acc", "wall_s"]
 
@@ -21,34 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def expected_total(sweep_dir: str) -> int | None:
     """Trials the saved spec expands to (optuna: plus its search budget); None when the spec cannot be read."""
-    from .launch import search_type, seed_list
-    from .resume import SPEC_FILE, filesystem
-
-    fs, base = filesystem(sweep_dir)
-    path = f"{base}/{SPEC_FILE}"
-    try:
-        import tempfile
-
-        from .expand import expand
-        from .spec import load_spec
-
-        with fs.open_input_stream(path) as stream, tempfile.NamedTemporaryFile("wb", suffix=".yaml") as tmp:
-            tmp.write(stream.read())
-            tmp.flush()
-            spec = load_spec(tmp.name)
-        total = len(expand(spec, sweep_dir))
-    except Exception:  # noqa: BLE001 - status must work even with an unreadable or missing spec
+    text = read_text(sweep_dir, SPEC_FILE)
+    if text is None:
         return None
-    if search_type(spec) == "optuna":
-        search = spec.search
-        total += int(getattr(search, "trials", 0)) * len(spec.pairs) * len(seed_list(spec))
+    try:
+        spec = parse_spec(parse_yaml(text, SPEC_FILE), SPEC_FILE)
+        total = len(expand(spec, sweep_dir))
+    except Exception:  # noqa: BLE001 - status must work even with an unreadable spec
+        return None
+    if spec.search.type == "optuna":
+        total += spec.search.trials * len(spec.pairs) * len(spec.seed_list)
     return total
 
 
 def summarize(sweep_dir: str) -> dict[str, Any]:
     """Counts by status and by role, and the per-trial table (a DataFrame)."""
-    from pixelreg_core.results import read_table
-
     trials = read_table(sweep_dir, "trials")
     total = expected_total(sweep_dir)
     by_status = trials["status"].value_counts().to_dict()
@@ -84,8 +74,6 @@ def render(info: dict[str, Any], show_all: bool = False) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import pyarrow.fs as pafs
-
-    from .resume import filesystem
 
     fs, base = filesystem(args.sweep_dir)  # a local folder or a URI prefix (s3://bucket/prefix/<name>?...)
     if fs.get_file_info(base).type != pafs.FileType.Directory:

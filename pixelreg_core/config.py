@@ -13,17 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import datasets, target_kinds
+from .errors import ConfigError  # re-exported: `from pixelreg_core.config import ConfigError` keeps working
+from .ranges import RANGES
+from .target_kinds import TARGETS
 
-class ConfigError(ValueError):
-    """A mistake the user can fix. Printed as one line: the field, what is wrong, and the fix."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-
-
-TARGETS = ("threshold", "pixel", "matrix", "shuffle", "vgg", "categorical")
-RANGES = ("all", "high", "low", "positive", "negative", "double")
 ARCHS = ("ResNet18", "ResNet34")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -56,10 +50,9 @@ class TrialConfig:
     # --- identity -------------------------------------------------------------------------------------------
     sweep: str = field(default="adhoc", metadata={"help": "sweep name written into every row"})
     role: str = field(default="trial", metadata={"help": "trial | baseline | fgsm_source"})
-    task: str = field(default="digits", metadata={"help": "classification dataset: digits, MNIST, FashionMNIST, "
-                                                         "CIFAR10, CIFAR100, idx:FOLDER"})
-    reg_data: str = field(default="digits", metadata={"help": "regularization dataset (same names, plus "
-                                                             "folder:PATH for an image folder)"})
+    task: str = field(default="digits", metadata={"help": "classification dataset, a labelled one of: "
+                                                         + datasets.names_help()})
+    reg_data: str = field(default="digits", metadata={"help": "regularization dataset: " + datasets.names_help()})
     data_root: str = field(default="data", metadata={"help": "torchvision dataset root"})
     download: bool = field(default=False, metadata={"help": "let torchvision download missing datasets"})
     # --- the regularizer ------------------------------------------------------------------------------------
@@ -159,18 +152,9 @@ class TrialConfig:
         _check(math.isfinite(self.alpha) and self.alpha >= 0, "alpha",
                f"is {self.alpha}; must be >= 0 (0 trains an unregularized model)")
         if self.regularized:
-            _check(self.target in TARGETS, "target", f"is {self.target!r}; use one of {', '.join(TARGETS)}")
-            _check(self.range in RANGES, "range", f"is {self.range!r}; use one of {', '.join(RANGES)}")
-            _check(0 < self.th < 1, "th", f"is {self.th}; Th must lie in (0, 1), e.g. 0.2")
-            if self.range == "double":
-                _check(self.th2 is not None and 0 < self.th2 < self.th, "th2",
-                       "range double needs th2 with 0 < th2 < th")
+            target_kinds.check(self)  # target, range, th, th2 and the matrix files: one place
             _check(self.reg_images >= 2, "reg_images", f"is {self.reg_images}; N must be >= 2")
             _check(self.reg_pairs >= 1, "reg_pairs", f"is {self.reg_pairs}; k must be >= 1")
-            if self.target in ("matrix", "shuffle") and self.matrix is not None:
-                _check(self.matrix_images is not None, "matrix_images", "target matrix needs its N images")
-            if self.target == "matrix":
-                _check(self.matrix is not None, "matrix", "target matrix needs a .npy N x N similarity file")
         _check(self.sim_layer is None or 0 <= self.sim_layer < NUM_SIM_LAYERS, "sim_layer",
                f"is {self.sim_layer}; use null (learned weights) or 0-{NUM_SIM_LAYERS - 1}")
         _check(0 < self.beta < 1, "beta", "must lie in (0, 1)")

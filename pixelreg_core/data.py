@@ -5,17 +5,9 @@ the run; whole-split tensors can also be moved to the GPU once (`DataBundle.to`)
 process (`functools.lru_cache`) as compact uint8, because a sweep worker runs many trials on the same data; every
 call still returns fresh float tensors, so a trainer may modify them in place without poisoning the cache.
 
-Dataset names (the `task` and `reg_data` fields):
-- `digits`: scikit-learn's bundled 8x8 digits (offline, the quick default). Values are 0..16, scaled by 1/16.
-  It has no official split; every 5th image (index 4, 9, ...) is the test set, so all seeds share one test set.
-- `MNIST`, `FashionMNIST`, `CIFAR10`, `CIFAR100`: torchvision's on-disk layout under `data_root`
-  (ROOT/MNIST/raw/..., ROOT/cifar-10-batches-py/...); downloaded only when `download` is true.
-  torchvision checks the md5 of every CIFAR batch file, so CIFAR data cannot be stood in for by a small fake.
-- `idx:FOLDER`: MNIST-format IDX files (optionally .gz) from any folder; see `load_idx_folder` for the split rule
-  when only the t10k (or only the train) files are there.
-- `folder:PATH`: an ImageNet-style image folder, regularization only (labels -1), with Li et al.'s preprocessing
-  (grayscale, centre crop 144 x 256, 4x downsampling to 36 x 64). `folder-raw:PATH` keeps each image's native
-  size (all images must share one size).
+Dataset names (the `task` and `reg_data` fields) and every fact about them (classes, input scaling, augmentation)
+come from the registry, `pixelreg_core.datasets`; the readers of each dataset's files are in
+`pixelreg_core.loaders`. This module turns them into one trial's `DataBundle`.
 
 Grayscale convention: RGB -> gray is the plain channel mean, the same average REFERENCE.md prescribes for pixel
 targets, so the network is trained on exactly the gray image its targets are computed from. Gray -> RGB repeats
@@ -25,34 +17,19 @@ the channel.
 from __future__ import annotations
 
 import functools
-import gzip
 import math
 import os
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, TrialConfig
+from . import datasets, target_kinds
+from .config import TrialConfig
+from .errors import ConfigError
+from .loaders import convert_channels, normalise_path
 
-TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
-BUILTIN_DATASETS = ("digits", *TORCHVISION_DATASETS)
-PREFIXES = ("idx:", "folder:", "folder-raw:")
-DATASET_NAMES_HELP = ", ".join((*BUILTIN_DATASETS, "idx:FOLDER", "folder:PATH", "folder-raw:PATH"))
-NUM_CLASSES = {"digits": 10, "MNIST": 10, "FashionMNIST": 10, "CIFAR10": 10, "CIFAR100": 100}
-CIFAR_DATASETS = ("CIFAR10", "CIFAR100")
 SPLITS = ("train", "test")
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-LI_CROP = (144, 256)  # Li et al.: centre crop of the (grayscale) ImageNet image ...
-LI_DOWNSAMPLE = 4  # ... downsampled 4x to 36 x 64
-IDX_TEST_FRACTION = 0.2  # single-file IDX folders: the last 20% are the test split (2,000 of MNIST's 10,000)
-DIGITS_TEST_EVERY = 5  # digits: every 5th image is a test image
-
-# IDX type byte -> big-endian numpy dtype (the IDX format is big-endian throughout).
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 @dataclass
@@ -88,37 +65,6 @@ class DataBundle:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Names
-# --------------------------------------------------------------------------------------------------------------
-def check_dataset_name(name: str, field_name: str = "task", *, allow_folder: bool = True) -> str:
-    """Raise ConfigError unless `name` is a dataset this module can load; cheap (touches no files).
-
-    Returns the kind: a built-in name, or "idx", "folder", "folder-raw". Image folders have no labels and so
-    cannot be a classification task: check a task with `allow_folder=False`.
-    """
-    if name in BUILTIN_DATASETS:
-        return name
-    for prefix in PREFIXES:
-        if name.startswith(prefix):
-            kind = prefix[:-1]
-            if not name[len(prefix):]:
-                raise ConfigError(field_name, f"dataset {name!r} names no path; write {prefix}PATH")
-            if kind.startswith("folder") and not allow_folder:
-                raise ConfigError(field_name, f"{name!r} is an unlabeled image folder; use it as reg_data only")
-            return kind
-    hint = [known for known in BUILTIN_DATASETS if known.lower() == name.lower()]
-    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-    raise ConfigError(field_name, f"unknown dataset {name!r}{suggestion}; use one of {DATASET_NAMES_HELP}")
-
-
-def num_classes_of(name: str, train_y: torch.Tensor, test_y: torch.Tensor) -> int:
-    """Known for the built-ins; for IDX folders the largest label seen + 1 (IDX files may hold any label set)."""
-    if name in NUM_CLASSES:
-        return NUM_CLASSES[name]
-    return int(max(int(train_y.max()), int(test_y.max()))) + 1
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Loading one split
 # --------------------------------------------------------------------------------------------------------------
 def load_split(name: str, root: str | os.PathLike, split: str, grayscale: bool, download: bool, *,
@@ -131,23 +77,17 @@ def load_split(name: str, root: str | os.PathLike, split: str, grayscale: bool, 
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    kind = check_dataset_name(name, field_name)
-    root_key = _normalise_path(root)
-    if kind == "digits":
-        x, y = _load_digits(split)
-    elif kind in TORCHVISION_DATASETS:
-        x, y = _load_torchvision(kind, root_key, split, download)
-    elif kind == "idx":
-        x, y = load_idx_folder(name[len("idx:"):], split, field_name=field_name)
-    else:
-        if split != "train":
-            raise ConfigError(field_name, f"{name!r} is an unlabeled image folder; it has no {split} split")
-        x = load_image_folder(name.split(":", 1)[1], li_preprocess=kind == "folder", limit=limit,
-                              field_name=field_name)
-        y = torch.full((x.shape[0],), -1, dtype=torch.int64)
+    record = datasets.get(name, field_name)
+    x, y = record.load(name, normalise_path(root), split, download, limit=limit, field_name=field_name)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     return convert_channels(to_unit_float(x), 1 if grayscale else 3), y.clone()
+
+
+def check_dataset_name(name: str, field_name: str = "task", *, allow_folder: bool = True) -> datasets.Dataset:
+    """Raise ConfigError unless `name` is a known dataset (kept for the orchestrator; `datasets.get` is the one
+    lookup)."""
+    return datasets.get(name, field_name, allow_unlabelled=allow_folder)
 
 
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
@@ -155,188 +95,6 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
     return x.to(torch.float32, copy=True)
-
-
-def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """Match a channel count: RGB -> gray by the channel mean (see the module docstring), gray -> RGB by repeat."""
-    have = x.shape[1]
-    if have == channels:
-        return x
-    if channels == 1:
-        return x.mean(dim=1, keepdim=True)
-    if have == 1:
-        return x.repeat(1, channels, 1, 1)
-    raise ValueError(f"cannot convert {have} channels to {channels}")
-
-
-def _normalise_path(path: str | os.PathLike) -> str:
-    """One cache key per folder however it was spelled."""
-    return os.path.abspath(os.path.expanduser(os.fspath(path)))
-
-
-@functools.lru_cache(maxsize=4)
-def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1,797 digits; a fixed split (every 5th image to test) shared by all seeds."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
-    is_test = torch.arange(len(labels)) % DIGITS_TEST_EVERY == DIGITS_TEST_EVERY - 1
-    keep = is_test if split == "test" else ~is_test
-    return images[keep], labels[keep]
-
-
-@functools.lru_cache(maxsize=8)
-def _load_torchvision(name: str, root: str, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read torchvision's decoded arrays (`.data`, `.targets`) directly: no per-sample PIL conversion."""
-    from torchvision import datasets  # slow import; only trials that need it pay
-
-    try:
-        dataset = getattr(datasets, name)(root, train=split == "train", download=download)
-    except RuntimeError as err:  # torchvision says "Dataset not found ..." (also for failed downloads)
-        if download:
-            raise ConfigError("data_root", f"{name} could not be downloaded into {root} ({err}); check the "
-                                           f"network or put the torchvision files there") from err
-        raise ConfigError("data_root", f"{name} ({split}) not found under {root}; put the torchvision files "
-                                       f"there or set download: true") from err
-    data = torch.as_tensor(np.asarray(dataset.data))
-    x = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)  # MNIST-like NHW, CIFAR NHWC
-    y = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
-    return x.contiguous(), y
-
-
-# --------------------------------------------------------------------------------------------------------------
-# IDX folders
-# --------------------------------------------------------------------------------------------------------------
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (MNIST's format; gzip-compressed when the name ends in .gz) into a native-endian array."""
-    opener = gzip.open if os.fspath(path).endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        blob = handle.read()
-    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
-    ndim = blob[3]
-    shape = tuple(int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[blob[2]])
-    count = math.prod(shape)
-    offset = 4 + 4 * ndim
-    if len(blob) - offset < count * dtype.itemsize:
-        raise ValueError(f"{path} is truncated: header says {shape}")
-    array = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))
-
-
-def _find_idx_pair(folder: Path, prefix: str) -> tuple[Path, Path] | None:
-    """The images/labels files for `prefix` (train or t10k), plain or .gz, '-' or '.' before 'idx'."""
-    found = []
-    for kind, dims in (("images", 3), ("labels", 1)):
-        candidates = [folder / f"{prefix}-{kind}{sep}idx{dims}-ubyte{ext}" for sep in ("-", ".") for ext in ("", ".gz")]
-        existing = [path for path in candidates if path.is_file()]
-        if not existing:
-            return None
-        found.append(existing[0])
-    return found[0], found[1]
-
-
-@functools.lru_cache(maxsize=8)
-def _load_idx_pair(images: str, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x = read_idx(images)
-    y = read_idx(labels)
-    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-        raise ValueError(f"{images} / {labels}: expected [n, H, W] images and [n] labels, got {x.shape} / {y.shape}")
-    return torch.from_numpy(x.astype(np.uint8)).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
-
-
-def load_idx_folder(folder: str | os.PathLike, split: str, *, field_name: str = "task"
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """An MNIST-format folder as (uint8 [n, 1, H, W], int64 labels).
-
-    With both train-* and t10k-* files present they are the train and test splits. With only one of the two
-    (e.g. ../shared/data/mnist-test holds only MNIST's 10,000 t10k images) that file is split by position, the same
-    for every seed: the first 80% are train, the last 20% test (8,000 / 2,000 for MNIST's test set).
-    """
-    path = Path(_normalise_path(folder))
-    train_pair = _find_idx_pair(path, "train")
-    test_pair = _find_idx_pair(path, "t10k")
-    if train_pair is None and test_pair is None:
-        raise ConfigError(field_name, f"no MNIST IDX files in {path}; put train-images-idx3-ubyte[.gz] and "
-                                      f"train-labels-idx1-ubyte[.gz] (and/or the t10k-* pair) there")
-    try:
-        if train_pair is not None and test_pair is not None:
-            pair = train_pair if split == "train" else test_pair
-            return _load_idx_pair(str(pair[0]), str(pair[1]))
-        only = train_pair if train_pair is not None else test_pair
-        x, y = _load_idx_pair(str(only[0]), str(only[1]))
-    except (OSError, ValueError) as err:
-        raise ConfigError(field_name, f"cannot read IDX files in {path}: {err}; replace them with intact "
-                                      f"MNIST-format files") from err
-    n_train = len(y) - max(1, round(IDX_TEST_FRACTION * len(y)))
-    return (x[:n_train], y[:n_train]) if split == "train" else (x[n_train:], y[n_train:])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Image folders (regularization only)
-# --------------------------------------------------------------------------------------------------------------
-def list_images(folder: Path) -> list[Path]:
-    """Every image file below `folder`, sorted by relative path so "the first N" is the same on every machine."""
-    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def li_preprocess(image: torch.Tensor) -> torch.Tensor:
-    """Li et al.'s ImageNet preprocessing for one float [C, H, W] image -> gray [1, 36, 64].
-
-    Grayscale (channel mean), resized (aspect kept, antialiased) just enough to cover 144 x 256, centre-cropped to
-    144 x 256, then 4x4 average pooling to 36 x 64. The resize step is ours: the paper only names the crop, and
-    without it an ImageNet photo (~375 x 500) would lose most of its content to a 144 x 256 crop.
-    """
-    gray = convert_channels(image.unsqueeze(0), 1)
-    height, width = gray.shape[-2:]
-    crop_h, crop_w = LI_CROP
-    scale = max(crop_h / height, crop_w / width)
-    size = (max(crop_h, round(height * scale)), max(crop_w, round(width * scale)))
-    if size != (height, width):
-        gray = F.interpolate(gray, size=size, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (size[0] - crop_h) // 2, (size[1] - crop_w) // 2
-    gray = gray[..., top:top + crop_h, left:left + crop_w]
-    return F.avg_pool2d(gray, LI_DOWNSAMPLE).squeeze(0).clamp_(0.0, 1.0)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_image_folder(folder: str, li: bool, limit: int | None, field_name: str) -> torch.Tensor:
-    from PIL import Image
-
-    path = Path(folder)
-    if not path.is_dir():
-        raise ConfigError(field_name, f"image folder {path} does not exist; point folder:PATH at a folder of images")
-    files = list_images(path)[:limit]
-    if not files:
-        raise ConfigError(field_name, f"no images ({', '.join(IMAGE_EXTENSIONS)}) below {path}; add some")
-    images = []
-    for file in files:  # decoded once per process, then cached as one tensor
-        try:
-            with Image.open(file) as img:
-                pixels = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-        except OSError as err:  # PIL's UnidentifiedImageError is an OSError
-            raise ConfigError(field_name, f"cannot read image {file} ({err}); remove or replace it") from err
-        images.append(li_preprocess(pixels.float().div_(255.0)) if li else pixels)
-    shapes = {tuple(img.shape) for img in images}
-    if len(shapes) > 1:
-        raise ConfigError(field_name, f"images below {path} differ in size {sorted(shapes)[:3]}; use folder:PATH "
-                                      f"(crops and resizes to 36 x 64) or resize them to one size")
-    stacked = torch.stack(images)
-    return (stacked * 255.0).round_().to(torch.uint8) if li else stacked  # uint8 keeps the cache small
-
-
-def load_image_folder(folder: str | os.PathLike, *, li_preprocess: bool = True, limit: int | None = None,
-                      field_name: str = "reg_data") -> torch.Tensor:
-    """The first `limit` images below `folder` (sorted by path) as uint8 [n, C, H, W].
-
-    With `li_preprocess` (the default for `folder:` data) every image becomes gray 36 x 64; without it images are
-    kept as RGB at their native size, which must then be the same for all.
-    """
-    return _load_image_folder(_normalise_path(folder), li_preprocess, limit, field_name)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -373,13 +131,13 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
     """
     channels = 1 if cfg.grayscale else 3
     load = functools.partial(load_split, root=cfg.data_root, grayscale=cfg.grayscale, download=cfg.download)
-    check_dataset_name(cfg.task, "task", allow_folder=False)
+    task = datasets.get(cfg.task, "task", allow_unlabelled=False)
     # A matrix target brings its own N images (targets.load_matrix): reg_data is not loaded then, so its size
     # cannot refuse reg_images.
-    own_images = cfg.target == "matrix" or (cfg.target == "shuffle" and cfg.matrix is not None)
-    regularized = cfg.regularized and cfg.reg_data != "none" and not own_images
+    regularized = (cfg.regularized and cfg.reg_data != "none"
+                   and not target_kinds.get(cfg.target).own_images(cfg))
     if regularized:
-        check_dataset_name(cfg.reg_data, "reg_data")  # fail on a bad name before loading anything
+        datasets.get(cfg.reg_data, "reg_data")  # fail on a bad name before loading anything
     full_x, full_y = load(cfg.task, split="train", field_name="task")
     test_x, test_y = load(cfg.task, split="test", field_name="task")
     train_idx, valid_idx = split_train_valid(len(full_y), cfg.valid_fraction, cfg.train_images, cfg.seed)
@@ -396,16 +154,14 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
         reg_x = full_x.new_zeros((0, *full_x.shape[1:]))
         reg_y = torch.zeros(0, dtype=torch.int64)
 
-    is_cifar = cfg.task in CIFAR_DATASETS
     return DataBundle(
         train_x=full_x[train_idx], train_y=full_y[train_idx],
         valid_x=full_x[valid_idx], valid_y=full_y[valid_idx],
         test_x=test_x, test_y=test_y,
         reg_x=reg_x, reg_y=reg_y,
-        num_classes=num_classes_of(cfg.task, full_y, test_y),
-        input_scale=5.0 if is_cifar else 1.0,
-        input_shift=0.5 if is_cifar else 0.0,
-        augment=is_cifar,
+        # IDX folders may hold any label set: the largest label seen + 1
+        num_classes=task.num_classes or int(max(int(full_y.max()), int(test_y.max()))) + 1,
+        input_scale=task.input_scale, input_shift=task.input_shift, augment=task.augment,
     )
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import NUM_SIM_LAYERS, TrialConfig
-from .results import atomic_path
+from .results import read_bytes, write_bytes
 
 STAGE_BLOCKS = {"ResNet18": (2, 2, 2, 2), "ResNet34": (3, 4, 6, 3)}
 
@@ -111,7 +112,7 @@ def build_model(cfg: TrialConfig, in_channels: int, num_classes: int, input_scal
                       input_shift=input_shift, sim_layer=cfg.sim_layer, beta=cfg.beta)
 
 
-def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str) -> None:
+def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str | os.PathLike) -> None:
     """Atomic save of the state_dict plus what rebuilds the model; loads with torch.load(weights_only=True)."""
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -119,29 +120,18 @@ def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str) -> None:
         "in_channels": int(model.stem[0].in_channels),
         "num_classes": int(model.head.out_features),
     }
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_output_stream(p) as out:
-            out.write(buffer.getvalue())
-        return
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())  # local path (atomic) or URI: results.py decides which
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:
+def load_checkpoint(path: str | os.PathLike,
+                    map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:
     """The model in eval mode and its TrialConfig."""
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_input_stream(p) as src:
-            payload = torch.load(io.BytesIO(src.read()), map_location=map_location, weights_only=True)
-    else:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+    data = read_bytes(path)  # local path, file:// or another pyarrow URI
+    if data is None:
+        raise FileNotFoundError(path)
+    payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     cfg = TrialConfig.from_dict(json.loads(payload["config"]))
     model = build_model(cfg, payload["in_channels"], payload["num_classes"])
     model.load_state_dict(payload["state_dict"])  # includes input_scale / input_shift buffers

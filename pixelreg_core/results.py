@@ -33,7 +33,6 @@ KEY_FIELDS: list[pa.Field] = [
     pa.field("seed", pa.int64()),
     pa.field("arch", pa.string()),
 ]
-KEYS = [f.name for f in KEY_FIELDS]
 
 SCHEMAS: dict[str, pa.Schema] = {
     # one row per trial
@@ -147,6 +146,39 @@ def _filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str, bool]:
         fs, path = pafs.FileSystem.from_uri(str(root))
         return fs, path, False
     return pafs.LocalFileSystem(), str(Path(str(root).removeprefix("file://")).resolve()), True
+
+
+def filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a pyarrow URI: the public face of `_filesystem`."""
+    fs, path, _ = _filesystem(root)
+    return fs, path
+
+
+def checkpoint_path(root: str | os.PathLike, trial_id: str) -> str:
+    """Where a trial's selected state_dict lives: ROOT/checkpoints/<trial_id>.pt (a URI keeps its ?query last)."""
+    return join(root, "checkpoints", f"{trial_id}.pt")
+
+
+def status_row(cfg: TrialConfig, status: str, error: str | None, **columns: Any) -> dict[str, Any]:
+    """The trials row of a trial: keys, what it was asked to do, and how it ended. The one builder of the rows of
+    trials that did not finish ok (`failed` by run_trial or the orchestrator's retries, `stopped` by ASHA);
+    `columns` adds or overrides (device, wall_s, the epochs actually trained, the results of an ok trial)."""
+    import datetime as dt
+    import json
+
+    return {**key_values(cfg), "role": cfg.role, "sim_layer": cfg.sim_layer, "width": cfg.width,
+            "epochs": cfg.epochs, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "status": status, "error": error, **columns}
+
+
+def read_trial(root: str | os.PathLike, table: str, trial_id: str) -> list[dict[str, Any]] | None:
+    """One trial's rows of one table as dicts (nulls as None), or None when that trial has no file there."""
+    fs, base, _ = _filesystem(root)
+    path = f"{base}/{table}/{trial_id}.parquet"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    return pq.read_table(path, filesystem=fs, schema=SCHEMAS[table]).to_pylist()
 
 
 def read_bytes(path: str | os.PathLike) -> bytes | None:

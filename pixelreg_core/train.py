@@ -43,12 +43,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda was asked for but no GPU is visible; use device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device", "mps was asked for but is not available; use device cpu or auto")
     return torch.device(name)
 
@@ -191,14 +191,14 @@ class PlacedData:
 
 def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | None, device: torch.device,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train `model` on `data`; `target` (from targets.build_target) is None for an unregularized model.
+    """Train `model` on `data`; `target` (from target_kinds.build_target) is None for an unregularized model.
 
     Everything random draws from one generator on `device`; on CPU that is the generator the numbers always came
     from. Build the target from images on `device` too (trial.py does), so that its pairs are drawn there.
     """
     regularized = cfg.regularized
     if regularized and target is None:
-        raise ValueError(f"alpha is {cfg.alpha} but no target was given; build one with targets.build_target")
+        raise ValueError(f"alpha is {cfg.alpha} but no target was given; build one with target_kinds.build_target")
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     reg_x = getattr(target, "images", None)
     placed = PlacedData.of(data, reg_x if reg_x is not None else data.reg_x, device)

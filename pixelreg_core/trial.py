@@ -8,7 +8,6 @@ with status "failed" and the error, so the sweep can report it and go on.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import platform
@@ -22,8 +21,8 @@ from . import attacks
 from .config import TrialConfig
 from .data import prepare_data
 from .model import build_model, save_checkpoint
-from .results import delete_file, join, key_values, remove_trial, write_table
-from .targets import build_target
+from .results import checkpoint_path, delete_file, join, key_values, remove_trial, status_row, write_table
+from .target_kinds import build_target
 from .train import resolve_device, train
 
 
@@ -37,15 +36,9 @@ def library_versions() -> str:
                        "pyarrow": pyarrow.__version__})
 
 
-def checkpoint_path(out_root: str | os.PathLike, trial_id: str) -> str:
-    return join(out_root, "checkpoints", f"{trial_id}.pt")
-
-
-def _row_base(cfg: TrialConfig, device: str, started: float) -> dict[str, Any]:
-    return {**key_values(cfg), "role": cfg.role, "sim_layer": cfg.sim_layer, "width": cfg.width,
-            "epochs": cfg.epochs, "device": device, "versions": library_versions(),
-            "config": json.dumps(cfg.to_dict(), sort_keys=True), "wall_s": time.perf_counter() - started,
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+def _row(cfg: TrialConfig, status: str, error: str | None, device: str, started: float, **columns) -> dict[str, Any]:
+    return status_row(cfg, status, error, device=device, versions=library_versions(),
+                      wall_s=time.perf_counter() - started, **columns)
 
 
 def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
@@ -60,13 +53,13 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         # Checks that can only fail at run time (a missing FGSM source, an absent GPU) are inside the try, so
         # that with `record_failure` they too leave a failed trials row.
         cfg.validate()
-        attacks.validate_attacks(cfg)
+        attack_options = attacks.validate_attacks(cfg)  # resolved once, before any data is loaded
         device = resolve_device(cfg.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
         data = prepare_data(cfg)
-        attacks.validate_attacks(cfg, len(data.test_x), check_source=False)  # source checked just above
+        attacks.check_image_counts(attack_options, len(data.test_x))  # before any training
         # The target is built from images on the trial's device, so its pairs are drawn there (train.py).
         target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device)) if cfg.regularized else None
         model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
@@ -75,7 +68,8 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
 
         model.load_state_dict(result.best_state)
         model.eval()
-        robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"))
+        robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"),
+                                             attack_options)
 
         keys = key_values(cfg)
         ckpt = checkpoint_path(out_root, cfg.trial_id)
@@ -84,10 +78,9 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         write_table(out_root, "robustness", cfg.trial_id, [{**keys, **row} for row in robustness])
         write_table(out_root, "spectrum", cfg.trial_id, [{**keys, **row} for row in spectrum])
         best = result.best
-        row = {**_row_base(cfg, str(device), started), "status": "ok", "error": None,
-               "clean_acc": best["test_acc"], "valid_acc": best["valid_acc"], "valid_loss": best["valid_loss"],
-               "best_epoch": result.best_epoch, "layer_weights": model.layer_weights().tolist(),
-               "checkpoint": ckpt}
+        row = _row(cfg, "ok", None, str(device), started, clean_acc=best["test_acc"],
+                   valid_acc=best["valid_acc"], valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
+                   layer_weights=model.layer_weights().tolist(), checkpoint=ckpt)
         write_table(out_root, "trials", cfg.trial_id, [row])  # last: marks the trial complete
         return row
     except BaseException as exc:
@@ -96,7 +89,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         if record_failure and not isinstance(exc, KeyboardInterrupt):
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
             write_table(out_root, "trials", cfg.trial_id,
-                        [{**_row_base(cfg, str(device), started), "status": "failed", "error": error}])
+                        [_row(cfg, "failed", error, str(device), started)])
         raise
     finally:
         torch.set_num_threads(threads_before)  # a Ray worker runs many trials: leave its thread count as found

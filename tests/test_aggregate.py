@@ -1,101 +1,29 @@
 """Aggregator tests on a hand-made results set (no training: rows written through the Parquet contract).
 
-`make_results` is also imported by test_report.py; it builds a small but complete sweep: a baseline and four
+The hand-made sweep (tests/conftest.py, also used by test_report.py) is small but complete: a baseline and four
 regularized (Th, alpha) settings of MNIST x MNIST with three seeds (one setting with a single seed), one failed
 trial, noise / FGSM / boundary / corruption rows with repeats, spectra, layer weights and epochs.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CORRUPTIONS, EPS, REPEAT_STEP, SEEDS, SETTINGS, accuracy, config_of, write_trial
 
 from orchestrator import aggregate
-from orchestrator.errors import UserError
-from pixelreg_core.config import TrialConfig
-from pixelreg_core.results import key_values, write_table
-
-EPS = [0.0, 0.25, 0.5]
-SEEDS = [0, 1, 2]
-# name -> (th, alpha, clean accuracy, gaussian accuracy at eps 0.5, fgsm accuracy at eps 0.5, boundary score, seeds)
-SETTINGS = {
-    "baseline": (0.0, 0.0, 0.98, 0.30, 0.20, 0.010, SEEDS),
-    "A": (0.2, 4.0, 0.97, 0.60, 0.35, 0.020, SEEDS),   # the documented winner: RD/UD 2.0, R0/U0 ~0.99
-    "B": (0.8, 10.0, 0.80, 0.75, 0.50, 0.030, SEEDS),  # better RD/UD (2.5) but R0/U0 ~0.82 < A0 = 0.9
-    "C": (0.4, 1.0, 0.985, 0.25, 0.18, 0.012, SEEDS),  # clean fine, but RD/UD < 1
-    "D": (0.6, 4.0, 0.96, 0.50, 0.30, 0.015, [0]),     # acceptable, RD/UD ~1.67, a single seed (SEM NaN)
-}
-REPEAT_STEP = 0.004  # repeat r adds r * REPEAT_STEP: the per-trial mean over repeats must take it out
-CORRUPTIONS = {"gaussian_blur": "low", "contrast": "medium", "shot_noise": "high"}
-
-
-def config_of(name: str, seed: int, sweep: str = "toy") -> TrialConfig:
-    th, alpha = SETTINGS[name][:2]
-    if alpha == 0:
-        return TrialConfig(sweep=sweep, task="MNIST", reg_data="MNIST", alpha=0.0, seed=seed, width=4)
-    return TrialConfig(sweep=sweep, task="MNIST", reg_data="MNIST", th=th, alpha=alpha, seed=seed, width=4)
-
-
-def accuracy(name: str, attack: str, eps: float, seed: int) -> float:
-    """A falling accuracy curve from the clean value to the value at eps 0.5, shifted per seed."""
-    _, _, clean, gauss, fgsm = SETTINGS[name][:5]
-    floor = {"gaussian": gauss, "fgsm_transfer": fgsm, "uniform": (gauss + clean) / 2}[attack]
-    return clean - (clean - floor) * eps / 0.5 + 0.01 * (seed - 1)
-
-
-def make_results(root: Path, failed: bool = True) -> Path:
-    """Write the hand-made sweep under root (= ROOT/<name>) and return root."""
-    for name, (_, _, clean, _, _, score, seeds) in SETTINGS.items():
-        for seed in seeds:
-            write_trial(root, config_of(name, seed), name, clean + 0.01 * (seed - 1), score * (1 + 0.1 * seed))
-    if failed:  # a failed seed of the winner, with (stale) robustness rows that must not count
-        cfg = config_of("A", 3)
-        write_trial(root, cfg, "A", 0.1, 0.5, status="failed")
-    return root
-
-
-def write_trial(root: Path, cfg: TrialConfig, name: str, clean: float, score: float, status: str = "ok") -> None:
-    keys = key_values(cfg)
-    weights = list(np.roll([0.6, 0.1, 0.1, 0.1, 0.1], int(cfg.th * 5))) if cfg.alpha else None
-    write_table(root, "trials", cfg.trial_id, [{
-        **keys, "role": cfg.role, "status": status, "error": None if status == "ok" else "RuntimeError: boom",
-        "clean_acc": None if status != "ok" else clean, "best_epoch": 1, "epochs": 2, "layer_weights": weights,
-        "width": 4, "wall_s": 1.0, "device": "cpu", "config": "{}"}])
-    write_table(root, "epochs", cfg.trial_id, [
-        {**keys, "epoch": e, "lr": 0.1, "loss_cls": 1.0 / e, "train_acc": 0.5 + 0.2 * e, "test_acc": clean}
-        for e in (1, 2)])
-    rows = []
-    for attack in ("gaussian", "uniform", "fgsm_transfer"):
-        for eps in EPS:
-            for repeat in (0, 1):
-                value = accuracy(name, attack, eps, cfg.seed) + repeat * REPEAT_STEP
-                rows.append({**keys, "attack": attack, "variant": "", "group": "", "eps": eps, "repeat": repeat,
-                             "metric": "accuracy", "value": value, "images": 100, "failed": 0, "whitebox": False})
-    for repeat in (0, 1):
-        rows.append({**keys, "attack": "boundary", "variant": "", "group": "", "eps": 0.0, "repeat": repeat,
-                     "metric": "boundary_score", "value": score * (1 + 0.2 * repeat), "images": 8, "failed": 1,
-                     "whitebox": False})
-    for k, (corruption, group) in enumerate(CORRUPTIONS.items()):
-        for severity in (1.0, 2.0, 3.0):
-            value = clean - 0.05 * severity * (k + 1) * (0.5 if cfg.alpha else 1.0)
-            rows.append({**keys, "attack": "corruption", "variant": corruption, "group": group, "eps": severity,
-                         "repeat": 0, "metric": "accuracy", "value": value, "images": 100, "failed": 0,
-                         "whitebox": False})
-    write_table(root, "robustness", cfg.trial_id, rows)
-    radius = np.arange(1, 9, dtype=float)
-    tilt = 1.5 + cfg.th if cfg.alpha else 1.0
-    write_table(root, "spectrum", cfg.trial_id, [
-        {**keys, "attack": "boundary", "radius": r, "power": float(10.0 / r**tilt)} for r in radius])
+from orchestrator.cli import main
+from orchestrator.objective import FLOOR, evaluate_point
+from orchestrator.schema import Objective
 
 
 @pytest.fixture()
-def sweep(tmp_path: Path) -> Path:
-    return make_results(tmp_path / "toy")
+def sweep(toy_sweep: Path) -> Path:
+    return toy_sweep
 
 
 def summary_row(summary: pd.DataFrame, name: str, attack: str, eps: float, metric: str = "accuracy") -> pd.Series:
@@ -128,7 +56,7 @@ def test_mean_and_sem_equal_direct_computation(sweep: Path) -> None:
     assert row["mean"] == pytest.approx(np.mean([0.98 + 0.01 * (s - 1) for s in SEEDS]))
     assert row["role"] == "baseline" and row["reg_data"] == "none"
     # corruptions keep their variant and frequency group
-    corr = summary[(summary["attack"] == "corruption") & (summary["role"] == "baseline")]
+    corr = summary[(summary["attack"] == "corruptions") & (summary["role"] == "baseline")]
     assert set(corr["variant"]) == set(CORRUPTIONS) and set(corr["group"]) == {"low", "medium", "high"}
 
 
@@ -195,20 +123,50 @@ def test_paper_distortion_defaults_on_cifar() -> None:
     assert aggregate.default_distortion("FashionMNIST", "uniform", [0.0, 0.2, 0.4]) == (0.4, "largest eps")
 
 
-def run_command(module, argv: list[str]) -> int:
-    """Parse and run one subcommand the way orchestrator.cli does, without importing the other subcommands."""
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
-
-
 def test_cli_aggregate_and_bad_input(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_command(aggregate, [str(sweep), "--no-figures", "--a0", "0.9", "--distortion", "gaussian=0.5"]) == 0
+    assert main(["aggregate", str(sweep), "--no-figures", "--a0", "0.9", "--distortion", "gaussian=0.5"]) == 0
     out = capsys.readouterr().out
     assert "1 failed" in out and "MNIST / MNIST / gaussian: Th=0.2 alpha=4" in out
     assert (sweep / "summary.parquet").exists() and (sweep / "best.parquet").exists()
     assert not [p for p in sweep.iterdir() if p.name.endswith(".tmp")]
-    with pytest.raises(UserError, match="no trials/ folder"):
-        run_command(aggregate, [str(tmp_path / "nowhere")])
-    with pytest.raises(UserError, match="gaussian0.3"):
-        run_command(aggregate, [str(sweep), "--distortion", "gaussian0.3"])
+    assert main(["aggregate", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no trials/ folder" in err and len(err.strip().splitlines()) == 1
+    assert main(["aggregate", str(sweep), "--distortion", "gaussian0.3"]) == 2
+    assert "gaussian0.3" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ the search objective
+
+
+def test_search_objective_is_the_ratio_best_parquet_reports(sweep: Path) -> None:
+    """The Optuna objective of a point equals best.parquet's ratios for it at D = objective.eps (seed-averaged
+    baselines, not the mean of per-seed ratios: the two differ here because accuracies shift per seed)."""
+    objective = Objective(attack="gaussian", eps=0.3, min_clean_ratio=0.9)
+    best = pd.read_parquet(aggregate.aggregate_sweep(sweep, distortions={"gaussian": 0.3}, figures=False)["best"])
+    for name in ("A", "B", "C"):
+        point = evaluate_point(str(sweep), [config_of(name, s).trial_id for s in SEEDS],
+                               [config_of("baseline", s).trial_id for s in SEEDS], objective)
+        th, alpha = SETTINGS[name][:2]
+        row = best[(best["th"] == th) & (best["alpha"] == alpha) & (best["attack"] == "gaussian")].iloc[0]
+        assert point["clean_ratio"] == pytest.approx(row["r0_over_u0"], rel=1e-12)
+        assert point["robust_ratio"] == pytest.approx(row["rd_over_ud"], rel=1e-12)
+        feasible = row["r0_over_u0"] >= 0.9
+        assert point["objective"] == (pytest.approx(row["rd_over_ud"]) if feasible
+                                      else pytest.approx(row["r0_over_u0"] - 0.9))
+
+
+def test_search_objective_at_a_zero_baseline_is_the_floor_like_nan_in_best(tmp_path: Path) -> None:
+    """A baseline with accuracy 0 under the attack: best.parquet says NaN (never chosen); the search must not
+    see inf (the best possible score) but the floor, below every other point."""
+    root = tmp_path / "zero"
+    setting, base = config_of("A", 0), config_of("baseline", 0)
+    write_trial(root, setting, "A", 0.97, 0.02)
+    write_trial(root, base, "baseline", 0.98, 0.01)
+    rows = pd.read_parquet(root / "robustness" / f"{base.trial_id}.parquet")
+    rows.loc[rows["attack"] == "gaussian", "value"] = 0.0
+    rows.to_parquet(root / "robustness" / f"{base.trial_id}.parquet", index=False)
+    best = pd.read_parquet(aggregate.aggregate_sweep(root, distortions={"gaussian": 0.5}, figures=False)["best"])
+    assert math.isnan(best.loc[best["attack"] == "gaussian", "rd_over_ud"].iloc[0])
+    point = evaluate_point(str(root), [setting.trial_id], [base.trial_id], Objective(attack="gaussian", eps=0.5))
+    assert math.isnan(point["robust_ratio"]) and point["objective"] == FLOOR

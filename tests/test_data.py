@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from pixelreg_core import data as D
+from pixelreg_core import loaders as L
 from pixelreg_core.config import ConfigError, TrialConfig
 
 
@@ -122,10 +123,10 @@ def test_too_few_reg_images_names_reg_images():
 
 def test_convert_channels_uses_the_channel_mean_and_repeat():
     rgb = torch.rand(2, 3, 4, 5)
-    assert torch.allclose(D.convert_channels(rgb, 1), rgb.mean(1, keepdim=True))
+    assert torch.allclose(L.convert_channels(rgb, 1), rgb.mean(1, keepdim=True))
     gray = torch.rand(2, 1, 4, 5)
-    assert torch.equal(D.convert_channels(gray, 3), gray.expand(2, 3, 4, 5))
-    assert D.convert_channels(gray, 1) is gray
+    assert torch.equal(L.convert_channels(gray, 3), gray.expand(2, 3, 4, 5))
+    assert L.convert_channels(gray, 1) is gray
 
 
 def test_bundle_to_moves_every_tensor():
@@ -170,11 +171,11 @@ def test_read_idx_round_trips(tmp_path, gz):
     x, y = fake_mnist_arrays(7, seed=0, size=5)
     path = tmp_path / ("images.idx3-ubyte" + (".gz" if gz else ""))
     write_idx(path, x)
-    assert np.array_equal(D.read_idx(path), x)
+    assert np.array_equal(L.read_idx(path), x)
     bad = tmp_path / "bad"
     bad.write_bytes(b"\x01\x02\x03\x04")
     with pytest.raises(ValueError, match="not an IDX file"):
-        D.read_idx(bad)
+        L.read_idx(bad)
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -227,7 +228,7 @@ def test_cifar_tasks_get_scaling_augmentation_and_channel_conversion(monkeypatch
     generator = torch.Generator().manual_seed(0)
     fake = {split: (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
                     torch.randint(0, 10, (n,), generator=generator)) for split, n in (("train", 60), ("test", 20))}
-    monkeypatch.setattr(D, "_load_torchvision", lambda name, root, split, download: fake[split])
+    monkeypatch.setattr(L, "_load_torchvision", lambda name, root, split, download: fake[split])
     bundle = D.prepare_data(tiny_cfg(task="CIFAR10", reg_data="digits", reg_images=5, train_images=None,
                                      test_images=None))
     assert (bundle.input_scale, bundle.input_shift, bundle.augment) == (5.0, 0.5, True)
@@ -278,7 +279,7 @@ def test_raw_image_folder_keeps_native_size_and_rejects_mixed_sizes(tmp_path):
     x, _ = D.load_split(f"folder-raw:{tmp_path}", "unused", "train", grayscale=False, download=False)
     assert x.shape == (2, 3, 6, 7) and torch.allclose(x[0], torch.from_numpy(pixels).permute(2, 0, 1) / 255)
     write_png(tmp_path / "2.png", 9, 9, seed=4)
-    D._load_image_folder.cache_clear()
+    L._load_image_folder.cache_clear()
     with pytest.raises(ConfigError, match="differ in size"):
         D.load_split(f"folder-raw:{tmp_path}", "unused", "train", grayscale=False, download=False)
 

@@ -152,7 +152,7 @@ def test_plan_prints_the_trials_and_writes_nothing(tmp_path, capsys, monkeypatch
         "train": {"width": 4, "epochs": 2}, "attacks": {"gaussian": {}, "fgsm_transfer": {}}}))
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
-    assert main(["plan", str(spec_path), "--results", str(tmp_path / "out")]) == 0
+    assert main(["plan", str(spec_path), "--results", str(tmp_path / "out"), "--no-measure"]) == 0
     out = capsys.readouterr().out
     assert snapshot(tmp_path) == before
     lines = out.splitlines()
@@ -160,6 +160,21 @@ def test_plan_prints_the_trials_and_writes_nothing(tmp_path, capsys, monkeypatch
     assert len([ln for ln in lines if ln.startswith("trial ")]) == 2 * 2 * 2
     assert "trials: 11 (1 fgsm_source, 2 baseline, 8 trial)" in out
     assert "epochs: 22 in all" in out and "rough guess" in out and "at a time" in out
+    assert "measured" not in out
+
+
+def test_plan_estimates_from_training_steps_measured_here(tmp_path, capsys):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "measured", "pairs": [{"task": "digits", "reg_data": "digits"}], "grid": {"alpha": [4]},
+        "seeds": 1, "train": {"width": 4, "epochs": 2, "batch_size": 16}, "attacks": {}}))
+    assert main(["plan", str(spec_path)]) == 0
+    out = capsys.readouterr().out
+    [measured] = [line for line in out.splitlines() if line.startswith("measured here: ")]
+    # the typical trial's own model and image shape (digits: 8x8 gray), at its batch size
+    assert "ResNet18 width 4 on 1x8x8 images, batch 16, 1 CPU thread(s)" in measured
+    assert float(measured.split(": ")[-1].split(" ms")[0]) > 0
+    assert "the measured per-image time" in out and "rough guess" not in out
 
 
 def test_plan_of_a_paper_sweep_mentions_the_gpu(capsys):

@@ -17,7 +17,8 @@ from pixelreg_core.data import DataBundle, augment_batch, prepare_data
 from pixelreg_core.hostreads import count_host_reads
 from pixelreg_core.model import build_model
 from pixelreg_core.placement import DeviceImages, as_uint8_if_exact
-from pixelreg_core.targets import build_target, similarity_loss
+from pixelreg_core.target_kinds import build_target
+from pixelreg_core.targets import similarity_loss
 from pixelreg_core.train import PlacedData, batch_starts, evaluate_split, learning_rate, step_losses, train, train_epoch
 
 TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=128, test_images=64,

@@ -16,9 +16,9 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.dashboard import access_lines, security_warnings
-from orchestrator.launch import concurrent_slots
+from orchestrator.objective import score
 from orchestrator.progress import Progress
-from orchestrator.tune_trainable import score
+from orchestrator.resources import concurrent_slots
 
 TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
               "num_threads": 1}
@@ -143,6 +143,22 @@ def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_ses
     capsys.readouterr()
     assert launch(spec, root) == 0
     assert len(pd.read_parquet(root / "searched" / "trials")) == 3
+
+
+@pytest.mark.slow
+def test_asha_lets_the_longest_trial_of_an_epochs_grid_finish(ray_session, tmp_path):
+    """ASHA's max_t comes from the longest trial: with train.epochs 1 and a grid epochs [1, 3], the 3-epoch
+    trial must train its 3 epochs and end ok, not be cut at 2 reports and recorded `stopped`."""
+    spec = write_spec(tmp_path, name="epochs", baseline=False, seeds=[0],
+                      grid={"th": [0.3], "alpha": [1.0], "epochs": [1, 3]},
+                      scheduler={"type": "asha", "grace_period": 3})
+    root = tmp_path / "results"
+    assert launch(spec, root) == 0
+    trials = pd.read_parquet(root / "epochs" / "trials").set_index("epochs")
+    assert sorted(trials.index) == [1, 3]
+    assert trials.loc[3, "status"] == "ok", trials.loc[3, "error"]
+    epochs = pd.read_parquet(root / "epochs" / "epochs")
+    assert sorted(epochs.loc[epochs["trial_id"] == trials.loc[3, "trial_id"], "epoch"]) == [1, 2, 3]
 
 
 # ------------------------------------------------------------------------------------------ bad input (no Ray)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -12,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_aggregate import make_results
+from conftest import make_results
 
 from orchestrator import aggregate, analyze_targets, report, results
+from orchestrator.cli import main
 from orchestrator.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,23 @@ def test_every_figure_written_and_not_blank(sweep: tuple[Path, dict]) -> None:
         assert_not_blank(path)
 
 
+def test_tradeoff_panel_of_corruptions_names_the_severity(sweep: tuple[Path, dict]) -> None:
+    """Robustness rows call the attack "corruptions"; its tradeoff panel says D is a severity."""
+    import matplotlib.pyplot as plt
+
+    from orchestrator import figures
+
+    root, _ = sweep
+    summary, best = pd.read_parquet(root / "summary.parquet"), pd.read_parquet(root / "best.parquet")
+    assert "corruptions" in set(best["attack"])
+    fig, why = figures._tradeoff(summary, best, ("MNIST", "MNIST", "ResNet18"), 0.9)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    # one panel per attack; only the corruptions panel's D is a severity
+    assert len([t for t in titles if t]) == best["attack"].nunique()
+    assert len([t for t in titles if "severity D = " in t]) == 1, titles
+
+
 def test_figures_skip_gracefully_without_data(tmp_path: Path) -> None:
     root = make_results(tmp_path / "bare", failed=False)
     for table in ("spectrum",):
@@ -82,9 +99,7 @@ def test_report_contains_every_figure_and_tables(sweep: tuple[Path, dict], tmp_p
 def test_report_aggregates_first_when_needed(tmp_path: Path) -> None:
     root = make_results(tmp_path / "fresh")
     assert report.needs_aggregate(root)
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
-    assert report.run(parser.parse_args([str(root)])) == 0
+    assert main(["report", str(root)]) == 0
     assert (root / "summary.parquet").exists() and (root / "report.html").exists()
     assert not report.needs_aggregate(root)
     with pytest.raises(UserError, match="no trials/ folder"):
@@ -124,10 +139,8 @@ def test_analyze_targets_recovers_pixel_similarity(tmp_path: Path, capsys: pytes
     images = rng.random((60, 8, 8)).astype(np.float32)
     s = known_pixel_similarity(images)
     m_path, x_path = write_inputs(tmp_path, images, 0.5 * s + 0.1)  # linear in S: r = 1
-    parser = argparse.ArgumentParser()
-    analyze_targets.add_arguments(parser)
-    args = parser.parse_args(["--matrix", str(m_path), "--images", str(x_path), "--out", str(tmp_path / "o")])
-    assert analyze_targets.run(args) == 0
+    assert main(["analyze-targets", "--matrix", str(m_path), "--images", str(x_path), "--out",
+                 str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert "Pearson r  = 1.0000" in printed and "1770 pairs" in printed
     numbers = json.loads((tmp_path / "o" / "target_vs_pixel.json").read_text())

@@ -90,3 +90,26 @@ def test_split_done_keeps_ok_trials_and_clears_stale_rows_of_the_rest(tmp_path):
     assert set(read_table(tmp_path, "trials")["trial_id"]) == {ok.trial_id}
     assert set(read_table(tmp_path, "epochs")["trial_id"]) == {ok.trial_id}
     assert json.dumps(sorted(p.name for p in (tmp_path / "trials").iterdir())) == json.dumps([f"{ok.trial_id}.parquet"])
+
+
+def test_orchestrator_rows_for_failed_and_stopped_trials(tmp_path):
+    """The rows the orchestrator writes itself (retries used up, ASHA stop) have the keys and config a resume and
+    `status` need, and a failed row run_trial wrote keeps its details with the attempt count added."""
+    from orchestrator.results import clean_accuracy, record_failure, record_status, trial_statuses
+
+    never_ran, ran, stopped = (TrialConfig(task="digits", seed=s, alpha=1.0, sim_layer=2) for s in range(3))
+    record_failure(str(tmp_path), never_ran, "OSError: no source (failed 3 attempt(s))")
+    write_table(tmp_path, "trials", ran.trial_id, [{**key_values(ran), "status": "failed", "device": "cpu",
+                                                     "error": "RuntimeError: boom"}])
+    record_failure(str(tmp_path), ran, "RuntimeError: boom (failed 3 attempt(s))")
+    record_status(str(tmp_path), stopped, "stopped", "stopped early by ASHA after 2 epoch(s) (valid_acc)", epochs=2)
+    rows = read_table(tmp_path, "trials").set_index("trial_id")
+    assert trial_statuses(str(tmp_path)) == {never_ran.trial_id: "failed", ran.trial_id: "failed",
+                                             stopped.trial_id: "stopped"}
+    first = rows.loc[never_ran.trial_id]
+    assert first["error"].endswith("(failed 3 attempt(s))") and first["sim_layer"] == 2
+    assert TrialConfig.from_dict(json.loads(first["config"])).trial_id == never_ran.trial_id
+    assert rows.loc[ran.trial_id, "device"] == "cpu" and rows.loc[ran.trial_id, "error"].endswith("attempt(s))")
+    assert rows.loc[stopped.trial_id, "epochs"] == 2 and rows.loc[stopped.trial_id, "role"] == "trial"
+    with pytest.raises(ValueError, match="no trials row"):
+        clean_accuracy(str(tmp_path), "0" * 16)

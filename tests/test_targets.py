@@ -10,25 +10,11 @@ import torch
 from scipy.stats import chisquare
 
 from pixelreg_core.config import ConfigError, TrialConfig
-from pixelreg_core.targets import (
-    EPS,
-    VGG19_TO_CONV3_1,
-    PairSampler,
-    build_target,
-    pixel_embeddings,
-    range_mask,
-    sample_pairs,
-    similarity_loss,
-    threshold_targets,
-)
+from pixelreg_core.pairs import PairSampler, range_mask, sample_pairs
+from pixelreg_core.target_kinds import build_target
+from pixelreg_core.targets import EPS, VGG19_TO_CONV3_1, pixel_embeddings, similarity_loss, threshold_targets
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_images(n: int = 12, side: int = 3, seed: int = 0) -> torch.Tensor:
@@ -150,7 +136,7 @@ def test_sample_pairs_is_deterministic_under_the_generator():
     assert first[0].dtype == torch.long
 
 
-@pytest.mark.parametrize("range_,th,th2", [("high", 0.99, None), ("double", 0.99, 0.0)])
+@pytest.mark.parametrize("range_,th,th2", [("high", 0.99, None), ("double", 0.99, 1e-9)])
 def test_range_without_qualifying_pair_is_a_config_error_naming_th(range_, th, th2):
     emb = pixel_embeddings(small_images())
     with pytest.raises(ConfigError) as err:
@@ -167,6 +153,25 @@ def test_bad_range_and_missing_th2_are_config_errors():
     with pytest.raises(ConfigError) as err:
         sample_pairs(emb, 4, th=0.3, range="double")
     assert err.value.field == "th2"
+
+
+@pytest.mark.parametrize("th,th2", [(0.0, None), (1.0, None), (-0.1, None), (0.2, 0.0), (0.2, 0.3), (0.2, 0.1)])
+def test_config_and_sampler_agree_on_the_threshold_bounds(th, th2):
+    """One rule for th and th2 (0 < th2 < th < 1): a config the trainer accepts is one the sampler accepts, and
+    the other way round (the sampler once took th = 0 and th2 = 0, which the config refused)."""
+    range_ = "double" if th2 is not None else "high"
+    emb = pixel_embeddings(small_images())
+    try:
+        TrialConfig(alpha=1.0, th=th, th2=th2, range=range_).validate()
+        config_ok = True
+    except ConfigError:
+        config_ok = False
+    try:
+        PairSampler(emb, th=th, range=range_, th2=th2)
+        sampler_ok = True
+    except ConfigError as err:
+        sampler_ok = err.field not in ("th", "th2") or "no pair" in str(err)
+    assert config_ok == sampler_ok == (0 < th < 1 and (th2 is None or 0 < th2 < th))
 
 
 # --- the loss ----------------------------------------------------------------------------------------------------

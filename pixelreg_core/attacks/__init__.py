@@ -1,16 +1,18 @@
-"""Robustness evaluation of a trained model: every attack of `cfg.attacks`, as Parquet-ready rows.
+"""Robustness evaluation of a trained model: the attack registry, and every attack of `cfg.attacks` as rows.
 
-`cfg.attacks` maps attack names to option mappings; `{}` means the cheap demo defaults, `{"preset": "paper"}` the
-papers' values (see options.OPTIONS for every option, its default and its paper value). `PRESETS` holds whole
-attack sets a sweep spec can pick with one word: "demo" (random noise), "paper" (`PAPER_ATTACKS`: the Attias et
-al. set) and "full" (every attack at paper settings).
+`ATTACKS` maps each attack name to its record (`options.Attack`): its title (for figures), its options with demo
+defaults and paper values, and `run(model, x, y, ctx) -> rows` (foolbox 3's one call shape: the whole test set in
+[0, 1] and an `AttackContext` with the seed, the task, the resolved options and shared inputs). `cfg.attacks` maps
+attack names to option mappings; `{}` means the cheap demo defaults, `{"preset": "paper"}` the papers' values.
+`PRESETS` holds whole attack sets a sweep spec can pick with one word: "demo" (random noise), "paper"
+(`PAPER_ATTACKS`: the Attias et al. set) and "full" (every attack at paper settings).
 
-The trainer calls `validate_attacks(cfg)` before loading data, `validate_attacks(cfg, test_count)` once the test
-set size is known (both before any training), and `evaluate(...)` after training.
+The trainer resolves the options once, before loading data (`validate_attacks(cfg)`), checks the image counts
+against the test set (`check_image_counts`) and passes the resolved options to `evaluate`.
 
-Modules: noise (gaussian, uniform, salt_pepper), fgsm (fgsm_transfer, with its sign cache), boundary
-(Boundary Attack score), spectrum (Fourier profile of the boundary perturbations), minimal (white-box minimal
-L2 / L-inf), corruptions (CIFAR-10-C style).
+Adding an attack: write its module with `run` and an `Attack` record, and list the record in `ATTACKS` below.
+Modules: noise (gaussian, uniform, salt_pepper), fgsm (fgsm_transfer, with its sign cache), boundary (Boundary
+Attack score and its spectrum), minimal (white-box minimal L2 / L-inf), corruptions (CIFAR-10-C style).
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import copy
 import os
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..config import ConfigError, TrialConfig, demo_attacks
 from . import boundary, corruptions, fgsm, minimal, noise
-from .common import seeded_subset
-from .options import ATTACK_NAMES, OPTIONS, eps_list, resolve
-from .spectrum import spectrum_rows
+from .common import AttackContext
+from .options import Attack
+
+ATTACKS: dict[str, Attack] = {a.name: a for a in (*noise.ATTACKS, fgsm.ATTACK, boundary.ATTACK, *minimal.ATTACKS,
+                                                  corruptions.ATTACK)}
+ATTACK_NAMES = tuple(ATTACKS)
 
 PAPER_ATTACKS: dict[str, dict[str, Any]] = {name: {"preset": "paper"} for name in (
     "gaussian", "uniform", "salt_pepper", "fgsm_transfer", "boundary")}
@@ -34,7 +38,25 @@ FULL_ATTACKS: dict[str, dict[str, Any]] = {name: {"preset": "paper"} for name in
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {"demo": demo_attacks(), "paper": PAPER_ATTACKS,
                                                  "full": FULL_ATTACKS}
 
-__all__ = ["ATTACK_NAMES", "OPTIONS", "PAPER_ATTACKS", "PRESETS", "attack_preset", "evaluate", "validate_attacks"]
+__all__ = ["ATTACKS", "ATTACK_NAMES", "PAPER_ATTACKS", "PRESETS", "Attack", "AttackContext", "attack_preset",
+           "check_image_counts", "evaluate", "get", "resolve", "title", "validate_attacks"]
+
+
+def get(name: str) -> Attack:
+    """The record of an attack; ConfigError naming `attacks.<name>` for an unknown one."""
+    if name not in ATTACKS:
+        raise ConfigError(f"attacks.{name}", f"unknown attack {name!r}; use one of {', '.join(ATTACK_NAMES)}")
+    return ATTACKS[name]
+
+
+def title(name: str) -> str:
+    """A figure title for an attack name (the name itself for one the registry does not know)."""
+    return ATTACKS[name].title if name in ATTACKS else name
+
+
+def resolve(name: str, raw: Any) -> dict[str, Any]:
+    """One attack's options: defaults (or paper values) overlaid with `raw`; raises ConfigError."""
+    return get(name).resolve(raw)
 
 
 def attack_preset(name: str) -> dict[str, dict[str, Any]]:
@@ -50,59 +72,49 @@ def validate_attacks(cfg: TrialConfig, test_count: int | None = None, *,
 
     Cheap: it touches no test data; with fgsm_transfer it loads the source checkpoint to check that it exists and
     is not the evaluated trial itself (`check_source=False` skips that for a sweep planned before its source model
-    is trained); with a corruption folder it reads the .npy headers.
+    is trained); with a corruption folder it reads the .npy headers. With `test_count`, image counts are checked
+    against the test set too (`check_image_counts`).
     """
     if not isinstance(cfg.attacks, dict):
         raise ConfigError("attacks", "must map attack names to option mappings, e.g. {\"gaussian\": {}}")
     resolved = {}
     for name, raw in cfg.attacks.items():
-        opts = resolve(name, raw)
-        images = opts.get("images")
-        from_folder = name == "corruptions" and opts["folder"] is not None
-        if test_count is not None and images is not None and images > test_count and not from_folder:
-            raise ConfigError(f"attacks.{name}.images", f"is {images} but the test set has only {test_count} "
-                                                        f"images; set it to at most {test_count}")
-        if name == "fgsm_transfer":
-            if cfg.fgsm_source is None:
-                raise ConfigError("fgsm_source", "attack fgsm_transfer needs the checkpoint of an unregularized "
-                                                 "source model of the same task; set fgsm_source or drop the attack")
-            if check_source:
-                fgsm.load_source(cfg.fgsm_source, cfg)
-        if from_folder:
-            corruptions.check_folder(opts["folder"], opts["names"])
+        attack = get(name)
+        opts = attack.resolve(raw)
+        if attack.check is not None:
+            attack.check(opts, cfg, check_source)
         resolved[name] = opts
+    if test_count is not None:
+        check_image_counts(resolved, test_count)
     return resolved
 
 
-def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.PathLike | None
+def check_image_counts(resolved: dict[str, dict[str, Any]], test_count: int) -> None:
+    """No attack may ask for more test images than the test set has (resolved options from validate_attacks)."""
+    for name, opts in resolved.items():
+        images = opts.get("images")
+        if images is not None and images > test_count and ATTACKS[name].on_test_images(opts):
+            raise ConfigError(f"attacks.{name}.images", f"is {images} but the test set has only {test_count} "
+                                                        f"images; set it to at most {test_count}")
+
+
+def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.PathLike | None,
+             resolved: dict[str, dict[str, Any]] | None = None
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run cfg.attacks on data.test_x / data.test_y; returns (robustness rows, spectrum rows) without key columns.
 
     The model takes [0, 1] images and returns logits; it is put in eval mode and used on its own device.
-    `cache_dir` holds the transferred-FGSM signs shared between trials (None: no disk cache).
+    `cache_dir` holds the transferred-FGSM signs shared between trials (None: no disk cache). `resolved`: the
+    options from `validate_attacks` (the trainer resolves them once per trial); None resolves them here.
     """
     x_all, y_all = data.test_x.detach().cpu(), data.test_y.detach().cpu()
-    # the FGSM source is loaded and checked where it is used (fgsm.cached_signs); no need to load it here too
-    all_opts = validate_attacks(cfg, len(y_all), check_source=False)
+    if resolved is None:
+        # the FGSM source is loaded and checked where it is used (fgsm.cached_signs); no need to load it here too
+        resolved = validate_attacks(cfg, len(y_all), check_source=False)
     model.eval()
+    ctx = AttackContext(cfg, cache_dir)
     robustness: list[dict[str, Any]] = []
-    spectra: list[dict[str, Any]] = []
-    for name, opts in all_opts.items():
-        if name in noise.NOISE_ATTACKS:
-            idx = seeded_subset(len(y_all), opts["images"], cfg.seed, name)
-            robustness += noise.run(name, model, x_all[idx], y_all[idx], eps_list(name, opts, cfg.task), opts,
-                                    cfg.seed)
-        elif name == "fgsm_transfer":
-            idx = seeded_subset(len(y_all), opts["images"], cfg.seed, name)
-            robustness += fgsm.run(model, x_all, y_all, idx, eps_list(name, opts, cfg.task), opts, cfg, cache_dir)
-        elif name == "boundary":
-            rows, results = boundary.run(model, x_all, y_all, opts, cfg.seed)
-            robustness += rows
-            if opts["spectrum"]:
-                deltas = torch.cat([(r.adv - r.x)[r.success] for r in results])
-                spectra += spectrum_rows(deltas, "boundary")
-        elif name in ("minimal_l2", "minimal_linf"):
-            robustness += minimal.run(name, model, x_all, y_all, opts, cfg.seed)
-        elif name == "corruptions":
-            robustness += corruptions.run(model, x_all, y_all, opts, cfg.seed)
-    return robustness, spectra
+    for name, opts in resolved.items():
+        ctx.opts = opts
+        robustness += ATTACKS[name].run(model, x_all, y_all, ctx)
+    return robustness, ctx.spectrum

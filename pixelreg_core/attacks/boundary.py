@@ -4,10 +4,9 @@ Score per repeat (REFERENCE.md): median over images of the squared L2 distance p
 the original and its adversarial; larger is more robust. The images are a fixed seeded subset of correctly
 classified test images, the same for every trial with this seed.
 
-Starting points come from foolbox's LinearSearchBlendedUniformNoiseAttack, run here rather than inside
-BoundaryAttack: foolbox raises for the whole batch if any image gets no adversarial starting point, while here such
-images are counted in `failed` and left out of the median, and the rest are attacked. Images whose final point is
-not adversarial are counted the same way. foolbox draws its random numbers from torch's global RNG (through
+Starting points come from `common.attack_from_starts` (images without one are counted in `failed` and left out
+of the median, and the rest are attacked). Images whose final point is not adversarial are counted the same way.
+foolbox draws its random numbers from torch's global RNG (through
 eagerpy), so each (repeat, batch) runs under its own seed inside `seeded_torch`, which restores the RNG after.
 """
 
@@ -19,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import correct_subset, derive_seed, model_device, predict, row, seeded_torch
-
-INIT_STEPS = 50  # blending steps of the starting-point search (BoundaryAttack's own fallback uses 50)
+from .common import AttackContext, attack_from_starts, correct_subset, derive_seed, model_device, row, seeded_torch
+from .options import Attack, Option
+from .spectrum import spectrum_rows
 
 
 @dataclass
@@ -57,24 +56,16 @@ def boundary_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps
     for start in range(0, len(y), batch_size):
         xb = x[start:start + batch_size].to(device)
         yb = y[start:start + batch_size].to(device)
-        adv = xb.clone()
         with seeded_torch(derive_seed(seed, "boundary", start), device):
-            init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=INIT_STEPS)
-            starts = init.run(fmodel, xb, fb.criteria.Misclassification(yb))
-            ok = predict(model, starts).to(device) != yb
-            if bool(ok.any()):
-                attack = fb.attacks.BoundaryAttack(steps=steps)
-                adv[ok] = attack.run(fmodel, xb[ok], fb.criteria.Misclassification(yb[ok]),
-                                     starting_points=starts[ok])
-        success = ok & (predict(model, adv).to(device) != yb)
+            adv, success = attack_from_starts(fmodel, model, fb.attacks.BoundaryAttack(steps=steps), xb, yb)
         advs.append(adv.detach().cpu())
         successes.append(success.cpu())
     return BoundaryResult(x.cpu(), y.cpu(), torch.cat(advs), torch.cat(successes))
 
 
-def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, opts: dict[str, Any],
-        seed: int) -> tuple[list[dict[str, Any]], list[BoundaryResult]]:
-    """One boundary_score row per repeat, and the raw results (for the spectrum)."""
+def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext) -> list[dict[str, Any]]:
+    """One boundary_score row per repeat; the perturbations' spectrum goes to `ctx.spectrum` (option spectrum)."""
+    opts, seed = ctx.opts, ctx.seed
     idx = correct_subset(model, x_all, y_all, opts["images"], seed, "boundary")
     x, y = x_all[idx], y_all[idx]
     rows, results = [], []
@@ -85,4 +76,15 @@ def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, opts: dict[s
         rows.append(row("boundary", result.score(), n_ok, metric="boundary_score", repeat=r,
                         failed=len(y) - n_ok))
         results.append(result)
-    return rows, results
+    if opts["spectrum"]:
+        ctx.spectrum += spectrum_rows(torch.cat([(r.adv - r.x)[r.success] for r in results]), "boundary")
+    return rows
+
+
+ATTACK = Attack("boundary", "Boundary attack", {
+    "images": Option(64, 1000, "count", "correctly classified test images attacked"),
+    "repeats": Option(1, 5, "count", "independent runs; each gives one score row"),
+    "steps": Option(300, 25000, "count", "Boundary Attack steps (25000 = foolbox default)"),
+    "batch_size": Option(64, 100, "count", "images attacked together"),
+    "spectrum": Option(True, True, "bool", "write the Fourier radial profile of the perturbations"),
+}, run)

@@ -1,4 +1,5 @@
-"""Helpers every attack shares: batched prediction, the fixed image subset, per-image clamping, row building.
+"""What every attack shares: the `AttackContext` its `run` gets, the one batched accuracy loop, the foolbox
+starting-point search, batched prediction, the fixed image subsets, per-image clamping, row building.
 
 All attacks work on [0, 1] pixel tensors [n, C, H, W] kept on the CPU; batches move to the model's device for the
 forward pass only, so CPU and GPU runs draw the same random numbers.
@@ -9,11 +10,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..config import TrialConfig
+from .options import eps_list
+
+INIT_STEPS = 50  # blending steps of the starting-point search (foolbox's own fallback uses 50)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -44,10 +52,40 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+             perturb: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> float:
+    """Accuracy on (x, y), batch by batch in order; `perturb(batch, start)` turns each batch into the images the
+    model sees (noise, FGSM). The one batched accuracy loop every accuracy attack uses. NaN for no images."""
     if len(y) == 0:
         return math.nan
-    return int((predict(model, x, batch_size) == y.cpu()).sum()) / len(y)  # exact ratio, like every attack row
+    device = model_device(model)
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        xb = x[start:start + batch_size]
+        if perturb is not None:
+            xb = perturb(xb, start)
+        correct += int((model(xb.to(device)).argmax(1).cpu() == y[start:start + batch_size].cpu()).sum())
+    return correct / len(y)  # exact ratio, like every attack row
+
+
+def attack_from_starts(fmodel: Any, model: nn.Module, attack: Any, x: torch.Tensor,
+                       y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a foolbox attack that needs adversarial starting points: (adversarials, which are adversarial).
+
+    Starting points come from LinearSearchBlendedUniformNoiseAttack, run here rather than inside the attack:
+    foolbox raises for the whole batch if any image gets no starting point, while here such images keep x and
+    count as failed, and the rest are attacked. Draws from torch's global RNG: call inside `seeded_torch`.
+    """
+    import foolbox as fb
+
+    starts = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=INIT_STEPS).run(
+        fmodel, x, fb.criteria.Misclassification(y))
+    ok = predict(model, starts).to(x.device) != y
+    adv = x.clone()
+    if bool(ok.any()):
+        adv[ok] = attack.run(fmodel, x[ok], fb.criteria.Misclassification(y[ok]), starting_points=starts[ok])
+    return adv, ok & (predict(model, adv).to(x.device) != y)
 
 
 def seeded_subset(n_total: int, n: int | None, seed: int, name: str) -> torch.Tensor:
@@ -86,3 +124,32 @@ def row(attack: str, value: float, images: int, *, eps: float | None = None, met
     return {"attack": attack, "variant": variant, "group": group, "eps": None if eps is None else float(eps),
             "repeat": int(repeat), "metric": metric, "value": float(value), "images": int(images),
             "failed": int(failed), "whitebox": bool(whitebox)}
+
+
+@dataclass
+class AttackContext:
+    """What every attack's `run(model, x, y, ctx)` gets beside the model and the test set.
+
+    `opts` are the attack's resolved options (set by `evaluate` before each run); `cache_dir` holds inputs shared
+    between trials (the FGSM signs); `spectrum` collects spectrum-table rows; `shared` memoises inputs that several
+    attacks of one evaluation could use (`shared_input`).
+    """
+
+    cfg: TrialConfig
+    cache_dir: str | os.PathLike | None = None
+    opts: dict[str, Any] = field(default_factory=dict)
+    spectrum: list[dict[str, Any]] = field(default_factory=list)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    def eps_values(self, attack: str) -> list[float]:
+        """The eps curve of an eps attack: explicit options, else the task's range (pixelreg_core.datasets)."""
+        return eps_list(attack, self.opts, self.cfg.task)
+
+    def shared_input(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]

@@ -32,11 +32,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError
-from .common import accuracy, derive_seed, row, seeded_subset
+from ..config import ConfigError, TrialConfig
+from .common import AttackContext, accuracy, derive_seed, row, seeded_subset
+from .options import Attack, Option
 
 log = logging.getLogger(__name__)
 
+# imagecorruptions names of the 15 CIFAR-10-C corruptions (Hendrycks & Dietterich 2019), in the benchmark's order.
+COMMON_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+                      "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+                      "jpeg_compression")
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")  # the benchmark's validation four
+DEMO_CORRUPTIONS = ["gaussian_noise", "impulse_noise", "defocus_blur", "pixelate", "fog", "contrast"]
 FREQUENCY_GROUP = {
     "gaussian_noise": "high", "shot_noise": "high", "impulse_noise": "high", "speckle_noise": "high",
     "pixelate": "high", "jpeg_compression": "high",
@@ -129,9 +136,9 @@ def corrupt_images(x: torch.Tensor, name: str, severity: int, seed: int) -> torc
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, opts: dict[str, Any],
-        seed: int) -> list[dict[str, Any]]:
+def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext) -> list[dict[str, Any]]:
     """One accuracy row per (corruption, severity); eps holds the severity, group the frequency band."""
+    opts, seed = ctx.opts, ctx.seed
     rows = []
     channels = int(x_all.shape[1])
     idx = seeded_subset(len(y_all), opts["images"], seed, "corruptions")
@@ -155,3 +162,18 @@ def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, opts: dict[s
             acc = accuracy(model, xc, yc, opts["batch_size"])
             rows.append(row("corruptions", acc, len(yc), eps=severity, variant=name, group=group))
     return rows
+
+
+def check(opts: dict[str, Any], cfg: TrialConfig, check_source: bool) -> None:
+    if opts["folder"] is not None:
+        check_folder(opts["folder"], opts["names"])
+
+
+ATTACK = Attack("corruptions", "Corruptions", {
+    "names": Option(DEMO_CORRUPTIONS, list(COMMON_CORRUPTIONS), "names", "corruptions to run",
+                    choices=COMMON_CORRUPTIONS + EXTRA_CORRUPTIONS),
+    "severities": Option([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], "severities", "severities 1..5"),
+    "images": Option(100, None, "count_or_all", "test images corrupted (null: all)"),
+    "folder": Option(None, None, "path_or_none", "CIFAR-10-C / CIFAR-100-C folder (null: generate)"),
+    "batch_size": Option(500, 500, "count", "images per forward pass"),
+}, run, check=check, on_test_images=lambda opts: opts["folder"] is None)

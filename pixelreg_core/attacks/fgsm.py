@@ -21,15 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pyarrow.fs import FileType
 from torch import nn
 
 from ..config import ConfigError, TrialConfig
-from ..results import _filesystem, join, read_bytes, write_bytes
-from .common import model_device, row
-
-# Gradient work done by `gradient_signs` in this process; tests read it to see that the cache was hit.
-GRADIENT_COUNTS = {"batches": 0, "images": 0}
+from ..model import load_checkpoint
+from ..results import join, read_bytes, write_bytes
+from .common import AttackContext, accuracy, model_device, row, seeded_subset
+from .options import Attack, eps_options
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -50,14 +48,11 @@ def test_set_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def load_source(path: str, cfg: TrialConfig, map_location: torch.device | str = "cpu") -> nn.Module:
     """The source model, refusing the evaluated model itself (that would be a white-box attack)."""
-    from ..model import load_checkpoint
-
-    fs, inner, _ = _filesystem(path)
-    if fs.get_file_info(inner).type != FileType.File:
-        raise ConfigError("fgsm_source", f"{path} does not exist; point it at the checkpoint (.pt) of an "
-                                         "unregularized model of the same task")
     try:
         source, source_cfg = load_checkpoint(path, map_location=map_location)
+    except FileNotFoundError:
+        raise ConfigError("fgsm_source", f"{path} does not exist; point it at the checkpoint (.pt) of an "
+                                         "unregularized model of the same task") from None
     except Exception as exc:  # a file that is not a checkpoint is the user's to fix
         raise ConfigError("fgsm_source", f"{path} is not a pixelreg checkpoint ({type(exc).__name__}); "
                                          "use a checkpoints/<trial_id>.pt file") from exc
@@ -91,8 +86,6 @@ def gradient_signs(source: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
         loss = F.cross_entropy(source(xb), y[i:i + batch_size].to(device), reduction="sum")
         (grad,) = torch.autograd.grad(loss, xb)
         signs.append(grad.sign().to(torch.int8).cpu())
-        GRADIENT_COUNTS["batches"] += 1
-        GRADIENT_COUNTS["images"] += len(xb)
     return torch.cat(signs)
 
 
@@ -124,26 +117,38 @@ def cached_signs(source_path: str, cfg: TrialConfig, x: torch.Tensor, y: torch.T
     return signs
 
 
-@torch.no_grad()
 def transfer_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, signs: torch.Tensor, eps: float,
                       batch_size: int = 500) -> float:
     """Accuracy of `model` on clamp(x + eps * sign, 0, 1)."""
     device = model_device(model)
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        adv = (xb + eps * signs[i:i + batch_size].to(device, xb.dtype)).clamp(0.0, 1.0)
-        correct += int((model(adv).argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
-    return correct / len(y)
+
+    def perturb(xb: torch.Tensor, start: int) -> torch.Tensor:
+        xb = xb.to(device)
+        return (xb + eps * signs[start:start + batch_size].to(device, xb.dtype)).clamp(0.0, 1.0)
+
+    return accuracy(model, x, y, batch_size, perturb)
 
 
-def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, subset: torch.Tensor, eps_values: list[float],
-        opts: dict[str, Any], cfg: TrialConfig, cache_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
-    """One accuracy row per eps; signs cover the whole test set so every trial shares one cache entry."""
+def check(opts: dict[str, Any], cfg: TrialConfig, check_source: bool) -> None:
+    """A source is required; with `check_source` it is loaded to see that it exists and is not the evaluated
+    trial itself (skipped for a sweep planned before its source model is trained)."""
     if cfg.fgsm_source is None:
-        raise ConfigError("fgsm_source", "attack fgsm_transfer needs the checkpoint of an unregularized source model")
-    signs = cached_signs(cfg.fgsm_source, cfg, x_all, y_all, cache_dir, model_device(model), opts["batch_size"],
-                         evaluated=model)
+        raise ConfigError("fgsm_source", "attack fgsm_transfer needs the checkpoint of an unregularized "
+                                         "source model of the same task; set fgsm_source or drop the attack")
+    if check_source:
+        load_source(cfg.fgsm_source, cfg)
+
+
+def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext) -> list[dict[str, Any]]:
+    """One accuracy row per eps; signs cover the whole test set so every trial shares one cache entry."""
+    cfg, opts = ctx.cfg, ctx.opts
+    check(opts, cfg, check_source=False)  # the source itself is loaded and checked by cached_signs
+    signs = ctx.shared_input("fgsm_signs", lambda: cached_signs(
+        cfg.fgsm_source, cfg, x_all, y_all, ctx.cache_dir, model_device(model), opts["batch_size"], evaluated=model))
+    subset = seeded_subset(len(y_all), opts["images"], ctx.seed, "fgsm_transfer")
     x, y, s = x_all[subset], y_all[subset], signs[subset]
     return [row("fgsm_transfer", transfer_accuracy(model, x, y, s, eps, opts["batch_size"]), len(y), eps=eps)
-            for eps in eps_values]
+            for eps in ctx.eps_values("fgsm_transfer")]
+
+
+ATTACK = Attack("fgsm_transfer", "Transferred FGSM", eps_options(), run, check=check)

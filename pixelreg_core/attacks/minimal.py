@@ -5,7 +5,7 @@ classified test images, searching over step sizes (and repeats) and keeping each
 Li et al. do; the metric is the median over images of that smallest distance ([0, 1] pixel scale).
 
 - min_l2: foolbox's L2BrendelBethgeAttack (the gradient-based boundary attack of Li et al.), started from
-  LinearSearchBlendedUniformNoiseAttack points; or foolbox's L2FMNAttack (`method: fmn`), which needs no numba
+  `common.attack_from_starts` points; or foolbox's L2FMNAttack (`method: fmn`), which needs no numba
   compilation (Brendel-Bethge compiles for ~35 s once per process on a CPU).
 - min_linf: foolbox's LinfPGD inside a per-image bisection over eps: an image's eps is lowered where any searched
   (step size, iteration count, random start) finds an adversarial and raised where none does. foolbox's PGD
@@ -16,12 +16,23 @@ Images never fooled (no starting point, or not adversarial at eps_max) are count
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
-from .common import correct_subset, derive_seed, model_device, predict, row, seeded_torch
+from .common import (
+    AttackContext,
+    attack_from_starts,
+    correct_subset,
+    derive_seed,
+    model_device,
+    predict,
+    row,
+    seeded_torch,
+)
+from .options import Attack, Option
 
 DEFAULT_LRS = {"brendel_bethge": [1e-3], "fmn": [1.0]}  # foolbox's own defaults
 
@@ -31,18 +42,11 @@ def _l2_once(fmodel: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, me
     """L2 distance of each image's adversarial, inf where the attack failed."""
     import foolbox as fb
 
-    criterion = fb.criteria.Misclassification(y)
-    ok = torch.ones(len(y), dtype=torch.bool, device=x.device)
     if method == "fmn":
-        adv = fb.attacks.L2FMNAttack(steps=steps, max_stepsize=lr).run(fmodel, x, criterion)
+        adv = fb.attacks.L2FMNAttack(steps=steps, max_stepsize=lr).run(fmodel, x, fb.criteria.Misclassification(y))
+        ok = predict(model, adv).to(x.device) != y
     else:
-        starts = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=50).run(fmodel, x, criterion)
-        ok = predict(model, starts).to(x.device) != y
-        adv = x.clone()
-        if bool(ok.any()):
-            attack = fb.attacks.L2BrendelBethgeAttack(steps=steps, lr=lr)
-            adv[ok] = attack.run(fmodel, x[ok], fb.criteria.Misclassification(y[ok]), starting_points=starts[ok])
-    ok = ok & (predict(model, adv).to(x.device) != y)
+        adv, ok = attack_from_starts(fmodel, model, fb.attacks.L2BrendelBethgeAttack(steps=steps, lr=lr), x, y)
     dist = (adv - x).flatten(1).norm(dim=1)
     return torch.where(ok, dist, torch.full_like(dist, float("inf"))).cpu()
 
@@ -67,47 +71,55 @@ def minimal_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[st
 
 
 def _pgd_fools(fmodel: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-               opts: dict[str, Any]) -> torch.Tensor:
-    """Whether any searched PGD setting finds an adversarial within each image's own L-inf eps."""
+               opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(whether any searched PGD setting finds an adversarial within each image's own L-inf eps, the adversarials
+    found; x where none was)."""
     import foolbox as fb
 
     fooled = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    found = x.clone()
     for rel in opts["rel_stepsizes"]:
         for steps in opts["pgd_steps"]:
             for _ in range(opts["repeats"]):
                 todo = ~fooled
                 if not bool(todo.any()):
-                    return fooled
+                    return fooled, found
                 attack = fb.attacks.LinfPGD(rel_stepsize=rel, steps=steps, random_start=True)
                 eps_b = eps[todo].view(-1, *([1] * (x.dim() - 1)))
                 adv = attack.run(fmodel, x[todo], fb.criteria.Misclassification(y[todo]), epsilon=eps_b)
-                fooled[todo] = predict(model, adv).to(x.device) != y[todo]
-    return fooled
+                hit = predict(model, adv).to(x.device) != y[todo]
+                found[todo.nonzero().squeeze(1)[hit]] = adv[hit]
+                fooled[todo] = hit
+    return fooled, found
 
 
 def minimal_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[str, Any],
-                 seed: int) -> torch.Tensor:
-    """Smallest L-inf eps per image at which PGD fools the model (upper end of the bisection; inf: never)."""
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(smallest L-inf eps per image at which PGD fools the model, the upper end of the bisection, inf: never;
+    the adversarial found at that eps, on the CPU, x where never fooled)."""
     import foolbox as fb
 
     device = model_device(model)
     fmodel = fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=device)
     result = torch.full((len(y),), float("inf"))
+    adversarials = x.detach().cpu().clone()
     for start in range(0, len(y), opts["batch_size"]):
         xb = x[start:start + opts["batch_size"]].to(device)
         yb = y[start:start + opts["batch_size"]].to(device)
         with seeded_torch(derive_seed(seed, "min_linf", start), device):
             hi = torch.full((len(yb),), float(opts["eps_max"]), device=device)
             lo = torch.zeros_like(hi)
-            reachable = _pgd_fools(fmodel, model, xb, yb, hi, opts)
+            reachable, adv_hi = _pgd_fools(fmodel, model, xb, yb, hi, opts)
             for _ in range(opts["search_steps"]):
                 mid = (lo + hi) / 2
-                fooled = _pgd_fools(fmodel, model, xb, yb, mid, opts)
+                fooled, adv = _pgd_fools(fmodel, model, xb, yb, mid, opts)
                 hi = torch.where(fooled, mid, hi)
                 lo = torch.where(fooled, lo, mid)
+                adv_hi[fooled] = adv[fooled]
                 reachable |= fooled
         result[start:start + len(yb)] = torch.where(reachable, hi, torch.full_like(hi, float("inf"))).cpu()
-    return result
+        adversarials[start:start + len(yb)] = adv_hi.cpu()
+    return result, adversarials
 
 
 def _median_row(attack: str, metric: str, distances: torch.Tensor) -> dict[str, Any]:
@@ -116,11 +128,34 @@ def _median_row(attack: str, metric: str, distances: torch.Tensor) -> dict[str, 
     return row(attack, value, int(ok.sum()), metric=metric, failed=int((~ok).sum()), whitebox=True)
 
 
-def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, opts: dict[str, Any],
-        seed: int) -> list[dict[str, Any]]:
+def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
+        ctx: AttackContext) -> list[dict[str, Any]]:
     """One row: median minimal distance over the subset (same subset for L2 and L-inf)."""
-    idx = correct_subset(model, x_all, y_all, opts["images"], seed, "minimal")
+    idx = correct_subset(model, x_all, y_all, ctx.opts["images"], ctx.seed, "minimal")
     x, y = x_all[idx], y_all[idx]
     if kind == "minimal_l2":
-        return [_median_row(kind, "min_l2", minimal_l2(model, x, y, opts, seed))]
-    return [_median_row(kind, "min_linf", minimal_linf(model, x, y, opts, seed))]
+        return [_median_row(kind, "min_l2", minimal_l2(model, x, y, ctx.opts, ctx.seed))]
+    return [_median_row(kind, "min_linf", minimal_linf(model, x, y, ctx.opts, ctx.seed)[0])]
+
+
+ATTACKS = [
+    Attack("minimal_l2", "Minimal L2 (white-box)", {
+        "images": Option(16, 1000, "count", "correctly classified test images attacked"),
+        "method": Option("brendel_bethge", "brendel_bethge", "choice", "brendel_bethge | fmn",
+                         choices=("brendel_bethge", "fmn")),
+        "steps": Option(100, 1000, "count", "attack steps"),
+        "lrs": Option(None, [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "pos_list_or_none",
+                      "step sizes searched: Brendel-Bethge lr, FMN max_stepsize (null: the method's default)"),
+        "repeats": Option(1, 5, "count", "runs per step size; the smallest distance per image counts"),
+        "batch_size": Option(64, 100, "count", "images attacked together"),
+    }, functools.partial(run, "minimal_l2")),
+    Attack("minimal_linf", "Minimal L-inf (white-box)", {
+        "images": Option(16, 1000, "count", "correctly classified test images attacked"),
+        "rel_stepsizes": Option([0.1, 0.3], [0.01, 0.03, 0.1, 0.3, 1.0], "pos_list", "PGD step / eps searched"),
+        "pgd_steps": Option([20], [10, 30, 50, 100, 200], "count_list", "PGD iteration counts searched"),
+        "search_steps": Option(8, 10, "count", "bisection steps over eps per image"),
+        "eps_max": Option(1.0, 1.0, "pos", "largest L-inf eps tried (images not fooled there count as failed)"),
+        "repeats": Option(1, 5, "count", "random starts per setting"),
+        "batch_size": Option(64, 100, "count", "images attacked together"),
+    }, functools.partial(run, "minimal_linf")),
+]

@@ -6,14 +6,17 @@ two evaluations of one model give exactly the same numbers, on any device.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
-from .common import clamp_per_image, derive_seed, model_device, row
+from .common import AttackContext, accuracy, clamp_per_image, derive_seed, row, seeded_subset
+from .options import Attack, Option, eps_options
 
 NOISE_ATTACKS = ("gaussian", "uniform", "salt_pepper")
+TITLES = {"gaussian": "Gaussian noise", "uniform": "Uniform noise", "salt_pepper": "Salt-and-pepper noise"}
 
 
 def add_noise(kind: str, x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
@@ -35,26 +38,30 @@ def add_noise(kind: str, x: torch.Tensor, eps: float, generator: torch.Generator
     return clamp_per_image(x + noise.to(x.dtype), x)
 
 
-@torch.no_grad()
 def noise_accuracy(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int,
                    batch_size: int) -> float:
     """Accuracy on one noisy copy of (x, y); the generator runs through the batches in order."""
-    device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        xb = x[i:i + batch_size].cpu()
-        noisy = add_noise(kind, xb, eps, generator)
-        correct += int((model(noisy.to(device)).argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
-    return correct / len(y)
+    return accuracy(model, x, y, batch_size, lambda xb, _: add_noise(kind, xb.cpu(), eps, generator))
 
 
-def run(kind: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_values: list[float],
-        opts: dict[str, Any], seed: int) -> list[dict[str, Any]]:
-    """One accuracy row per (eps, repeat)."""
+def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
+        ctx: AttackContext) -> list[dict[str, Any]]:
+    """One accuracy row per (eps, repeat) on the seeded image subset."""
+    opts = ctx.opts
+    idx = seeded_subset(len(y_all), opts["images"], ctx.seed, kind)
+    x, y = x_all[idx], y_all[idx]
     rows = []
-    for i, eps in enumerate(eps_values):
+    for i, eps in enumerate(ctx.eps_values(kind)):
         for r in range(opts["repeats"]):
-            acc = noise_accuracy(model, kind, x, y, eps, derive_seed(seed, kind, i, r), opts["batch_size"])
+            acc = noise_accuracy(model, kind, x, y, eps, derive_seed(ctx.seed, kind, i, r), opts["batch_size"])
             rows.append(row(kind, acc, len(y), eps=eps, repeat=r))
     return rows
+
+
+def _record(kind: str) -> Attack:
+    options = {**eps_options(), "repeats": Option(1, 1, "count", "independent noise draws per eps")}
+    return Attack(kind, TITLES[kind], options, functools.partial(run, kind))
+
+
+ATTACKS = [_record(kind) for kind in NOISE_ATTACKS]

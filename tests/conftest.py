@@ -1,0 +1,111 @@
+"""Fixtures shared by several test files.
+
+Each section belongs to one part of the project; keep a part's fixtures in its own section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pixelreg_core.config import TrialConfig
+from pixelreg_core.results import key_values, write_table
+
+# =================================================================================================================
+# orchestrator: a hand-made sweep folder (aggregate, figures, report, results, the search objective)
+# Rows written with the real Parquet writer, values chosen so every number the aggregator derives is known.
+# =================================================================================================================
+EPS = [0.0, 0.25, 0.5]
+SEEDS = [0, 1, 2]
+# name -> (th, alpha, clean accuracy, gaussian accuracy at eps 0.5, fgsm accuracy at eps 0.5, boundary score, seeds)
+SETTINGS = {
+    "baseline": (0.0, 0.0, 0.98, 0.30, 0.20, 0.010, SEEDS),
+    "A": (0.2, 4.0, 0.97, 0.60, 0.35, 0.020, SEEDS),   # the documented winner: RD/UD 2.0, R0/U0 ~0.99
+    "B": (0.8, 10.0, 0.80, 0.75, 0.50, 0.030, SEEDS),  # better RD/UD (2.5) but R0/U0 ~0.82 < A0 = 0.9
+    "C": (0.4, 1.0, 0.985, 0.25, 0.18, 0.012, SEEDS),  # clean fine, but RD/UD < 1
+    "D": (0.6, 4.0, 0.96, 0.50, 0.30, 0.015, [0]),     # acceptable, RD/UD ~1.67, a single seed (SEM NaN)
+}
+REPEAT_STEP = 0.004  # repeat r adds r * REPEAT_STEP: the per-trial mean over repeats must take it out
+CORRUPTIONS = {"gaussian_blur": "low", "contrast": "medium", "shot_noise": "high"}
+
+
+def config_of(name: str, seed: int, sweep: str = "toy") -> TrialConfig:
+    th, alpha = SETTINGS[name][:2]
+    if alpha == 0:
+        return TrialConfig(sweep=sweep, task="MNIST", reg_data="MNIST", alpha=0.0, seed=seed, width=4)
+    return TrialConfig(sweep=sweep, task="MNIST", reg_data="MNIST", th=th, alpha=alpha, seed=seed, width=4)
+
+
+def accuracy(name: str, attack: str, eps: float, seed: int) -> float:
+    """A falling accuracy curve from the clean value to the value at eps 0.5, shifted per seed."""
+    _, _, clean, gauss, fgsm = SETTINGS[name][:5]
+    floor = {"gaussian": gauss, "fgsm_transfer": fgsm, "uniform": (gauss + clean) / 2}[attack]
+    return clean - (clean - floor) * eps / 0.5 + 0.01 * (seed - 1)
+
+
+def make_results(root: Path, failed: bool = True) -> Path:
+    """Write the hand-made sweep under root (= ROOT/<name>) and return root."""
+    for name, (_, _, clean, _, _, score, seeds) in SETTINGS.items():
+        for seed in seeds:
+            write_trial(root, config_of(name, seed), name, clean + 0.01 * (seed - 1), score * (1 + 0.1 * seed))
+    if failed:  # a failed seed of the winner, with (stale) robustness rows that must not count
+        cfg = config_of("A", 3)
+        write_trial(root, cfg, "A", 0.1, 0.5, status="failed")
+    return root
+
+
+def write_trial(root: Path, cfg: TrialConfig, name: str, clean: float, score: float, status: str = "ok") -> None:
+    keys = key_values(cfg)
+    weights = list(np.roll([0.6, 0.1, 0.1, 0.1, 0.1], int(cfg.th * 5))) if cfg.alpha else None
+    write_table(root, "trials", cfg.trial_id, [{
+        **keys, "role": cfg.role, "status": status, "error": None if status == "ok" else "RuntimeError: boom",
+        "clean_acc": None if status != "ok" else clean, "best_epoch": 1, "epochs": 2, "layer_weights": weights,
+        "width": 4, "wall_s": 1.0, "device": "cpu", "config": "{}"}])
+    write_table(root, "epochs", cfg.trial_id, [
+        {**keys, "epoch": e, "lr": 0.1, "loss_cls": 1.0 / e, "train_acc": 0.5 + 0.2 * e, "test_acc": clean}
+        for e in (1, 2)])
+    rows = []
+    for attack in ("gaussian", "uniform", "fgsm_transfer"):
+        for eps in EPS:
+            for repeat in (0, 1):
+                value = accuracy(name, attack, eps, cfg.seed) + repeat * REPEAT_STEP
+                rows.append({**keys, "attack": attack, "variant": "", "group": "", "eps": eps, "repeat": repeat,
+                             "metric": "accuracy", "value": value, "images": 100, "failed": 0, "whitebox": False})
+    for repeat in (0, 1):
+        rows.append({**keys, "attack": "boundary", "variant": "", "group": "", "eps": 0.0, "repeat": repeat,
+                     "metric": "boundary_score", "value": score * (1 + 0.2 * repeat), "images": 8, "failed": 1,
+                     "whitebox": False})
+    for k, (corruption, group) in enumerate(CORRUPTIONS.items()):
+        for severity in (1.0, 2.0, 3.0):
+            value = clean - 0.05 * severity * (k + 1) * (0.5 if cfg.alpha else 1.0)
+            rows.append({**keys, "attack": "corruptions", "variant": corruption, "group": group, "eps": severity,
+                         "repeat": 0, "metric": "accuracy", "value": value, "images": 100, "failed": 0,
+                         "whitebox": False})
+    write_table(root, "robustness", cfg.trial_id, rows)
+    radius = np.arange(1, 9, dtype=float)
+    tilt = 1.5 + cfg.th if cfg.alpha else 1.0
+    write_table(root, "spectrum", cfg.trial_id, [
+        {**keys, "attack": "boundary", "radius": r, "power": float(10.0 / r**tilt)} for r in radius])
+
+
+@pytest.fixture()
+def toy_sweep(tmp_path: Path) -> Path:
+    """The hand-made sweep (with one failed trial) under tmp_path/toy."""
+    return make_results(tmp_path / "toy")
+
+
+# =================================================================================================================
+# core: torch on one thread
+# =================================================================================================================
+@pytest.fixture()
+def one_thread():
+    """Torch on one thread for the test, restored after: the numbers of the core tests do not depend on the
+    machine's core count, and two engineers' test runs do not fight over the CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
