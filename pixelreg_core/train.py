@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .config import ConfigError, TrialConfig
 from .data import DataBundle, augment_batch
 from .model import PairResNet
-from .placement import DeviceImages
+from .placement import DeviceImages, images_for
 from .targets import similarity_loss
 
 
@@ -184,9 +184,14 @@ class PlacedData:
 
     @classmethod
     def of(cls, data: DataBundle, reg_x: torch.Tensor, device: torch.device) -> PlacedData:
-        return cls(DeviceImages.of(data.train_x, device), data.train_y.to(device),
-                   data.valid_x.to(device), data.valid_y.to(device), data.test_x.to(device), data.test_y.to(device),
-                   DeviceImages.of(reg_x, device))
+        """Train, test and regularization images from the process-wide device cache where the bundle says where
+        they came from (placement.py), else copied from the bundle; labels and validation images per trial."""
+        origin = data.origin or {}
+        reg_origin = origin.get("reg") if reg_x is data.reg_x else None  # a matrix target brings its own images
+        return cls(images_for(origin.get("train"), data.train_x, device), data.train_y.to(device),
+                   data.valid_x.to(device), data.valid_y.to(device),
+                   images_for(origin.get("test"), data.test_x, device).all(), data.test_y.to(device),
+                   images_for(reg_origin, reg_x, device))
 
 
 def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | None, device: torch.device,

@@ -49,6 +49,9 @@ def run_train(cfg: TrialConfig, device: str = "cpu", data: DataBundle | None = N
 
 
 def reads_per_epoch(cfg: TrialConfig) -> list[int]:
+    from pixelreg_core import placement
+
+    placement.clear_cache()  # the same one-time placement work in every run (it is in the first epoch's count)
     marks: list[int] = []
     data = prepare_data(cfg)
     with count_host_reads() as reads:
@@ -310,3 +313,37 @@ def test_two_trials_packed_on_one_gpu(tmp_path):
     for seed in (0, 1):
         trials = pd.read_parquet(tmp_path / f"r{seed}" / "trials")
         assert trials["status"].tolist() == ["ok"] and trials["device"].iloc[0].startswith("cuda")
+
+
+# ------------------------------------------------------------------------------------------ once per process
+
+
+def test_a_loaded_split_is_held_once_per_process_and_each_trial_indexes_it():
+    from pixelreg_core import placement
+
+    placement.clear_cache()
+    a, b = prepare_data(tiny(seed=0)), prepare_data(tiny(seed=1))
+    pa, pb = (PlacedData.of(d, d.reg_x, torch.device("cpu")) for d in (a, b))
+    assert pa.train_x.stored is pb.train_x.stored and pa.train_x.index is not None  # one copy, two index sets
+    assert pa.reg_x.stored.data_ptr() == pb.reg_x.stored.data_ptr()  # a view of the one cached split
+    for data, placed in ((a, pa), (b, pb)):
+        assert torch.equal(placed.train_x.all(), data.train_x) and torch.equal(placed.test_x, data.test_x)
+        assert torch.equal(placed.reg_x.all(), data.reg_x)
+    changed = prepare_data(tiny(seed=0))
+    changed.train_x = changed.train_x.flip(0)  # a bundle changed after loading uses its own tensors
+    assert torch.equal(PlacedData.of(changed, changed.reg_x, torch.device("cpu")).train_x.all(), changed.train_x)
+
+
+def test_the_device_rejection_sampler_reads_nothing_and_draws_only_qualifying_pairs():
+    from pixelreg_core.pairs import PairSampler
+
+    emb = torch.nn.functional.normalize(torch.randn(300, 20, generator=torch.Generator().manual_seed(0)), dim=1)
+    sampler = PairSampler(emb, th=0.3, range="high", enumerate_below=0.0)
+    assert sampler.mode == "rejection"
+    generator = torch.Generator().manual_seed(1)
+    with count_host_reads() as reads:
+        draws = [sampler._draw_rejection_on_device(16, generator) for _ in range(50)]
+    assert reads.total == 0
+    i, j = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
+    assert len(i) == 800 and bool((i != j).all()) and bool(sampler.qualifies(sampler.similarity(i, j)).all())
+    assert len(set(zip(i.tolist(), j.tolist(), strict=True))) > 700  # fresh pairs, not one pair reused
