@@ -347,3 +347,43 @@ def test_the_device_rejection_sampler_reads_nothing_and_draws_only_qualifying_pa
     i, j = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
     assert len(i) == 800 and bool((i != j).all()) and bool(sampler.qualifies(sampler.similarity(i, j)).all())
     assert len(set(zip(i.tolist(), j.tolist(), strict=True))) > 700  # fresh pairs, not one pair reused
+
+
+# ------------------------------------------------------------------------------------------ attacks on the device
+
+
+def test_an_accuracy_attack_reads_once_however_many_batches():
+    from pixelreg_core.attacks.noise import noise_accuracy
+
+    model = build_model(tiny(), 1, 10).eval()
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    counts = []
+    for batch in (8, 32):
+        with count_host_reads() as reads:
+            noise_accuracy(model, "gaussian", x, y, 0.1, seed=0, batch_size=batch)
+        counts.append(reads.total)
+    assert counts[0] == counts[1] == 1
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_attacks_run_on_the_device(tmp_path):
+    from pixelreg_core import attacks
+    from pixelreg_core.model import save_checkpoint
+
+    cfg = tiny(device="cuda")
+    data = prepare_data(cfg)
+    source_cfg = tiny(alpha=0, seed=1000, role="fgsm_source")
+    torch.manual_seed(1000)
+    save_checkpoint(build_model(source_cfg, 1, 10), source_cfg, str(tmp_path / "source.pt"))
+    model = build_model(cfg, 1, 10).cuda().eval()
+    cfg = cfg.replace(fgsm_source=str(tmp_path / "source.pt"),
+                      attacks={"gaussian": {"images": 64, "num_eps": 3}, "salt_pepper": {"images": 64},
+                               "fgsm_transfer": {"images": 64}, "boundary": {"images": 8, "steps": 20}})
+    rows, spectrum = attacks.evaluate(model, data, cfg, tmp_path / "cache")
+    assert {r["attack"] for r in rows} == {"gaussian", "salt_pepper", "fgsm_transfer", "boundary"}
+    for r in rows:
+        assert r["metric"] != "accuracy" or 0.0 <= r["value"] <= 1.0
+    again, _ = attacks.evaluate(model, data, cfg, tmp_path / "cache")  # signs from the disk cache, moved once
+    assert [r["value"] for r in again if r["attack"] != "boundary"] == \
+        [r["value"] for r in rows if r["attack"] != "boundary"]
