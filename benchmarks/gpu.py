@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (default 2, the CPU target's; --smoke: 1)")
     parser.add_argument("--levels", default=None, help="trials per GPU in (c), e.g. 1,2,4,8,16 (smoke: 1,2)")
     parser.add_argument("--mps", action="store_true", help="(c) also under CUDA MPS (launch --mps)")
+    parser.add_argument("--with", dest="earlier", action="append", default=[], metavar="FILE.json",
+                        help="take parts not run now from an earlier --out file (e.g. --parts d --with ab.json "
+                             "--with c.json)")
     parser.add_argument("--sweep-train-images", type=int, default=5000,
                         help="(c) train images per benchmark trial (one epoch); trials are cut short so that five "
                              "packing levels fit in minutes")
@@ -489,11 +492,14 @@ def main(argv: list[str] | None = None) -> int:
                if getattr(args, name) is not None}
     levels = [int(v) for v in args.levels.split(",")] if args.levels else ([1, 2] if args.smoke else [1, 2, 4, 8, 16])
     report: dict[str, Any] = {"facts": device_facts(device), "smoke": args.smoke, "kernels": kernels}
+    for path in args.earlier:
+        earlier = json.loads(Path(path).read_text())
+        report.update({k: v for k, v in earlier.items() if k in ("a_step", "b_epoch", "c_sweep")})
     started = time.perf_counter()
     if "a" in args.parts:
         report["a_step"] = part_a(device, args.smoke)
         _print_a(report["a_step"])
-    if "b" in args.parts or "d" in args.parts:
+    if "b" in args.parts or ("d" in args.parts and "b_epoch" not in report):
         report["b_epoch"] = part_b(device, args.smoke, kernels)
         _print_b(report["b_epoch"])
     if "c" in args.parts:
