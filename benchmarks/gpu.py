@@ -273,8 +273,6 @@ def time_attacks(cfg: TrialConfig, data: DataBundle, device: torch.device, smoke
     untrained model's own predictions, so that every image counts as correctly classified and the attacks that
     pick correct images work on as many as a trained model would give them. On a CPU without --smoke only the
     noise attacks are timed (the paper's 25,000-step boundary attack takes hours there)."""
-    from pixelreg_core.attacks.options import resolve
-
     preset = attacks.attack_preset("paper")
     notes: dict[str, Any] = {}
     total = 0.0
@@ -290,7 +288,7 @@ def time_attacks(cfg: TrialConfig, data: DataBundle, device: torch.device, smoke
             own = torch.cat([model(x.to(device)).argmax(1).cpu() for x in data.test_x.split(500)])
         data = dataclasses.replace(data, test_y=own)
         for name in preset:
-            opts = resolve(name, preset[name])
+            opts = attacks.resolve(name, preset[name])
             if device.type == "cpu" and not smoke and name in ("boundary", "fgsm_transfer"):
                 notes[name] = "not timed on CPU"
                 continue

@@ -293,7 +293,7 @@ def test_cuda_trial_with_every_kernel_option(tmp_path):
 def test_cuda_compiled_step_matches_the_eager_step_closely(tmp_path):
     eager, _ = run_train(tiny(device="cuda", epochs=1), device="cuda")
     compiled, _ = run_train(tiny(device="cuda", epochs=1, compile="default"), device="cuda")
-    assert compiled.epochs[0]["loss_cls"] == pytest.approx(eager.epochs[0]["loss_cls"], rel=1e-3)
+    assert compiled.epochs[0]["loss_cls"] == pytest.approx(eager.epochs[0]["loss_cls"], rel=1e-2)
 
 
 @pytest.mark.gpu
@@ -313,6 +313,26 @@ def test_two_trials_packed_on_one_gpu(tmp_path):
     for seed in (0, 1):
         trials = pd.read_parquet(tmp_path / f"r{seed}" / "trials")
         assert trials["status"].tolist() == ["ok"] and trials["device"].iloc[0].startswith("cuda")
+
+
+@pytest.mark.gpu
+@cuda
+def test_two_trials_share_one_gpu_through_ray_fractional_gpus(tmp_path):
+    import pandas as pd
+    import yaml
+
+    spec = {"name": "packed", "pairs": [{"task": "digits", "reg_data": "digits"}], "grid": {"th": [0.2], "alpha": [4]},
+            "seeds": [0, 1], "baseline": False, "train": {"width": 8, "epochs": 1, "train_images": 256},
+            "attacks": {"gaussian": {"images": 32}}, "resources": {"cpu": 1, "gpu": 0.5}, "max_failures": 0}
+    path = tmp_path / "packed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", str(path), "--results",
+                           str(tmp_path / "results"), "--no-dashboard", "--max-concurrent", "2"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 trial(s) at a time" in done.stdout
+    trials = pd.read_parquet(tmp_path / "results" / "packed" / "trials")
+    assert sorted(trials["status"]) == ["ok", "ok"] and all(d.startswith("cuda") for d in trials["device"])
 
 
 # ------------------------------------------------------------------------------------------ once per process
