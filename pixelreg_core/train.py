@@ -278,7 +278,7 @@ def train_epoch(cfg: TrialConfig, placed: PlacedData, augment: bool, model: Pair
     device = placed.train_y.device
     order = torch.randperm(len(placed.train_x), generator=generator, device=generator.device)
     starts = batch_starts(len(order), cfg.batch_size)
-    graphs = cfg.compile == "reduce-overhead" and device.type == "cuda"
+    graphs = cfg.compile in ("reduce-overhead", "max-autotune") and device.type == "cuda"  # both capture graphs
     per_step, pairs = [], []
     for step, start in enumerate(starts):
         idx = order[start:starts[step + 1] if step + 1 < len(starts) else len(order)]
