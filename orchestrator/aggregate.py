@@ -22,11 +22,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .curves import CLEAN, CURVE_KEYS, GROUP_KEYS, SETTING_KEYS, nearest, per_trial_values, ratio
+from . import stats
+from .curves import CLEAN, CURVE_KEYS, GROUP_KEYS, SELECTION_KEYS, SETTING_KEYS, nearest, per_trial_values, ratio
 from .errors import UserError
 
 # A selection compares settings of one task x regularization set, one architecture, one attack.
-SELECTION_KEYS = ["sweep", "task", "reg_data", "arch", "attack", "metric"]
 
 DEFAULT_A0 = 0.9
 
@@ -41,12 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distortion", action="append", default=[], metavar="ATTACK=EPS",
                         help="distortion D for an attack's RD/UD, e.g. gaussian=0.3 (repeatable; default: "
                              "REFERENCE.md's values on CIFAR, the largest eps evaluated elsewhere)")
+    parser.add_argument("--confirm-seeds", type=int, default=None, metavar="K",
+                        help="choose (Th, alpha) on all but the K highest seed ids and report the choice's ratios "
+                             "on those K held-out seeds (confirmed_* columns of best.parquet)")
     parser.add_argument("--no-figures", action="store_true", help="write the Parquet files only")
 
 
 def run(args: argparse.Namespace) -> int:
     distortions = parse_distortions(args.distortion)
-    out = aggregate_sweep(args.sweep_dir, a0=args.a0, distortions=distortions, figures=not args.no_figures)
+    out = aggregate_sweep(args.sweep_dir, a0=args.a0, distortions=distortions, figures=not args.no_figures,
+                          confirm_seeds=args.confirm_seeds)
     print(f"{out['trials_ok']} ok trial(s), {out['trials_failed']} failed (left out)")
     for trial_id, error in out["failed"].items():
         print(f"  failed {trial_id}: {error}")
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out['best']} ({out['best_rows']} rows)")
     for line in out["chosen"]:
         print(f"  chosen {line}")
+    for line in out["confirmed"]:
+        print(f"  confirmed {line}")
     for path in out["figures"]:
         print(f"wrote {path}")
     for name, why in out["skipped_figures"].items():
@@ -80,12 +86,13 @@ def parse_distortions(items: list[str] | None) -> dict[str, float]:
 
 
 def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distortions: dict[str, float] | None = None,
-                    figures: bool = True) -> dict[str, Any]:
+                    figures: bool = True, confirm_seeds: int | None = None) -> dict[str, Any]:
     """Write summary.parquet and best.parquet (and figures/ unless figures=False) for one sweep folder.
 
     Returns what was written: paths, row counts, ok/failed trial counts, failed trial errors, chosen settings and
-    the figures written or skipped (with the reason). Safe to run while a sweep is still writing: it reads the
-    finished trials only, and every output is replaced atomically.
+    the figures written or skipped (with the reason). Statistics columns come from orchestrator.stats; with
+    confirm_seeds=K the choice is re-made on all but the K highest seeds and scored on those K. Safe to run while a
+    sweep is still writing: it reads the finished trials only, and every output is replaced atomically.
     """
     import pyarrow.fs as pafs
 
@@ -102,6 +109,12 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     ok, failed = split_trials(trials)
     summary = summarize(ok, robustness, failed)
     best = select_best(summary, a0=a0, distortions=distortions or {})
+    best = stats.add_statistics(best, stats.per_seed_values(ok, robustness))
+
+    def choose(trials):  # the paper's rule on a subset of the trials (the seeds --confirm-seeds keeps or holds out)
+        return select_best(summarize(trials, robustness, trials.iloc[0:0]), a0=a0, distortions=distortions or {})
+
+    best = stats.confirm_selection(best, ok, confirm_seeds, choose)
 
     summary_path = write_parquet(summary, join(root, "summary.parquet"))
     best_path = write_parquet(best, join(root, "best.parquet"))
@@ -109,7 +122,8 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
         "summary": summary_path, "best": best_path, "summary_rows": len(summary), "best_rows": len(best),
         "trials_ok": len(ok), "trials_failed": len(failed),
         "failed": {str(r.trial_id): str(r.error) for r in failed.itertuples()},
-        "chosen": describe_chosen(best), "figures": [], "skipped_figures": {},
+        "chosen": describe_chosen(best), "confirmed": stats.describe_confirmation(best),
+        "figures": [], "skipped_figures": {},
     }
     if figures and is_uri(root):
         result["skipped_figures"]["figures"] = ("drawn only for a local results folder; copy the sweep folder "

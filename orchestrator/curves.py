@@ -14,6 +14,7 @@ GROUP_KEYS = ["sweep", "task", "reg_data", "target", "range", "th", "alpha", "ar
 # What identifies one point of one curve inside a trial's robustness rows.
 CURVE_KEYS = ["attack", "variant", "group", "eps", "metric"]
 SETTING_KEYS = ["target", "range", "th", "alpha"]
+SELECTION_KEYS = ["sweep", "task", "reg_data", "arch", "attack", "metric"]  # one choice of (Th, alpha) per these
 CLEAN = "clean"  # the pseudo-attack that carries trials.clean_acc in the summary (eps 0, metric accuracy)
 
 

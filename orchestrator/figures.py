@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .curves import CLEAN, GROUP_KEYS, SETTING_KEYS, per_trial_values
+from .stats import significant_eps
 
 FIGURE_PREFIXES = ("curves_", "tradeoff_", "boundary", "corruptions", "layer_weights", "spectrum")
 FREQUENCY_GROUPS = ("low", "medium", "high")
@@ -158,6 +159,7 @@ def _curves(summary, best, selection, a0: float):
         if setting is not None:
             mine = _setting_rows(rows, task, reg_data, arch, setting)
             _band(ax, mine[mine["attack"] == attack], COLORS[0], f"{_label(setting)} ({how})")
+            _mark_significant(ax, mine[mine["attack"] == attack], base[base["attack"] == attack])
             ax.axvline(setting["d_used"], color="#999999", ls=":", lw=1, label=f"D = {setting['d_used']:g}")
         ax.set_title(attack_title(attack))
         ax.set_xlabel("eps")
@@ -167,6 +169,18 @@ def _curves(summary, best, selection, a0: float):
         ax.legend(fontsize=9, loc="lower left")
     fig.suptitle(f"{task} classified, regularized with {reg_data} ({arch}): mean ± SEM over seeds", fontsize=13)
     return fig, None
+
+
+def _mark_significant(ax, mine, base) -> None:
+    """Ring the eps where the setting's curve differs from the baseline's: Welch p < 0.05 per eps, Holm-adjusted
+    over the eps of this curve (orchestrator.stats). The legend says which test, or that no eps passed it."""
+    eps = significant_eps(mine, base)
+    if not eps:
+        ax.plot([], [], " ", label="no eps differs from baseline (Welch, Holm over eps)")
+        return
+    points = mine.set_index("eps").loc[eps, "mean"]
+    ax.scatter(points.index, points.to_numpy(), s=150, facecolors="none", edgecolors="black", linewidths=1.5,
+               zorder=5, label="differs from baseline (Welch p < 0.05, Holm over eps)")
 
 
 def _tradeoff(summary, best, selection, a0: float):

@@ -19,10 +19,17 @@ from .errors import UserError
 
 SOURCE_TABLES = ("trials", "robustness", "spectrum")
 CHOSEN_COLUMNS = ["task", "reg_data", "arch", "attack", "target", "range", "th", "alpha", "n", "r0_over_u0",
-                  "rd_over_ud", "d_used", "d_source", "auc_ratio", "auc_rank"]
+                  "rd_over_ud", "d_used", "d_source", "diff", "ci_low", "ci_high", "p_holm", "significant",
+                  "auc_ratio", "auc_rank"]
+# Dashed in the row that stands for "no acceptable setting": they describe a setting, and none was chosen.
+SETTING_VALUES = ["th", "alpha", "r0_over_u0", "rd_over_ud", "diff", "ci_low", "ci_high", "p_holm", "auc_ratio"]
+CONFIRM_TABLE = ["task", "reg_data", "arch", "attack", "th", "alpha", "r0_over_u0", "rd_over_ud", "held_out_seeds",
+                 "confirmed_r0_over_u0", "confirmed_rd_over_ud"]
 FIGURE_CAPTIONS = {
     "curves": "Accuracy vs eps per attack: unregularized baseline vs the (Th, α) chosen for that attack; "
-              "bands are ± 1 SEM over seeds (papers' Figs. 2-3). The dotted line marks the distortion D.",
+              "bands are ± 1 SEM over seeds (papers' Figs. 2-3). The dotted line marks the distortion D. Black "
+              "rings mark the eps where the shown setting differs from the baseline: Welch t-test over the "
+              "per-seed values at that eps, p < 0.05 after Holm-Bonferroni over the eps of that curve.",
     "tradeoff": "R0/U0 vs RD/UD for every (Th, α) and attack; the shaded region is acceptable "
                 "(R0/U0 ≥ A0 and RD/UD > 1), the star is the chosen setting (papers' Fig. 4).",
     "boundary": "Boundary attack score: median squared L2 distance per pixel to the nearest adversarial found.",
@@ -54,10 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"re-aggregate with this A0 (default: {DEFAULT_A0}, or the last aggregate's)")
     parser.add_argument("--distortion", action="append", default=[], metavar="ATTACK=EPS",
                         help="re-aggregate with this distortion D for an attack (repeatable)")
+    parser.add_argument("--confirm-seeds", type=int, default=None, metavar="K",
+                        help="re-aggregate choosing on all but the K highest seeds, confirming on those K")
 
 
 def run(args: argparse.Namespace) -> int:
-    path = build_report(args.sweep_dir, out=args.out, a0=args.a0, distortions=parse_distortions(args.distortion))
+    path = build_report(args.sweep_dir, out=args.out, a0=args.a0, distortions=parse_distortions(args.distortion),
+                        confirm_seeds=args.confirm_seeds)
     print(f"wrote {path}")
     return 0
 
@@ -73,7 +83,7 @@ def needs_aggregate(root: Path) -> bool:
 
 
 def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None, a0: float | None = None,
-                 distortions: dict[str, float] | None = None) -> str:
+                 distortions: dict[str, float] | None = None, confirm_seeds: int | None = None) -> str:
     """Aggregate if needed, then write the HTML page (atomically). Returns its path."""
     import pandas as pd
 
@@ -82,8 +92,9 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
     root = Path(sweep_dir)
     if not (root / "trials").is_dir():
         raise UserError(f"{root}: no trials/ folder here; pass a sweep's results folder such as results/mnist_grid")
-    if a0 is not None or distortions or needs_aggregate(root):
-        aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions)
+    if a0 is not None or distortions or confirm_seeds is not None or needs_aggregate(root):
+        aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions,
+                        confirm_seeds=confirm_seeds)
     trials = read_table(root, "trials")
     summary = pd.read_parquet(root / "summary.parquet")
     best = pd.read_parquet(root / "best.parquet")
@@ -154,22 +165,47 @@ def chosen_section(best, a0: float) -> str:
     note = (f'<p class="note">A setting is acceptable when R0/U0 &ge; A0 = {a0:g} (clean accuracy kept) and '
             "RD/UD &gt; 1 (more accurate than the unregularized baseline at distortion D); the chosen one has the "
             "largest RD/UD. Baselines are seed-averaged. The AUC rank orders settings by the area under the "
-            "accuracy-vs-eps curve relative to the baseline (1 = best).</p>")
+            "accuracy-vs-eps curve relative to the baseline (1 = best). diff = RD - UD with its 95% Welch "
+            "interval [ci_low, ci_high]; p_holm is the two-sided Welch t-test over the per-seed values (repeats "
+            "averaged first), Holm-Bonferroni-adjusted over the settings of that row's task, regularization set, "
+            "architecture and attack; significant = p_holm &lt; 0.05. Fewer than two seeds on either side: no "
+            "test (dash).</p>")
     if not len(best):
         return note + "<p>No regularized setting with a baseline yet.</p>"
+    columns = [c for c in CHOSEN_COLUMNS if c in best.columns]  # a best.parquet written before a column existed
     rows = []
     for _, part in best.groupby(SELECTION_KEYS, dropna=False, sort=True):
         chosen = part[part["chosen"].astype(bool)]
         if len(chosen):
-            rows.append(chosen[CHOSEN_COLUMNS])
+            rows.append(chosen[columns])
         else:
-            rows.append(part.head(1)[CHOSEN_COLUMNS].assign(th=float("nan"), alpha=float("nan"),
-                                                             r0_over_u0=float("nan"), rd_over_ud=float("nan"),
-                                                             auc_ratio=float("nan"), auc_rank=None))
+            row = part.head(1)[columns].astype(object)  # object: a bool or Int64 column can then hold a dash
+            for column in SETTING_VALUES + ["auc_rank", "significant"]:
+                if column in columns:
+                    row[column] = None
+            rows.append(row)
     import pandas as pd
 
-    table = pd.concat(rows, ignore_index=True)
-    return note + table_html(table) + "<p>A row of dashes: no acceptable setting for that attack.</p>"
+    table = pd.concat(rows, ignore_index=True).infer_objects()  # numbers back to float columns for formatting
+    table["auc_rank"] = pd.to_numeric(table["auc_rank"], errors="coerce")  # None -> NaN, printed as a dash
+    if "significant" in table:
+        table["significant"] = table["significant"].map({True: "yes", False: "no"})
+    return (note + table_html(table) + "<p>A row of dashes: no acceptable setting for that attack.</p>"
+            + confirm_section(best))
+
+
+def confirm_section(best) -> str:
+    """The setting chosen on the training seeds and its ratios on the held-out seeds (aggregate --confirm-seeds)."""
+    if "held_out_seeds" not in best.columns or not best["held_out_seeds"].astype(bool).any():
+        return ""
+    note = ('<h3>Does the choice hold on seeds it never saw?</h3><p class="note">Each (Th, α) below was chosen by '
+            "the same rule on all seeds but the held-out ones (the highest seed ids); r0_over_u0 and rd_over_ud "
+            "are on all seeds, the confirmed_ ratios on the held-out seeds alone, against their baseline's mean. "
+            "The choice holds when the confirmed ratios pass the rule too.</p>")
+    table = best[best["train_chosen"].astype(bool)][CONFIRM_TABLE]
+    if not len(table):
+        return note + "<p>No acceptable setting on the training seeds.</p>"
+    return note + table_html(table.reset_index(drop=True))
 
 
 def figures_section(folder: Path) -> str:

@@ -133,9 +133,10 @@ class SweepResults(NamedTuple):
     best: object
 
 
-def load(sweep_dir: str | os.PathLike, aggregate: bool = False) -> SweepResults:
+def load(sweep_dir: str | os.PathLike, aggregate: bool = False, confirm_seeds: int | None = None) -> SweepResults:
     """Read every table of a sweep folder (a local path or a pyarrow URI such as s3://bucket/prefix/<name>).
-    aggregate=True (re)writes summary and best first."""
+    aggregate=True (re)writes summary and best first; confirm_seeds=K (with aggregate=True) chooses (Th, alpha) on
+    all but the K highest seeds and fills best's confirmed_* columns from those K."""
     import io
 
     import pandas as pd
@@ -143,7 +144,11 @@ def load(sweep_dir: str | os.PathLike, aggregate: bool = False) -> SweepResults:
     if aggregate:
         from .aggregate import aggregate_sweep
 
-        aggregate_sweep(sweep_dir, figures=False)
+        aggregate_sweep(sweep_dir, figures=False, confirm_seeds=confirm_seeds)
+    elif confirm_seeds is not None:
+        from .errors import UserError
+
+        raise UserError("results.load(confirm_seeds=K) re-aggregates: pass aggregate=True as well")
     per_trial = {table: read_table(sweep_dir, table) for table in TABLES}
     derived = {}
     for name in ("summary", "best"):

@@ -170,3 +170,25 @@ def test_search_objective_at_a_zero_baseline_is_the_floor_like_nan_in_best(tmp_p
     assert math.isnan(best.loc[best["attack"] == "gaussian", "rd_over_ud"].iloc[0])
     point = evaluate_point(str(root), [setting.trial_id], [base.trial_id], Objective(attack="gaussian", eps=0.5))
     assert math.isnan(point["robust_ratio"]) and point["objective"] == FLOOR
+
+
+def test_statistics_columns_and_confirm_seeds_flag(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every best row has the statistics columns; without --confirm-seeds the confirmation columns are empty."""
+    best = pd.read_parquet(aggregate.aggregate_sweep(sweep, figures=False)["best"])
+    assert list(best.columns[-10:]) == ["diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
+                                        "held_out_seeds", "train_chosen", "confirmed_r0_over_u0",
+                                        "confirmed_rd_over_ud"]
+    a = best[(best["attack"] == "gaussian") & (best["th"] == 0.2)].iloc[0]
+    # the seeds of A and of the baseline share the same per-seed shift, so the spread of RD - UD is known
+    per_seed = [accuracy("A", "gaussian", 0.5, s) - accuracy("baseline", "gaussian", 0.5, s) for s in SEEDS]
+    assert a["diff"] == pytest.approx(np.mean(per_seed)) and a["p_holm"] >= a["p_value"] and a["significant"]
+    assert a["ci_low"] < a["diff"] < a["ci_high"]
+    assert (best["held_out_seeds"] == "").all() and not best["train_chosen"].any()
+    assert best["confirmed_r0_over_u0"].isna().all() and best["confirmed_rd_over_ud"].isna().all()
+    # through the command line: seed 2 (the highest finished seed; seed 3 failed) held out
+    assert main(["aggregate", str(sweep), "--no-figures", "--confirm-seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "confirmed MNIST / MNIST / gaussian: Th=0.2 alpha=4 on held-out seeds 2:" in out
+    assert main(["aggregate", str(sweep), "--no-figures", "--confirm-seeds", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--confirm-seeds 3: " in err and "3 finished seed" in err and len(err.strip().splitlines()) == 1

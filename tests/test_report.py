@@ -93,6 +93,10 @@ def test_report_contains_every_figure_and_tables(sweep: tuple[Path, dict], tmp_p
         assert name in page
     assert "RuntimeError: boom" in page and "1 failed trial" in page
     assert "Best (Th, α)" in page and "summary.parquet" in page
+    assert "<th>p_holm</th>" in page and "<th>ci_low</th>" in page and "Holm-Bonferroni" in page
+    assert "held-out" not in page  # no --confirm-seeds: no confirmation table
+    page = Path(report.build_report(root, out=tmp_path / "page2.html", confirm_seeds=1)).read_text()
+    assert "Does the choice hold on seeds it never saw?" in page and "<th>confirmed_rd_over_ud</th>" in page
     assert "http://" not in page and "https://" not in page  # opens offline: nothing to fetch
 
 
