@@ -22,6 +22,7 @@ from typing import Any
 
 from pixelreg_core.config import ConfigError, TrialConfig
 
+from . import mps
 from .blocked import exit_code, skip_blocked
 from .errors import UserError
 from .expand import expand
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run at most N trials at once (default: as many as the resources allow)")
     parser.add_argument("--progress-every", type=float, default=10.0, metavar="S",
                         help="seconds between progress lines (default 10)")
+    parser.add_argument("--mps", action="store_true",
+                        help="run a CUDA MPS daemon for the launch, so trials packed on one GPU share it "
+                             "(needs nvidia-cuda-mps-control and a local Ray)")
 
 
 # --------------------------------------------------------------------------------------------------- the plan
@@ -73,6 +77,7 @@ class Plan:
     done: list[TrialConfig]
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
     lock: Any = None                        # the sweep folder's lock.SweepLock while launch holds it
+    mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
 
 
 def _absolute(path: str) -> str:
@@ -116,6 +121,7 @@ def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
     check_writable(args.results)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+    mps_control = mps.check(getattr(args, "mps", False), address=args.address, gpu_per_trial=spec.resources.gpu)
     sweep_dir = sweep_dir_for(args.results, spec.name)
     configs = [localize(c) for c in expand(spec, sweep_dir)]
     validate_configs(configs, spec_path)
@@ -124,7 +130,7 @@ def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
     prepare_sweep_dir(sweep_dir, spec_path.read_text(), spec_fingerprint(spec), args.fresh, log=log)
     done, todo = split_done(configs, sweep_dir)
     plan = Plan(spec=spec, spec_path=spec_path, sweep_dir=sweep_dir, configs=configs, todo=todo, done=done,
-                lock=lock)
+                lock=lock, mps=mps_control)
     if spec.search.type == "optuna":
         plan.optuna_units = spec.search.trials * len(spec.pairs) * len(spec.seed_list)
     return plan
@@ -145,7 +151,8 @@ def _run(args: argparse.Namespace, plan: Plan) -> int:
         f"{len(plan.todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
         f"to run) -> {plan.sweep_dir}")
     if plan.todo or plan.optuna_units:
-        run_on_ray(plan, args, n_total, log)
+        with mps.daemon(plan.mps, log):  # before Ray starts its workers; stopped when the launch ends
+            run_on_ray(plan, args, n_total, log)
     failed = count_failed(plan)
     log(f"finished: {failed} trial(s) failed or blocked" if failed else "finished: every trial ok")
     if failed:

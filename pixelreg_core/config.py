@@ -20,13 +20,19 @@ from .target_kinds import TARGETS
 
 ARCHS = ("ResNet18", "ResNet34")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 ROLES = ("trial", "baseline", "fgsm_source")
 GRAY_MODES = ("luma", "mean")
 NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
 
 # Fields that say where or how a trial runs, not what it computes: left out of the trial id so that moving the
 # data, the device or the source checkpoint's path does not turn a finished trial into a new one.
-NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source")
+# The kernel options (amp ... compile) are here too, like `device`: a CUDA run's numbers already differ from a CPU
+# run's in the last bits, and bf16 autocast (`amp`) changes them more, but the trial computes the same estimator
+# of the same model; switching a kernel option must not make a sweep rerun every finished trial. What a trial ran
+# with stays on record: the `config` column of its trials row holds every field, these included.
+KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "compile")
+NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", *KERNEL_FIELDS)
 
 # Baselines are unregularized: these fields have no meaning for them and are set to neutral values, so one
 # baseline per task x seed is shared by every regularization dataset of that task (the same id).
@@ -98,6 +104,16 @@ class TrialConfig:
     # --- where it runs --------------------------------------------------------------------------------------
     device: str = field(default="auto", metadata={"help": "|".join(DEVICES)})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch default)"})
+    # --- kernels and precision: how fast, not what (all off = today's numbers; README "Performance") ----------
+    amp: bool = field(default=False, metadata={"help": "bf16 autocast of the forward passes (meant for CUDA; "
+                                                       "changes the numbers slightly)"})
+    channels_last: bool = field(default=False, metadata={"help": "NHWC memory layout for the model and batches"})
+    fused_sgd: bool = field(default=False, metadata={"help": "one fused SGD kernel (off: torch's default, foreach "
+                                                             "on CUDA)"})
+    cudnn_benchmark: bool = field(default=False, metadata={"help": "let cuDNN time and pick conv algorithms (CUDA)"})
+    compile: str = field(default="none", metadata={"help": "torch.compile of the training step: "
+                                                           + "|".join(COMPILE_MODES)
+                                                           + " (reduce-overhead adds CUDA graphs)"})
 
     # ----------------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -163,6 +179,7 @@ class TrialConfig:
             value = getattr(self, name)
             _check(value is None or value >= 1, name, "must be >= 1 or null (all)")
         _check(self.device in DEVICES, "device", f"is {self.device!r}; use one of {', '.join(DEVICES)}")
+        _check(self.compile in COMPILE_MODES, "compile", f"is {self.compile!r}; use one of {', '.join(COMPILE_MODES)}")
         _check(isinstance(self.attacks, dict), "attacks", "must map attack names to option mappings")
         return self
 

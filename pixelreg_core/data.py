@@ -54,6 +54,9 @@ class DataBundle:
     input_scale: float = 1.0
     input_shift: float = 0.0
     augment: bool = False
+    # Where train_x, test_x and reg_x came from: {"train": (load_split args, row indices), "test"/"reg": (args,
+    # first n rows)}, so that placement.py can hold each loaded split on a GPU once per process and index it there.
+    origin: dict[str, tuple] | None = None
 
     @property
     def in_channels(self) -> int:
@@ -158,6 +161,11 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
         reg_x = full_x.new_zeros((0, *full_x.shape[1:]))
         reg_y = torch.zeros(0, dtype=torch.int64)
 
+    source = (cfg.data_root, cfg.grayscale, cfg.download)
+    origin = {"train": ((cfg.task, "train", "task", None, *source), train_idx),
+              "test": ((cfg.task, "test", "task", None, *source), len(test_y))}
+    if regularized:
+        origin["reg"] = ((cfg.reg_data, "train", "reg_data", cfg.reg_images, *source), cfg.reg_images)
     return DataBundle(
         train_x=full_x[train_idx], train_y=full_y[train_idx],
         valid_x=full_x[valid_idx], valid_y=full_y[valid_idx],
@@ -165,7 +173,7 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
         reg_x=reg_x, reg_y=reg_y,
         # IDX folders may hold any label set: the largest label seen + 1
         num_classes=task.num_classes or int(max(int(full_y.max()), int(test_y.max()))) + 1,
-        input_scale=task.input_scale, input_shift=task.input_shift, augment=task.augment,
+        input_scale=task.input_scale, input_shift=task.input_shift, augment=task.augment, origin=origin,
     )
 
 

@@ -61,6 +61,13 @@ class PairResNet(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(NUM_SIM_LAYERS))
         self.sim_layer = sim_layer
         self.beta = beta
+        # The fixed layer's one-hot weights, made once on the model's device (not per step: a tensor built on the
+        # host each step would be a host-to-device copy and a synchronisation). Not persistent: not a checkpoint
+        # entry, it follows from sim_layer.
+        onehot = torch.zeros(NUM_SIM_LAYERS)
+        if sim_layer is not None:
+            onehot[sim_layer] = 1.0
+        self.register_buffer("sim_onehot", onehot, persistent=False)
         for i, channels in enumerate([width] + [width * 2**s for s in range(4)]):
             self.register_buffer(f"feature_mean_{i}", torch.zeros(channels))
 
@@ -80,7 +87,7 @@ class PairResNet(nn.Module):
     def layer_weights(self) -> torch.Tensor:
         """softmax(gamma), or a one-hot vector when the similarity is taken at one fixed layer."""
         if self.sim_layer is not None:
-            return F.one_hot(torch.tensor(self.sim_layer), NUM_SIM_LAYERS).to(self.gamma)
+            return self.sim_onehot.to(self.gamma.dtype)
         return torch.softmax(self.gamma, dim=0)
 
     def pair_similarity(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:

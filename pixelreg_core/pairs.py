@@ -194,6 +194,8 @@ class PairSampler:
         return torch.where(swap, b, a), torch.where(swap, a, b)
 
     def _draw_rejection(self, k: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        if self.emb.device.type != "cpu":
+            return self._draw_rejection_on_device(k, generator)
         got_i, got_j, need = [], [], k
         while need > 0:
             m = min(self.max_batch, math.ceil(need / self.fraction * 1.2) + 8)
@@ -204,6 +206,23 @@ class PairSampler:
             got_j.append(j)
             need -= int(i.numel())
         return torch.cat(got_i), torch.cat(got_j)
+
+
+    def _draw_rejection_on_device(self, k: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Rejection sampling without a host read (on a GPU the loop above reads a count per round, a sync).
+
+        One round of a fixed number of candidates, enough that fewer than k qualify with negligible probability
+        (3 k / fraction + 32: for k = 16 about 48 expected hits, P(< 16) ~ 1e-8); the first k qualifying ones in
+        draw order are kept (a stable sort of the rejection flags). Should fewer qualify, the qualifying ones are
+        reused in turn, so every pair still qualifies (none at all has probability ~ e^-48)."""
+        m = math.ceil(3 * k / self.fraction) + 32
+        i, j = random_pairs(self.n, m, generator)
+        i, j = i.to(self.emb.device), j.to(self.emb.device)
+        keep = self.qualifies(self.similarity(i, j))
+        first = torch.sort((~keep).to(torch.uint8), stable=True).indices  # qualifying positions first, in order
+        hits = keep.sum().clamp(min=1)
+        pick = first[torch.arange(k, device=i.device) % hits]
+        return i[pick], j[pick]
 
 
 class _GrowingPairs:

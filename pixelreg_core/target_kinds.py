@@ -39,7 +39,13 @@ def _embedding(cfg: TrialConfig, reg_x: Any, reg_y: Any) -> Any:
 def _matrix(cfg: TrialConfig, reg_x: Any, reg_y: Any) -> Any:
     from .targets import matrix_target
 
-    return matrix_target(cfg)
+    target = matrix_target(cfg)
+    device = getattr(reg_x, "device", None)  # the trial's device (trial.py passes reg_x there): pairs drawn there
+    if device is not None and device.type != "cpu":
+        for name in ("matrix", "images", "permutation"):
+            if getattr(target, name, None) is not None:
+                setattr(target, name, getattr(target, name).to(device))
+    return target
 
 
 def _shuffle(cfg: TrialConfig, reg_x: Any, reg_y: Any) -> Any:

@@ -59,10 +59,8 @@ def threshold_targets(s: Tensor, th: float, eps: float = 0.0) -> Tensor:
     eps 0 (the default, `exact_targets: true`) gives exactly +/-1 as the authors' code does: `similarity_loss`'s
     f stays finite there because its own eps sits inside the logs. eps = EPS is the older +/-(1 - 1e-5), which
     weakens every +/-1 pair a little (about a 6% smaller alpha)."""
-    out = torch.zeros_like(s)
-    out[s > th] = 1.0 - eps
-    out[s < -th] = -(1.0 - eps)
-    return out
+    # masked_fill_, not `out[s > th] = ...`: boolean-mask assignment would read a count back from the GPU per step
+    return torch.zeros_like(s).masked_fill_(s > th, 1.0 - eps).masked_fill_(s < -th, -(1.0 - eps))
 
 
 def similarity_loss(s_cnn: Tensor, s_target: Tensor, arctanh: bool = True, eps: float = EPS) -> Tensor:

@@ -2,13 +2,29 @@
 
 SGD with momentum and the authors' cyclic schedule; the reported model is the epoch with the lowest validation
 loss. Everything random draws from one seeded generator, so a config and seed give the same numbers on CPU.
+
+A step never waits on the host. On a GPU every value read back to Python (`.item()`, `bool(t)`, `.cpu()`, an `if`
+on a tensor) stalls the Python thread until the GPU has run all queued work, so a step that reads one loss cannot
+run ahead of the GPU. Here the data, the generator (batch order, augmentation, pair sampling) and every per-step
+number stay on the trial's device: losses, correct counts and the (S_cnn, S_target) pairs of `sim_corr` are kept
+as device tensors and read once per epoch (`hostreads.py` counts the reads; tests/test_gpu_step.py shows they do
+not grow with the number of steps). A non-finite loss is found in that once-per-epoch read, before the epoch's
+model is validated or kept, and stops the trial with the same message naming the first bad step; the steps after
+it ran on NaN weights that are never evaluated or saved.
+
+On CPU the arithmetic is the same as a loop that reads every value at once (the per-step numbers are float32
+values summed in Python floats in step order), so CPU results are bit-identical to that simpler loop.
+Kernel options (`amp`, `channels_last`, `fused_sgd`, `cudnn_benchmark`, `compile`) change how the step runs; all
+off is the plain float32 step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +36,7 @@ from .checkpoint import EpochCheckpoint
 from .config import ConfigError, TrialConfig
 from .data import DataBundle, augment_batch
 from .model import PairResNet
+from .placement import DeviceImages, images_for
 from .targets import similarity_loss
 
 
@@ -67,16 +84,22 @@ class TrainResult:
 
 
 @torch.no_grad()
-def evaluate_split(model: PairResNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) in eval mode."""
+def evaluate_split(model: PairResNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, *,
+                   amp: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in eval mode; one host read for the whole split."""
     model.eval()
-    loss, correct = 0.0, 0
+    parts = []
     for start in range(0, len(x), batch_size):
-        logits = model(x[start:start + batch_size])
+        with autocast(x.device, amp):
+            logits = model(x[start:start + batch_size])
         target = y[start:start + batch_size]
-        loss += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += (logits.argmax(1) == target).sum().item()
-    return loss / max(len(x), 1), correct / max(len(x), 1)
+        loss = F.cross_entropy(logits.float(), target, reduction="sum")
+        parts.append(torch.stack([loss.double(), (logits.argmax(1) == target).sum().double()]))
+    loss_sum, correct = 0.0, 0
+    for batch_loss, batch_correct in (torch.stack(parts).tolist() if parts else []):
+        loss_sum += batch_loss  # float32 sums added in Python floats, batch by batch
+        correct += int(batch_correct)
+    return loss_sum / max(len(x), 1), correct / max(len(x), 1)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -85,23 +108,115 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` when enabled (`amp`); otherwise no context at all, so off is exactly float32."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def step_losses(model: PairResNet, x: torch.Tensor, y: torch.Tensor, xa: torch.Tensor | None,
+                xb: torch.Tensor | None, s_target: torch.Tensor | None, alpha: float, arctanh: bool, amp: bool
+                ) -> tuple[torch.Tensor, ...]:
+    """The forward half of one step, as one function so `compile` can trace it whole.
+
+    Returns (loss, loss_cls, loss_sim, correct, s_cnn); loss_sim and s_cnn are None for an unregularized step.
+    Under `amp` the forward passes run in bf16 and the losses in float32.
+    """
+    with autocast(x.device, amp):
+        logits = model(x)
+        s_cnn = None if xa is None else model.pair_similarity(xa, xb)
+    loss_cls = F.cross_entropy(logits.float(), y)
+    correct = (logits.argmax(1) == y).sum()
+    if s_cnn is None:
+        return loss_cls, loss_cls, None, correct, None
+    s_cnn = s_cnn.float()
+    loss_sim = similarity_loss(s_cnn, s_target.to(s_cnn.dtype), arctanh=arctanh)
+    return loss_cls + alpha * loss_sim, loss_cls, loss_sim, correct, s_cnn
+
+
+def uses_channels_last(cfg: TrialConfig, device: torch.device) -> bool:
+    """`channels_last` acts on CUDA only. On CPU, torch 2.14's channels-last convolution backward corrupted the heap
+    at small widths (width 4 on 28 x 28, width 8 on 8 x 8: "corrupted double-linked list"), and NHWC is a GPU
+    tensor-core layout anyway, so on CPU the option is ignored and the numbers stay the plain ones."""
+    return bool(cfg.channels_last and device.type == "cuda")
+
+
+@contextlib.contextmanager
+def kernel_settings(cfg: TrialConfig, device: torch.device) -> Iterator[None]:
+    """cudnn.benchmark for the trial only: a Ray worker runs many trials and must find the flag as it was."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark and device.type == "cuda")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def make_optimizer(cfg: TrialConfig, model: PairResNet, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum; `fused_sgd` asks for torch's single fused kernel (off: torch's default, which is the
+    multi-tensor `foreach` kernels on CUDA and a per-parameter loop on CPU; both compute the same update)."""
+    extra: dict[str, Any] = {"fused": True} if cfg.fused_sgd else {}
+    try:
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0, **extra)
+    except RuntimeError as err:
+        raise ConfigError("fused_sgd", f"torch has no fused SGD for {device.type} ({err}); set fused_sgd false"
+                          ) from err
+
+
+def compiled_step(cfg: TrialConfig) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """`step_losses`, through torch.compile when `compile` names a mode. "reduce-overhead" also captures CUDA
+    graphs on CUDA (each step's outputs are copied out before the next replay overwrites them)."""
+    if cfg.compile == "none":
+        return step_losses
+    return torch.compile(step_losses, mode=None if cfg.compile == "default" else cfg.compile)
+
+
+@dataclass
+class PlacedData:
+    """The trial's tensors on its device: train and regularization images compact (placement.py), the small
+    validation and test sets as float32, labels int64."""
+
+    train_x: DeviceImages
+    train_y: torch.Tensor
+    valid_x: torch.Tensor
+    valid_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    reg_x: DeviceImages
+
+    @classmethod
+    def of(cls, data: DataBundle, reg_x: torch.Tensor, device: torch.device) -> PlacedData:
+        """Train, test and regularization images from the process-wide device cache where the bundle says where
+        they came from (placement.py), else copied from the bundle; labels and validation images per trial."""
+        origin = data.origin or {}
+        reg_origin = origin.get("reg") if reg_x is data.reg_x else None  # a matrix target brings its own images
+        return cls(images_for(origin.get("train"), data.train_x, device), data.train_y.to(device),
+                   data.valid_x.to(device), data.valid_y.to(device),
+                   images_for(origin.get("test"), data.test_x, device).all(), data.test_y.to(device),
+                   images_for(reg_origin, reg_x, device))
+
+
 def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | None, device: torch.device,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           checkpoint: EpochCheckpoint | None = None) -> TrainResult:
     """Train `model` on `data`; `target` (from target_kinds.build_target) is None for an unregularized model.
+    With `checkpoint`, training resumes after the last epoch saved there and saves after every epoch.
 
-    With `checkpoint`, training resumes after the last epoch saved there and saves after every epoch."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    valid_x, valid_y = data.valid_x.to(device), data.valid_y.to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    reg_x = getattr(target, "images", None)
-    reg_x = (reg_x if reg_x is not None else data.reg_x).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
+    Everything random draws from one generator on `device`; on CPU that is the generator the numbers always came
+    from. Build the target from images on `device` too (trial.py does), so that its pairs are drawn there.
+    """
     regularized = cfg.regularized
     if regularized and target is None:
         raise ValueError(f"alpha is {cfg.alpha} but no target was given; build one with target_kinds.build_target")
-
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    reg_x = getattr(target, "images", None)
+    placed = PlacedData.of(data, reg_x if reg_x is not None else data.reg_x, device)
+    channels_last = uses_channels_last(cfg, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model, device)
+    step_fn = compiled_step(cfg)
     result = TrainResult(best_state={}, best_epoch=0)
     best_valid = float("inf")
     saved = checkpoint.restore(model, optimizer, generator) if checkpoint is not None else None
@@ -109,68 +224,102 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
         result = TrainResult(best_state=saved["best_state"], best_epoch=saved["best_epoch"], epochs=saved["rows"],
                              resumed_from_epoch=saved["epochs_done"])
         best_valid = saved["best_valid"]
-    for epoch in range(result.resumed_from_epoch, cfg.epochs):
-        started = time.perf_counter()
-        lr = learning_rate(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        order = torch.randperm(len(train_x), generator=generator).to(device)
-        sums = {"cls": 0.0, "sim": 0.0, "correct": 0, "seen": 0, "steps": 0}
-        s_cnn_all, s_target_all = [], []
-        starts = batch_starts(len(order), cfg.batch_size)
-        for step, start in enumerate(starts):
-            idx = order[start:starts[step + 1] if step + 1 < len(starts) else len(order)]
-            x, y = train_x[idx], train_y[idx]
-            if data.augment:
-                x = augment_batch(x, generator)
-            logits = model(x)
-            loss_cls = F.cross_entropy(logits, y)
-            loss = loss_cls
+    with kernel_settings(cfg, device):
+        for epoch in range(result.resumed_from_epoch, cfg.epochs):
+            started = time.perf_counter()
+            lr = learning_rate(cfg, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            per_step, pairs = train_epoch(cfg, placed, data.augment, model, target, optimizer, step_fn, generator,
+                                          channels_last)
+            # The epoch's one read of its step numbers (a device synchronisation); a non-finite loss stops the
+            # trial here, before this epoch's weights are validated or kept.
+            rows = torch.stack(per_step).tolist()
+            for step, (loss, _, _, _) in enumerate(rows):
+                if not math.isfinite(loss):
+                    culprit = "alpha" if regularized else "lr"
+                    raise ConfigError(culprit, f"the loss became {loss} at epoch {epoch + 1}, step {step + 1} "
+                                               f"(lr {lr:g}, alpha {cfg.alpha:g}); lower lr or alpha")
+            sum_cls, sum_sim, correct = 0.0, 0.0, 0
+            for _, loss_cls, loss_sim, step_correct in rows:  # Python floats, in step order
+                sum_cls += loss_cls
+                sum_sim += loss_sim
+                correct += int(step_correct)
+            sim_corr = None
             if regularized:
-                i, j, s_target = target.sample(cfg.reg_pairs, generator)
-                s_cnn = model.pair_similarity(reg_x[i.to(device)], reg_x[j.to(device)])
-                s_target = s_target.to(device=device, dtype=s_cnn.dtype)
-                loss_sim = similarity_loss(s_cnn, s_target, arctanh=cfg.arctanh)
-                loss = loss_cls + cfg.alpha * loss_sim
-                sums["sim"] += loss_sim.item()
-                s_cnn_all.append(s_cnn.detach().cpu())
-                s_target_all.append(s_target.detach().cpu())
-            if not torch.isfinite(loss):
-                culprit = "alpha" if regularized else "lr"
-                raise ConfigError(culprit, f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                                           f"(lr {lr:g}, alpha {cfg.alpha:g}); lower lr or alpha")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums["cls"] += loss_cls.item()
-            sums["correct"] += (logits.argmax(1) == y).sum().item()
-            sums["seen"] += len(y)
-            sums["steps"] += 1
+                s_cnn, s_target = torch.cat(pairs, dim=1).cpu()
+                sim_corr = _pearson(s_cnn, s_target)
 
-        valid_loss, valid_acc = evaluate_split(model, valid_x, valid_y)
-        _, test_acc = evaluate_split(model, test_x, test_y)
-        if not torch.isfinite(torch.tensor(valid_loss)):
-            raise ConfigError("lr", f"the validation loss became {valid_loss} at epoch {epoch + 1}; lower lr or alpha")
-        row = {
-            "epoch": epoch + 1, "lr": lr,
-            "loss_cls": sums["cls"] / sums["steps"],
-            "loss_sim": sums["sim"] / sums["steps"] if regularized else None,
-            "sim_corr": _pearson(torch.cat(s_cnn_all), torch.cat(s_target_all)) if regularized else None,
-            "train_acc": sums["correct"] / sums["seen"],
-            "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc,
-            "seconds": time.perf_counter() - started,
-        }
-        result.epochs.append(row)
-        if valid_loss < best_valid:  # ties keep the earlier epoch
-            best_valid = valid_loss
-            result.best_epoch = epoch + 1
-            result.best_state = copy.deepcopy(model.state_dict())
-        if checkpoint is not None:
-            checkpoint.save(epochs_done=epoch + 1, model=model, optimizer=optimizer, generator=generator,
-                            rows=result.epochs, best_state=result.best_state, best_epoch=result.best_epoch,
-                            best_valid=best_valid)
-        if on_epoch is not None:
-            on_epoch(dict(row))
-        faults.after_epoch(cfg.trial_id, epoch + 1, model)  # test-only, off unless PIXELREG_FAULTS is set
+            valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y, amp=cfg.amp)
+            _, test_acc = evaluate_split(model, placed.test_x, placed.test_y, amp=cfg.amp)
+            if not math.isfinite(valid_loss):
+                raise ConfigError("lr", f"the validation loss became {valid_loss} at epoch {epoch + 1}; "
+                                        f"lower lr or alpha")
+            steps = len(rows)
+            row = {
+                "epoch": epoch + 1, "lr": lr,
+                "loss_cls": sum_cls / steps,
+                "loss_sim": sum_sim / steps if regularized else None,
+                "sim_corr": sim_corr,
+                "train_acc": correct / len(placed.train_x),
+                "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc,
+                "seconds": time.perf_counter() - started,
+            }
+            result.epochs.append(row)
+            if valid_loss < best_valid:  # ties keep the earlier epoch
+                best_valid = valid_loss
+                result.best_epoch = epoch + 1
+                result.best_state = copy.deepcopy(model.state_dict())
+            if checkpoint is not None:
+                checkpoint.save(epochs_done=epoch + 1, model=model, optimizer=optimizer, generator=generator,
+                                rows=result.epochs, best_state=result.best_state, best_epoch=result.best_epoch,
+                                best_valid=best_valid)
+            if on_epoch is not None:
+                on_epoch(dict(row))
+            faults.after_epoch(cfg.trial_id, epoch + 1, model)  # test-only, off unless PIXELREG_FAULTS is set
     return result
+
+
+def train_epoch(cfg: TrialConfig, placed: PlacedData, augment: bool, model: PairResNet, target: Any | None,
+                optimizer: torch.optim.Optimizer, step_fn: Callable[..., tuple[torch.Tensor, ...]],
+                generator: torch.Generator, channels_last: bool = False
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One epoch of steps with no read back to the host.
+
+    Returns per step a device tensor (loss, loss_cls, loss_sim, correct) in float64 (exact for float32 values
+    and counts), and per regularized step a [2, k] tensor (S_cnn, S_target): the caller reads them once.
+    """
+    device = placed.train_y.device
+    order = torch.randperm(len(placed.train_x), generator=generator, device=generator.device)
+    starts = batch_starts(len(order), cfg.batch_size)
+    graphs = cfg.compile in ("reduce-overhead", "max-autotune") and device.type == "cuda"  # both capture graphs
+    per_step, pairs = [], []
+    for step, start in enumerate(starts):
+        idx = order[start:starts[step + 1] if step + 1 < len(starts) else len(order)]
+        x, y = placed.train_x.take(idx), placed.train_y[idx.to(device)]
+        if augment:
+            x = augment_batch(x, generator)
+        xa = xb = s_target = None
+        if target is not None:
+            i, j, s_target = target.sample(cfg.reg_pairs, generator)
+            xa, xb = placed.reg_x.take(i), placed.reg_x.take(j)
+            s_target = s_target.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            if xa is not None:
+                xa, xb = (t.contiguous(memory_format=torch.channels_last) for t in (xa, xb))
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, loss_cls, loss_sim, correct, s_cnn = step_fn(model, x, y, xa, xb, s_target, cfg.alpha, cfg.arctanh,
+                                                           cfg.amp)
+        # Copies taken before backward: with CUDA graphs the next replay reuses the outputs' memory.
+        per_step.append(torch.stack([loss.detach(), loss_cls.detach(),
+                                     (loss_cls if loss_sim is None else loss_sim).detach(),
+                                     correct.to(loss.dtype)]).double())
+        if s_cnn is not None:
+            pairs.append(torch.stack([s_cnn.detach(), s_target.to(s_cnn.dtype)]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return per_step, pairs

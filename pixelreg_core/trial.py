@@ -66,7 +66,8 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         torch.manual_seed(cfg.seed)
         data = prepare_data(cfg)
         attacks.check_image_counts(attack_options, len(data.test_x))  # before any training
-        target = build_target(cfg, data.reg_x, data.reg_y) if cfg.regularized else None
+        # The target is built from images on the trial's device, so its pairs are drawn there (train.py).
+        target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device)) if cfg.regularized else None
         model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
                             data.input_shift).to(device)
         resume = EpochCheckpoint.for_trial(out_root, cfg)  # kept when the trial fails: a rerun resumes from it

@@ -107,7 +107,9 @@ def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.
     `cache_dir` holds the transferred-FGSM signs shared between trials (None: no disk cache). `resolved`: the
     options from `validate_attacks` (the trainer resolves them once per trial); None resolves them here.
     """
-    x_all, y_all = data.test_x.detach().cpu(), data.test_y.detach().cpu()
+    # The test set goes to the model's device once; every attack works there (common.py).
+    device = next(model.parameters()).device
+    x_all, y_all = data.test_x.detach().to(device), data.test_y.detach().to(device)
     if resolved is None:
         # the FGSM source is loaded and checked where it is used (fgsm.cached_signs); no need to load it here too
         resolved = validate_attacks(cfg, len(y_all), check_source=False)

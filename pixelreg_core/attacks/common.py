@@ -1,8 +1,10 @@
 """What every attack shares: the `AttackContext` its `run` gets, the one batched accuracy loop, the foolbox
 starting-point search, batched prediction, the fixed image subsets, per-image clamping, row building.
 
-All attacks work on [0, 1] pixel tensors [n, C, H, W] kept on the CPU; batches move to the model's device for the
-forward pass only, so CPU and GPU runs draw the same random numbers.
+All attacks work on [0, 1] pixel tensors [n, C, H, W] on the model's device (`evaluate` puts the test set there
+once): on a GPU the images, the noise and the FGSM signs stay on it, and counts are read back once per accuracy,
+not once per batch. Random numbers are drawn on that device, so a CPU run gives exactly the CPU numbers and a
+GPU run draws its own (equally distributed) noise.
 """
 
 from __future__ import annotations
@@ -60,13 +62,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     if len(y) == 0:
         return math.nan
     device = model_device(model)
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device, read once
     for start in range(0, len(y), batch_size):
         xb = x[start:start + batch_size]
         if perturb is not None:
             xb = perturb(xb, start)
-        correct += int((model(xb.to(device)).argmax(1).cpu() == y[start:start + batch_size].cpu()).sum())
-    return correct / len(y)  # exact ratio, like every attack row
+        correct += (model(xb.to(device)).argmax(1) == y[start:start + batch_size].to(device)).sum()
+    return int(correct) / len(y)  # exact ratio, like every attack row
 
 
 def attack_from_starts(fmodel: Any, model: nn.Module, attack: Any, x: torch.Tensor,

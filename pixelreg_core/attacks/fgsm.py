@@ -77,7 +77,8 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 
 def gradient_signs(source: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """sign(grad_x CE(source(x), y)) for every image, as int8 on the CPU, one backward pass per batch."""
+    """sign(grad_x CE(source(x), y)) for every image, as int8 on the source's device, one backward pass per
+    batch."""
     source.eval()
     device = model_device(source)
     signs = []
@@ -85,7 +86,7 @@ def gradient_signs(source: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
         xb = x[i:i + batch_size].to(device).requires_grad_(True)
         loss = F.cross_entropy(source(xb), y[i:i + batch_size].to(device), reduction="sum")
         (grad,) = torch.autograd.grad(loss, xb)
-        signs.append(grad.sign().to(torch.int8).cpu())
+        signs.append(grad.sign().to(torch.int8))
     return torch.cat(signs)
 
 
@@ -109,10 +110,10 @@ def cached_signs(source_path: str, cfg: TrialConfig, x: torch.Tensor, y: torch.T
     if data is not None:
         cached = torch.from_numpy(np.load(io.BytesIO(data)))
         if cached.shape == x.shape:
-            return cached
+            return cached.to(device)  # once per trial, then every eps reads them on the device
     signs = gradient_signs(source, x, y, batch_size)
     buffer = io.BytesIO()
-    np.save(buffer, signs.numpy())
+    np.save(buffer, signs.cpu().numpy())
     write_bytes(path, buffer.getvalue())  # atomic: concurrent trials may race; either complete file wins
     return signs
 

@@ -1,7 +1,8 @@
 """Random-noise robustness: Gaussian, uniform and salt-and-pepper noise in [0, 1] pixel space (REFERENCE.md).
 
-Noise comes from a torch.Generator seeded per (trial seed, attack, eps index, repeat) and drawn on the CPU, so
-two evaluations of one model give exactly the same numbers, on any device.
+Noise comes from a torch.Generator seeded per (trial seed, attack, eps index, repeat), drawn on the device of
+the images (the model's: no host-to-device copy of noise), so two evaluations of one model on one device give
+exactly the same numbers; CPU and GPU draw different, equally distributed noise.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ def add_noise(kind: str, x: torch.Tensor, eps: float, generator: torch.Generator
     gaussian: x + eps * N(0, 1); uniform: x + U(-eps, eps); salt_pepper: each pixel with probability eps gets
     +1 or -1 (random sign), which the clamp turns into the image's max or min.
     """
+    on = {"generator": generator, "device": generator.device}
     if kind == "gaussian":
-        noise = eps * torch.randn(x.shape, generator=generator)
+        noise = eps * torch.randn(x.shape, **on)
     elif kind == "uniform":
-        noise = eps * (2 * torch.rand(x.shape, generator=generator) - 1)
+        noise = eps * (2 * torch.rand(x.shape, **on) - 1)
     elif kind == "salt_pepper":
-        hit = torch.rand(x.shape, generator=generator) < eps
-        sign = torch.where(torch.rand(x.shape, generator=generator) < 0.5, -1.0, 1.0)
+        hit = torch.rand(x.shape, **on) < eps
+        sign = torch.where(torch.rand(x.shape, **on) < 0.5, -1.0, 1.0)
         noise = hit * sign
     else:
         raise ValueError(f"unknown noise {kind!r}")
@@ -41,8 +43,8 @@ def add_noise(kind: str, x: torch.Tensor, eps: float, generator: torch.Generator
 def noise_accuracy(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int,
                    batch_size: int) -> float:
     """Accuracy on one noisy copy of (x, y); the generator runs through the batches in order."""
-    generator = torch.Generator().manual_seed(seed)
-    return accuracy(model, x, y, batch_size, lambda xb, _: add_noise(kind, xb.cpu(), eps, generator))
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    return accuracy(model, x, y, batch_size, lambda xb, _: add_noise(kind, xb, eps, generator))
 
 
 def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,

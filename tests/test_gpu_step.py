@@ -1,0 +1,409 @@
+"""The GPU-first training step, checked on CPU: no host reads inside an epoch, the same numbers as a loop that reads
+every value at once, compact device images, the kernel options. Tests marked `gpu` run the device paths on CUDA
+(skipped without one)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.data import DataBundle, augment_batch, prepare_data
+from pixelreg_core.hostreads import count_host_reads
+from pixelreg_core.model import build_model
+from pixelreg_core.placement import DeviceImages, as_uint8_if_exact
+from pixelreg_core.target_kinds import build_target
+from pixelreg_core.targets import similarity_loss
+from pixelreg_core.train import PlacedData, batch_starts, evaluate_split, learning_rate, step_losses, train, train_epoch
+
+TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=128, test_images=64,
+            reg_images=100, valid_fraction=0.1, device="cpu", num_threads=1, alpha=4, th=0.2,
+            attacks={"gaussian": {"images": 32}})
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def tiny(**changes) -> TrialConfig:
+    return TrialConfig(**{**TINY, **changes})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_train(cfg: TrialConfig, device: str = "cpu", data: DataBundle | None = None, on_epoch=None):
+    data = data or prepare_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.in_channels, data.num_classes, data.input_scale, data.input_shift).to(device)
+    target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device)) if cfg.regularized else None
+    return train(cfg, data, model, target, torch.device(device), on_epoch), model
+
+
+def reads_per_epoch(cfg: TrialConfig) -> list[int]:
+    from pixelreg_core import placement
+
+    placement.clear_cache()  # the same one-time placement work in every run (it is in the first epoch's count)
+    marks: list[int] = []
+    data = prepare_data(cfg)
+    with count_host_reads() as reads:
+        run_train(cfg, data=data, on_epoch=lambda row: marks.append(reads.total))
+    return [b - a for a, b in zip([0, *marks], marks, strict=False)]
+
+
+# ------------------------------------------------------------------------------------------ host reads
+
+
+def test_the_read_counter_sees_every_kind_of_host_read():
+    t = torch.arange(4.0)
+    with count_host_reads() as reads:
+        t.sum().item()
+        bool(t[1] > 0)
+        float(t[2])
+        if t[3]:
+            pass
+        t.cpu()
+        t.tolist()
+        t[t > 1]  # boolean-mask indexing: a data-dependent size
+    assert reads.by_kind["_local_scalar_dense"] == 4
+    assert reads.by_kind["cpu"] == 1 and reads.by_kind["tolist"] == 1 and reads.by_kind["boolean_mask"] == 1
+    with count_host_reads() as none:
+        (t * 2 + 1).sum()
+    assert none.total == 0
+
+
+@pytest.mark.parametrize("changes", [{}, {"alpha": 0}, {"target": "categorical", "sim_layer": 1}],
+                         ids=["regularized", "baseline", "categorical-fixed-layer"])
+def test_host_reads_per_epoch_do_not_grow_with_the_number_of_steps(changes):
+    short = reads_per_epoch(tiny(**changes, train_images=128))  # 4 steps per epoch
+    long = reads_per_epoch(tiny(**changes, train_images=256))  # 8 steps per epoch
+    assert short == long
+    assert max(long[1:]) <= 10  # a handful per epoch (the step numbers, validation, test, sim_corr), not per step
+
+
+def test_augmentation_and_rejection_sampling_add_no_reads_per_step():
+    data = prepare_data(tiny())
+    for n in (128, 256):
+        cfg = tiny(range="high", th=0.6, train_images=n, epochs=1)
+        bundle = prepare_data(cfg)
+        bundle.augment = True
+        target = build_target(cfg, bundle.reg_x, bundle.reg_y)
+        model = build_model(cfg, 1, data.num_classes)
+        placed = PlacedData.of(bundle, bundle.reg_x, torch.device("cpu"))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        generator = torch.Generator().manual_seed(0)
+        with count_host_reads() as reads:
+            train_epoch(cfg, placed, True, model, target, optimizer, step_losses, generator)
+        assert reads.by_kind["_local_scalar_dense"] == 0 and reads.by_kind["cpu"] == 0, (n, dict(reads.by_kind))
+
+
+# ------------------------------------------------------------------------------------------ same numbers
+
+
+def reference_train(cfg: TrialConfig, data: DataBundle, model, target) -> list[dict]:
+    """The plain loop that reads every value back at every step: what the sync-free loop must equal on CPU."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
+    rows = []
+    for epoch in range(cfg.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, epoch)
+        model.train()
+        order = torch.randperm(len(data.train_x), generator=generator)
+        sums = {"cls": 0.0, "sim": 0.0, "correct": 0}
+        s_all, t_all = [], []
+        starts = batch_starts(len(order), cfg.batch_size)
+        for step, start in enumerate(starts):
+            idx = order[start:starts[step + 1] if step + 1 < len(starts) else len(order)]
+            x, y = data.train_x[idx], data.train_y[idx]
+            if data.augment:
+                x = augment_batch(x, generator)
+            logits = model(x)
+            loss = loss_cls = F.cross_entropy(logits, y)
+            if cfg.regularized:
+                i, j, s_target = target.sample(cfg.reg_pairs, generator)
+                s_cnn = model.pair_similarity(data.reg_x[i], data.reg_x[j])
+                loss_sim = similarity_loss(s_cnn, s_target, arctanh=cfg.arctanh)
+                loss = loss_cls + cfg.alpha * loss_sim
+                sums["sim"] += loss_sim.item()
+                s_all.append(s_cnn.detach())
+                t_all.append(s_target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["cls"] += loss_cls.item()
+            sums["correct"] += (logits.argmax(1) == y).sum().item()
+        valid_loss, valid_acc = evaluate_split(model, data.valid_x, data.valid_y)
+        corr = float(torch.corrcoef(torch.stack([torch.cat(s_all), torch.cat(t_all)]))[0, 1]) if s_all else None
+        rows.append({"loss_cls": sums["cls"] / len(starts), "loss_sim": sums["sim"] / len(starts) if s_all else None,
+                     "sim_corr": corr, "train_acc": sums["correct"] / len(order), "valid_loss": valid_loss,
+                     "valid_acc": valid_acc})
+    return rows
+
+
+@pytest.mark.parametrize("changes", [{}, {"alpha": 0}, {"range": "high", "th": 0.6, "sim_layer": 2}],
+                         ids=["regularized", "baseline", "high-range-fixed-layer"])
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+def test_the_sync_free_loop_gives_exactly_the_numbers_of_the_plain_loop(changes, augment):
+    cfg = tiny(**changes)
+    data = prepare_data(cfg)
+    data.augment = augment
+    result, model = run_train(cfg, data=data)
+    torch.manual_seed(cfg.seed)
+    ref_model = build_model(cfg, 1, data.num_classes)
+    target = build_target(cfg, data.reg_x, data.reg_y) if cfg.regularized else None
+    expected = reference_train(cfg, data, ref_model, target)
+    for got, want in zip(result.epochs, expected, strict=True):
+        assert {k: got[k] for k in want} == want  # exact equality, not approx
+    got_state, want_state = model.state_dict(), ref_model.state_dict()
+    assert got_state.keys() == want_state.keys() and all(torch.equal(got_state[k], want_state[k]) for k in got_state)
+
+
+def test_a_non_finite_loss_stops_at_its_epoch_before_any_weights_are_kept():
+    seen = []
+    with pytest.raises(ConfigError, match=r"the loss became (nan|inf|-inf) at epoch 1, step \d+ .*lower lr or alpha"):
+        run_train(tiny(lr=1e12, epochs=2), on_epoch=seen.append)
+    assert seen == []  # no epoch was validated, reported or kept
+
+
+# ------------------------------------------------------------------------------------------ device images
+
+
+def test_eight_bit_images_are_stored_as_uint8_and_come_back_bit_for_bit():
+    u = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8)
+    x = u.to(torch.float32).div_(255.0)  # the loaders' arithmetic (data.to_unit_float)
+    stored = DeviceImages.of(x, "cpu")
+    assert stored.stored.dtype == torch.uint8 and stored.nbytes() == x.numel()
+    idx = torch.tensor([3, 0, 49, 3])
+    assert torch.equal(stored.take(idx), x[idx]) and torch.equal(stored.all(), x)
+    sixteenths = torch.randint(0, 17, (20, 1, 8, 8)).float() / 16.0  # digits: not k / 255
+    assert as_uint8_if_exact(sixteenths).dtype == torch.float32
+    assert torch.equal(DeviceImages.of(sixteenths, "cpu").take(idx[:2]), sixteenths[idx[:2]])
+
+
+# ------------------------------------------------------------------------------------------ kernel options
+
+
+def test_kernel_options_are_not_part_of_the_trial_id_and_are_validated():
+    plain = tiny()
+    fast = tiny(amp=True, channels_last=True, fused_sgd=True, cudnn_benchmark=True, compile="reduce-overhead")
+    assert plain.trial_id == fast.trial_id and fast.to_dict()["amp"] is True  # recorded, but not identity
+    with pytest.raises(ConfigError, match="compile"):
+        tiny(compile="fast").validate()
+
+
+def test_amp_runs_the_forward_in_bf16_and_still_learns():
+    plain, _ = run_train(tiny(epochs=2))
+    amp, model = run_train(tiny(epochs=2, amp=True))
+    for a, p in zip(amp.epochs, plain.epochs, strict=True):
+        assert math.isfinite(a["loss_cls"]) and math.isfinite(a["loss_sim"])
+        assert a["loss_cls"] == pytest.approx(p["loss_cls"], rel=0.1)
+    assert amp.epochs[0]["loss_cls"] != plain.epochs[0]["loss_cls"]  # bf16 really ran
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32
+
+
+def test_fused_sgd_and_the_cuda_only_options_train_on_cpu():
+    plain, plain_model = run_train(tiny(epochs=1))
+    fused, fused_model = run_train(tiny(epochs=1, fused_sgd=True))
+    assert fused.epochs[0]["loss_cls"] == pytest.approx(plain.epochs[0]["loss_cls"], rel=1e-4)
+    for a, b in zip(plain_model.parameters(), fused_model.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    # channels_last and cudnn_benchmark act on CUDA only: on CPU the numbers are exactly the plain ones
+    cl, _ = run_train(tiny(epochs=1, channels_last=True, cudnn_benchmark=True))
+    assert [dict(r, seconds=0) for r in cl.epochs] == [dict(r, seconds=0) for r in plain.epochs]
+    assert torch.backends.cudnn.benchmark is False  # restored after the trial
+
+
+def test_kernel_flags_on_the_command_line(tmp_path):
+    from pixelreg_core import cli
+
+    args = cli.build_parser().parse_args(["train", "--amp", "--fused-sgd", "--compile", "default", "--out", "x"])
+    cfg = cli.config_from_args(args)
+    assert cfg.amp is True and cfg.fused_sgd is True and cfg.compile == "default" and cfg.channels_last is False
+
+
+# ------------------------------------------------------------------------------------------ CUDA (marked gpu)
+
+
+def mnist_like(n_train: int = 512, n_test: int = 256, seed: int = 0) -> DataBundle:
+    """28 x 28 uint8-valued images, as MNIST's loader gives them (exactly k / 255)."""
+    g = torch.Generator().manual_seed(seed)
+    img = lambda n: torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8).float().div_(255.0)  # noqa: E731
+    lab = lambda n: torch.randint(0, 10, (n,), generator=g)  # noqa: E731
+    return DataBundle(img(n_train), lab(n_train), img(32), lab(32), img(n_test), lab(n_test), img(300),
+                      torch.full((300,), -1), num_classes=10)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_data_placement_keeps_8_bit_images_as_uint8_on_the_gpu():
+    data = mnist_like()
+    placed = PlacedData.of(data, data.reg_x, torch.device("cuda"))
+    assert placed.train_x.stored.dtype == torch.uint8 and placed.train_x.device.type == "cuda"
+    assert placed.reg_x.stored.dtype == torch.uint8 and placed.test_x.device.type == "cuda"
+    idx = torch.arange(0, 512, 7, device="cuda")
+    assert torch.equal(placed.train_x.take(idx).cpu(), data.train_x[idx.cpu()])
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_cuda_epoch_never_synchronises_with_the_host(amp):
+    cfg = tiny(task="MNIST", width=8, batch_size=64, amp=amp, device="cuda")
+    data = mnist_like()
+    device = torch.device("cuda")
+    model = build_model(cfg, 1, 10).to(device)
+    target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device))
+    placed = PlacedData.of(data, data.reg_x, device)
+    data.augment = True
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    generator = torch.Generator(device=device).manual_seed(0)
+    train_epoch(cfg, placed, True, model, target, optimizer, step_losses, generator)  # warm-up (allocator, cuDNN)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call inside the epoch raises
+    try:
+        per_step, pairs = train_epoch(cfg, placed, True, model, target, optimizer, step_losses, generator)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    rows = torch.stack(per_step).tolist()
+    assert len(rows) == len(batch_starts(512, 64)) and all(math.isfinite(r[0]) for r in rows)
+    assert torch.cat(pairs, 1).shape == (2, len(rows) * cfg.reg_pairs)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_trial_with_every_kernel_option(tmp_path):
+    from pixelreg_core.trial import run_trial
+
+    row = run_trial(tiny(device="cuda", amp=True, channels_last=True, fused_sgd=True, cudnn_benchmark=True),
+                    tmp_path)
+    assert row["status"] == "ok" and row["device"].startswith("cuda") and 0 <= row["clean_acc"] <= 1
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_compiled_step_matches_the_eager_step_closely(tmp_path):
+    eager, _ = run_train(tiny(device="cuda", epochs=1), device="cuda")
+    compiled, _ = run_train(tiny(device="cuda", epochs=1, compile="default"), device="cuda")
+    assert compiled.epochs[0]["loss_cls"] == pytest.approx(eager.epochs[0]["loss_cls"], rel=1e-2)
+
+
+@pytest.mark.gpu
+@cuda
+def test_two_trials_packed_on_one_gpu(tmp_path):
+    """Two trials at once on the one GPU, as two processes (what Ray's fractional `gpu: 0.5` does)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "pixelreg_core", "train", "--task", "digits", "--reg-data",
+                               "digits", "--alpha", "4", "--th", "0.2", "--seed", str(seed), "--width", "8",
+                               "--epochs", "2", "--train-images", "512", "--device", "cuda", "--attacks",
+                               '{"gaussian": {"images": 64}}', "--out", str(tmp_path / f"r{seed}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (0, 1)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+    import pandas as pd
+
+    for seed in (0, 1):
+        trials = pd.read_parquet(tmp_path / f"r{seed}" / "trials")
+        assert trials["status"].tolist() == ["ok"] and trials["device"].iloc[0].startswith("cuda")
+
+
+@pytest.mark.gpu
+@cuda
+def test_two_trials_share_one_gpu_through_ray_fractional_gpus(tmp_path):
+    import pandas as pd
+    import yaml
+
+    spec = {"name": "packed", "pairs": [{"task": "digits", "reg_data": "digits"}], "grid": {"th": [0.2], "alpha": [4]},
+            "seeds": [0, 1], "baseline": False, "train": {"width": 8, "epochs": 1, "train_images": 256},
+            "attacks": {"gaussian": {"images": 32}}, "resources": {"cpu": 1, "gpu": 0.5}, "max_failures": 0}
+    path = tmp_path / "packed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", str(path), "--results",
+                           str(tmp_path / "results"), "--no-dashboard", "--max-concurrent", "2"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 trial(s) at a time" in done.stdout
+    trials = pd.read_parquet(tmp_path / "results" / "packed" / "trials")
+    assert sorted(trials["status"]) == ["ok", "ok"] and all(d.startswith("cuda") for d in trials["device"])
+
+
+# ------------------------------------------------------------------------------------------ once per process
+
+
+def test_a_loaded_split_is_held_once_per_process_and_each_trial_indexes_it():
+    from pixelreg_core import placement
+
+    placement.clear_cache()
+    a, b = prepare_data(tiny(seed=0)), prepare_data(tiny(seed=1))
+    pa, pb = (PlacedData.of(d, d.reg_x, torch.device("cpu")) for d in (a, b))
+    assert pa.train_x.stored is pb.train_x.stored and pa.train_x.index is not None  # one copy, two index sets
+    assert pa.reg_x.stored.data_ptr() == pb.reg_x.stored.data_ptr()  # a view of the one cached split
+    for data, placed in ((a, pa), (b, pb)):
+        assert torch.equal(placed.train_x.all(), data.train_x) and torch.equal(placed.test_x, data.test_x)
+        assert torch.equal(placed.reg_x.all(), data.reg_x)
+    changed = prepare_data(tiny(seed=0))
+    changed.train_x = changed.train_x.flip(0)  # a bundle changed after loading uses its own tensors
+    assert torch.equal(PlacedData.of(changed, changed.reg_x, torch.device("cpu")).train_x.all(), changed.train_x)
+
+
+def test_the_device_rejection_sampler_reads_nothing_and_draws_only_qualifying_pairs():
+    from pixelreg_core.pairs import PairSampler
+
+    emb = torch.nn.functional.normalize(torch.randn(300, 20, generator=torch.Generator().manual_seed(0)), dim=1)
+    sampler = PairSampler(emb, th=0.3, range="high", enumerate_below=0.0)
+    assert sampler.mode == "rejection"
+    generator = torch.Generator().manual_seed(1)
+    with count_host_reads() as reads:
+        draws = [sampler._draw_rejection_on_device(16, generator) for _ in range(50)]
+    assert reads.total == 0
+    i, j = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
+    assert len(i) == 800 and bool((i != j).all()) and bool(sampler.qualifies(sampler.similarity(i, j)).all())
+    assert len(set(zip(i.tolist(), j.tolist(), strict=True))) > 700  # fresh pairs, not one pair reused
+
+
+# ------------------------------------------------------------------------------------------ attacks on the device
+
+
+def test_an_accuracy_attack_reads_once_however_many_batches():
+    from pixelreg_core.attacks.noise import noise_accuracy
+
+    model = build_model(tiny(), 1, 10).eval()
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    counts = []
+    for batch in (8, 32):
+        with count_host_reads() as reads:
+            noise_accuracy(model, "gaussian", x, y, 0.1, seed=0, batch_size=batch)
+        counts.append(reads.total)
+    assert counts[0] == counts[1] == 1
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_attacks_run_on_the_device(tmp_path):
+    from pixelreg_core import attacks
+    from pixelreg_core.model import save_checkpoint
+
+    cfg = tiny(device="cuda")
+    data = prepare_data(cfg)
+    source_cfg = tiny(alpha=0, seed=1000, role="fgsm_source")
+    torch.manual_seed(1000)
+    save_checkpoint(build_model(source_cfg, 1, 10), source_cfg, str(tmp_path / "source.pt"))
+    model = build_model(cfg, 1, 10).cuda().eval()
+    cfg = cfg.replace(fgsm_source=str(tmp_path / "source.pt"),
+                      attacks={"gaussian": {"images": 64, "num_eps": 3}, "salt_pepper": {"images": 64},
+                               "fgsm_transfer": {"images": 64}, "boundary": {"images": 8, "steps": 20}})
+    rows, spectrum = attacks.evaluate(model, data, cfg, tmp_path / "cache")
+    assert {r["attack"] for r in rows} == {"gaussian", "salt_pepper", "fgsm_transfer", "boundary"}
+    for r in rows:
+        assert r["metric"] != "accuracy" or 0.0 <= r["value"] <= 1.0
+    again, _ = attacks.evaluate(model, data, cfg, tmp_path / "cache")  # signs from the disk cache, moved once
+    assert [r["value"] for r in again if r["attack"] != "boundary"] == \
+        [r["value"] for r in rows if r["attack"] != "boundary"]
