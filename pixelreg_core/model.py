@@ -1,4 +1,4 @@
-"""ResNet with the pair pathway (REFERENCE.md, "The network side").
+"""ResNet with the pair pathway (docs/method.md, "The network").
 
 The classifier is the authors' CIFAR-style ResNet: a 7x7 stride-1 stem without max-pool, four stages of basic
 blocks (strides 1, 2, 2, 2), average pool, linear head. The pair pathway reads K = 5 layers (stem output and the

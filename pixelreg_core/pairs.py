@@ -34,7 +34,7 @@ def sample_pairs(emb: Tensor, k: int, *, th: float, range: str = "all", generato
 
 
 def range_mask(s: Tensor, range: str, th: float, th2: float | None = None) -> Tensor:
-    """Which similarities qualify for a range (REFERENCE.md): a bool tensor shaped like s."""
+    """Which similarities qualify for a range (docs/method.md, "Targets"): a bool tensor shaped like s."""
     a = s.abs()
     if range == "all":
         return torch.ones_like(s, dtype=torch.bool)

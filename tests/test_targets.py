@@ -23,7 +23,7 @@ def small_images(n: int = 12, side: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 def direct_similarity(images: torch.Tensor) -> torch.Tensor:
-    """S_pixel written out the long way, in float64, as REFERENCE.md states it."""
+    """S_pixel written out the long way, in float64, as docs/method.md states it."""
     x = images.double().mean(dim=1).reshape(images.shape[0], -1)
     x = x - x.mean(dim=0)
     x = x / x.norm(dim=1, keepdim=True)

@@ -113,7 +113,8 @@ def correct_subset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int, s
 
 
 def clamp_per_image(noisy: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Clamp each image to its own [min, max] (REFERENCE.md): noise cannot widen an image's intensity range."""
+    """Clamp each image to its own [min, max] (docs/method.md, "Evaluation"): noise cannot widen an image's
+    intensity range."""
     lo = original.amin(dim=(1, 2, 3), keepdim=True)
     hi = original.amax(dim=(1, 2, 3), keepdim=True)
     return torch.maximum(torch.minimum(noisy, hi), lo)

@@ -1,4 +1,5 @@
-"""Random-noise robustness: Gaussian, uniform and salt-and-pepper noise in [0, 1] pixel space (REFERENCE.md).
+"""Random-noise robustness: Gaussian, uniform and salt-and-pepper noise in [0, 1] pixel space
+(docs/method.md, "Evaluation").
 
 Noise comes from a torch.Generator seeded per (trial seed, attack, eps index, repeat), drawn on the device of
 the images (the model's: no host-to-device copy of noise), so two evaluations of one model on one device give
