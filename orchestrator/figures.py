@@ -236,17 +236,24 @@ def distortion_label(attack: str, eps: float) -> str:
     return f"severity D = {eps:g}" if attack == "corruptions" else f"D = {eps:g}"
 
 
+def _panels(summary):
+    """One panel per (task, reg_data, arch) that has a regularized trial: (fig, [(ax, selection)]), or (None, why)."""
+    selections = _selections(summary)
+    if not selections:
+        return None, "no regularized trial has finished yet"
+    fig, axes = _grid(len(selections), width=6.0, height=4.2, cols=2)
+    return fig, [(ax, selection) for ax, (selection, _) in zip(axes, selections, strict=True)]
+
+
 def _boundary(data, summary, best):
     """Boundary-attack score per setting (median squared L2 per pixel; larger = more robust)."""
     rows = summary[summary["metric"] == "boundary_score"]
     if not len(rows):
         return None, "no boundary_score rows in robustness/"
-    selections = _selections(summary)
-    if not selections:
-        return None, "no regularized trial has finished yet"
-    fig, axes = _grid(len(selections), width=6.0, height=4.2, cols=2)
-    for ax, (selection, _) in zip(axes, selections, strict=True):
-        task, reg_data, arch = selection
+    fig, panels = _panels(summary)
+    if fig is None:
+        return None, panels
+    for ax, (task, reg_data, arch) in panels:
         base = _baseline_rows(rows, task, arch)
         mine = rows[(rows["role"] == "trial") & (rows["task"] == task) & (rows["reg_data"] == reg_data)
                     & (rows["arch"] == arch)].sort_values(["th", "alpha"])
@@ -277,12 +284,10 @@ def _corruptions(data, summary, best):
     stats = (per_trial.groupby(GROUP_KEYS + ["group"], dropna=False)["value"]
              .agg(["mean", "std", "count"]).reset_index())
     stats["sem"] = stats["std"] / np.sqrt(stats["count"])
-    selections = _selections(summary)
-    if not selections:
-        return None, "no regularized trial has finished yet"
-    fig, axes = _grid(len(selections), width=6.0, height=4.2, cols=2)
-    for ax, (selection, _) in zip(axes, selections, strict=True):
-        task, reg_data, arch = selection
+    fig, panels = _panels(summary)
+    if fig is None:
+        return None, panels
+    for ax, (task, reg_data, arch) in panels:
         shown = [("unregularized", _baseline_rows(stats, task, arch), BASELINE_COLOR)]
         chosen = best[(best["task"] == task) & (best["reg_data"] == reg_data) & (best["arch"] == arch)
                       & best["chosen"].astype(bool)].drop_duplicates(SETTING_KEYS)

@@ -5,6 +5,7 @@ Each section belongs to one part of the project; keep a part's fixtures in its o
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,46 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# =================================================================================================================
+# object store: an empty bucket on a local moto S3 server (tests/test_s3.py, tests/test_cluster.py)
+# =================================================================================================================
+S3_BUCKET = "pixelreg-test"
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+       "AWS_EC2_METADATA_DISABLED": "true"}  # dummy credentials: the server is moto on 127.0.0.1
+
+
+@pytest.fixture(scope="module")
+def s3_root():
+    """ROOT URI of an empty bucket on a moto server at 127.0.0.1, with dummy credentials in the environment
+    (set before Ray starts, so its workers inherit them)."""
+    import pyarrow.fs as pafs
+
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in AWS.items():
+            env.setenv(name, value)
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            assert host == "127.0.0.1"
+            pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                              allow_bucket_creation=True).create_dir(S3_BUCKET)
+            yield f"s3://{S3_BUCKET}/runs?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def local_ray():
+    """A small local Ray for tests that run trials through Tune in-process (2 CPUs, no dashboard)."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -28,20 +28,17 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.fs as pafs
 import pytest
 import yaml
+from conftest import AWS
 
 from orchestrator.dashboard import join_error
 from pixelreg_core.results import TABLES, read_table
 
 REPO = Path(__file__).resolve().parents[1]
-BUCKET = "pixelreg-cluster"
 TIMING = {"trials": ["wall_s", "finished_at", "node"], "epochs": ["seconds"]}
 TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
               "num_threads": 1}
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-       "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 def spec_dict(name: str, **train) -> dict:
@@ -64,27 +61,6 @@ def workdir(tmp_path_factory) -> Path:
     spec = spec_dict("clu")
     (path / "clu.yaml").write_text(yaml.safe_dump(spec))
     return path
-
-
-@pytest.fixture(scope="module")
-def s3_root():
-    """ROOT URI of an empty bucket on a moto server at 127.0.0.1 (as in test_s3.py)."""
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in AWS.items():
-            env.setenv(name, value)
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            env.delenv(name, raising=False)
-        server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            assert host == "127.0.0.1"
-            pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                              allow_bucket_creation=True).create_dir(BUCKET)
-            yield f"s3://{BUCKET}/runs?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        finally:
-            server.stop()
 
 
 @pytest.fixture(scope="module")

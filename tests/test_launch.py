@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import local_ray
 
 from orchestrator import cli
 from orchestrator.dashboard import access_lines, security_warnings
@@ -53,10 +54,8 @@ def fault_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_session(fault_file):
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
+    with local_ray() as ray:
+        yield ray
 
 
 @pytest.fixture

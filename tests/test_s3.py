@@ -14,41 +14,16 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 import yaml
+from conftest import S3_BUCKET as BUCKET
+from conftest import local_ray
 
 from orchestrator import cli, results
-
-BUCKET = "pixelreg-test"
-
-
-@pytest.fixture(scope="module")
-def s3_root():
-    """ROOT URI of an empty bucket on a moto server at 127.0.0.1, with dummy credentials in the environment
-    (set before Ray starts, so its workers inherit them)."""
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-            env.setenv(name, value)
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            env.delenv(name, raising=False)
-        server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            assert host == "127.0.0.1"
-            pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                              allow_bucket_creation=True).create_dir(BUCKET)
-            yield f"s3://{BUCKET}/runs?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        finally:
-            server.stop()
 
 
 @pytest.fixture(scope="module")
 def ray_session(s3_root):
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
+    with local_ray() as ray:
+        yield ray
 
 
 main = cli.main  # the real console-script entry
