@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pixelreg_core.attacks import boundary, fgsm
 from pixelreg_core.attacks.common import accuracy, correct_subset
 from pixelreg_core.config import TrialConfig
-from pixelreg_core.data import prepare_data
+from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import build_model, save_checkpoint
 
 

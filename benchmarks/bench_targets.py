@@ -41,7 +41,7 @@ def load_images(n: int, mnist: Path | None = None):
             raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
         where = f"MNIST images of {mnist}"
     else:
-        from pixelreg_core.loaders import load_mnist5k_split
+        from pixelreg_core.data.loaders import load_mnist5k_split
 
         raw = torch.cat([load_mnist5k_split("mnist5k", "", split, False)[0][:, 0] for split in ("train", "test")])
         raw, where = raw.numpy(), "mnist5k's 5,000 MNIST digits"
@@ -75,7 +75,7 @@ def run_case(n: int, range_: str, th: float, mnist: Path | None) -> dict:
     import torch
 
     from pixelreg_core.config import TrialConfig
-    from pixelreg_core.target_kinds import build_target
+    from pixelreg_core.targets.registry import build_target
 
     images, source = load_images(n, mnist)
     cfg = TrialConfig(alpha=4.0, th=th, range=range_, reg_images=n, target="threshold")

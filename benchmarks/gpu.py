@@ -45,9 +45,9 @@ import torch  # noqa: E402
 
 from pixelreg_core import attacks  # noqa: E402
 from pixelreg_core.config import KERNEL_FIELDS, TrialConfig  # noqa: E402
-from pixelreg_core.data import DataBundle  # noqa: E402
+from pixelreg_core.data.bundle import DataBundle  # noqa: E402
 from pixelreg_core.model import build_model, save_checkpoint  # noqa: E402
-from pixelreg_core.target_kinds import build_target  # noqa: E402
+from pixelreg_core.targets.registry import build_target  # noqa: E402
 from pixelreg_core.train import (  # noqa: E402
     PlacedData,
     batch_starts,
@@ -173,7 +173,7 @@ class Stepper:
 
 
 def sweep_train(name: str) -> dict[str, Any]:
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.load import load_spec
 
     return dict(load_spec(ROOT / "sweeps" / name).train)
 
@@ -442,8 +442,8 @@ def part_c(device: torch.device, smoke: bool, levels: list[int], mps: bool, trai
 # ----------------------------------------------------------------------------------------------------- (d)
 def part_d(b: dict[str, Any], c: dict[str, Any] | None) -> dict[str, Any]:
     """Sweep wall time = the FGSM source alone, then every other trial at the best measured packing speedup."""
-    from orchestrator.expand import expand
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.expand import expand
+    from orchestrator.spec.load import load_spec
 
     speedups = [r for r in (c or {}).get("rows", []) if r.get("speedup")]
     best = max(speedups, key=lambda r: r["speedup"]) if speedups else None

@@ -9,9 +9,8 @@ import argparse
 import importlib
 import sys
 
+from orchestrator.errors import UserError
 from pixelreg_core.config import ConfigError
-
-from .errors import UserError
 
 # subcommand -> (module, one-line help). Modules are imported lazily: `plan` must not pay for importing Ray.
 COMMANDS = {
@@ -19,9 +18,9 @@ COMMANDS = {
     "plan": ("orchestrator.plan", "print the expanded trials and the work estimate; run nothing"),
     "launch": ("orchestrator.launch", "run (or resume) a sweep on Ray Tune"),
     "status": ("orchestrator.status", "progress of a running or finished sweep, from its Parquet files"),
-    "aggregate": ("orchestrator.aggregate", "write summary.parquet, best.parquet and figures/"),
-    "report": ("orchestrator.report", "write a self-contained HTML report page"),
-    "analyze-targets": ("orchestrator.analyze_targets", "correlate a similarity matrix with pixel similarities"),
+    "aggregate": ("orchestrator.analysis.aggregate", "write summary.parquet, best.parquet and figures/"),
+    "report": ("orchestrator.analysis.report", "write a self-contained HTML report page"),
+    "analyze-targets": ("orchestrator.analysis.targets", "correlate a similarity matrix with pixel similarities"),
 }
 
 

@@ -20,21 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import UserError
+from orchestrator.localray import mps
+from orchestrator.run.preflight import preflight
+from orchestrator.run.resources import check_resources, concurrent_slots
+from orchestrator.run.search import run_studies
+from orchestrator.run.tune import Runner, asha_max_t, asha_scheduler
+from orchestrator.spec.expand import expand
+from orchestrator.spec.load import load_spec
+from orchestrator.spec.schema import SweepSpec
+from orchestrator.sweepdir.blocked import exit_code, skip_blocked
+from orchestrator.sweepdir.lock import sweep_lock
+from orchestrator.sweepdir.resume import check_writable, prepare_sweep_dir, spec_fingerprint, split_done
+from orchestrator.sweepdir.tables import COMPLETE_STATUSES, DEFAULT_ROOT, is_uri, sweep_dir_for, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
-
-from . import mps
-from .blocked import exit_code, skip_blocked
-from .errors import UserError
-from .expand import expand
-from .lock import sweep_lock
-from .optuna_search import run_studies
-from .preflight import preflight
-from .resources import check_resources, concurrent_slots
-from .results import COMPLETE_STATUSES, DEFAULT_ROOT, is_uri, sweep_dir_for, trial_statuses
-from .resume import check_writable, prepare_sweep_dir, spec_fingerprint, split_done
-from .schema import SweepSpec
-from .spec import load_spec
-from .tune_runner import Runner, asha_max_t, asha_scheduler
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,8 +163,8 @@ def _run(args: argparse.Namespace, plan: Plan) -> int:
 def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
     import logging
 
-    from .dashboard import start_ray, stop_ray
-    from .progress import Progress
+    from orchestrator.localray.start import start_ray, stop_ray
+    from orchestrator.run.progress import Progress
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # the final report has no epoch metrics
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy output is silent at verbose=0; ours is progress.py
@@ -219,10 +218,10 @@ def report_outputs(sweep_dir: str, log) -> None:
     """Aggregate and say where everything is."""
     if is_uri(sweep_dir):
         log(f"results: {sweep_dir} (tables trials, epochs, robustness, spectrum; "
-            f"orchestrator.results.load(URI) reads them)")
+            f"orchestrator.load(URI) reads them)")
     else:
         log(f"results: {sweep_dir}/{{trials,epochs,robustness,spectrum}}/ (pandas.read_parquet reads each folder)")
-    from .aggregate import aggregate_sweep
+    from orchestrator.analysis.aggregate import aggregate_sweep
 
     try:
         result = aggregate_sweep(sweep_dir)

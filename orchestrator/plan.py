@@ -17,14 +17,13 @@ import math
 import os
 from typing import Any
 
-from pixelreg_core import datasets
+from orchestrator.run.resources import concurrent_slots, local_gpus
+from orchestrator.spec.expand import expand, role_counts
+from orchestrator.spec.load import load_spec
+from orchestrator.spec.schema import SweepSpec
+from orchestrator.sweepdir.tables import DEFAULT_ROOT
 from pixelreg_core.config import ConfigError, TrialConfig
-
-from .expand import expand, role_counts
-from .resources import concurrent_slots, local_gpus
-from .results import DEFAULT_ROOT
-from .schema import SweepSpec
-from .spec import load_spec
+from pixelreg_core.data import registry as datasets
 
 # Training FLOPs per 32x32 image at base width 64 (forward + backward ~ 3x the forward's 2 x MACs):
 # ResNet18 ~0.56 GMACs, ResNet34 ~1.16 GMACs forward at 32x32 with a stride-1 stem and no max-pool.
@@ -134,7 +133,7 @@ def machine_resources(spec: SweepSpec) -> tuple[int, int]:
 
 
 def dataset_size(name: str) -> tuple[int, int, int]:
-    """(train images, test images, pixels per image) from the dataset's record (pixelreg_core.datasets); a name
+    """(train images, test images, pixels per image) from the dataset's record (pixelreg_core.data.registry); a name
     it does not know (a baseline's reg_data "none") is guessed MNIST-sized, like idx: folders."""
     try:
         return datasets.get(name).sizes

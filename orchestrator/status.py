@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .errors import UserError
-from .expand import expand
-from .results import SPEC_FILE, filesystem, read_table, read_text
-from .spec import parse_spec, parse_yaml
+from orchestrator.errors import UserError
+from orchestrator.spec.expand import expand
+from orchestrator.spec.load import parse_spec, parse_yaml
+from orchestrator.sweepdir.tables import SPEC_FILE, filesystem, read_table, read_text
 
 NOT_OK = ("failed", "blocked")  # listed with their errors; blocked: not run because its FGSM source failed
 COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_acc", "wall_s"]

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from .expand import expand, role_counts
-from .results import DEFAULT_ROOT
-from .spec import load_spec
+from orchestrator.spec.expand import expand, role_counts
+from orchestrator.spec.load import load_spec
+from orchestrator.sweepdir.tables import DEFAULT_ROOT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

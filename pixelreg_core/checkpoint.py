@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .results import delete_file, join, read_bytes, write_bytes
+from pixelreg_core.results import delete_file, join, read_bytes, write_bytes
 
 FORMAT = 1
 

@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any
 
-from .config import ConfigError, TrialConfig, field_help
+from pixelreg_core.config import ConfigError, TrialConfig, field_help
 
 
 def _parse_optional(kind: type) -> Any:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         cfg = config_from_args(args)
-        from .trial import run_trial  # heavy imports only once the flags are good
+        from pixelreg_core.trial import run_trial  # heavy imports only once the flags are good
 
         def show(row: dict[str, Any]) -> None:
             sim = "" if row["loss_sim"] is None else f" sim {row['loss_sim']:.4f} r {row['sim_corr']:.3f}"

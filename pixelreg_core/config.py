@@ -13,10 +13,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import datasets, target_kinds
-from .errors import ConfigError  # re-exported: `from pixelreg_core.config import ConfigError` keeps working
-from .ranges import RANGES
-from .target_kinds import TARGETS
+from pixelreg_core.data import registry as datasets
+from pixelreg_core.errors import (
+    ConfigError,  # re-exported: `from pixelreg_core.config import ConfigError` keeps working
+)
+from pixelreg_core.targets import registry as target_kinds
+from pixelreg_core.targets.ranges import RANGES
+from pixelreg_core.targets.registry import TARGETS
 
 ARCHS = ("ResNet18", "ResNet34")
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import NUM_SIM_LAYERS, TrialConfig
-from .results import read_bytes, write_bytes
+from pixelreg_core.config import NUM_SIM_LAYERS, TrialConfig
+from pixelreg_core.results import read_bytes, write_bytes
 
 STAGE_BLOCKS = {"ResNet18": (2, 2, 2, 2), "ResNet34": (3, 4, 6, 3)}
 

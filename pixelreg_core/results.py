@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .config import TrialConfig
+from pixelreg_core.config import TrialConfig
 
 KEY_FIELDS: list[pa.Field] = [
     pa.field("trial_id", pa.string()),
@@ -143,7 +143,7 @@ def join(root: str | os.PathLike, *parts: str) -> str:
 
 def _filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str, bool]:
     """(filesystem, path, is_local). Accepts a plain path or a pyarrow URI such as s3://bucket/prefix. The one
-    place that turns a results location into a filesystem (orchestrator.resume.filesystem wraps it)."""
+    place that turns a results location into a filesystem (orchestrator.sweepdir.resume.filesystem wraps it)."""
     if is_uri(root):
         fs, path = pafs.FileSystem.from_uri(str(root))
         return fs, path, False

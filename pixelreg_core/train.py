@@ -31,13 +31,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import faults
-from .checkpoint import EpochCheckpoint
-from .config import ConfigError, TrialConfig
-from .data import DataBundle, augment_batch
-from .model import PairResNet
-from .placement import DeviceImages, images_for
-from .targets import similarity_loss
+from pixelreg_core.checkpoint import EpochCheckpoint
+from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.data.bundle import DataBundle, augment_batch
+from pixelreg_core.data.placement import DeviceImages, images_for
+from pixelreg_core.hooks import faults
+from pixelreg_core.model import PairResNet
+from pixelreg_core.targets.builders import similarity_loss
 
 
 def resolve_device(name: str) -> torch.device:

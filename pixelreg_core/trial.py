@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from . import attacks
-from .checkpoint import EpochCheckpoint
-from .config import TrialConfig
-from .data import prepare_data
-from .model import build_model, save_checkpoint
-from .results import checkpoint_path, delete_file, join, key_values, remove_trial, status_row, write_table
-from .target_kinds import build_target
-from .train import resolve_device, train
+from pixelreg_core import attacks
+from pixelreg_core.checkpoint import EpochCheckpoint
+from pixelreg_core.config import TrialConfig
+from pixelreg_core.data.bundle import prepare_data
+from pixelreg_core.model import build_model, save_checkpoint
+from pixelreg_core.results import checkpoint_path, delete_file, join, key_values, remove_trial, status_row, write_table
+from pixelreg_core.targets.registry import build_target
+from pixelreg_core.train import resolve_device, train
 
 
 def library_versions() -> str:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     target = Path(args.target)
     if target.is_dir():
-        from orchestrator.report import build_report
+        from orchestrator.analysis.report import build_report
 
         target = Path(build_report(target))
     if not target.is_file():

@@ -4,7 +4,7 @@
 
 The sweep: digits x digits, width 4, 2 epochs, alpha {1, 2, 4} x seeds + one baseline per seed (100 trials with
 25 seeds), max_failures 2, on a local Ray started by each launch (the real `orchestrator launch` command, as a
-subprocess). Faults, all real (pixelreg_core/faults.py, through PIXELREG_FAULTS; no result is edited):
+subprocess). Faults, all real (pixelreg_core/hooks/faults.py, through PIXELREG_FAULTS; no result is edited):
 
 - random per trial and epoch: exceptions (in-worker retry), NaN losses (a ConfigError: failed at once, not retried),
   worker SIGKILLs (Tune restarts the trial);
@@ -40,8 +40,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator import local_ray  # noqa: E402
-from pixelreg_core import faults  # noqa: E402
+from orchestrator.localray import processes as local_ray  # noqa: E402
+from pixelreg_core.hooks import faults  # noqa: E402
 
 EPOCHS = 2
 RATES = {"raise": 0.06, "nan": 0.02, "sigkill": 0.03}

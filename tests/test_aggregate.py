@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from conftest import CORRUPTIONS, EPS, REPEAT_STEP, SEEDS, SETTINGS, accuracy, config_of, write_trial
 
-from orchestrator import aggregate
+from orchestrator.analysis import aggregate
 from orchestrator.cli import main
-from orchestrator.objective import FLOOR, evaluate_point
-from orchestrator.schema import Objective
+from orchestrator.run.objective import FLOOR, evaluate_point
+from orchestrator.spec.schema import Objective
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ from pixelreg_core.attacks.common import accuracy, predict
 from pixelreg_core.attacks.options import eps_list
 from pixelreg_core.attacks.spectrum import spectrum_rows
 from pixelreg_core.config import ConfigError, TrialConfig
-from pixelreg_core.data import prepare_data
+from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import build_model, save_checkpoint
 from pixelreg_core.results import SCHEMAS, key_values, to_arrow
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pixelreg_core import faults
 from pixelreg_core.checkpoint import running_path
 from pixelreg_core.config import TrialConfig
+from pixelreg_core.hooks import faults
 from pixelreg_core.trial import run_trial
 
 # regularized with augmentation-free digits, pairs sampled every step, noise attack: every RNG consumer is used

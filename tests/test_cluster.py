@@ -32,7 +32,7 @@ import pytest
 import yaml
 from conftest import AWS
 
-from orchestrator.dashboard import join_error
+from orchestrator.localray.start import join_error
 from pixelreg_core.results import TABLES, read_table
 
 REPO = Path(__file__).resolve().parents[1]

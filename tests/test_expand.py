@@ -10,8 +10,8 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.errors import UserError
-from orchestrator.expand import expand, role_counts, source_of, trial_from_params
-from orchestrator.spec import parse_spec
+from orchestrator.spec.expand import expand, role_counts, source_of, trial_from_params
+from orchestrator.spec.load import parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_DIR = "results/grid"
@@ -132,7 +132,7 @@ def test_optuna_expands_sources_and_baselines_and_builds_searched_trials():
 
 
 def test_shipped_quickstart_expansion():
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.load import load_spec
 
     trials = expand(load_spec(REPO / "sweeps" / "quickstart.yaml"), "results/quickstart")
     assert role_counts(trials) == {"fgsm_source": 1, "baseline": 3, "trial": 6}

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from pixelreg_core.config import ConfigError, TrialConfig
-from pixelreg_core.data import DataBundle, augment_batch, prepare_data
-from pixelreg_core.hostreads import count_host_reads
+from pixelreg_core.data.bundle import DataBundle, augment_batch, prepare_data
+from pixelreg_core.data.placement import DeviceImages, as_uint8_if_exact
+from pixelreg_core.hooks.hostreads import count_host_reads
 from pixelreg_core.model import build_model
-from pixelreg_core.placement import DeviceImages, as_uint8_if_exact
-from pixelreg_core.target_kinds import build_target
-from pixelreg_core.targets import similarity_loss
+from pixelreg_core.targets.builders import similarity_loss
+from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import PlacedData, batch_starts, evaluate_split, learning_rate, step_losses, train, train_epoch
 
 TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=128, test_images=64,
@@ -49,7 +49,7 @@ def run_train(cfg: TrialConfig, device: str = "cpu", data: DataBundle | None = N
 
 
 def reads_per_epoch(cfg: TrialConfig) -> list[int]:
-    from pixelreg_core import placement
+    from pixelreg_core.data import placement
 
     placement.clear_cache()  # the same one-time placement work in every run (it is in the first epoch's count)
     marks: list[int] = []
@@ -339,7 +339,7 @@ def test_two_trials_share_one_gpu_through_ray_fractional_gpus(tmp_path):
 
 
 def test_a_loaded_split_is_held_once_per_process_and_each_trial_indexes_it():
-    from pixelreg_core import placement
+    from pixelreg_core.data import placement
 
     placement.clear_cache()
     a, b = prepare_data(tiny(seed=0)), prepare_data(tiny(seed=1))
@@ -355,7 +355,7 @@ def test_a_loaded_split_is_held_once_per_process_and_each_trial_indexes_it():
 
 
 def test_the_device_rejection_sampler_reads_nothing_and_draws_only_qualifying_pairs():
-    from pixelreg_core.pairs import PairSampler
+    from pixelreg_core.targets.pairs import PairSampler
 
     emb = torch.nn.functional.normalize(torch.randn(300, 20, generator=torch.Generator().manual_seed(0)), dim=1)
     sampler = PairSampler(emb, th=0.3, range="high", enumerate_below=0.0)

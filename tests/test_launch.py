@@ -17,11 +17,11 @@ import yaml
 from conftest import local_ray
 
 from orchestrator import cli
-from orchestrator.dashboard import access_lines, security_warnings
-from orchestrator.objective import score
-from orchestrator.progress import Progress
-from orchestrator.resources import concurrent_slots
-from pixelreg_core import faults
+from orchestrator.localray.start import access_lines, security_warnings
+from orchestrator.run.objective import score
+from orchestrator.run.progress import Progress
+from orchestrator.run.resources import concurrent_slots
+from pixelreg_core.hooks import faults
 
 TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
               "num_threads": 1}
@@ -69,8 +69,8 @@ def inject(fault_file, tmp_path):
 
 def trial_ids(spec: Path, root: Path) -> dict[str, str]:
     """role/seed -> trial id, from the real expansion."""
-    from orchestrator.expand import expand
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.expand import expand
+    from orchestrator.spec.load import load_spec
 
     return {f"{c.role}/{c.seed}": c.trial_id for c in expand(load_spec(spec), str(root / load_spec(spec).name))}
 

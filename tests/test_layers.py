@@ -96,7 +96,7 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_function_level_imports_are_in_the_graph():
     graph = import_graph()
     # orchestrator.launch imports the aggregator only inside report_outputs
-    assert "orchestrator.aggregate" in graph["orchestrator.launch"]
+    assert "orchestrator.analysis.aggregate" in graph["orchestrator.launch"]
 
 
 def test_no_import_cycles_between_project_modules():

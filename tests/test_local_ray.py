@@ -24,8 +24,9 @@ import psutil
 import pytest
 import yaml
 
-from orchestrator import cli, local_ray
-from orchestrator.lock import LOCK_FILE
+from orchestrator import cli
+from orchestrator.localray import processes as local_ray
+from orchestrator.sweepdir.lock import LOCK_FILE
 
 TRAIN = {"width": 4, "epochs": 3, "train_images": 200, "test_images": 40, "reg_images": 40, "batch_size": 16,
          "num_threads": 1}

@@ -12,10 +12,10 @@ import time
 import psutil
 import pytest
 
-from orchestrator import local_ray
 from orchestrator.errors import UserError
-from orchestrator.lock import LOCK_FILE, STALE_AFTER_S, SweepLock, stale_reason, sweep_lock
-from orchestrator.resume import prepare_sweep_dir
+from orchestrator.localray import processes as local_ray
+from orchestrator.sweepdir.lock import LOCK_FILE, STALE_AFTER_S, SweepLock, stale_reason, sweep_lock
+from orchestrator.sweepdir.resume import prepare_sweep_dir
 
 
 def dead_pid() -> tuple[int, float]:

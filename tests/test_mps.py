@@ -8,8 +8,9 @@ import stat
 import pytest
 import yaml
 
-from orchestrator import cli, mps
+from orchestrator import cli
 from orchestrator.errors import UserError
+from orchestrator.localray import mps
 
 
 def write_spec(directory):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator import cli, dashboard
+from orchestrator import cli
 from orchestrator.errors import UserError
-from orchestrator.preflight import check_dataset, preflight
+from orchestrator.localray import start as dashboard
+from orchestrator.run.preflight import check_dataset, preflight
 from pixelreg_core.config import TrialConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 from conftest import make_results
 
-from orchestrator import aggregate, analyze_targets, report, results
+from orchestrator.analysis import aggregate, report
+from orchestrator.analysis import targets as analyze_targets
 from orchestrator.cli import main
 from orchestrator.errors import UserError
+from orchestrator.sweepdir import tables as results
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_FIGURES = {"curves_MNIST_MNIST_ResNet18.png", "tradeoff_MNIST_MNIST_ResNet18.png", "boundary.png",
@@ -54,7 +56,7 @@ def test_tradeoff_panel_of_corruptions_names_the_severity(sweep: tuple[Path, dic
     """Robustness rows call the attack "corruptions"; its tradeoff panel says D is a severity."""
     import matplotlib.pyplot as plt
 
-    from orchestrator import figures
+    from orchestrator.analysis import figures
 
     root, _ = sweep
     summary, best = pd.read_parquet(root / "summary.parquet"), pd.read_parquet(root / "best.parquet")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.resume import split_done
+from orchestrator.sweepdir.resume import split_done
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import key_values, read_table, write_table
 
@@ -95,7 +95,7 @@ def test_split_done_keeps_ok_trials_and_clears_stale_rows_of_the_rest(tmp_path):
 def test_orchestrator_rows_for_failed_and_stopped_trials(tmp_path):
     """The rows the orchestrator writes itself (retries used up, ASHA stop) have the keys and config a resume and
     `status` need, and a failed row run_trial wrote keeps its details with the attempt count added."""
-    from orchestrator.results import clean_accuracy, record_failure, record_status, trial_statuses
+    from orchestrator.sweepdir.tables import clean_accuracy, record_failure, record_status, trial_statuses
 
     never_ran, ran, stopped = (TrialConfig(task="digits", seed=s, alpha=1.0, sim_layer=2) for s in range(3))
     record_failure(str(tmp_path), never_ran, "OSError: no source (failed 3 attempt(s))")

@@ -17,7 +17,8 @@ import yaml
 from conftest import S3_BUCKET as BUCKET
 from conftest import local_ray
 
-from orchestrator import cli, results
+from orchestrator import cli
+from orchestrator.sweepdir import tables as results
 
 
 @pytest.fixture(scope="module")

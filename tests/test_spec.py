@@ -11,11 +11,11 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.errors import UserError
-from orchestrator.expand import expand
-from orchestrator.resources import check_resources
-from orchestrator.resume import spec_fingerprint
-from orchestrator.schema import SweepSpec
-from orchestrator.spec import load_spec, parse_spec
+from orchestrator.run.resources import check_resources
+from orchestrator.spec.expand import expand
+from orchestrator.spec.load import load_spec, parse_spec
+from orchestrator.spec.schema import SweepSpec
+from orchestrator.sweepdir.resume import spec_fingerprint
 from pixelreg_core.attacks import resolve
 
 REPO = Path(__file__).resolve().parents[1]

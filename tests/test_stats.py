@@ -1,4 +1,4 @@
-"""Statistics of best.parquet and the curves (orchestrator.stats), checked against scipy on constructed sweeps.
+"""Statistics of best.parquet and the curves (orchestrator.analysis.stats), checked against scipy on constructed sweeps.
 
 The sweeps are written through the real Parquet contract (no training): every per-seed value is known, so the
 Welch test, its interval and the Holm adjustment can be recomputed here independently of the code under test.
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from orchestrator import aggregate, stats
+from orchestrator.analysis import aggregate, stats
 from orchestrator.errors import UserError
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import key_values, write_table

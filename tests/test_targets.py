@@ -10,9 +10,9 @@ import torch
 from scipy.stats import chisquare
 
 from pixelreg_core.config import ConfigError, TrialConfig
-from pixelreg_core.pairs import PairSampler, range_mask, sample_pairs
-from pixelreg_core.target_kinds import build_target
-from pixelreg_core.targets import EPS, VGG19_TO_CONV3_1, pixel_embeddings, similarity_loss, threshold_targets
+from pixelreg_core.targets.builders import EPS, VGG19_TO_CONV3_1, pixel_embeddings, similarity_loss, threshold_targets
+from pixelreg_core.targets.pairs import PairSampler, range_mask, sample_pairs
+from pixelreg_core.targets.registry import build_target
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

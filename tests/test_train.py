@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from pixelreg_core import cli
 from pixelreg_core.config import ConfigError, TrialConfig
-from pixelreg_core.data import prepare_data
+from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import build_model, load_checkpoint, save_checkpoint
 from pixelreg_core.results import SCHEMAS
-from pixelreg_core.target_kinds import build_target
-from pixelreg_core.targets import similarity_loss
+from pixelreg_core.targets.builders import similarity_loss
+from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import learning_rate, train
 from pixelreg_core.trial import run_trial
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from torch import nn
 
-from ..config import ConfigError, TrialConfig, demo_attacks
-from . import boundary, corruptions, fgsm, minimal, noise
-from .common import AttackContext
-from .options import Attack
+from pixelreg_core.attacks import boundary, corruptions, fgsm, minimal, noise
+from pixelreg_core.attacks.common import AttackContext
+from pixelreg_core.attacks.options import Attack
+from pixelreg_core.config import ConfigError, TrialConfig, demo_attacks
 
 ATTACKS: dict[str, Attack] = {a.name: a for a in (*noise.ATTACKS, fgsm.ATTACK, boundary.ATTACK, *minimal.ATTACKS,
                                                   corruptions.ATTACK)}

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import (
+from pixelreg_core.attacks.common import (
     AttackContext,
     attack_from_starts,
     correct_subset,
@@ -35,8 +35,8 @@ from .common import (
     seeded_subset,
     seeded_torch,
 )
-from .options import Attack, Option
-from .spectrum import spectrum_rows
+from pixelreg_core.attacks.options import Attack, Option
+from pixelreg_core.attacks.spectrum import spectrum_rows
 
 
 @dataclass

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrialConfig
-from .options import eps_list
+from pixelreg_core.attacks.options import eps_list
+from pixelreg_core.config import TrialConfig
 
 INIT_STEPS = 50  # blending steps of the starting-point search (foolbox's own fallback uses 50)
 
@@ -149,7 +149,7 @@ class AttackContext:
         return self.cfg.seed
 
     def eps_values(self, attack: str) -> list[float]:
-        """The eps curve of an eps attack: explicit options, else the task's range (pixelreg_core.datasets)."""
+        """The eps curve of an eps attack: explicit options, else the task's range (pixelreg_core.data.registry)."""
         return eps_list(attack, self.opts, self.cfg.task)
 
     def shared_input(self, key: str, make: Callable[[], Any]) -> Any:

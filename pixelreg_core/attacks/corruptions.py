@@ -3,7 +3,7 @@
 Two sources:
 - A CIFAR-10-C / CIFAR-100-C folder (`folder` option): `<name>.npy` uint8 of shape (5 * N, H, W, 3), severity 1's
   N images first, and `labels.npy` of shape (5 * N,). RGB is averaged to gray for grayscale models (the
-  convention of pixelreg_core.data).
+  convention of pixelreg_core.data.bundle).
 - Otherwise the corruptions are generated for any dataset with the `imagecorruptions` package (PyPI
   imagecorruptions-imaug); none is written here. Its `corrupt()` wrapper refuses images under 32 px, but the
   corruption functions themselves run on 8x8 digits and 28x28 MNIST when given HxWx3 uint8 (checked for all 19
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError, TrialConfig
-from .common import AttackContext, accuracy, derive_seed, row, seeded_subset
-from .options import Attack, Option
+from pixelreg_core.attacks.common import AttackContext, accuracy, derive_seed, row, seeded_subset
+from pixelreg_core.attacks.options import Attack, Option
+from pixelreg_core.config import ConfigError, TrialConfig
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, TrialConfig
-from ..model import load_checkpoint
-from ..results import join, read_bytes, write_bytes
-from .common import AttackContext, accuracy, model_device, row, seeded_subset
-from .options import Attack, eps_options
+from pixelreg_core.attacks.common import AttackContext, accuracy, model_device, row, seeded_subset
+from pixelreg_core.attacks.options import Attack, eps_options
+from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.model import load_checkpoint
+from pixelreg_core.results import join, read_bytes, write_bytes
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import (
+from pixelreg_core.attacks.common import (
     AttackContext,
     attack_from_starts,
     correct_subset,
@@ -32,7 +32,7 @@ from .common import (
     row,
     seeded_torch,
 )
-from .options import Attack, Option
+from pixelreg_core.attacks.options import Attack, Option
 
 DEFAULT_LRS = {"brendel_bethge": [1e-3], "fmn": [1.0]}  # foolbox's own defaults
 

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import AttackContext, accuracy, clamp_per_image, derive_seed, row, seeded_subset
-from .options import Attack, Option, eps_options
+from pixelreg_core.attacks.common import AttackContext, accuracy, clamp_per_image, derive_seed, row, seeded_subset
+from pixelreg_core.attacks.options import Attack, Option, eps_options
 
 NOISE_ATTACKS = ("gaussian", "uniform", "salt_pepper")
 TITLES = {"gaussian": "Gaussian noise", "uniform": "Uniform noise", "salt_pepper": "Salt-and-pepper noise"}

@@ -6,7 +6,7 @@ and its paper value. `{"preset": "paper"}` on an attack swaps in the paper colum
 `{"preset": "paper", "images": 200}`.
 
 Eps lists: `eps` (an explicit list) or `eps_max` + `num_eps` (evenly spaced, 0 included). Left empty, the range
-comes from the task's record in pixelreg_core.datasets: ten values over the dataset's range.
+comes from the task's record in pixelreg_core.data.registry: ten values over the dataset's range.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import datasets
-from ..errors import ConfigError
+from pixelreg_core.data import registry as datasets
+from pixelreg_core.errors import ConfigError
 
 NUM_EPS = 10
 
@@ -72,7 +72,7 @@ def eps_options() -> dict[str, Option]:
 
 def eps_list(attack: str, opts: dict[str, Any], task: str) -> list[float]:
     """The eps values an eps-curve attack runs, from explicit `eps`, else `eps_max`/`num_eps`, else the task's
-    range (pixelreg_core.datasets)."""
+    range (pixelreg_core.data.registry)."""
     if opts.get("eps") is not None:
         return [float(e) for e in opts["eps"]]
     top = opts.get("eps_max")

@@ -1,0 +1,1 @@
+"""From rows to findings: curves, aggregate, statistics, figures, the HTML report."""

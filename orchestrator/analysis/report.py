@@ -1,0 +1,224 @@
+"""`orchestrator report ROOT/<name> [--out FILE]`: one self-contained HTML page for a sweep.
+
+Self-contained because it is mailed around and opened on laptops without the results folder: the figures are
+embedded as base64 PNG, the style is inline, nothing is fetched. It re-runs the aggregator first whenever the
+aggregate files are missing or older than the newest trial file, so the page never shows stale numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import html
+import os
+from pathlib import Path
+
+from orchestrator.analysis.aggregate import DEFAULT_A0, SELECTION_KEYS, aggregate_sweep, parse_distortions
+from orchestrator.errors import UserError
+
+SOURCE_TABLES = ("trials", "robustness", "spectrum")
+CHOSEN_COLUMNS = ["task", "reg_data", "arch", "attack", "target", "range", "th", "alpha", "n", "r0_over_u0",
+                  "rd_over_ud", "d_used", "d_source", "diff", "ci_low", "ci_high", "p_holm", "significant",
+                  "auc_ratio", "auc_rank"]
+# Dashed in the row that stands for "no acceptable setting": they describe a setting, and none was chosen.
+SETTING_VALUES = ["th", "alpha", "r0_over_u0", "rd_over_ud", "diff", "ci_low", "ci_high", "p_holm", "auc_ratio"]
+CONFIRM_TABLE = ["task", "reg_data", "arch", "attack", "th", "alpha", "r0_over_u0", "rd_over_ud", "held_out_seeds",
+                 "confirmed_r0_over_u0", "confirmed_rd_over_ud"]
+FIGURE_CAPTIONS = {
+    "curves": "Accuracy vs eps per attack: unregularized baseline vs the (Th, α) chosen for that attack; "
+              "bands are ± 1 SEM over seeds (papers' Figs. 2-3). The dotted line marks the distortion D. Black "
+              "rings mark the eps where the shown setting differs from the baseline: Welch t-test over the "
+              "per-seed values at that eps, p < 0.05 after Holm-Bonferroni over the eps of that curve.",
+    "tradeoff": "R0/U0 vs RD/UD for every (Th, α) and attack; the shaded region is acceptable "
+                "(R0/U0 ≥ A0 and RD/UD > 1), the star is the chosen setting (papers' Fig. 4).",
+    "boundary": "Boundary attack score: median squared L2 distance per pixel to the nearest adversarial found.",
+    "corruptions": "Accuracy on common corruptions, averaged within low / medium / high frequency groups.",
+    "layer_weights": "Learned layer weights softmax(γ) of the similarity pathway, mean over seeds.",
+    "spectrum": "Radial Fourier power of the mean boundary perturbation (low frequencies on the left).",
+}
+MAX_TABLE_ROWS = 3000
+STYLE = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px auto; max-width: 1320px;
+       color: #222; line-height: 1.45; padding: 0 16px; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 4px;
+margin-top: 1.8em; }
+.meta { color: #666; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
+figure { margin: 18px 0 30px; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; margin-top: 4px; }
+details summary { cursor: pointer; font-weight: 600; margin: 8px 0; }
+.failed { color: #b00020; } .note { background: #f6f8fa; padding: 8px 12px; border-left: 4px solid #8ab; }
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_dir", help="results folder of one sweep, e.g. results/mnist_grid")
+    parser.add_argument("--out", default=None, help="HTML file to write (default: <sweep_dir>/report.html)")
+    parser.add_argument("--a0", type=float, default=None,
+                        help=f"re-aggregate with this A0 (default: {DEFAULT_A0}, or the last aggregate's)")
+    parser.add_argument("--distortion", action="append", default=[], metavar="ATTACK=EPS",
+                        help="re-aggregate with this distortion D for an attack (repeatable)")
+    parser.add_argument("--confirm-seeds", type=int, default=None, metavar="K",
+                        help="re-aggregate choosing on all but the K highest seeds, confirming on those K")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = build_report(args.sweep_dir, out=args.out, a0=args.a0, distortions=parse_distortions(args.distortion),
+                        confirm_seeds=args.confirm_seeds)
+    print(f"wrote {path}")
+    return 0
+
+
+def needs_aggregate(root: Path) -> bool:
+    """True when summary/best/figures are missing or older than the newest trial file."""
+    outputs = [root / "summary.parquet", root / "best.parquet"]
+    if not all(p.exists() for p in outputs) or not (root / "figures").is_dir():
+        return True
+    newest_input = max((p.stat().st_mtime for table in SOURCE_TABLES for p in (root / table).glob("*.parquet")),
+                       default=0.0)
+    return min(p.stat().st_mtime for p in outputs) < newest_input
+
+
+def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None, a0: float | None = None,
+                 distortions: dict[str, float] | None = None, confirm_seeds: int | None = None) -> str:
+    """Aggregate if needed, then write the HTML page (atomically). Returns its path."""
+    import pandas as pd
+
+    from pixelreg_core.results import read_table
+
+    root = Path(sweep_dir)
+    if not (root / "trials").is_dir():
+        raise UserError(f"{root}: no trials/ folder here; pass a sweep's results folder such as results/mnist_grid")
+    if a0 is not None or distortions or confirm_seeds is not None or needs_aggregate(root):
+        aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions,
+                        confirm_seeds=confirm_seeds)
+    trials = read_table(root, "trials")
+    summary = pd.read_parquet(root / "summary.parquet")
+    best = pd.read_parquet(root / "best.parquet")
+    page = render(root, trials, summary, best)
+    path = Path(out) if out else root / "report.html"
+    from pixelreg_core.results import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------------- rendering
+
+
+def render(root: Path, trials, summary, best) -> str:
+    name = html.escape(root.name)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    a0 = best["a0"].iloc[0] if len(best) else DEFAULT_A0
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>pixelreg report: {name}</title><style>{STYLE}</style></head><body>",
+        f"<h1>pixelreg sweep report: {name}</h1>",
+        f'<p class="meta">{html.escape(str(root.resolve()))} &middot; generated {now}</p>',
+        "<h2>Sweep status</h2>", status_section(trials),
+        "<h2>Best (Th, α) per task, regularization set and attack</h2>", chosen_section(best, a0),
+        "<h2>Figures</h2>", figures_section(root / "figures"),
+        "<h2>Tables</h2>",
+        details("All candidate settings (best.parquet)", table_html(best)),
+        details(f"Summary: mean ± SEM over seeds (summary.parquet, {len(summary)} rows)", table_html(summary)),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def details(title: str, body: str) -> str:
+    return f"<details><summary>{html.escape(title)}</summary>{body}</details>"
+
+
+def table_html(frame) -> str:
+    if not len(frame):
+        return "<p>(empty)</p>"
+    note = ""
+    if len(frame) > MAX_TABLE_ROWS:
+        note = f"<p>first {MAX_TABLE_ROWS} of {len(frame)} rows; the Parquet file has them all.</p>"
+        frame = frame.head(MAX_TABLE_ROWS)
+    frame = frame.astype({c: "float64" for c, t in frame.dtypes.items() if str(t) == "Int64"})  # <NA> -> dash
+    return note + frame.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}", border=0)
+
+
+def status_section(trials) -> str:
+    """Trial counts by role and status, and one line per failed trial."""
+    if not len(trials):
+        return "<p>No trial has finished yet.</p>"
+    counts = (trials.assign(status=trials["status"].fillna("unknown"))
+              .groupby(["role", "status"], dropna=False).size().unstack(fill_value=0)
+              .rename_axis(columns=None).reset_index())
+    body = table_html(counts)
+    failed = trials[trials["status"].fillna("") != "ok"]
+    if len(failed):
+        columns = ["trial_id", "task", "reg_data", "th", "alpha", "seed", "error"]
+        body += (f'<p class="failed">{len(failed)} failed trial(s), left out of every number below:</p>'
+                 + table_html(failed[columns]))
+    return body
+
+
+def chosen_section(best, a0: float) -> str:
+    note = (f'<p class="note">A setting is acceptable when R0/U0 &ge; A0 = {a0:g} (clean accuracy kept) and '
+            "RD/UD &gt; 1 (more accurate than the unregularized baseline at distortion D); the chosen one has the "
+            "largest RD/UD. Baselines are seed-averaged. The AUC rank orders settings by the area under the "
+            "accuracy-vs-eps curve relative to the baseline (1 = best). diff = RD - UD with its 95% Welch "
+            "interval [ci_low, ci_high]; p_holm is the two-sided Welch t-test over the per-seed values (repeats "
+            "averaged first), Holm-Bonferroni-adjusted over the settings of that row's task, regularization set, "
+            "architecture and attack; significant = p_holm &lt; 0.05. Fewer than two seeds on either side: no "
+            "test (dash).</p>")
+    if not len(best):
+        return note + "<p>No regularized setting with a baseline yet.</p>"
+    columns = [c for c in CHOSEN_COLUMNS if c in best.columns]  # a best.parquet written before a column existed
+    rows = []
+    for _, part in best.groupby(SELECTION_KEYS, dropna=False, sort=True):
+        chosen = part[part["chosen"].astype(bool)]
+        if len(chosen):
+            rows.append(chosen[columns])
+        else:
+            row = part.head(1)[columns].astype(object)  # object: a bool or Int64 column can then hold a dash
+            for column in SETTING_VALUES + ["auc_rank", "significant"]:
+                if column in columns:
+                    row[column] = None
+            rows.append(row)
+    import pandas as pd
+
+    table = pd.concat(rows, ignore_index=True).infer_objects()  # numbers back to float columns for formatting
+    table["auc_rank"] = pd.to_numeric(table["auc_rank"], errors="coerce")  # None -> NaN, printed as a dash
+    if "significant" in table:
+        table["significant"] = table["significant"].map({True: "yes", False: "no"})
+    return (note + table_html(table) + "<p>A row of dashes: no acceptable setting for that attack.</p>"
+            + confirm_section(best))
+
+
+def confirm_section(best) -> str:
+    """The setting chosen on the training seeds and its ratios on the held-out seeds (aggregate --confirm-seeds)."""
+    if "held_out_seeds" not in best.columns or not best["held_out_seeds"].astype(bool).any():
+        return ""
+    note = ('<h3>Does the choice hold on seeds it never saw?</h3><p class="note">Each (Th, α) below was chosen by '
+            "the same rule on all seeds but the held-out ones (the highest seed ids); r0_over_u0 and rd_over_ud "
+            "are on all seeds, the confirmed_ ratios on the held-out seeds alone, against their baseline's mean. "
+            "The choice holds when the confirmed ratios pass the rule too.</p>")
+    table = best[best["train_chosen"].astype(bool)][CONFIRM_TABLE]
+    if not len(table):
+        return note + "<p>No acceptable setting on the training seeds.</p>"
+    return note + table_html(table.reset_index(drop=True))
+
+
+def figures_section(folder: Path) -> str:
+    order = list(FIGURE_CAPTIONS)  # main results first: curves, trade-off, then the diagnostics
+    pngs = sorted(folder.glob("*.png") if folder.is_dir() else [],
+                  key=lambda p: (next((i for i, k in enumerate(order) if p.stem.startswith(k)), len(order)), p.name))
+    if not pngs:
+        return "<p>No figures (no data to draw yet).</p>"
+    out = []
+    for png in pngs:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        kind = next((k for k in FIGURE_CAPTIONS if png.stem.startswith(k)), "")
+        caption = html.escape(FIGURE_CAPTIONS.get(kind, png.stem))
+        out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(png.stem)}">'
+                   f"<figcaption><b>{html.escape(png.name)}</b>: {caption}</figcaption></figure>")
+    return "\n".join(out)

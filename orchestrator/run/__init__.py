@@ -1,0 +1,1 @@
+"""Running a sweep on Ray Tune: preflight, resources, the trainable, Optuna, progress."""

@@ -1,0 +1,115 @@
+"""The functions Ray Tune runs: one TrialConfig (grid) or one searched (Th, alpha) point over seeds (optuna).
+
+They run inside Ray workers. Torch and the trainer are imported on first use, once per worker process: with
+`reuse_actors` the same worker runs trial after trial and pays the import only once. Each epoch's metrics go to
+`tune.report` (dashboard, TensorBoard via Tune's default TBX logger); the Parquet rows are written by run_trial
+itself, which is what makes a sweep resumable without Tune's own state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray import tune
+
+from orchestrator.run.objective import FLOOR, evaluate_point
+from orchestrator.spec.expand import trial_from_params
+from orchestrator.spec.schema import Objective, SweepSpec
+from orchestrator.sweepdir.tables import join, record_failure, trial_statuses
+from pixelreg_core.config import ConfigError, TrialConfig
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """Only finite numbers: Tune's loggers and schedulers choke on None / NaN."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
+         extra: dict[str, float] | None = None) -> dict[str, Any]:
+    """run_trial with Tune reporting, retried in this worker up to `retries` times; returns its trials row.
+
+    Exceptions are retried here rather than by Tune: in Ray 2.60 a trial that raises with reuse_actors on
+    loses its actor and Tune never replaces it, so one failure would cost the sweep a slot for good (seen here:
+    after one error, every later trial ran in a single actor). Tune's FailureConfig still restarts trials whose
+    worker process dies. A trial that fails every attempt has a `failed` trials row (written by run_trial).
+    """
+    import torch
+
+    from pixelreg_core.trial import run_trial
+
+    torch.set_num_threads(threads)
+    cfg = cfg.replace(num_threads=threads)
+    extra = extra or {}
+    node = worker_node()
+    for attempt in range(retries + 1):
+        try:
+            return run_trial(cfg, sweep_dir, on_epoch=lambda row: tune.report({**numeric(row), **extra}),
+                             cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True, node=node)
+        except ConfigError as exc:  # a value the user must change fails the same way every time: no retry
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0] + " (not retried: a config error)"
+            break
+        except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if attempt < retries:
+                print(f"trial {cfg.trial_id} failed ({error}); retry {attempt + 1} of {retries}", flush=True)
+            else:
+                error = f"{error} (failed {retries + 1} attempt(s))"
+    record_failure(sweep_dir, cfg, error)
+    return {"trial_id": cfg.trial_id, "status": "failed", "error": error}
+
+
+def worker_node() -> str | None:
+    """The Ray node id of the node this worker runs on (`ray list nodes` and the dashboard map it to a machine):
+    on a cluster the trials table says where each trial ran. None outside a Ray worker."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+class TrialFailed(RuntimeError):
+    """A searched point whose trials failed: Tune records it as errored (its rows say why)."""
+
+
+def train_one(config: dict[str, Any], *, configs: dict[str, dict[str, Any]], sweep_dir: str, threads: int,
+              retries: int) -> None:
+    """Grid search: the Tune trial `config["trial_id"]` is exactly that TrialConfig."""
+    cfg = TrialConfig.from_dict(configs[config["trial_id"]])
+    row = _run(cfg, sweep_dir, threads, retries)
+    ok = row.get("status") == "ok"
+    tune.report({**numeric({"clean_acc": row.get("clean_acc"), "valid_acc": row.get("valid_acc")}),
+                 "ok": float(ok), **({} if ok else {"error": row["error"][:300]})})
+
+
+# ----------------------------------------------------------------------------------------------- optuna
+
+
+def train_point(config: dict[str, Any], *, spec: SweepSpec, task: str, reg_data: str, seeds: list[int],
+                baselines: dict[int, str], sweep_dir: str, threads: int, objective: Objective,
+                retries: int) -> None:
+    """Optuna: one sampled (Th, alpha) for one pair, trained for every seed; reports the seed-mean objective.
+
+    Seeds finished by an earlier launch are read back, not retrained. The objective is the one best.parquet
+    reports (orchestrator.run.objective): seed means over the seed-averaged baseline. `objective` is the spec's
+    search.objective.
+    """
+    params = {"th": float(config["th"]), "alpha": float(config["alpha"])}
+    statuses = trial_statuses(sweep_dir)
+    trial_ids = []
+    for index, seed in enumerate(seeds):
+        cfg = trial_from_params(spec, task, reg_data, seed, params, sweep_dir)
+        if statuses.get(cfg.trial_id) != "ok":
+            # OptunaSearch reads its metric from every intermediate result; the objective only exists at the
+            # end, so epochs carry its floor (the lowest score() can give) as a neutral placeholder.
+            row = _run(cfg, sweep_dir, threads, retries, extra={"seed_index": index, "objective": FLOOR, **params})
+            if row.get("status") != "ok":
+                raise TrialFailed(f"trial {cfg.trial_id} (seed {seed}): {row['error']}")
+        trial_ids.append(cfg.trial_id)
+    point = evaluate_point(sweep_dir, trial_ids, [baselines[seed] for seed in seeds], objective)
+    tune.report({**numeric(point), "objective": point["objective"], "ok": 1.0})

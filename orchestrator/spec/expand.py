@@ -1,0 +1,124 @@
+"""Sweep spec -> the list of trials to run, in the order they must start.
+
+Three roles (TrialConfig.role):
+- `fgsm_source`: one unregularized model per task (and per combination of non-regularizer grid fields such as
+  width), seed `fgsm_source_seed`, trained only to craft the transferred FGSM examples. It comes first because
+  every trial with the `fgsm_transfer` attack loads its checkpoint.
+- `baseline`: one unregularized model per task x seed. Regularizer fields are neutral for alpha 0, so every pair
+  of a task maps to the same trial id: the baseline is shared, never duplicated.
+- `trial`: pairs x grid points x seeds, the regularized models.
+
+Trial ids are TrialConfig.trial_id (a hash of the identity fields), so the same spec always expands to the same
+ids, and moving the data (data_root) or the results (the fgsm_source path) keeps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from typing import Any
+
+from orchestrator.errors import UserError
+from orchestrator.spec.fields import FGSM_ATTACK, GRID_FIELDS
+from orchestrator.spec.schema import SweepSpec
+from orchestrator.sweepdir.tables import checkpoint_path
+from pixelreg_core.config import ROLES, ConfigError, TrialConfig
+
+# Fields that only matter when alpha > 0. An unregularized model gets their defaults, so a grid over, say,
+# sim_layer does not make one baseline per sim_layer value (they would be the same model under different ids).
+REGULARIZER_FIELDS = ("reg_data", "target", "range", "th", "th2", "arctanh", "exact_targets", "reg_images",
+                      "reg_augment", "reg_pairs", "sim_layer", "beta", "matrix", "matrix_images", "vgg_weights")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig) if f.default is not dataclasses.MISSING}
+
+
+def expand(spec: SweepSpec, sweep_dir: str | os.PathLike) -> list[TrialConfig]:
+    """Every trial of the spec, ordered FGSM sources, baselines, regularized trials; deduplicated by trial id.
+
+    `sweep_dir` is `<results root>/<name>` (a path or a pyarrow URI): trials with the fgsm_transfer attack get
+    `fgsm_source = <sweep_dir>/checkpoints/<source trial_id>.pt`. For search optuna only the sources and baselines
+    (always, whatever `baseline` says: the objective needs them); the launcher adds the searched trials
+    (`trial_from_params`).
+    """
+    sources: list[TrialConfig] = []
+    baselines: list[TrialConfig] = []
+    regularized: list[TrialConfig] = []
+    searched = spec.search.type == "optuna"
+    for pair in spec.pairs:
+        for point in spec.grid_points():
+            if FGSM_ATTACK in spec.attacks:
+                sources.append(fgsm_source(spec, pair.task, point))
+            for seed in spec.seed_list:
+                if spec.baseline or searched:  # the optuna objective divides by the baseline's accuracy
+                    baselines.append(unregularized(spec, pair.task, seed, point))
+                if searched:
+                    continue
+                if point["alpha"] == 0:  # an alpha-0 grid value is the baseline itself
+                    baselines.append(unregularized(spec, pair.task, seed, point))
+                else:
+                    regularized.append(spec.trial_config(pair.task, pair.reg_data, seed, point))
+    trials = _unique(sources + baselines + regularized)
+    return [attach_source(spec, cfg, sweep_dir) for cfg in trials]
+
+
+def unregularized(spec: SweepSpec, task: str, seed: int, point: dict[str, Any], role: str = "baseline") -> TrialConfig:
+    """The alpha-0 model of a task x seed with the point's non-regularizer fields (e.g. width) kept."""
+    keep = {k: v for k, v in point.items() if k not in REGULARIZER_FIELDS}
+    cfg = spec.trial_config(task, "none", seed, {**keep, "alpha": 0.0})
+    # replace() re-runs __post_init__, which sets the neutral values of BASELINE_NEUTRAL on top of these defaults
+    return cfg.replace(role=role, **{name: _DEFAULTS[name] for name in REGULARIZER_FIELDS})
+
+
+def fgsm_source(spec: SweepSpec, task: str, point: dict[str, Any]) -> TrialConfig:
+    """The unregularized model whose gradients craft the transferred FGSM examples; no FGSM attack of its own."""
+    cfg = unregularized(spec, task, spec.fgsm_source_seed, point, role="fgsm_source")
+    return cfg.replace(attacks={k: v for k, v in cfg.attacks.items() if k != FGSM_ATTACK})
+
+
+def source_of(spec: SweepSpec, cfg: TrialConfig) -> TrialConfig | None:
+    """The FGSM source trial a trial depends on (same task and non-regularizer grid fields), or None when it needs
+    none (it is a source itself, or has no fgsm_transfer attack)."""
+    if cfg.role == "fgsm_source" or FGSM_ATTACK not in cfg.attacks:
+        return None
+    return fgsm_source(spec, cfg.task, {name: getattr(cfg, name) for name in spec.grid_field_names()})
+
+
+def attach_source(spec: SweepSpec, cfg: TrialConfig, sweep_dir: str | os.PathLike | None) -> TrialConfig:
+    """Point a trial with the fgsm_transfer attack at its source's checkpoint. fgsm_source is not part of the
+    trial id, so this never changes an id."""
+    source = source_of(spec, cfg) if sweep_dir is not None else None
+    return cfg if source is None else cfg.replace(fgsm_source=checkpoint_path(sweep_dir, source.trial_id))
+
+
+def trial_from_params(spec: SweepSpec, task: str, reg_data: str, seed: int, params: dict[str, Any],
+                      sweep_dir: str | os.PathLike | None = None) -> TrialConfig:
+    """A searched trial (search optuna): the spec's trial for one pair x seed with `params` (th, alpha, ...) set.
+
+    Give `sweep_dir` so the trial finds its FGSM source; a bad parameter raises UserError.
+    """
+    if not any(p.task == task and p.reg_data == reg_data for p in spec.pairs):
+        raise UserError(f"{spec.source}: pairs: {task} x {reg_data} is not a pair of this spec")
+    unknown = sorted(set(params) - set(GRID_FIELDS))
+    if unknown:
+        raise UserError(f"{spec.source}: search: {unknown[0]!r} is not a trial field that can be searched")
+    cfg = spec.trial_config(task, reg_data, seed, dict(params))
+    if cfg.alpha == 0:
+        cfg = unregularized(spec, task, seed, dict(params))
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        raise UserError(f"{spec.source}: search: {exc}") from None
+    return attach_source(spec, cfg, sweep_dir)
+
+
+def role_counts(trials: list[TrialConfig]) -> dict[str, int]:
+    """Trials per role in the order sources, baselines, trials (roles with none are left out)."""
+    counts = Counter(cfg.role for cfg in trials)
+    return {role: counts[role] for role in ("fgsm_source", "baseline", "trial") if role in ROLES and counts[role]}
+
+
+def _unique(trials: list[TrialConfig]) -> list[TrialConfig]:
+    seen: dict[str, TrialConfig] = {}
+    for cfg in trials:
+        seen.setdefault(cfg.trial_id, cfg)
+    return list(seen.values())

@@ -1,0 +1,369 @@
+"""The sweep spec's schema: pydantic models a YAML file is validated into (`SweepSpec`), with the normalisation of
+`grid` and `attacks` and every cross-field check.
+
+Why pydantic with `extra="forbid"` and strict types: a misspelt key or a quoted number in a sweep that takes days
+must fail in the first second, with one line naming the field path and what is allowed, not after the first
+hundred trials. Validators raise `SpecFieldError(path, message)`; `orchestrator.spec.load` (the loader) turns that and
+pydantic's own errors into the one-line `UserError`. Trial-level checks are not repeated here: every grid point is
+turned into a `TrialConfig` and its own `validate()` speaks, translated to the spec's field path.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from orchestrator.spec.fields import (
+    FGSM_ATTACK,
+    NAME_PATTERN,
+    TRAIN_FIELDS,
+    SpecFieldError,
+    coerce_field,
+    config_error_message,
+    normalise_attacks,
+    normalise_grid,
+    short,
+    unknown_field_message,
+)
+from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The models
+# ---------------------------------------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Pair(_Strict):
+    """One classification x regularization dataset pair."""
+
+    task: str
+    reg_data: str
+
+    @field_validator("task")
+    @classmethod
+    def _task_known(cls, value: str) -> str:
+        return _check_dataset(value, "task", allow_folder=False)
+
+    @field_validator("reg_data")
+    @classmethod
+    def _reg_known(cls, value: str) -> str:
+        return _check_dataset(value, "reg_data", allow_folder=True)
+
+
+def _check_dataset(name: str, field_name: str, *, allow_folder: bool) -> str:
+    """The names pixelreg_core.data.bundle can load (imported lazily: it pulls in torch)."""
+    from pixelreg_core.data.bundle import check_dataset_name
+
+    try:
+        check_dataset_name(name, field_name, allow_folder=allow_folder)
+    except ConfigError as exc:
+        raise ValueError(config_error_message(exc)) from None
+    return name
+
+
+class Resources(_Strict):
+    """Per trial. Fractional GPUs (0.25) pack several trials on one device; above 1 a GPU count must be whole."""
+
+    cpu: float = Field(default=1.0, gt=0)
+    gpu: float = Field(default=0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"{value} GPUs: above 1 a trial needs a whole number of GPUs (Ray's rule); "
+                             "use a fraction <= 1 or an integer")
+        return value
+
+
+class Objective(_Strict):
+    """What `search: optuna` maximises: accuracy under `attack` at `eps`, among trials whose clean accuracy is at
+    least `min_clean_ratio` times the unregularized baseline's (the papers' R0/U0 >= A0 rule)."""
+
+    attack: str = "gaussian"
+    eps: float = Field(default=0.1, ge=0)
+    min_clean_ratio: float = Field(default=0.9, gt=0, le=1)
+
+
+class _Kinded(_Strict):
+    """A section with a `type` (a bare string is the type) and fields that belong to one other type only."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data
+
+    def _is_plain(self, section: str, kinds: tuple[str, str], only_other: tuple[str, ...], fix: str) -> bool:
+        """Whether the type is kinds[0], whose sections must not set `only_other`; refuses an unknown type."""
+        if self.type not in kinds:
+            raise SpecFieldError((section, "type"), f"{self.type!r} is not a {section}; use {kinds[0]} or {kinds[1]}")
+        if self.type != kinds[0]:
+            return False
+        for name in only_other:
+            if getattr(self, name) is not None:
+                raise SpecFieldError((section, name), f"only for {section} type {kinds[1]}; {fix}")
+        return True
+
+
+class Search(_Kinded):
+    """`grid` (exhaustive, the default) or `optuna` (Ray Tune's Optuna searcher over th and alpha ranges)."""
+
+    type: str = "grid"
+    trials: int | None = None
+    th: list[float] | None = None
+    alpha: list[float] | None = None
+    objective: Objective | None = None
+    pareto: bool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Search:
+        if self._is_plain("search", ("grid", "optuna"), ("trials", "th", "alpha", "objective", "pareto"),
+                          "remove it or set search.type: optuna"):
+            return self
+        self.trials = 20 if self.trials is None else self.trials
+        if self.trials < 1:
+            raise SpecFieldError(("search", "trials"), f"{self.trials} is not a budget; use an integer >= 1")
+        self.th = [0.05, 0.95] if self.th is None else self.th
+        self.alpha = [0.5, 20.0] if self.alpha is None else self.alpha
+        _check_range(("search", "th"), self.th, lo_ok=lambda lo: lo > 0, hi_ok=lambda hi: hi < 1,
+                     allowed="[lo, hi] with 0 < lo < hi < 1")
+        _check_range(("search", "alpha"), self.alpha, lo_ok=lambda lo: lo >= 0, hi_ok=lambda hi: True,
+                     allowed="[lo, hi] with 0 <= lo < hi")
+        self.objective = Objective() if self.objective is None else self.objective
+        self.pareto = bool(self.pareto)
+        return self
+
+
+def _check_range(path: tuple[str, ...], values: list[float], *, lo_ok, hi_ok, allowed: str) -> None:
+    if len(values) != 2 or not (lo_ok(values[0]) and values[0] < values[1] and hi_ok(values[1])):
+        raise SpecFieldError(path, f"{values} is not a range; use {allowed}")
+
+
+class Scheduler(_Kinded):
+    """`fifo` runs every trial to the end; `asha` stops weak trials early on validation accuracy."""
+
+    type: str = "fifo"
+    grace_period: int | None = None
+    reduction_factor: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scheduler:
+        if self._is_plain("scheduler", ("fifo", "asha"), ("grace_period", "reduction_factor"), "remove it"):
+            return self
+        self.grace_period = 1 if self.grace_period is None else self.grace_period
+        self.reduction_factor = 3.0 if self.reduction_factor is None else self.reduction_factor
+        if self.grace_period < 1:
+            raise SpecFieldError(("scheduler", "grace_period"), f"{self.grace_period}; use epochs >= 1")
+        if self.reduction_factor <= 1:
+            raise SpecFieldError(("scheduler", "reduction_factor"), f"{self.reduction_factor}; use a number > 1")
+        return self
+
+
+class SweepSpec(_Strict):
+    """A whole study: pairs x grid x seeds, plus baselines and FGSM sources (see orchestrator.spec.expand)."""
+
+    name: str
+    data_root: str = "data"
+    download: bool = False
+    pairs: list[Pair]
+    target: str = "threshold"
+    range: str = "all"
+    th2: float | None = None
+    grid: dict[str, Any] | None = None
+    seeds: int | list[int] = 7
+    baseline: bool = True
+    train: dict[str, Any] = Field(default_factory=dict)
+    attacks: dict[str, dict[str, Any]] = Field(default_factory=demo_attacks)
+    resources: Resources = Field(default_factory=Resources)
+    search: Search = Field(default_factory=Search)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    max_failures: int = Field(default=2, ge=0)
+    fgsm_source_seed: int = Field(default=1000, ge=0)
+
+    _source: str = PrivateAttr(default="<spec>")
+
+    # --- single fields ----------------------------------------------------------------------------------------
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value) or len(value) > 100:
+            raise ValueError(f"{value!r} is not a plain name; use letters, digits, '-' and '_' only "
+                             "(it becomes a directory name)")
+        return value
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs_listed(cls, value: list[Pair]) -> list[Pair]:
+        if not value:
+            raise ValueError("is empty; list at least one {task: ..., reg_data: ...}")
+        seen = set()
+        for i, pair in enumerate(value):
+            if (pair.task, pair.reg_data) in seen:
+                raise SpecFieldError(("pairs", i), f"{pair.task} x {pair.reg_data} is listed twice; remove one")
+            seen.add((pair.task, pair.reg_data))
+        return value
+
+    @field_validator("target", "range")
+    @classmethod
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        allowed = TARGETS if info.field_name == "target" else RANGES
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not a {info.field_name}; use one of {', '.join(allowed)}")
+        return value
+
+    @field_validator("th2")
+    @classmethod
+    def _th2_inside(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"{value} is outside (0, 1); use a value between 0 and 1, below every th")
+        return value
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value <= 0:
+                raise ValueError(f"{value} seeds; use a count > 0 (7 in the papers) or a list of seeds")
+            return value
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"got {short(value)}; use a count > 0 or a non-empty list of distinct integers >= 0")
+        for i, seed in enumerate(value):
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                raise SpecFieldError(("seeds", i), f"got {short(seed)}; a seed is an integer >= 0")
+            if seed in value[:i]:
+                raise SpecFieldError(("seeds", i), f"seed {seed} is listed twice; seeds must be distinct")
+        return value
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid(cls, value: Any) -> Any:
+        return None if value is None else normalise_grid(value)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"got {short(value)}; use a mapping of trial fields, e.g. {{arch: ResNet18, epochs: 20}}")
+        out = {}
+        for name, item in value.items():
+            if name not in TRAIN_FIELDS:
+                raise SpecFieldError(("train", str(name)), unknown_field_message(name, TRAIN_FIELDS, "train"))
+            out[name] = coerce_field(("train", name), name, item)
+        return out
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attacks(cls, value: Any) -> Any:
+        return normalise_attacks(value)
+
+    # --- the whole spec ---------------------------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _whole(self) -> SweepSpec:
+        if self.search.type == "grid" and self.grid is None:
+            raise SpecFieldError(("grid",), "is required for search grid; e.g. grid: {th: [0.2, 0.8], alpha: [4, 10]}")
+        if self.search.type == "optuna":
+            if self.grid is not None:
+                raise SpecFieldError(("grid",), "search optuna draws th and alpha from search.th and search.alpha; "
+                                                "remove grid (fixed values go in train) or use search: grid")
+            if self.search.objective.attack not in self.attacks:
+                raise SpecFieldError(("search", "objective", "attack"),
+                                     f"{self.search.objective.attack!r} is not among attacks "
+                                     f"({', '.join(self.attacks) or 'none'}); pick one of them")
+        if FGSM_ATTACK in self.attacks and self.fgsm_source_seed in self.seed_list:
+            raise SpecFieldError(("fgsm_source_seed",), f"{self.fgsm_source_seed} is also in seeds; the FGSM "
+                                                        "source must not be a model it is evaluated on: pick a seed "
+                                                        "outside seeds")
+        for point in self.grid_points():
+            for pair in self.pairs:
+                self._validate_trial(pair, point)
+        if self.scheduler.type == "asha":
+            longest = max(self.trial_config(p.task, p.reg_data, 0, pt).epochs
+                          for p in self.pairs for pt in self.grid_points())
+            if self.scheduler.grace_period > longest:
+                raise SpecFieldError(("scheduler", "grace_period"), f"{self.scheduler.grace_period} is more than the "
+                                                                    f"{longest} epochs a trial trains; lower it")
+        self._validate_attacks()
+        return self
+
+    def _validate_trial(self, pair: Pair, point: dict[str, Any]) -> None:
+        """A grid point as a real TrialConfig: its own validate() is the one source of the trainer's rules."""
+        try:
+            self.trial_config(pair.task, pair.reg_data, self.seed_list[0], point).validate()
+        except ConfigError as exc:
+            path = self._path_of(exc.field, point)
+            where = f" (grid point {short(point)})" if path[0] == "grid" and len(point) > 1 else ""
+            raise SpecFieldError(path, config_error_message(exc) + where) from None
+
+    def _path_of(self, field_name: str, point: dict[str, Any]) -> tuple[str, ...]:
+        if field_name in point:
+            return ("grid", field_name)
+        if field_name in self.train:
+            return ("train", field_name)
+        return (field_name,)
+
+    def _validate_attacks(self) -> None:
+        """pixelreg_core.attacks knows the attack names and options (imported here: it pulls in torch)."""
+        from pixelreg_core.attacks import resolve, validate_attacks
+
+        fgsm = self.attacks.get(FGSM_ATTACK)
+
+        for task in dict.fromkeys(p.task for p in self.pairs):
+            pair = next(p for p in self.pairs if p.task == task)
+            point = self.grid_points()[0]
+            cfg = self.trial_config(task, pair.reg_data, self.seed_list[0], point)
+            # fgsm_transfer's source checkpoint does not exist before launch trains it: check its options only
+            cfg.attacks.pop(FGSM_ATTACK, None)
+            try:
+                validate_attacks(cfg, test_count=cfg.test_images)
+                if fgsm is not None:
+                    resolve(FGSM_ATTACK, fgsm)
+            except ConfigError as exc:
+                parts = tuple(exc.field.split("."))
+                path = parts if parts[0] == "attacks" else ("attacks", *parts)
+                raise SpecFieldError(path, config_error_message(exc)) from None
+
+    # --- what expansion needs ---------------------------------------------------------------------------------
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def source(self) -> str:
+        """The file this spec was loaded from (for error messages)."""
+        return self._source
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every grid point in a stable order: the cartesian product of the list fields (in the order written),
+        times the explicit `points`. For search optuna: one empty point (the searcher adds th and alpha)."""
+        if not self.grid:
+            return [{}]
+        axes = {k: v for k, v in self.grid.items() if k != "points"}
+        points = self.grid.get("points") or [{}]
+        out = []
+        for values in itertools.product(*axes.values()):
+            for point in points:
+                out.append({**dict(zip(axes, values, strict=True)), **point})
+        return out
+
+    def grid_field_names(self) -> list[str]:
+        """The fields a grid varies, in the order written (th and alpha included)."""
+        if not self.grid:
+            return []
+        names = [k for k in self.grid if k != "points"]
+        for point in self.grid.get("points") or []:
+            names += [k for k in point if k not in names]
+        return names
+
+    def trial_config(self, task: str, reg_data: str, seed: int, point: dict[str, Any]) -> TrialConfig:
+        """One trial: spec defaults < train < grid point. No fgsm_source (expand sets it; not part of the id)."""
+        values = {"sweep": self.name, "task": task, "reg_data": reg_data, "seed": seed, "data_root": self.data_root,
+                  "download": self.download, "target": self.target, "range": self.range, "th2": self.th2,
+                  "attacks": copy.deepcopy(self.attacks), **copy.deepcopy(self.train), **copy.deepcopy(point)}
+        return TrialConfig(**values)

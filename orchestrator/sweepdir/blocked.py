@@ -1,0 +1,50 @@
+"""Trials that cannot succeed are not run: those whose FGSM source model failed are recorded as `blocked`.
+
+A trial with the transferred-FGSM attack reads its source's checkpoint (`<sweep>/checkpoints/<source id>.pt`).
+When the source failed, running the trial would only fail again after its whole training, as many times as it is
+retried. Instead it gets a trials row with status `blocked` and an error naming the source and the source's own
+error. `blocked` is not a complete status: a relaunch runs the source again, then the trials it unblocks.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from orchestrator.sweepdir.tables import read_table, record_status
+from pixelreg_core.config import TrialConfig
+
+BLOCKED = "blocked"
+
+
+def source_id(cfg: TrialConfig) -> str | None:
+    """The trial id of cfg's FGSM source (its checkpoint is named after it), or None."""
+    if not cfg.fgsm_source:
+        return None
+    return PurePosixPath(cfg.fgsm_source.split("?", 1)[0]).stem
+
+
+def skip_blocked(sweep_dir: str, *groups: list[TrialConfig], log=print) -> tuple[list[TrialConfig], ...]:
+    """Each group without the trials whose FGSM source has no `ok` row; those get a `blocked` row instead."""
+    trials = read_table(sweep_dir, "trials")
+    status = dict(zip(trials["trial_id"], trials["status"], strict=True))
+    errors = dict(zip(trials["trial_id"], trials["error"], strict=True))
+    kept, blocked = [], 0
+    for group in groups:
+        runnable = []
+        for cfg in group:
+            source = source_id(cfg)
+            if source is None or status.get(source) == "ok":
+                runnable.append(cfg)
+                continue
+            reason = errors.get(source) or f"status {status.get(source, 'missing')}"
+            record_status(sweep_dir, cfg, BLOCKED, f"not run: its FGSM source {source} failed ({reason})"[:2000])
+            blocked += 1
+        kept.append(runnable)
+    if blocked:
+        log(f"{blocked} trial(s) blocked, not run: their FGSM source failed (orchestrator status lists why)")
+    return tuple(kept)
+
+
+def exit_code(statuses: dict[str, str]) -> int:
+    """1 when any trial ended failed or blocked (scripts and schedulers must notice), else 0."""
+    return 1 if any(s in ("failed", BLOCKED) for s in statuses.values()) else 0

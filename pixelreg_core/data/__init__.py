@@ -1,0 +1,1 @@
+"""A trial's images: the dataset registry, the file readers, the bundle, device placement."""

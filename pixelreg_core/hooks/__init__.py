@@ -1,0 +1,1 @@
+"""Test hooks: host-read counting and fault injection (`PIXELREG_FAULTS`)."""

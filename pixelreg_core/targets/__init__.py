@@ -1,0 +1,1 @@
+"""Similarity targets: the target registry, the builders, pair ranges, pair sampling."""
