@@ -1,4 +1,4 @@
-"""The Parquet results contract between trainer, aggregator and users (docs/results.md; the columns are in the README).
+"""The Parquet results contract between trainer, aggregator and users (docs/results.md, with every column).
 
 `<root>/<table>/<trial_id>.parquet`: one file per trial per table, written to a hidden temp file and renamed, so
 `pandas.read_parquet("<root>/<table>")` works at any moment (pyarrow skips names starting with "." or "_") and a

@@ -104,6 +104,12 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert "every trial ok" in out and "done 4/4" in out
     # every epoch went to Tune: its TensorBoard logger wrote event files
     assert list((sweep / "tune").rglob("events.out.tfevents*"))
+    # Tune's own trial records hold the real fields under readable names, not a hash
+    params = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in (sweep / "tune").rglob("params.json")}
+    regularized = [v for v in params.values() if v["role"] == "trial"]
+    assert len(params) == 4 and sorted(v["seed"] for v in regularized) == [0, 1]
+    assert {(v["task"], v["reg_data"], v["th"], v["alpha"]) for v in regularized} == {("digits", "digits", 0.3, 1.0)}
+    assert any(name.startswith("trial_digits-digits_th0.3_a1_s1_") for name in params), sorted(params)
     # json config per trial carries the thread count the launcher set (1 CPU per trial)
     assert {json.loads(c)["num_threads"] for c in trials["config"]} == {1}
 
