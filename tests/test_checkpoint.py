@@ -13,13 +13,14 @@ import torch
 from pixelreg_core.checkpoint import running_path
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.hooks import faults
+from pixelreg_core.results import TIMING_COLUMNS
 from pixelreg_core.trial import run_trial
 
 # regularized with augmentation-free digits, pairs sampled every step, noise attack: every RNG consumer is used
 TINY = dict(task="digits", reg_data="digits", width=4, epochs=3, batch_size=32, train_images=192, test_images=64,
             reg_images=100, valid_fraction=0.1, alpha=2.0, th=0.3, attacks={"gaussian": {"images": 32, "num_eps": 2}},
             device="cpu", num_threads=1)
-TIMING = {"seconds", "wall_s", "finished_at", "resumed_from_epoch"}
+TIMING = {*TIMING_COLUMNS["trials"], *TIMING_COLUMNS["epochs"], "resumed_from_epoch"}
 
 
 def tables(root: Path) -> dict[str, pd.DataFrame]:

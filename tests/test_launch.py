@@ -305,6 +305,22 @@ def test_progress_eta_is_mean_time_times_remaining_over_slots():
     assert "done 4/10" in progress.line() and "failed 0" in progress.line()
 
 
+def test_progress_eta_counts_the_time_running_trials_have_run():
+    """Between completions the ETA falls with the running trials' elapsed time instead of freezing."""
+    progress = Progress(total=4, already_done=0, slots=2, log=lambda _: None)
+    progress.done, progress.running, progress.unit_seconds = 1, 2, [100.0]
+    progress.running_since = {"a": (0.0, 1), "b": (30.0, 1)}
+    # pending 1: work left (100 - 40) + (100 - 10) + 100 over 2 slots
+    assert progress.eta(now=40.0) == pytest.approx((60 + 90 + 100) / 2)
+    assert progress.eta(now=70.0) == pytest.approx((30 + 60 + 100) / 2)
+    assert progress.eta(now=70.0) < progress.eta(now=40.0)
+    # a trial past the mean has nothing left; the longest running trial bounds the ETA from below
+    progress.running_since = {"a": (0.0, 1), "b": (30.0, 3)}
+    progress.running = 4
+    progress.total = 5
+    assert progress.eta(now=130.0) == pytest.approx(max((0 + 200 + 0) / 2, 200.0))
+
+
 def test_search_score_prefers_every_feasible_point():
     assert score(clean_ratio=0.95, robust_ratio=1.3, min_clean_ratio=0.9) == 1.3
     infeasible = score(clean_ratio=0.5, robust_ratio=5.0, min_clean_ratio=0.9)
