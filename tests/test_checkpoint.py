@@ -9,16 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny
 
 from pixelreg_core.checkpoint import running_path
-from pixelreg_core.config import TrialConfig
 from pixelreg_core.hooks import faults
 from pixelreg_core.trial import run_trial
 
 # regularized with augmentation-free digits, pairs sampled every step, noise attack: every RNG consumer is used
-TINY = dict(task="digits", reg_data="digits", width=4, epochs=3, batch_size=32, train_images=192, test_images=64,
-            reg_images=100, valid_fraction=0.1, alpha=2.0, th=0.3, attacks={"gaussian": {"images": 32, "num_eps": 2}},
-            device="cpu", num_threads=1)
+CHANGES = dict(epochs=3, train_images=192, test_images=64, reg_images=100, alpha=2.0, th=0.3,
+               attacks={"gaussian": {"images": 32, "num_eps": 2}})
 TIMING = {"seconds", "wall_s", "finished_at", "resumed_from_epoch"}
 
 
@@ -36,7 +35,7 @@ def one_thread():
 
 
 def test_crash_after_epoch_two_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = TrialConfig(**TINY)
+    cfg = tiny(**CHANGES)
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     run_trial(cfg, straight)
 
@@ -61,7 +60,7 @@ def test_crash_after_epoch_two_then_rerun_resumes_and_matches_an_uninterrupted_r
 
 
 def test_a_damaged_checkpoint_is_ignored(tmp_path):
-    cfg = TrialConfig(**{**TINY, "epochs": 1})
+    cfg = tiny(**{**CHANGES, "epochs": 1})
     path = Path(running_path(tmp_path, cfg.trial_id))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
