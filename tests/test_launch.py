@@ -89,6 +89,12 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert "every trial ok" in out and "done 4/4" in out
     # every epoch went to Tune: its TensorBoard logger wrote event files
     assert list((sweep / "tune").rglob("events.out.tfevents*"))
+    # Tune's own trial records hold the real fields under readable names, not a hash
+    params = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in (sweep / "tune").rglob("params.json")}
+    regularized = [v for v in params.values() if v["role"] == "trial"]
+    assert len(params) == 4 and sorted(v["seed"] for v in regularized) == [0, 1]
+    assert {(v["task"], v["reg_data"], v["th"], v["alpha"]) for v in regularized} == {("digits", "digits", 0.3, 1.0)}
+    assert any(name.startswith("trial_digits-digits_th0.3_a1_s1_") for name in params), sorted(params)
     # json config per trial carries the thread count the launcher set (1 CPU per trial)
     assert {json.loads(c)["num_threads"] for c in trials["config"]} == {1}
 
@@ -282,6 +288,22 @@ def test_progress_eta_is_mean_time_times_remaining_over_slots():
     assert progress.pending == 4
     assert progress.eta() == pytest.approx(20.0 * 6 / 2)
     assert "done 4/10" in progress.line() and "failed 0" in progress.line()
+
+
+def test_progress_eta_counts_the_time_running_trials_have_run():
+    """Between completions the ETA falls with the running trials' elapsed time instead of freezing."""
+    progress = Progress(total=4, already_done=0, slots=2, log=lambda _: None)
+    progress.done, progress.running, progress.unit_seconds = 1, 2, [100.0]
+    progress.running_since = {"a": (0.0, 1), "b": (30.0, 1)}
+    # pending 1: work left (100 - 40) + (100 - 10) + 100 over 2 slots
+    assert progress.eta(now=40.0) == pytest.approx((60 + 90 + 100) / 2)
+    assert progress.eta(now=70.0) == pytest.approx((30 + 60 + 100) / 2)
+    assert progress.eta(now=70.0) < progress.eta(now=40.0)
+    # a trial past the mean has nothing left; the longest running trial bounds the ETA from below
+    progress.running_since = {"a": (0.0, 1), "b": (30.0, 3)}
+    progress.running = 4
+    progress.total = 5
+    assert progress.eta(now=130.0) == pytest.approx(max((0 + 200 + 0) / 2, 200.0))
 
 
 def test_search_score_prefers_every_feasible_point():
