@@ -199,7 +199,8 @@ def test_trials_of_a_failed_fgsm_source_are_blocked_not_run(ray_session, tmp_pat
 def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_session, tmp_path, capsys):
     spec = write_spec(tmp_path, name="searched", grid=None, seeds=[0],
                       search={"type": "optuna", "trials": 2, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
-                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5}},
+                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5},
+                              "start": [{"th": 0.3, "alpha": 2.0}]},
                       scheduler={"type": "asha", "grace_period": 1})
     root = tmp_path / "results"
     assert launch(spec, root) == 0
@@ -208,10 +209,19 @@ def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_ses
     assert set(trials["status"]) == {"ok"}
     searched = trials[trials["role"] == "trial"]
     assert searched["th"].between(0.2, 0.8).all() and searched["alpha"].between(0.5, 8.0).all()
-    # a relaunch feeds the finished points back to Optuna instead of training more
+    assert ((searched["th"] == 0.3) & (searched["alpha"] == 2.0)).sum() == 1  # the start point ran, once
+    # the study outlives the launch: Optuna itself opens it from the sweep folder
+    import optuna
+
+    storage = f"sqlite:///{root / 'searched' / 'optuna.db'}"
+    study = optuna.load_study(study_name="searched/digits/digits", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2 and {"th": 0.3, "alpha": 2.0} in [t.params for t in complete]
+    # a relaunch reopens the study instead of training more
     capsys.readouterr()
     assert launch(spec, root) == 0
     assert len(pd.read_parquet(root / "searched" / "trials")) == 3
+    assert len(optuna.load_study(study_name="searched/digits/digits", storage=storage).trials) == 2
 
 
 @pytest.mark.slow
