@@ -2,7 +2,7 @@
 
 A record says how to load the dataset (`load(root, split, download)` -> uint8 or float tensors [n, C, H, W] and
 int64 labels), how many classes it has, how the model scales its input, whether training augments it, the top of
-each random-noise / FGSM eps range, the papers' default distortion D per attack, and its sizes (for
+the top of the attacks' eps ranges, the papers' default distortion D per attack, and its sizes (for
 `orchestrator plan`). Prefixed names (`idx:FOLDER`, `folder:PATH`, `folder-raw:PATH`) resolve to the record of
 their prefix, so `get("idx:data/mnist")` and `get("MNIST")` answer the same questions.
 
@@ -21,10 +21,9 @@ from typing import Any
 
 from pixelreg_core.errors import ConfigError
 
-# Upper ends of the eps ranges (ten values from 0): the papers' ranges per dataset family.
-MNIST_EPS = {"gaussian": 0.5, "uniform": 0.5, "salt_pepper": 0.3, "fgsm_transfer": 0.5}
-CIFAR10_EPS = {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.02}
-CIFAR100_EPS = {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.005}
+# The papers' distortion D per attack on CIFAR, which is also the top of their eps range (`Dataset.eps_top`).
+CIFAR10_D = {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.02}
+CIFAR100_D = {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.005}
 
 # The model sees (x - shift) * scale: the reference code's 5 * (x - 0.5) for CIFAR, plain [0, 1] otherwise.
 # CIFAR regularization images get one random crop and flip each at load time (authors' code: `reg_augment`).
@@ -37,6 +36,8 @@ class Dataset:
 
     `load(name, root, split, download, limit, field_name)` returns (x [n, C, H, W] uint8 or float in [0, 1], y int64).
     `num_classes` None: the largest label seen + 1 (IDX folders may hold any label set).
+    `eps_max`: the top of every eps attack's default range (ten values from 0), the papers' MNIST 0.5 unless set;
+    `eps_top(attack)` is the rule attacks use (an attack may override it: `Attack.eps_max`).
     `distortion`: the papers' D per attack for best.parquet; attacks not named use the largest eps evaluated.
     `sizes`: (train images, test images, pixels per image) for plan's work estimate.
     `reg_augment`: as regularization data, each image is augmented once at load time by default (the authors'
@@ -47,7 +48,7 @@ class Dataset:
     load: Callable[..., tuple[Any, Any]]
     num_classes: int | None
     sizes: tuple[int, int, int]
-    eps_max: dict[str, float] = field(default_factory=lambda: dict(MNIST_EPS))
+    eps_max: float = 0.5
     distortion: dict[str, float] = field(default_factory=dict)
     input_scale: float = 1.0
     input_shift: float = 0.0
@@ -57,6 +58,11 @@ class Dataset:
     labelled: bool = True  # False: regularization only (image folders, labels -1)
     prefix: bool = False  # True: the name is a prefix, `name:PATH`
     help: str = ""
+
+    def eps_top(self, attack: str) -> float:
+        """The top of an attack's default eps range: the papers' D where the record gives one (their ranges end
+        at D), else `eps_max`. No attack needs a key of its own."""
+        return self.distortion.get(attack, self.eps_max)
 
 
 REGISTRY: dict[str, Dataset] = {}
@@ -110,11 +116,11 @@ register(Dataset("digits", _loader("load_digits_split"), 10, (1437, 360, 64),
                  help="scikit-learn's bundled 8x8 digits (offline)"))
 register(Dataset("MNIST", _loader("load_torchvision_split"), 10, (60000, 10000, 784)))
 register(Dataset("FashionMNIST", _loader("load_torchvision_split"), 10, (60000, 10000, 784)))
-register(Dataset("CIFAR10", _loader("load_torchvision_split"), 10, (50000, 10000, 1024), eps_max=CIFAR10_EPS,
-                 distortion=CIFAR10_EPS, **CIFAR_INPUT))
+register(Dataset("CIFAR10", _loader("load_torchvision_split"), 10, (50000, 10000, 1024), eps_max=0.1,
+                 distortion=CIFAR10_D, **CIFAR_INPUT))
 # D on CIFAR-100: our extension by the CIFAR-10 rule (both CIFAR-10 values are the top of the papers' ranges).
-register(Dataset("CIFAR100", _loader("load_torchvision_split"), 100, (50000, 10000, 1024), eps_max=CIFAR100_EPS,
-                 distortion=CIFAR100_EPS, **CIFAR_INPUT))
+register(Dataset("CIFAR100", _loader("load_torchvision_split"), 100, (50000, 10000, 1024), eps_max=0.1,
+                 distortion=CIFAR100_D, **CIFAR_INPUT))
 register(Dataset("idx", _loader("load_idx_split"), None, (60000, 10000, 784), prefix=True,
                  help="MNIST-format IDX files in a folder (sizes guessed MNIST-sized)"))
 register(Dataset("folder", _loader("load_folder_split"), None, (5000, 0, 36 * 64), labelled=False, prefix=True,
