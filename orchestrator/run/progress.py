@@ -1,8 +1,10 @@
 """A live progress line for a sweep, printed from inside Tune's driver loop.
 
 Counts are in run_trial units (one TrialConfig = one unit), so an optuna sample that trains several seeds counts
-as several units. ETA = mean unit time x units left / concurrent slots: crude, but it only needs numbers the driver
-already has, and it is honest about its inputs.
+as several units. ETA: the work left over the concurrent slots, where a pending unit takes the mean unit time so
+far and a running trial takes that mean less the time it has already run (never below zero); and never less than
+the running trial with the most left. Counting the running trials' elapsed time keeps the ETA falling between
+completions instead of freezing at the last one's value. Crude, but it only needs numbers the driver already has.
 """
 
 from __future__ import annotations
@@ -35,16 +37,21 @@ class Progress:
         self.running = 0
         self.unit_seconds: list[float] = []
         self.started = time.monotonic()
+        self.running_since: dict[str, tuple[float, int]] = {}  # Tune trial id -> (monotonic start, units)
 
     @property
     def pending(self) -> int:
         return max(0, self.total - self.already_done - self.done - self.failed - self.running)
 
-    def eta(self) -> float | None:
+    def eta(self, now: float | None = None) -> float | None:
         if not self.unit_seconds:
             return None
-        left = self.pending + self.running
-        return sum(self.unit_seconds) / len(self.unit_seconds) * left / self.slots
+        now = time.monotonic() if now is None else now
+        mean = sum(self.unit_seconds) / len(self.unit_seconds)
+        running_left = [max(units * mean - (now - since), 0.0) for since, units in self.running_since.values()]
+        untimed = max(0, self.running - sum(units for _, units in self.running_since.values()))
+        work = sum(running_left) + (untimed + self.pending) * mean
+        return max(work / self.slots, max(running_left, default=0.0))
 
     def line(self) -> str:
         return (f"[{format_duration(time.monotonic() - self.started)}] done {self.already_done + self.done}"
@@ -70,7 +77,6 @@ class ProgressCallback(Callback):
         self.units = units
         self.interval = interval
         self._last_print = 0.0
-        self._started_at: dict[str, float] = {}
 
     def _maybe_print(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -82,15 +88,15 @@ class ProgressCallback(Callback):
         self._maybe_print()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._started_at.setdefault(trial.trial_id, time.monotonic())
+        self.progress.running_since.setdefault(trial.trial_id, (time.monotonic(), self.units(trial)))
         self.progress.running += self.units(trial)
 
     def _finish(self, trial, failed: bool) -> None:
         n = self.units(trial)
         self.progress.running = max(0, self.progress.running - n)
-        started = self._started_at.pop(trial.trial_id, None)
+        started = self.progress.running_since.pop(trial.trial_id, None)
         if started is not None:
-            self.progress.unit_seconds.extend([(time.monotonic() - started) / n] * n)
+            self.progress.unit_seconds.extend([(time.monotonic() - started[0]) / n] * n)
         if failed:
             self.progress.failed += n
         else:
@@ -110,7 +116,7 @@ class ProgressCallback(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         # a retry: Tune starts the trial again, and on_trial_start counts it again
         self.progress.running = max(0, self.progress.running - self.units(trial))
-        self._started_at.pop(trial.trial_id, None)
+        self.progress.running_since.pop(trial.trial_id, None)
         self.progress.log(f"retrying {trial} after a failure: {last_error_line(trial)}"[:300])
 
     def on_experiment_end(self, trials, **info):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -128,8 +129,8 @@ def check_image_counts(resolved: dict[str, dict[str, Any]], test_count: int) -> 
 
 
 def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.PathLike | None,
-             resolved: dict[str, dict[str, Any]] | None = None, source: Source | None = None
-             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+             resolved: dict[str, dict[str, Any]] | None = None, source: Source | None = None, *,
+             seconds: dict[str, float] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run cfg.attacks on data.test_x / data.test_y; returns (robustness rows, spectrum rows) without key columns.
 
     The model takes [0, 1] images and returns logits; it is put in eval mode and used on its own device.
@@ -137,6 +138,7 @@ def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.
     cache). `resolved`: the options from `validate_attacks` (the trainer resolves them once per trial); None
     resolves them here. `source`: the source model from `load_source` (the trainer reads it once per trial);
     None loads it here when an attack needs it.
+    `seconds`, if given, gets each attack's wall seconds (its spectrum included), for the trials row's `attack_s`.
     """
     # The test set goes to the model's device once; every attack works there (common.py).
     device = next(model.parameters()).device
@@ -154,5 +156,8 @@ def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.
     robustness: list[dict[str, Any]] = []
     for name, opts in resolved.items():
         ctx.opts, ctx.attack = opts, ATTACKS[name]
+        started = time.perf_counter()
         robustness += ATTACKS[name].run(model, x_all, y_all, ctx)
+        if seconds is not None:
+            seconds[name] = time.perf_counter() - started
     return robustness, ctx.spectrum
