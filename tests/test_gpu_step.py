@@ -371,6 +371,7 @@ def test_two_trials_packed_on_one_gpu(tmp_path):
 @pytest.mark.gpu
 @cuda
 def test_two_trials_share_one_gpu_through_ray_fractional_gpus(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed here (the GPU check runs without it)")
     import pandas as pd
     import yaml
 
