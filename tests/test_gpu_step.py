@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,23 +22,17 @@ from pixelreg_core.targets.builders import similarity_loss
 from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import PlacedData, batch_starts, evaluate_split, learning_rate, step_losses, train, train_epoch
 
-TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=128, test_images=64,
-            reg_images=100, valid_fraction=0.1, device="cpu", num_threads=1, alpha=4, th=0.2,
-            attacks={"gaussian": {"images": 32}})
+# a regularized tiny trial with half the images of conftest's TINY
+CHANGES = dict(train_images=128, test_images=64, reg_images=100, alpha=4, th=0.2, attacks={"gaussian": {"images": 32}})
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def tiny(**changes) -> TrialConfig:
-    return TrialConfig(**{**TINY, **changes})
+    return conftest.tiny(**{**CHANGES, **changes})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run_train(cfg: TrialConfig, device: str = "cpu", data: DataBundle | None = None, on_epoch=None):

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import local_ray
+from conftest import TINY_TRAIN, local_ray, write_spec
 
 from orchestrator import cli
 from orchestrator.localray.start import access_lines, security_warnings
@@ -22,20 +21,6 @@ from orchestrator.run.objective import score
 from orchestrator.run.progress import Progress
 from orchestrator.run.resources import concurrent_slots
 from pixelreg_core.hooks import faults
-
-TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
-              "num_threads": 1}
-
-
-def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
-    spec = {"name": name, "pairs": [{"task": "digits", "reg_data": "digits"}],
-            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1], "baseline": True,
-            "train": dict(TINY_TRAIN), "attacks": {"gaussian": {"images": 20, "num_eps": 2}},
-            "resources": {"cpu": 1}, "max_failures": 1}
-    spec.update(overrides)
-    path = directory / f"{name}-{abs(hash(json.dumps(spec, sort_keys=True))) % 10**8}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +199,8 @@ def test_trials_of_a_failed_fgsm_source_are_blocked_not_run(ray_session, tmp_pat
 def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_session, tmp_path, capsys):
     spec = write_spec(tmp_path, name="searched", grid=None, seeds=[0],
                       search={"type": "optuna", "trials": 2, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
-                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5}},
+                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5},
+                              "start": [{"th": 0.3, "alpha": 2.0}]},
                       scheduler={"type": "asha", "grace_period": 1})
     root = tmp_path / "results"
     assert launch(spec, root) == 0
@@ -223,10 +209,19 @@ def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_ses
     assert set(trials["status"]) == {"ok"}
     searched = trials[trials["role"] == "trial"]
     assert searched["th"].between(0.2, 0.8).all() and searched["alpha"].between(0.5, 8.0).all()
-    # a relaunch feeds the finished points back to Optuna instead of training more
+    assert ((searched["th"] == 0.3) & (searched["alpha"] == 2.0)).sum() == 1  # the start point ran, once
+    # the study outlives the launch: Optuna itself opens it from the sweep folder
+    import optuna
+
+    storage = f"sqlite:///{root / 'searched' / 'optuna.db'}"
+    study = optuna.load_study(study_name="searched/digits/digits", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2 and {"th": 0.3, "alpha": 2.0} in [t.params for t in complete]
+    # a relaunch reopens the study instead of training more
     capsys.readouterr()
     assert launch(spec, root) == 0
     assert len(pd.read_parquet(root / "searched" / "trials")) == 3
+    assert len(optuna.load_study(study_name="searched/digits/digits", storage=storage).trials) == 2
 
 
 @pytest.mark.slow
