@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -28,13 +29,17 @@ from pixelreg_core.train import resolve_device, train
 
 
 def library_versions() -> str:
-    import foolbox
-    import pyarrow
-    import torchvision
-
+    """The versions a trial ran with, read from the installed packages' metadata: importing foolbox just for its
+    version would load it (and GitPython) in every trial, also where no attack of the trial needs it."""
     return json.dumps({"python": platform.python_version(), "torch": torch.__version__,
-                       "torchvision": torchvision.__version__, "foolbox": foolbox.__version__,
-                       "pyarrow": pyarrow.__version__})
+                       **{name: _installed(name) for name in ("torchvision", "foolbox", "pyarrow")}})
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _row(cfg: TrialConfig, status: str, error: str | None, device: str, started: float, cpu_started: float,
