@@ -154,7 +154,7 @@ def test_mnist5k_is_mlxtends_digits_split_4000_1000_by_a_fixed_seed():
     from pixelreg_core.data import registry as datasets
 
     record = datasets.get("mnist5k")
-    assert record.num_classes == 10 and record.eps_max["gaussian"] == 0.5 and not record.augment
+    assert record.num_classes == 10 and record.eps_top("gaussian") == 0.5 and not record.augment
     x, y = D.load_split("mnist5k", "unused", "train", grayscale=True, download=False)
     xt, yt = D.load_split("mnist5k", "unused", "test", grayscale=True, download=False)
     assert x.shape == (4000, 1, 28, 28) and xt.shape == (1000, 1, 28, 28) and 0 <= x.min() and x.max() <= 1

@@ -86,4 +86,4 @@ def test_a_tiny_regularized_trial_on_svhn_writes_its_rows(tmp_path, monkeypatch)
     assert row["status"] == "ok" and 0.0 <= row["clean_acc"] <= 1.0
     robustness = pd.read_parquet(tmp_path / "out" / "robustness")
     assert set(robustness["attack"]) == {"gaussian"} and robustness["eps"].max() == pytest.approx(
-        datasets.get("SVHN").eps_max["gaussian"])
+        datasets.get("SVHN").eps_top("gaussian"))

@@ -8,8 +8,9 @@ memory map, no dataset is decoded. What they cover, per trial config of the swee
   (torchvision's files under `data_root` unless `download: true`, an `idx:` folder's IDX pair, a `folder:` folder
   with images, ...);
 - `matrix` (N x N) and `matrix_images` ((N, H, W) or (N, C, H, W), the same N), `vgg_weights` for target vgg;
-- an `fgsm_source` checkpoint the sweep does not train itself (the corruption folder's .npy headers are checked by
-  pixelreg_core.attacks.validate_attacks, which launch runs on every config);
+- the `fgsm_source` checkpoint (the transferred attacks' source model) the sweep does not train itself (the
+  corruption folder's .npy headers are checked by pixelreg_core.attacks.validate_attacks, which launch runs on
+  every config);
 - `device: cuda` where no GPU is visible (`resources.gpu` is checked by run.resources.check_resources).
 
 A failure is a UserError: one line naming the field and the fix; the CLI exits 2; nothing has been written.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.errors import UserError
+from orchestrator.spec.fields import source_attacks
 from pixelreg_core.config import ConfigError, TrialConfig
 
 
@@ -94,8 +96,9 @@ def preflight(configs: list[TrialConfig], spec_path: str | Path) -> None:
                                 "state_dict file (e.g. torchvision's vgg19-dcbb9e9d.pth); set vgg_weights: PATH")
             source = cfg.fgsm_source
             if source and "://" not in source and Path(source).stem not in produced and not Path(source).is_file():
+                transferred = ", ".join(source_attacks(cfg.attacks)) or "the transferred attacks"
                 raise UserError(f"train.fgsm_source: checkpoint {source} not found; train the source first or drop "
-                                "fgsm_transfer from attacks")
+                                f"{transferred} from attacks")
             check_gpu(cfg)
     except UserError as exc:
         raise UserError(f"{spec_path}: {exc}") from None
