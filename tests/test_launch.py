@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import local_ray
+from conftest import TINY_TRAIN, local_ray, write_spec
 
 from orchestrator import cli
 from orchestrator.localray.start import access_lines, security_warnings
@@ -22,20 +21,6 @@ from orchestrator.run.objective import score
 from orchestrator.run.progress import Progress
 from orchestrator.run.resources import concurrent_slots
 from pixelreg_core.hooks import faults
-
-TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
-              "num_threads": 1}
-
-
-def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
-    spec = {"name": name, "pairs": [{"task": "digits", "reg_data": "digits"}],
-            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1], "baseline": True,
-            "train": dict(TINY_TRAIN), "attacks": {"gaussian": {"images": 20, "num_eps": 2}},
-            "resources": {"cpu": 1}, "max_failures": 1}
-    spec.update(overrides)
-    path = directory / f"{name}-{abs(hash(json.dumps(spec, sort_keys=True))) % 10**8}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ class Runner:
     def run_config(self, name: str, units=lambda trial: 1, extra_callbacks=()):
         from ray import tune
 
-        from orchestrator.run.progress import ProgressCallback
+        from orchestrator.run.callbacks import ProgressCallback
 
         if self.stopper is None:
             self.stopper = disk_full_stopper()
@@ -93,7 +93,7 @@ class Runner:
         from ray import tune
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        from orchestrator.run.progress import StoppedRecorder
+        from orchestrator.run.callbacks import StoppedRecorder
         from orchestrator.run.trainable import train_one
 
         by_id = {c.trial_id: c.to_dict() for c in configs}
