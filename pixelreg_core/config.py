@@ -124,7 +124,7 @@ class TrialConfig:
     # --- where it runs --------------------------------------------------------------------------------------
     device: str = field(default="auto", metadata={"help": "|".join(DEVICES)})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch default)"})
-    # --- kernels and precision: how fast, not what (all off = today's numbers; README "Performance") ----------
+    # --- kernels and precision: how fast, not what (all off = today's numbers; docs/performance.md) ----------
     amp: bool = field(default=False, metadata={"help": "bf16 autocast of the forward passes (meant for CUDA; "
                                                        "changes the numbers slightly)"})
     channels_last: bool = field(default=False, metadata={"help": "NHWC memory layout for the model and batches"})

@@ -1,4 +1,4 @@
-"""The Parquet results contract between trainer, aggregator and users (docs/results.md; the columns are in the README).
+"""The Parquet results contract between trainer, aggregator and users (docs/results.md, with every column).
 
 `<root>/<table>/<trial_id>.parquet`: one file per trial per table, written to a hidden temp file and renamed, so
 `pandas.read_parquet("<root>/<table>")` works at any moment (pyarrow skips names starting with "." or "_") and a
@@ -49,7 +49,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("layer_weights", pa.list_(pa.float64())),  # softmax(gamma) of best_epoch, stem first
         pa.field("sim_layer", pa.int64()),        # null: learned weights
         pa.field("width", pa.int64()),
-        pa.field("wall_s", pa.float64()),
+        pa.field("wall_s", pa.float64()),         # the whole trial: data, training, attacks, writes
+        pa.field("cpu_s", pa.float64()),          # process CPU seconds over wall_s (unaffected by a shared machine)
+        pa.field("train_s", pa.float64()),        # training (this run's epochs, when resumed)
+        pa.field("eval_s", pa.float64()),         # every attack, spectrum included
+        pa.field("attack_s", pa.string()),        # JSON: seconds per attack, e.g. {"gaussian": 1.2, ...}
         pa.field("device", pa.string()),
         pa.field("node", pa.string()),            # Ray node id of the worker; hostname without Ray; may be null
         pa.field("versions", pa.string()),        # JSON: python, torch, torchvision, foolbox, pyarrow
@@ -92,6 +96,12 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
 }
 TABLES = tuple(SCHEMAS)
+# Columns that measure how long things took (or when, or where): they differ between two runs of the same trial,
+# every other column is deterministic on CPU. Tests that compare two runs drop these.
+TIMING_COLUMNS: dict[str, tuple[str, ...]] = {
+    "trials": ("wall_s", "cpu_s", "train_s", "eval_s", "attack_s", "finished_at", "node"),
+    "epochs": ("seconds",),
+}
 
 
 def key_values(cfg: TrialConfig) -> dict[str, Any]:

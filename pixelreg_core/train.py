@@ -242,8 +242,8 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
         # The authors' code validates the untrained model too: it is the reported one when no epoch beats it (a
         # diverged or harmful regularizer then reports chance accuracy instead of the least bad trained epoch).
         # Evaluation draws no random numbers, so the training that follows is the same with this on or off.
-        valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y, amp=cfg.amp)
-        _, test_acc = evaluate_split(model, placed.test_x, placed.test_y, amp=cfg.amp)
+        valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
+        _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
         result.untrained = {"epoch": 0, "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc}
         if math.isfinite(valid_loss):
             best_valid = selection_score(result.untrained, cfg.select)
@@ -275,8 +275,11 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
                 s_cnn, s_target = torch.cat(pairs, dim=1).cpu()
                 sim_corr = _pearson(s_cnn, s_target)
 
-            valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y, amp=cfg.amp)
-            _, test_acc = evaluate_split(model, placed.test_x, placed.test_y, amp=cfg.amp)
+            # Evaluation in float32 whatever `amp` says, as every attack runs: clean_acc (the best epoch's
+            # test_acc) and the attacks' accuracies are then numbers of the same model, and the validation loss
+            # that picks the best epoch is not rounded to bf16.
+            valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
+            _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
             if not math.isfinite(valid_loss):
                 raise ConfigError("lr", f"the validation loss became {valid_loss} at epoch {epoch + 1}; "
                                         f"lower lr or alpha")

@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -28,18 +29,23 @@ from pixelreg_core.train import resolve_device, train
 
 
 def library_versions() -> str:
-    import foolbox
-    import pyarrow
-    import torchvision
-
+    """The versions a trial ran with, read from the installed packages' metadata: importing foolbox just for its
+    version would load it (and GitPython) in every trial, also where no attack of the trial needs it."""
     return json.dumps({"python": platform.python_version(), "torch": torch.__version__,
-                       "torchvision": torchvision.__version__, "foolbox": foolbox.__version__,
-                       "pyarrow": pyarrow.__version__})
+                       **{name: _installed(name) for name in ("torchvision", "foolbox", "pyarrow")}})
 
 
-def _row(cfg: TrialConfig, status: str, error: str | None, device: str, started: float, **columns) -> dict[str, Any]:
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _row(cfg: TrialConfig, status: str, error: str | None, device: str, started: float, cpu_started: float,
+         **columns) -> dict[str, Any]:
     return status_row(cfg, status, error, device=device, versions=library_versions(),
-                      wall_s=time.perf_counter() - started, **columns)
+                      wall_s=time.perf_counter() - started, cpu_s=time.process_time() - cpu_started, **columns)
 
 
 def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
@@ -51,6 +57,9 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
     `node` names the machine in the trials row: the orchestrator passes the Ray node id of its worker; left out,
     it is this machine's hostname (None where the platform gives none)."""
     started = time.perf_counter()
+    # Process CPU seconds (all threads): on a shared machine wall_s is inflated by other work, cpu_s is not, so
+    # cpu_s estimates what the trial would take on a quiet core.
+    cpu_started = time.process_time()
     out_root = str(out_root)
     node = node or platform.node() or None
     device: torch.device | str = cfg.device  # named in a failed row even when resolving it is what failed
@@ -71,12 +80,17 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
                             data.input_shift).to(device)
         resume = EpochCheckpoint.for_trial(out_root, cfg)  # kept when the trial fails: a rerun resumes from it
+        train_started = time.perf_counter()
         result = train(cfg, data, model, target, device, on_epoch, checkpoint=resume)
+        train_s = time.perf_counter() - train_started  # this run's epochs only, when resumed
 
         model.load_state_dict(result.best_state)
         model.eval()
+        eval_started = time.perf_counter()
+        attack_s: dict[str, float] = {}
         robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"),
-                                             attack_options)
+                                             attack_options, seconds=attack_s)
+        eval_s = time.perf_counter() - eval_started
 
         keys = key_values(cfg)
         ckpt = checkpoint_path(out_root, cfg.trial_id)
@@ -85,11 +99,12 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         write_table(out_root, "robustness", cfg.trial_id, [{**keys, **row} for row in robustness])
         write_table(out_root, "spectrum", cfg.trial_id, [{**keys, **row} for row in spectrum])
         best = result.best
-        row = _row(cfg, "ok", None, str(device), started, clean_acc=best["test_acc"],
+        row = _row(cfg, "ok", None, str(device), started, cpu_started, clean_acc=best["test_acc"],
                    valid_acc=best["valid_acc"], valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
                    valid_images=len(data.valid_y),
                    layer_weights=model.layer_weights().tolist(), checkpoint=ckpt,
-                   resumed_from_epoch=result.resumed_from_epoch, node=node)
+                   resumed_from_epoch=result.resumed_from_epoch, node=node, train_s=train_s, eval_s=eval_s,
+                   attack_s=json.dumps({name: round(sec, 3) for name, sec in attack_s.items()}))
         write_table(out_root, "trials", cfg.trial_id, [row])  # last: marks the trial complete
         resume.remove()
         return row
@@ -99,7 +114,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         if record_failure and not isinstance(exc, KeyboardInterrupt):
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
             write_table(out_root, "trials", cfg.trial_id,
-                        [_row(cfg, "failed", error, str(device), started, node=node)])
+                        [_row(cfg, "failed", error, str(device), started, cpu_started, node=node)])
         raise
     finally:
         torch.set_num_threads(threads_before)  # a Ray worker runs many trials: leave its thread count as found

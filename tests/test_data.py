@@ -3,6 +3,7 @@ test reads (IDX files, torchvision's MNIST layout, PNG folders) is written by th
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -134,8 +135,17 @@ def test_convert_channels_uses_luma_by_default_the_mean_on_request_and_repeat():
 
 
 def test_bundle_to_moves_every_tensor():
-    bundle = D.prepare_data(tiny_cfg()).to("cpu")
-    assert bundle.reg_x.device.type == "cpu" and bundle.num_classes == 10
+    """To torch's `meta` device (no memory, no copy): a tensor field that `to` forgot would stay on the CPU."""
+    bundle = D.prepare_data(tiny_cfg())
+    moved = bundle.to("meta")
+    tensors = [f.name for f in dataclasses.fields(bundle) if isinstance(getattr(bundle, f.name), torch.Tensor)]
+    assert {"train_x", "valid_y", "test_x", "reg_x", "reg_y"} <= set(tensors)
+    for name in tensors:
+        assert getattr(moved, name).device.type == "meta", name
+        assert getattr(moved, name).shape == getattr(bundle, name).shape, name
+        assert getattr(bundle, name).device.type == "cpu", name  # a new bundle; the original stays where it was
+    assert (moved.num_classes, moved.input_scale, moved.origin) == (bundle.num_classes, bundle.input_scale,
+                                                                     bundle.origin)
 
 
 def test_mnist5k_is_mlxtends_digits_split_4000_1000_by_a_fixed_seed():

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import local_ray
+from conftest import TINY_TRAIN, local_ray, write_spec
 
 from orchestrator import cli
 from orchestrator.localray.start import access_lines, security_warnings
@@ -22,20 +21,6 @@ from orchestrator.run.objective import score
 from orchestrator.run.progress import Progress
 from orchestrator.run.resources import concurrent_slots
 from pixelreg_core.hooks import faults
-
-TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
-              "num_threads": 1}
-
-
-def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
-    spec = {"name": name, "pairs": [{"task": "digits", "reg_data": "digits"}],
-            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1], "baseline": True,
-            "train": dict(TINY_TRAIN), "attacks": {"gaussian": {"images": 20, "num_eps": 2}},
-            "resources": {"cpu": 1}, "max_failures": 1}
-    spec.update(overrides)
-    path = directory / f"{name}-{abs(hash(json.dumps(spec, sort_keys=True))) % 10**8}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +89,12 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert "every trial ok" in out and "done 4/4" in out
     # every epoch went to Tune: its TensorBoard logger wrote event files
     assert list((sweep / "tune").rglob("events.out.tfevents*"))
+    # Tune's own trial records hold the real fields under readable names, not a hash
+    params = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in (sweep / "tune").rglob("params.json")}
+    regularized = [v for v in params.values() if v["role"] == "trial"]
+    assert len(params) == 4 and sorted(v["seed"] for v in regularized) == [0, 1]
+    assert {(v["task"], v["reg_data"], v["th"], v["alpha"]) for v in regularized} == {("digits", "digits", 0.3, 1.0)}
+    assert any(name.startswith("trial_digits-digits_th0.3_a1_s1_") for name in params), sorted(params)
     # json config per trial carries the thread count the launcher set (1 CPU per trial)
     assert {json.loads(c)["num_threads"] for c in trials["config"]} == {1}
 
@@ -208,7 +199,8 @@ def test_trials_of_a_failed_fgsm_source_are_blocked_not_run(ray_session, tmp_pat
 def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_session, tmp_path, capsys):
     spec = write_spec(tmp_path, name="searched", grid=None, seeds=[0],
                       search={"type": "optuna", "trials": 2, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
-                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5}},
+                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5},
+                              "start": [{"th": 0.3, "alpha": 2.0}]},
                       scheduler={"type": "asha", "grace_period": 1})
     root = tmp_path / "results"
     assert launch(spec, root) == 0
@@ -217,10 +209,19 @@ def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_ses
     assert set(trials["status"]) == {"ok"}
     searched = trials[trials["role"] == "trial"]
     assert searched["th"].between(0.2, 0.8).all() and searched["alpha"].between(0.5, 8.0).all()
-    # a relaunch feeds the finished points back to Optuna instead of training more
+    assert ((searched["th"] == 0.3) & (searched["alpha"] == 2.0)).sum() == 1  # the start point ran, once
+    # the study outlives the launch: Optuna itself opens it from the sweep folder
+    import optuna
+
+    storage = f"sqlite:///{root / 'searched' / 'optuna.db'}"
+    study = optuna.load_study(study_name="searched/digits/digits", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2 and {"th": 0.3, "alpha": 2.0} in [t.params for t in complete]
+    # a relaunch reopens the study instead of training more
     capsys.readouterr()
     assert launch(spec, root) == 0
     assert len(pd.read_parquet(root / "searched" / "trials")) == 3
+    assert len(optuna.load_study(study_name="searched/digits/digits", storage=storage).trials) == 2
 
 
 @pytest.mark.slow
@@ -297,6 +298,22 @@ def test_progress_eta_is_mean_time_times_remaining_over_slots():
     assert progress.pending == 4
     assert progress.eta() == pytest.approx(20.0 * 6 / 2)
     assert "done 4/10" in progress.line() and "failed 0" in progress.line()
+
+
+def test_progress_eta_counts_the_time_running_trials_have_run():
+    """Between completions the ETA falls with the running trials' elapsed time instead of freezing."""
+    progress = Progress(total=4, already_done=0, slots=2, log=lambda _: None)
+    progress.done, progress.running, progress.unit_seconds = 1, 2, [100.0]
+    progress.running_since = {"a": (0.0, 1), "b": (30.0, 1)}
+    # pending 1: work left (100 - 40) + (100 - 10) + 100 over 2 slots
+    assert progress.eta(now=40.0) == pytest.approx((60 + 90 + 100) / 2)
+    assert progress.eta(now=70.0) == pytest.approx((30 + 60 + 100) / 2)
+    assert progress.eta(now=70.0) < progress.eta(now=40.0)
+    # a trial past the mean has nothing left; the longest running trial bounds the ETA from below
+    progress.running_since = {"a": (0.0, 1), "b": (30.0, 3)}
+    progress.running = 4
+    progress.total = 5
+    assert progress.eta(now=130.0) == pytest.approx(max((0 + 200 + 0) / 2, 200.0))
 
 
 def test_search_score_prefers_every_feasible_point():

@@ -22,8 +22,8 @@ from typing import Any
 from orchestrator.errors import UserError
 from orchestrator.spec.fields import FGSM_ATTACK, GRID_FIELDS
 from orchestrator.spec.schema import SweepSpec
-from orchestrator.sweepdir.tables import checkpoint_path
 from pixelreg_core.config import ROLES, ConfigError, TrialConfig
+from pixelreg_core.results import checkpoint_path
 
 # Fields that only matter when alpha > 0. An unregularized model gets their defaults, so a grid over, say,
 # sim_layer does not make one baseline per sim_layer value (they would be the same model under different ids).

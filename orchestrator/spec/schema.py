@@ -119,10 +119,11 @@ class Search(_Kinded):
     alpha: list[float] | None = None
     objective: Objective | None = None
     pareto: bool | None = None
+    start: list[dict[str, float]] | None = None  # known points tried first, e.g. [{th: 0.2, alpha: 4}]
 
     @model_validator(mode="after")
     def _consistent(self) -> Search:
-        if self._is_plain("search", ("grid", "optuna"), ("trials", "th", "alpha", "objective", "pareto"),
+        if self._is_plain("search", ("grid", "optuna"), ("trials", "th", "alpha", "objective", "pareto", "start"),
                           "remove it or set search.type: optuna"):
             return self
         self.trials = 20 if self.trials is None else self.trials
@@ -136,6 +137,16 @@ class Search(_Kinded):
                      allowed="[lo, hi] with 0 <= lo < hi")
         self.objective = Objective() if self.objective is None else self.objective
         self.pareto = bool(self.pareto)
+        self.start = [] if self.start is None else self.start
+        for index, point in enumerate(self.start):
+            if set(point) != {"th", "alpha"}:
+                raise SpecFieldError(("search", "start", index), f"{point} must give th and alpha only, "
+                                     "e.g. {th: 0.2, alpha: 4}")
+            for name, (lo, hi) in (("th", self.th), ("alpha", self.alpha)):
+                if not lo <= point[name] <= hi:
+                    raise SpecFieldError(("search", "start", index, name),
+                                         f"{point[name]} lies outside search.{name} [{lo}, {hi}]; widen the range "
+                                         "or move the point")
         return self
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from typing import Any
 
 from torch import nn
@@ -99,13 +100,14 @@ def check_image_counts(resolved: dict[str, dict[str, Any]], test_count: int) -> 
 
 
 def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.PathLike | None,
-             resolved: dict[str, dict[str, Any]] | None = None
-             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+             resolved: dict[str, dict[str, Any]] | None = None, *,
+             seconds: dict[str, float] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run cfg.attacks on data.test_x / data.test_y; returns (robustness rows, spectrum rows) without key columns.
 
     The model takes [0, 1] images and returns logits; it is put in eval mode and used on its own device.
     `cache_dir` holds the transferred-FGSM signs shared between trials (None: no disk cache). `resolved`: the
     options from `validate_attacks` (the trainer resolves them once per trial); None resolves them here.
+    `seconds`, if given, gets each attack's wall seconds (its spectrum included), for the trials row's `attack_s`.
     """
     # The test set goes to the model's device once; every attack works there (common.py).
     device = next(model.parameters()).device
@@ -118,5 +120,8 @@ def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.
     robustness: list[dict[str, Any]] = []
     for name, opts in resolved.items():
         ctx.opts = opts
+        started = time.perf_counter()
         robustness += ATTACKS[name].run(model, x_all, y_all, ctx)
+        if seconds is not None:
+            seconds[name] = time.perf_counter() - started
     return robustness, ctx.spectrum

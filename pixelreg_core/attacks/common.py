@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import math
 import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,26 @@ from pixelreg_core.attacks.options import eps_list
 from pixelreg_core.config import TrialConfig
 
 INIT_STEPS = 50  # blending steps of the starting-point search (foolbox's own fallback uses 50)
+
+
+def import_foolbox() -> Any:
+    """foolbox, for the attacks that use it (boundary, the minimal attacks, the starting-point search), imported
+    when one of them runs: a trial with noise attacks only never loads it, nor a machine without it.
+
+    foolbox imports GitPython (its model zoo), which fails at import where no `git` executable exists unless
+    GIT_PYTHON_REFRESH=quiet; and `scipy.ndimage.filters` (gone in SciPy 2.0), which is given scipy.ndimage's
+    own namespace where it no longer exists. foolbox's deprecation warnings at import are silenced."""
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import scipy.ndimage.filters  # noqa: F401 - present before SciPy 2.0
+        except ImportError:
+            import scipy.ndimage
+
+            sys.modules["scipy.ndimage.filters"] = scipy.ndimage
+        import foolbox
+    return foolbox
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -79,7 +101,7 @@ def attack_from_starts(fmodel: Any, model: nn.Module, attack: Any, x: torch.Tens
     foolbox raises for the whole batch if any image gets no starting point, while here such images keep x and
     count as failed, and the rest are attacked. Draws from torch's global RNG: call inside `seeded_torch`.
     """
-    import foolbox as fb
+    fb = import_foolbox()
 
     starts = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=INIT_STEPS).run(
         fmodel, x, fb.criteria.Misclassification(y))

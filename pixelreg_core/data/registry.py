@@ -6,7 +6,7 @@ each random-noise / FGSM eps range, the papers' default distortion D per attack,
 `orchestrator plan`). Prefixed names (`idx:FOLDER`, `folder:PATH`, `folder-raw:PATH`) resolve to the record of
 their prefix, so `get("idx:data/mnist")` and `get("MNIST")` answer the same questions.
 
-Adding a dataset: one `register(Dataset(...))` call at the end of this file plus its test (README, "Adding a
+Adding a dataset: one `register(Dataset(...))` call at the end of this file plus its test (docs/spec.md, "Adding a
 dataset"). The readers live in `pixelreg_core.data.loaders` (imported when a dataset is loaded; it imports nothing from
 here, so there is no import cycle).
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,10 +18,8 @@ from torch import Tensor
 
 from pixelreg_core.data.loaders import convert_channels
 from pixelreg_core.errors import ConfigError
+from pixelreg_core.targets.fields import TargetFields
 from pixelreg_core.targets.pairs import PairOrder, PairSampler, random_pairs, triangle_pair
-
-if TYPE_CHECKING:
-    from pixelreg_core.config import TrialConfig
 
 EPS = 1e-5  # inside f's logs (authors' code); with exact_targets false also +/-1 targets become +/-(1 - EPS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -203,27 +200,27 @@ class CategoricalTarget(Target):
 # ---------------------------------------------------------------------------------------------------------------
 # The builders the target registry (pixelreg_core.targets.registry) names, and their loaders
 # ---------------------------------------------------------------------------------------------------------------
-def matrix_target(cfg: TrialConfig) -> MatrixTarget:
+def matrix_target(cfg: TargetFields) -> MatrixTarget:
     """Target matrix (or shuffle with a matrix): the user's N x N similarity over its own N images."""
     matrix, images = load_matrix(cfg)
     perm = seeded_permutation(matrix.shape[0], cfg.seed) if cfg.target == "shuffle" else None
     return MatrixTarget(matrix, images, permutation=perm, order=all_pairs_order(cfg, matrix.shape[0], matrix.device))
 
 
-def order_seed(cfg: TrialConfig) -> int:
+def order_seed(cfg: TargetFields) -> int:
     """The key of a trial's shuffled pair order (pair_draw without_replacement): fixed by the trial seed, separate
     from the generator's stream, so the order is the same on every run and every device for that seed."""
     return int(hashlib.sha256(f"{cfg.seed}/pair_order".encode()).hexdigest()[:15], 16)
 
 
-def all_pairs_order(cfg: TrialConfig, n: int, device: torch.device) -> PairOrder | None:
+def all_pairs_order(cfg: TargetFields, n: int, device: torch.device) -> PairOrder | None:
     """A shuffled order of all n(n-1)/2 pairs for targets where every pair qualifies, or None (with replacement)."""
     if cfg.pair_draw == "with_replacement":
         return None
     return PairOrder(n * (n - 1) // 2, order_seed(cfg), device)
 
 
-def categorical_target(cfg: TrialConfig, reg_y: Tensor | None) -> CategoricalTarget:
+def categorical_target(cfg: TargetFields, reg_y: Tensor | None) -> CategoricalTarget:
     if reg_y is None or bool((torch.as_tensor(reg_y) < 0).any()):
         raise ConfigError("target", f"categorical needs class labels, but reg_data {cfg.reg_data!r} has none; "
                                     "use a labelled dataset or another target")
@@ -232,7 +229,7 @@ def categorical_target(cfg: TrialConfig, reg_y: Tensor | None) -> CategoricalTar
                              order=all_pairs_order(cfg, int(labels.shape[0]), labels.device))
 
 
-def embedding_target(cfg: TrialConfig, reg_x: Tensor) -> EmbeddingTarget:
+def embedding_target(cfg: TargetFields, reg_x: Tensor) -> EmbeddingTarget:
     """Targets from S = E E^T of the regularization images: threshold, pixel, vgg features, shuffle (no matrix)."""
     kind = cfg.target
     emb = vgg_embeddings(reg_x, cfg.vgg_weights) if kind == "vgg" else pixel_embeddings(reg_x)
@@ -254,7 +251,7 @@ def seeded_permutation(n: int, seed: int) -> Tensor:
     return perm
 
 
-def load_matrix(cfg: TrialConfig) -> tuple[Tensor, Tensor]:
+def load_matrix(cfg: TargetFields) -> tuple[Tensor, Tensor]:
     """The N x N similarity (float32, in [-1, 1]) and its N images as (N, C, H, W) float32 in [0, 1]."""
     if cfg.matrix is None:
         raise ConfigError("matrix", f"target {cfg.target} needs a .npy N x N similarity file; set matrix: PATH")
