@@ -153,7 +153,8 @@ def join(root: str | os.PathLike, *parts: str) -> str:
 
 def _filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str, bool]:
     """(filesystem, path, is_local). Accepts a plain path or a pyarrow URI such as s3://bucket/prefix. The one
-    place that turns a results location into a filesystem (orchestrator.sweepdir.resume.filesystem wraps it)."""
+    place that turns a results location into a filesystem (`filesystem` below; orchestrator.sweepdir.tables
+    re-exports it)."""
     if is_uri(root):
         fs, path = pafs.FileSystem.from_uri(str(root))
         return fs, path, False
@@ -249,7 +250,8 @@ def read_table(root: str | os.PathLike, table: str):
 
 
 def remove_trial(root: str | os.PathLike, trial_id: str) -> None:
-    """Delete a trial's files from every table (used before a trial reruns from scratch)."""
+    """Delete a trial's files from every table: the stale rows of a trial about to run again
+    (orchestrator.sweepdir.resume), and a failed run_trial's half-written rows."""
     fs, base, _ = _filesystem(root)
     for table in TABLES:
         path = f"{base}/{table}/{trial_id}.parquet"
