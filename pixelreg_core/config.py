@@ -133,6 +133,12 @@ class TrialConfig:
     def regularized(self) -> bool:
         return self.alpha > 0
 
+    @property
+    def loads_reg_data(self) -> bool:
+        """Whether the trial reads reg_data: regularized, and its target does not bring its own images (a matrix
+        target's N images come with the matrix; the target registry's `own_images` says which do)."""
+        return self.regularized and self.reg_data != "none" and not target_kinds.get(self.target).own_images(self)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
