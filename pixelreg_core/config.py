@@ -37,7 +37,7 @@ NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
 # run's in the last bits, and bf16 autocast (`amp`) changes them more, but the trial computes the same estimator
 # of the same model; switching a kernel option must not make a sweep rerun every finished trial. What a trial ran
 # with stays on record: the `config` column of its trials row holds every field, these included.
-KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "compile")
+KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "tf32", "compile")
 NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", *KERNEL_FIELDS)
 
 # Baselines are unregularized: these fields have no meaning for them and are set to neutral values, so one
@@ -131,6 +131,9 @@ class TrialConfig:
     fused_sgd: bool = field(default=False, metadata={"help": "one fused SGD kernel (off: torch's default, foreach "
                                                              "on CUDA)"})
     cudnn_benchmark: bool = field(default=False, metadata={"help": "let cuDNN time and pick conv algorithms (CUDA)"})
+    tf32: bool = field(default=False, metadata={"help": "TF32 tensor-core math for float32 convolutions and "
+                                                        "matmuls (CUDA; off: plain float32, though cuDNN's own "
+                                                        "default is on)"})
     compile: str = field(default="none", metadata={"help": "torch.compile of the training step: "
                                                            + "|".join(COMPILE_MODES)
                                                            + " (reduce-overhead adds CUDA graphs)"})
@@ -146,6 +149,12 @@ class TrialConfig:
     @property
     def regularized(self) -> bool:
         return self.alpha > 0
+
+    @property
+    def loads_reg_data(self) -> bool:
+        """Whether the trial reads reg_data: regularized, and its target does not bring its own images (a matrix
+        target's N images come with the matrix; the target registry's `own_images` says which do)."""
+        return self.regularized and self.reg_data != "none" and not target_kinds.get(self.target).own_images(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

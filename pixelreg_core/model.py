@@ -148,6 +148,11 @@ def load_checkpoint(path: str | os.PathLike,
     data = read_bytes(path)  # local path, file:// or another pyarrow URI
     if data is None:
         raise FileNotFoundError(path)
+    return checkpoint_from_bytes(data, map_location)
+
+
+def checkpoint_from_bytes(data: bytes, map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:
+    """`load_checkpoint` of a file already read (a caller that also hashes the file reads it once)."""
     payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     cfg = TrialConfig.from_dict(json.loads(payload["config"]))
     model = build_model(cfg, payload["in_channels"], payload["num_classes"])

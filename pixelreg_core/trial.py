@@ -68,8 +68,9 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         # Checks that can only fail at run time (a missing FGSM source, an absent GPU) are inside the try, so
         # that with `record_failure` they too leave a failed trials row.
         cfg.validate()
-        attack_options = attacks.validate_attacks(cfg)  # resolved once, before any data is loaded
+        attack_options = attacks.validate_attacks(cfg, check_source=False)  # resolved once, before any data
         device = resolve_device(cfg.device)
+        source = attacks.load_source(cfg, device)  # a transferred attack's source: read and checked once, now
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
@@ -89,7 +90,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         eval_started = time.perf_counter()
         attack_s: dict[str, float] = {}
         robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"),
-                                             attack_options, seconds=attack_s)
+                                             attack_options, source, seconds=attack_s)
         eval_s = time.perf_counter() - eval_started
 
         keys = key_values(cfg)

@@ -271,12 +271,29 @@ def test_fused_sgd_and_the_cuda_only_options_train_on_cpu():
     assert torch.backends.cudnn.benchmark is False  # restored after the trial
 
 
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_is_an_explicit_kernel_option_and_off_is_plain_float32_on_cuda(tf32):
+    # The flags are process-wide and settable without a GPU; the device only says which backend they are for.
+    from pixelreg_core.train import kernel_settings
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    cfg = tiny(tf32=tf32)
+    assert cfg.trial_id == tiny().trial_id  # a kernel option: not part of the trial id
+    with kernel_settings(cfg, torch.device("cuda")):
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before  # restored
+    with kernel_settings(cfg, torch.device("cpu")):  # no CUDA kernels run: left as they are
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
 def test_kernel_flags_on_the_command_line(tmp_path):
     from pixelreg_core import cli
 
-    args = cli.build_parser().parse_args(["train", "--amp", "--fused-sgd", "--compile", "default", "--out", "x"])
+    args = cli.build_parser().parse_args(["train", "--amp", "--fused-sgd", "--tf32", "--compile", "default", "--out",
+                                          "x"])
     cfg = cli.config_from_args(args)
     assert cfg.amp is True and cfg.fused_sgd is True and cfg.compile == "default" and cfg.channels_last is False
+    assert cfg.tf32 is True
 
 
 # ------------------------------------------------------------------------------------------ CUDA (marked gpu)
