@@ -117,7 +117,7 @@ def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
     if not on_cluster(args):
-        check_resources(spec)  # on a cluster, run_on_ray checks against the cluster's GPUs instead
+        check_resources(spec)  # this machine's GPUs, before Ray starts; run_on_ray checks Ray's once it runs
     check_writable(args.results)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
@@ -188,8 +188,8 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
     storage = (tempfile.mkdtemp(prefix="pixelreg-tune-") if is_uri(plan.sweep_dir)
                else str(Path(plan.sweep_dir, "tune")))
     try:
-        if on_cluster(args):
-            check_resources(plan.spec, available_gpus=session.gpus)
+        # Against the Ray the trials run on, local too: a GPU trial Ray cannot place would wait for it forever.
+        check_resources(plan.spec, available_gpus=session.gpus, where="in Ray")
         slots = max(1, concurrent_slots(session.cpus, session.gpus, resources.cpu, resources.gpu,
                                         args.max_concurrent))
         progress = Progress(total=n_total, already_done=len(plan.done), slots=slots, log=log)

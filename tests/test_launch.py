@@ -298,6 +298,47 @@ def test_gpu_asked_without_gpu_is_refused(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_gpu_sweep_that_ray_cannot_place_stops_at_once_with_exit_2(ray_session, tmp_path, capsys, monkeypatch):
+    # torch sees a GPU (patched here) but the local Ray the trials run on has none (ray_session: 0 GPUs), as in a
+    # container where Ray's own GPU detection fails: the trials would wait for a GPU forever. The launch runs in a
+    # thread only to bound the wait if that regresses.
+    import threading
+
+    from orchestrator.run import resources
+
+    monkeypatch.setattr(resources, "local_gpus", lambda: 1)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = write_spec(tmp_path, resources={"cpu": 1, "gpu": 1})
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.update(rc=launch(spec, tmp_path / "results")), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the launch is waiting for a GPU that Ray does not have"
+    assert result["rc"] == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "resources.gpu" in err and "in Ray" in err and err.count("\n") == 1
+
+
+def test_the_local_ray_is_told_the_gpus_torch_sees(tmp_path):
+    # A fresh process (no Ray session of this module's): torch is made to report 2 GPUs, which this CPU machine's
+    # Ray would never detect by itself; the local Ray must carry them as its GPU resource.
+    import subprocess
+    import sys
+
+    code = """
+from orchestrator.run import resources
+resources.local_gpus = lambda: 2
+from orchestrator.localray.start import start_ray, stop_ray
+session = start_ray(None, "127.0.0.1", False, log=lambda line: None)
+print("gpus", session.gpus)
+stop_ray(session)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gpus 2.0" in done.stdout
+
+
 def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nope")]) == 2
     assert "no such sweep folder" in capsys.readouterr().err
