@@ -31,8 +31,22 @@ from orchestrator.spec.load import load_spec
 from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.blocked import exit_code, skip_blocked
 from orchestrator.sweepdir.lock import sweep_lock
-from orchestrator.sweepdir.resume import check_writable, prepare_sweep_dir, spec_fingerprint, split_done
-from orchestrator.sweepdir.tables import COMPLETE_STATUSES, DEFAULT_ROOT, is_uri, sweep_dir_for, trial_statuses
+from orchestrator.sweepdir.resume import (
+    check_writable,
+    missing_evaluations,
+    prepare_sweep_dir,
+    spec_fingerprint,
+    split_done,
+    work,
+)
+from orchestrator.sweepdir.tables import (
+    COMPLETE_STATUSES,
+    DEFAULT_ROOT,
+    finished_evaluations,
+    is_uri,
+    sweep_dir_for,
+    trial_statuses,
+)
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.results import clean_temp, disk_full
 
@@ -78,6 +92,7 @@ class Plan:
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
     lock: Any = None                        # the sweep folder's lock.SweepLock while launch holds it
     mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
+    work: dict[str, list] | None = None     # resume.work: models to train, evaluations to run, models reused
 
 
 def _absolute(path: str) -> str:
@@ -129,9 +144,18 @@ def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
     lock = hold(sweep_dir) if hold else None
     prepare_sweep_dir(sweep_dir, spec_path.read_text(), spec_fingerprint(spec), args.fresh, log=log)
     clean_temp(sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
+    todo_work = work(configs, sweep_dir)  # before split_done removes the stale rows of models to train again
     done, todo = split_done(configs, sweep_dir)
+    if getattr(args, "evaluate_only", False):  # `orchestrator evaluate`: stored models only, nothing trained
+        untrained = {c.trial_id for c in todo_work["train"]}
+        skipped = [c for c in todo if c.trial_id in untrained]
+        todo = [c for c in todo if c.trial_id not in untrained]
+        todo_work["train"] = []
+        if skipped:
+            log(f"evaluate: {len(skipped)} model(s) of the spec are not trained yet and are left out "
+                f"(`orchestrator launch {spec_path}` trains them)")
     plan = Plan(spec=spec, spec_path=spec_path, sweep_dir=sweep_dir, configs=configs, todo=todo, done=done,
-                lock=lock, mps=mps_control)
+                lock=lock, mps=mps_control, work=todo_work)
     if spec.search.type == "optuna":
         plan.optuna_units = spec.search.trials * len(spec.pairs) * len(spec.seed_list)
     return plan
@@ -157,15 +181,20 @@ def _run(args: argparse.Namespace, plan: Plan) -> int:
     log(f"sweep {plan.spec.name}: {n_total} trials ({len(plan.done)} complete from earlier launches, "
         f"{len(plan.todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
         f"to run) -> {plan.sweep_dir}")
+    if plan.work is not None and (plan.done or plan.work["evaluate"]):
+        log("  " + work_line(plan.work))
     if plan.todo or plan.optuna_units:
         with mps.daemon(plan.mps, log):  # before Ray starts its workers; stopped when the launch ends
             run_on_ray(plan, args, n_total, log)
     failed = count_failed(plan)
+    missing = missing_after(plan)
     log(f"finished: {failed} trial(s) failed or blocked" if failed else "finished: every trial ok")
+    if missing:
+        log(f"  {len(missing)} evaluation(s) of trained models failed, e.g. {missing[0]} (a relaunch runs them)")
     if failed:
         log(f"  see their errors with: orchestrator status {plan.sweep_dir}")
     report_outputs(plan.sweep_dir, log)
-    return exit_code(trial_statuses(plan.sweep_dir))  # 1 after failed or blocked trials
+    return max(exit_code(trial_statuses(plan.sweep_dir)), 1 if missing else 0)  # 1 after failures
 
 
 def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
@@ -217,9 +246,32 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
         stop_ray(session)
 
 
+def work_line(todo: dict[str, list]) -> str:
+    """`to train: 2 models; to evaluate: 12 (model, attack) on 10 stored models (boundary 10, ...); reused: 8`."""
+    from collections import Counter
+
+    evaluations = todo["evaluate"]
+    per_attack = Counter(name for _, name in evaluations)
+    stored = len({cfg.trial_id for cfg, _ in evaluations})
+    attacks = ", ".join(f"{name} {n}" for name, n in per_attack.items())
+    return (f"to train: {len(todo['train'])} model(s); to evaluate: {len(evaluations)} (model, attack) on "
+            f"{stored} stored model(s){' (' + attacks + ')' if attacks else ''}; reused as they are: "
+            f"{len(todo['reused'])} model(s)")
+
+
 def count_failed(plan: Plan) -> int:
+    """Models that failed (or were blocked) plus ok models whose evaluations are still missing."""
     statuses = trial_statuses(plan.sweep_dir)
-    return sum(1 for status in statuses.values() if status not in COMPLETE_STATUSES)
+    failed = sum(1 for status in statuses.values() if status not in COMPLETE_STATUSES)
+    return failed + len(missing_after(plan))
+
+
+def missing_after(plan: Plan) -> list[str]:
+    """`<trial_id> <attack>` of the spec's ok models whose evaluation is still missing after the run."""
+    statuses = trial_statuses(plan.sweep_dir)
+    finished = finished_evaluations(plan.sweep_dir)
+    return [f"{c.trial_id} {name}" for c in plan.configs if statuses.get(c.trial_id) == "ok"
+            for name in missing_evaluations(plan.sweep_dir, c, finished)]
 
 
 def report_outputs(sweep_dir: str, log) -> None:

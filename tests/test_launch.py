@@ -110,23 +110,69 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert "baseline" in status and "trial" in status
 
 
-@pytest.mark.slow
-def test_different_spec_is_refused_and_fresh_starts_over(ray_session, tmp_path, capsys):
-    root = tmp_path / "results"
-    first = write_spec(tmp_path, seeds=[0], baseline=False)
-    assert launch(first, root) == 0
-    old_ids = set(pd.read_parquet(root / "tiny" / "trials")["trial_id"])
-    second = write_spec(tmp_path, seeds=[0], baseline=False, grid={"th": [0.5], "alpha": [2.0]})
-    capsys.readouterr()
-    assert launch(second, root) == 2
-    err = capsys.readouterr().err
-    assert "holds sweep spec" in err and "--fresh" in err and err.count("\n") == 1
-    assert set(pd.read_parquet(root / "tiny" / "trials")["trial_id"]) == old_ids  # untouched
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*") if p.is_file()}
 
-    assert launch(second, root, "--fresh") == 0
-    trials = pd.read_parquet(root / "tiny" / "trials")
-    assert len(trials) == 1 and not set(trials["trial_id"]) & old_ids
-    assert trials["th"].tolist() == [0.5] and trials["status"].tolist() == ["ok"]
+
+@pytest.mark.slow
+def test_a_study_grows_by_seeds_points_pairs_and_attacks_and_evaluate_trains_nothing(ray_session, tmp_path, capsys):
+    """A finished tiny sweep, then its spec with one more seed, (th, alpha) point, pair and attack: the relaunch
+    trains only the new models (the old models' files untouched) and evaluates the new attack on every model;
+    `evaluate` then adds a third attack without a training step; --fresh starts over."""
+    root = tmp_path / "results"
+    sweep = root / "grow"
+    point = {"th": 0.3, "alpha": 1.0}
+    first = write_spec(tmp_path, name="grow", seeds=[0], grid={"points": [point]})
+    assert launch(first, root) == 0
+    old = {folder: mtimes(sweep / folder) for folder in ("trials", "epochs", "checkpoints", "robustness")}
+    old_ids = set(pd.read_parquet(sweep / "trials")["trial_id"])
+    assert len(old_ids) == 2 and len(old["robustness"]) == 2
+
+    gaussian = {"images": 20, "num_eps": 2}
+    grown = write_spec(tmp_path, name="grow", seeds=[0, 1], grid={"points": [point, {"th": 0.5, "alpha": 2.0}]},
+                       pairs=[{"task": "digits", "reg_data": "digits"}, {"task": "mnist5k", "reg_data": "mnist5k"}],
+                       attacks={"gaussian": gaussian, "uniform": {"images": 20, "num_eps": 2}})
+    capsys.readouterr()
+    assert main(["plan", str(grown), "--results", str(root), "--no-measure"]) == 0
+    assert ("to train: 10 model(s); to evaluate: 2 (model, attack) on 2 stored model(s) (uniform 2); reused as "
+            "they are: 0 model(s)") in capsys.readouterr().out
+    assert launch(grown, root) == 0
+    out = capsys.readouterr().out
+    assert "the spec changed since the last launch" in out and "every trial ok" in out
+    trials = pd.read_parquet(sweep / "trials")
+    assert len(trials) == 12 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    assert old_ids < set(trials["trial_id"])
+    for folder in ("trials", "epochs", "checkpoints"):  # the old models were not trained or rewritten
+        now = mtimes(sweep / folder)
+        assert {name: now[name] for name in old[folder]} == old[folder], folder
+    now = mtimes(sweep / "robustness")
+    assert {name: now[name] for name in old["robustness"]} == old["robustness"]  # old evaluations untouched
+    epochs = pd.read_parquet(sweep / "epochs")
+    assert len(epochs) == 12 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    robustness = pd.read_parquet(sweep / "robustness")
+    per_model = robustness.groupby("trial_id")["attack"].agg(lambda a: tuple(sorted(set(a))))
+    assert len(per_model) == 12 and set(per_model) == {("gaussian", "uniform")}  # old models got uniform too
+    assert not robustness.duplicated(["trial_id", "attack", "eps", "repeat", "metric"]).any()
+    assert sorted(p.name.split("-")[0] for p in (sweep / "specs").iterdir()) == ["1", "2"]  # both versions kept
+    summary = pd.read_parquet(sweep / "summary.parquet")
+    assert {("digits", "gaussian"), ("digits", "uniform"), ("mnist5k", "uniform")} <= set(
+        zip(summary["task"], summary["attack"], strict=True))
+
+    third = write_spec(tmp_path, name="grow", seeds=[0, 1], grid={"points": [point, {"th": 0.5, "alpha": 2.0}]},
+                       pairs=[{"task": "digits", "reg_data": "digits"}, {"task": "mnist5k", "reg_data": "mnist5k"}],
+                       attacks={"gaussian": gaussian, "uniform": {"images": 20, "num_eps": 2},
+                                "salt_pepper": {"images": 20, "num_eps": 2}})
+    before = {folder: mtimes(sweep / folder) for folder in ("trials", "epochs", "checkpoints")}
+    assert main(["evaluate", str(third), "--results", str(root), "--progress-every", "2"]) == 0
+    for folder, files in before.items():  # no training step: no epochs, checkpoint or trials file written
+        assert mtimes(sweep / folder) == files, folder
+    assert not (sweep / "checkpoints" / "running").exists() or not list((sweep / "checkpoints" / "running").iterdir())
+    robustness = pd.read_parquet(sweep / "robustness")
+    assert robustness.loc[robustness["attack"] == "salt_pepper", "trial_id"].nunique() == 12
+
+    assert launch(first, root, "--fresh") == 0
+    trials = pd.read_parquet(sweep / "trials")
+    assert set(trials["trial_id"]) == old_ids and set(trials["status"]) == {"ok"}
 
 
 @pytest.mark.slow

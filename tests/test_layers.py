@@ -34,7 +34,7 @@ STAGES = [
     ["orchestrator.sweepdir"],
     ["orchestrator.run"],
     ["orchestrator.cli", "orchestrator.launch", "orchestrator.plan", "orchestrator.validate", "orchestrator.status",
-     "orchestrator"],
+     "orchestrator.evaluate", "orchestrator.migrate", "orchestrator"],
 ]
 
 
