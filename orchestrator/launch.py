@@ -35,6 +35,7 @@ from orchestrator.sweepdir.lock import sweep_lock
 from orchestrator.sweepdir.resume import check_writable, prepare_sweep_dir, spec_fingerprint, split_done
 from orchestrator.sweepdir.tables import COMPLETE_STATUSES, DEFAULT_ROOT, is_uri, sweep_dir_for, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.results import clean_temp, disk_full
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +117,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
     if not on_cluster(args):
-        check_resources(spec)  # on a cluster, run_on_ray checks against the cluster's GPUs instead
+        check_resources(spec)  # this machine's GPUs, before Ray starts; run_on_ray checks Ray's once it runs
     check_writable(args.results)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
@@ -134,6 +135,7 @@ def claim(plan: Plan, fresh: bool, log) -> tuple[list[TrialConfig], list[TrialCo
     """Claim the sweep folder for the plan's spec (wiped first with --fresh) and split its trials into (complete,
     to run); the trials to run lose their stale rows. Call it holding the folder's lock."""
     prepare_sweep_dir(plan.sweep_dir, plan.spec_text, spec_fingerprint(plan.spec), fresh, log=log)
+    clean_temp(plan.sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
     return split_done(plan.configs, plan.sweep_dir)
 
 
@@ -142,9 +144,15 @@ def claim(plan: Plan, fresh: bool, log) -> tuple[list[TrialConfig], list[TrialCo
 
 def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
-    with sweep_lock(plan.sweep_dir) as lock:  # from before the folder's first write to the end of the launch
-        done, todo = claim(plan, args.fresh, print)
-        return _run(args, plan, done, todo, lock)
+    try:
+        with sweep_lock(plan.sweep_dir) as lock:  # from before the folder's first write to the end of the launch
+            done, todo = claim(plan, args.fresh, print)
+            return _run(args, plan, done, todo, lock)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        raise UserError(f"{exc.filename or args.results}: no space left on device; finished trials are kept whole: "
+                        "free space and run the same launch again") from None
 
 
 def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: list[TrialConfig], lock) -> int:
@@ -172,8 +180,8 @@ def run_on_ray(plan: Plan, todo: list[TrialConfig], args: argparse.Namespace, n_
     quiet_tune()
     session = start_session(args, lock, log)
     try:
-        if on_cluster(args):
-            check_resources(plan.spec, available_gpus=session.gpus)
+        # Against the Ray the trials run on, local too: a GPU trial Ray cannot place would wait for it forever.
+        check_resources(plan.spec, available_gpus=session.gpus, where="in Ray")
         runner, progress = make_runner(plan, args, session, n_total, n_done, log)
         run_phases(runner, plan, todo, progress.log)
         log(progress.line())
