@@ -136,9 +136,10 @@ def corrupt_images(x: torch.Tensor, name: str, severity: int, seed: int) -> torc
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext) -> list[dict[str, Any]]:
+def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
+        opts: dict[str, Any]) -> list[dict[str, Any]]:
     """One accuracy row per (corruption, severity); eps holds the severity, group the frequency band."""
-    opts, seed = ctx.opts, ctx.seed
+    seed = ctx.seed
     rows = []
     channels = int(x_all.shape[1])
     idx = seeded_subset(len(y_all), opts["images"], seed, "corruptions")
@@ -169,11 +170,11 @@ def check(opts: dict[str, Any], cfg: TrialConfig, check_source: bool) -> None:
         check_folder(opts["folder"], opts["names"])
 
 
-ATTACK = Attack("corruptions", "Corruptions", {
+ATTACKS = [Attack("corruptions", "Corruptions", {
     "names": Option(DEMO_CORRUPTIONS, list(COMMON_CORRUPTIONS), "names", "corruptions to run",
                     choices=COMMON_CORRUPTIONS + EXTRA_CORRUPTIONS),
     "severities": Option([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], "severities", "severities 1..5"),
     "images": Option(100, None, "count_or_all", "test images corrupted (null: all)"),
     "folder": Option(None, None, "path_or_none", "CIFAR-10-C / CIFAR-100-C folder (null: generate)"),
     "batch_size": Option(500, 500, "count", "images per forward pass"),
-}, run, check=check, on_test_images=lambda opts: opts["folder"] is None)
+}, run, check=check, on_test_images=lambda opts: opts["folder"] is None)]
