@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from orchestrator.analysis.timings import render_text as timing_lines
 from orchestrator.errors import UserError
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec, parse_yaml
 from orchestrator.sweepdir.tables import SPEC_FILE, filesystem, read_table, read_text
 
 NOT_OK = ("failed", "blocked")  # listed with their errors; blocked: not run because its FGSM source failed
-COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_acc", "wall_s"]
+COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_acc", "wall_s", "train_s", "eval_s"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +71,7 @@ def render(info: dict[str, Any], show_all: bool = False) -> str:
         failed = trials[trials["status"].isin(NOT_OK)]
         for row in failed.itertuples():
             lines.append(f"{row.status} {row.trial_id}: {row.error}")
+        lines += timing_lines(trials)
     return "\n".join(lines)
 
 

@@ -9,12 +9,17 @@ The file is `OUT/checkpoints/running/<trial_id>.pt`, written whole (temp file + 
 store) through pixelreg_core.results, so a crash mid-save leaves the previous epoch's checkpoint. It is removed
 once the trial's rows are written; a failed trial keeps it, so a relaunch resumes from its last finished epoch.
 A file that cannot be read, or that belongs to another trial, is ignored: the trial then starts from epoch 1.
+So is one saved on another kind of device (the device is not part of the trial id, so a trial stopped on a GPU
+may be relaunched on a CPU): a CPU generator's state (5,056 bytes) cannot be put into a CUDA generator (16 bytes)
+or the reverse, and continuing with another stream would give numbers neither device would give; the trial says
+so in one line, drops the file and starts from epoch 1 on the new device, instead of failing at every relaunch.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +52,8 @@ class EpochCheckpoint:
         state = {
             "format": FORMAT, "trial_id": self.trial_id, "epochs_done": epochs_done,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "generator": generator.get_state(), "generator_device": generator.device.type,
+            "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "rows": rows, "best_state": best_state, "best_epoch": best_epoch, "best_valid": best_valid,
         }
@@ -75,13 +81,31 @@ class EpochCheckpoint:
         state = self.load()
         if state is None:
             return None
+        other = other_device(state, generator)
+        if other is not None:  # checked before anything is restored: nothing is left half-loaded
+            print(f"checkpoint {self.path}: saved on {other}, but this trial runs on {generator.device.type}; its "
+                  "random state cannot carry over, so the trial starts again from epoch 1", file=sys.stderr,
+                  flush=True)
+            self.remove()
+            return None
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
+        if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return state
 
     def remove(self) -> None:
         delete_file(self.path)
+
+
+def other_device(state: dict[str, Any], generator: torch.Generator) -> str | None:
+    """The device type a checkpoint's generator was saved on when it is not `generator`'s, else None. Files from
+    before `generator_device` was saved are told apart by the state's size, which differs between devices."""
+    saved = state.get("generator_device")
+    if saved is not None and saved != generator.device.type:
+        return str(saved)
+    if state["generator"].numel() != generator.get_state().numel():
+        return saved or f"another device ({state['generator'].numel()}-byte generator state)"
+    return None

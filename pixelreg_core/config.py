@@ -34,7 +34,7 @@ NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
 # run's in the last bits, and bf16 autocast (`amp`) changes them more, but the trial computes the same estimator
 # of the same model; switching a kernel option must not make a sweep rerun every finished trial. What a trial ran
 # with stays on record: the `config` column of its trials row holds every field, these included.
-KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "compile")
+KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "tf32", "compile")
 # `pack` too: a trial trained in a seed pack writes the rows a separate run of it writes (pixelreg_core/pack/).
 NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", "pack", *KERNEL_FIELDS)
 
@@ -108,13 +108,16 @@ class TrialConfig:
     # --- where it runs --------------------------------------------------------------------------------------
     device: str = field(default="auto", metadata={"help": "|".join(DEVICES)})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch default)"})
-    # --- kernels and precision: how fast, not what (all off = today's numbers; README "Performance") ----------
+    # --- kernels and precision: how fast, not what (all off = today's numbers; docs/performance.md) ----------
     amp: bool = field(default=False, metadata={"help": "bf16 autocast of the forward passes (meant for CUDA; "
                                                        "changes the numbers slightly)"})
     channels_last: bool = field(default=False, metadata={"help": "NHWC memory layout for the model and batches"})
     fused_sgd: bool = field(default=False, metadata={"help": "one fused SGD kernel (off: torch's default, foreach "
                                                              "on CUDA)"})
     cudnn_benchmark: bool = field(default=False, metadata={"help": "let cuDNN time and pick conv algorithms (CUDA)"})
+    tf32: bool = field(default=False, metadata={"help": "TF32 tensor-core math for float32 convolutions and "
+                                                        "matmuls (CUDA; off: plain float32, though cuDNN's own "
+                                                        "default is on)"})
     compile: str = field(default="none", metadata={"help": "torch.compile of the training step: "
                                                            + "|".join(COMPILE_MODES)
                                                            + " (reduce-overhead adds CUDA graphs)"})
@@ -133,6 +136,12 @@ class TrialConfig:
     @property
     def regularized(self) -> bool:
         return self.alpha > 0
+
+    @property
+    def loads_reg_data(self) -> bool:
+        """Whether the trial reads reg_data: regularized, and its target does not bring its own images (a matrix
+        target's N images come with the matrix; the target registry's `own_images` says which do)."""
+        return self.regularized and self.reg_data != "none" and not target_kinds.get(self.target).own_images(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

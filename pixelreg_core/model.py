@@ -91,19 +91,27 @@ class PairResNet(nn.Module):
         return torch.softmax(self.gamma, dim=0)
 
     def pair_similarity(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-        """S_cnn for k pairs: weighted per-layer cosine similarity of centred, flattened feature maps."""
+        """S_cnn for k pairs: weighted per-layer cosine similarity of centred, flattened feature maps.
+
+        Under `amp` the forward pass runs in bf16, but everything from the layer outputs on is float32, autocast
+        off: bf16 keeps 8 bits, so near 1 a cosine moves in steps of 1/256 (0.9990 becomes 1.0, 0.9975 becomes
+        0.99609), and with exact +-1 targets through 2 * artanh a +1 pair's loss would be 0 or at least 36,
+        its gradient gone once the cosine passes about 0.998. The running feature means are float32 for the
+        same reason. Without `amp` the casts do nothing (the layers are float32 already)."""
         k = xa.shape[0]
         _, layers = self.features(torch.cat([xa, xb]))
-        weights = self.layer_weights()
-        sims = []
-        for i, h in enumerate(layers):
-            mean = getattr(self, f"feature_mean_{i}")
-            if self.training:  # running mean over both images of every pair batch; no gradient through it
-                with torch.no_grad():
-                    mean.mul_(self.beta).add_(h.mean(dim=(0, 2, 3)), alpha=1 - self.beta)
-            centred = (h - mean[None, :, None, None]).flatten(1)
-            sims.append(F.cosine_similarity(centred[:k], centred[k:], dim=1, eps=1e-8))
-        return torch.stack(sims, dim=1) @ weights
+        with torch.autocast(device_type=xa.device.type, enabled=False):
+            weights = self.layer_weights().float()
+            sims = []
+            for i, h in enumerate(layers):
+                h = h.float()
+                mean = getattr(self, f"feature_mean_{i}")
+                if self.training:  # running mean over both images of every pair batch; no gradient through it
+                    with torch.no_grad():
+                        mean.mul_(self.beta).add_(h.mean(dim=(0, 2, 3)), alpha=1 - self.beta)
+                centred = (h - mean[None, :, None, None]).flatten(1)
+                sims.append(F.cosine_similarity(centred[:k], centred[k:], dim=1, eps=1e-8))
+            return torch.stack(sims, dim=1) @ weights
 
 
 def build_model(cfg: TrialConfig, in_channels: int, num_classes: int, input_scale: float = 1.0,
@@ -131,6 +139,11 @@ def load_checkpoint(path: str | os.PathLike,
     data = read_bytes(path)  # local path, file:// or another pyarrow URI
     if data is None:
         raise FileNotFoundError(path)
+    return checkpoint_from_bytes(data, map_location)
+
+
+def checkpoint_from_bytes(data: bytes, map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:
+    """`load_checkpoint` of a file already read (a caller that also hashes the file reads it once)."""
     payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     cfg = TrialConfig.from_dict(json.loads(payload["config"]))
     model = build_model(cfg, payload["in_channels"], payload["num_classes"])

@@ -14,8 +14,8 @@ it ran on NaN weights that are never evaluated or saved.
 
 On CPU the arithmetic is the same as a loop that reads every value at once (the per-step numbers are float32
 values summed in Python floats in step order), so CPU results are bit-identical to that simpler loop.
-Kernel options (`amp`, `channels_last`, `fused_sgd`, `cudnn_benchmark`, `compile`) change how the step runs; all
-off is the plain float32 step.
+Kernel options (`amp`, `channels_last`, `fused_sgd`, `cudnn_benchmark`, `tf32`, `compile`) change how the step runs;
+all off is the plain float32 step, on CUDA too (`tf32` off turns off the TF32 convolutions cuDNN defaults to).
 """
 
 from __future__ import annotations
@@ -144,13 +144,22 @@ def uses_channels_last(cfg: TrialConfig, device: torch.device) -> bool:
 
 @contextlib.contextmanager
 def kernel_settings(cfg: TrialConfig, device: torch.device) -> Iterator[None]:
-    """cudnn.benchmark for the trial only: a Ray worker runs many trials and must find the flag as it was."""
-    before = torch.backends.cudnn.benchmark
+    """The process-wide kernel flags for the trial only (a Ray worker runs many trials and must find them as they
+    were): cudnn.benchmark, and TF32 for convolutions and matmuls. On CUDA `tf32` sets both TF32 flags, so off is
+    plain float32 everywhere: torch's own defaults are TF32 on for cuDNN convolutions and off for matmuls. The
+    flags act on CUDA only; on other devices they are left as they are."""
+    flags = (("cudnn", "benchmark"), ("cudnn", "allow_tf32"), ("matmul", "allow_tf32"))
+    owners = {"cudnn": torch.backends.cudnn, "matmul": torch.backends.cuda.matmul}
+    before = [getattr(owners[owner], name) for owner, name in flags]
     torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        for (owner, name), value in zip(flags, before, strict=True):
+            setattr(owners[owner], name, value)
 
 
 def make_optimizer(cfg: TrialConfig, model: PairResNet, device: torch.device) -> torch.optim.SGD:
@@ -251,8 +260,11 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
                 s_cnn, s_target = torch.cat(pairs, dim=1).cpu()
                 sim_corr = _pearson(s_cnn, s_target)
 
-            valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y, amp=cfg.amp)
-            _, test_acc = evaluate_split(model, placed.test_x, placed.test_y, amp=cfg.amp)
+            # Evaluation in float32 whatever `amp` says, as every attack runs: clean_acc (the best epoch's
+            # test_acc) and the attacks' accuracies are then numbers of the same model, and the validation loss
+            # that picks the best epoch is not rounded to bf16.
+            valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
+            _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
             if not math.isfinite(valid_loss):
                 raise ConfigError("lr", f"the validation loss became {valid_loss} at epoch {epoch + 1}; "
                                         f"lower lr or alpha")

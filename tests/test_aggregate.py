@@ -128,7 +128,7 @@ def test_cli_aggregate_and_bad_input(sweep: Path, tmp_path: Path, capsys: pytest
     out = capsys.readouterr().out
     assert "1 failed" in out and "MNIST / MNIST / gaussian: Th=0.2 alpha=4" in out
     assert (sweep / "summary.parquet").exists() and (sweep / "best.parquet").exists()
-    assert not [p for p in sweep.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in sweep.rglob("*") if p.is_file() and ".tmp" in p.name]  # no temp file left anywhere
     assert main(["aggregate", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no trials/ folder" in err and len(err.strip().splitlines()) == 1

@@ -8,9 +8,10 @@ more trials must use both nodes: the trials table's `node` column (the Ray node 
 test fails if trials stop spreading. `orchestrator launch --address` runs as its own process, as a user runs it.
 
 Results are compared with a single-node `orchestrator launch` of the same spec (a local Ray): every table, every
-column but timing (`wall_s`, `finished_at`, `seconds`) and `node`, with the results root masked in `checkpoint` and
-`config`. Workers write through the sweep's results root: a local folder (the two nodes share this machine's disk,
-as NFS would give them), then an object store (a moto S3 server on 127.0.0.1 in this process, dummy credentials).
+column but the timing ones (`TIMING_COLUMNS`: `wall_s`, `finished_at`, `seconds`, ... and `node`), with the results
+root masked in `checkpoint` and `config`. Workers write through the sweep's results root: a local folder (the two
+nodes share this machine's disk, as NFS would give them), then an object store (a moto S3 server on 127.0.0.1 in
+this process, dummy credentials).
 """
 
 from __future__ import annotations
@@ -30,15 +31,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import AWS
+from conftest import AWS, TINY_TRAIN
 
 from orchestrator.localray.start import join_error
-from pixelreg_core.results import TABLES, read_table
+from pixelreg_core.results import TABLES, TIMING_COLUMNS, read_table
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING = {"trials": ["wall_s", "finished_at", "node"], "epochs": ["seconds"]}
-TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
-              "num_threads": 1}
 
 
 def spec_dict(name: str, **train) -> dict:
@@ -147,7 +145,7 @@ def content(sweep: str) -> dict[str, pd.DataFrame]:
     base = sweep.partition("?")[0]
     out = {}
     for table in TABLES:
-        frame = read_table(sweep, table).drop(columns=TIMING.get(table, []))
+        frame = read_table(sweep, table).drop(columns=list(TIMING_COLUMNS.get(table, ())))
         for column in ("checkpoint", "config"):
             if column in frame:
                 frame[column] = frame[column].map(

@@ -1,5 +1,5 @@
-"""docker/: the image installs the project as README.md does, hadolint finds nothing, and the cluster files
-(cluster launcher, KubeRay RayJob) run the README's sweep command from the README's image on its results URI."""
+"""The README's two commands are what .ci/run runs and what the image installs; hadolint finds nothing; the cluster
+files (cluster launcher, KubeRay RayJob) run docs/cluster.md's sweep command from its image on its results URI."""
 
 from __future__ import annotations
 
@@ -15,14 +15,26 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 README = (REPO / "README.md").read_text()
+CLUSTER_DOC = (REPO / "docs" / "cluster.md").read_text()
+
+
+def readme_commands() -> list[str]:
+    """The README's two commands, in order: install + quickstart, then install + tests."""
+    commands = [line for line in README.splitlines() if line.startswith("python3 -m venv .venv && ")]
+    assert len(commands) == 2, commands
+    return commands
 
 
 def readme_install_step() -> str:
     """The install part shared by the README's two commands (everything before the last `&&`)."""
-    commands = [line for line in README.splitlines() if line.startswith("python3 -m venv .venv && ")]
-    steps = {line.rsplit(" && ", 1)[0] for line in commands}
-    assert len(commands) == 2 and len(steps) == 1, commands
+    steps = {line.rsplit(" && ", 1)[0] for line in readme_commands()}
+    assert len(steps) == 1, steps
     return steps.pop()
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert readme_commands()[1] in ci
 
 
 def dockerfile_lines() -> list[str]:
@@ -45,7 +57,7 @@ def test_cpu_and_cuda_variants_come_from_one_build_argument():
     assert "ARG TORCH_VARIANT=cpu" in lines
     assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/${TORCH_VARIANT}" in lines
     assert any("PIP_EXTRA_INDEX_URL=${TORCH_INDEX}" in line for line in lines)
-    assert "--build-arg TORCH_VARIANT=cu126" in README
+    assert "--build-arg TORCH_VARIANT=cu126" in CLUSTER_DOC
 
 
 def test_hadolint_finds_nothing():
@@ -62,8 +74,8 @@ def test_hadolint_finds_nothing():
 
 
 def readme_cluster() -> tuple[str, str, str]:
-    """(image, sweep command, results URI) as the README's "Running on a cluster" section gives them."""
-    section = README.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    """(image, sweep command, results URI) as docs/cluster.md gives them."""
+    section = CLUSTER_DOC
     images = set(re.findall(r"docker build -f docker/Dockerfile --build-arg TORCH_VARIANT=cu126 -t (\S+) \.",
                             section))
     commands = set(re.findall(r"^(orchestrator launch \S+ --address auto --results (s3://\S+))", section, re.M))

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import local_ray
+from conftest import TINY_TRAIN, local_ray, write_spec
 
 from orchestrator import cli
 from orchestrator.localray.start import access_lines, security_warnings
@@ -22,20 +21,6 @@ from orchestrator.run.objective import score
 from orchestrator.run.progress import Progress
 from orchestrator.run.resources import concurrent_slots
 from pixelreg_core.hooks import faults
-
-TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
-              "num_threads": 1}
-
-
-def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
-    spec = {"name": name, "pairs": [{"task": "digits", "reg_data": "digits"}],
-            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1], "baseline": True,
-            "train": dict(TINY_TRAIN), "attacks": {"gaussian": {"images": 20, "num_eps": 2}},
-            "resources": {"cpu": 1}, "max_failures": 1}
-    spec.update(overrides)
-    path = directory / f"{name}-{abs(hash(json.dumps(spec, sort_keys=True))) % 10**8}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +89,12 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert "every trial ok" in out and "done 4/4" in out
     # every epoch went to Tune: its TensorBoard logger wrote event files
     assert list((sweep / "tune").rglob("events.out.tfevents*"))
+    # Tune's own trial records hold the real fields under readable names, not a hash
+    params = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in (sweep / "tune").rglob("params.json")}
+    regularized = [v for v in params.values() if v["role"] == "trial"]
+    assert len(params) == 4 and sorted(v["seed"] for v in regularized) == [0, 1]
+    assert {(v["task"], v["reg_data"], v["th"], v["alpha"]) for v in regularized} == {("digits", "digits", 0.3, 1.0)}
+    assert any(name.startswith("trial_digits-digits_th0.3_a1_s1_") for name in params), sorted(params)
     # json config per trial carries the thread count the launcher set (1 CPU per trial)
     assert {json.loads(c)["num_threads"] for c in trials["config"]} == {1}
 
@@ -205,10 +196,45 @@ def test_trials_of_a_failed_fgsm_source_are_blocked_not_run(ray_session, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_full_disk_mid_sweep_ends_with_one_line_and_a_relaunch_completes(ray_session, tmp_path, capsys, inject):
+    """ENOSPC injected at the write layer (PIXELREG_FAULTS kind enospc): the disk fills while trial/1 saves its
+    first epoch and stays full. No table holds a partial file, the launch ends with one line naming the folder,
+    and once space is back the same launch finishes with nothing lost or repeated."""
+    import pyarrow.parquet as pq
+
+    from pixelreg_core.results import TABLES
+
+    spec = write_spec(tmp_path, name="full", seeds=[0, 1, 2])
+    root = tmp_path / "results"
+    sweep = root / "full"
+    ids = trial_ids(spec, root)
+    inject({"trial": ids["trial/1"], "kind": "enospc"})
+    assert launch(spec, root) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(sweep) in errors[0] and "no space left on device" in errors[0], errors
+    assert (tmp_path / "marks" / faults.DISK_FULL_MARKER).exists()  # the fault fired
+    finished = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").glob("*.parquet")}
+    for table in TABLES:  # every file in a table is whole, and only finished trials have any
+        for path in (sweep / table).glob("*"):
+            assert path.name in finished and pq.read_table(path) is not None, path
+    assert f"{ids['trial/1']}.parquet" not in finished
+    assert set(pd.read_parquet(sweep / "trials")["status"]) <= {"ok"}
+
+    (tmp_path / "marks" / faults.DISK_FULL_MARKER).unlink()  # space is back
+    assert launch(spec, root) == 0
+    trials = pd.read_parquet(sweep / "trials")
+    assert len(trials) == 6 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    assert {p: (sweep / "trials" / p).stat().st_mtime_ns for p in finished} == finished  # not rerun
+    assert pd.read_parquet(sweep / "epochs").groupby("trial_id").size().eq(1).all()  # nothing repeated
+    assert not list((sweep / ".tmp").glob("*"))
+
+
+@pytest.mark.slow
 def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_session, tmp_path, capsys):
     spec = write_spec(tmp_path, name="searched", grid=None, seeds=[0],
                       search={"type": "optuna", "trials": 2, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
-                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5}},
+                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5},
+                              "start": [{"th": 0.3, "alpha": 2.0}]},
                       scheduler={"type": "asha", "grace_period": 1})
     root = tmp_path / "results"
     assert launch(spec, root) == 0
@@ -217,10 +243,19 @@ def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_ses
     assert set(trials["status"]) == {"ok"}
     searched = trials[trials["role"] == "trial"]
     assert searched["th"].between(0.2, 0.8).all() and searched["alpha"].between(0.5, 8.0).all()
-    # a relaunch feeds the finished points back to Optuna instead of training more
+    assert ((searched["th"] == 0.3) & (searched["alpha"] == 2.0)).sum() == 1  # the start point ran, once
+    # the study outlives the launch: Optuna itself opens it from the sweep folder
+    import optuna
+
+    storage = f"sqlite:///{root / 'searched' / 'optuna.db'}"
+    study = optuna.load_study(study_name="searched/digits/digits", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2 and {"th": 0.3, "alpha": 2.0} in [t.params for t in complete]
+    # a relaunch reopens the study instead of training more
     capsys.readouterr()
     assert launch(spec, root) == 0
     assert len(pd.read_parquet(root / "searched" / "trials")) == 3
+    assert len(optuna.load_study(study_name="searched/digits/digits", storage=storage).trials) == 2
 
 
 @pytest.mark.slow
@@ -263,6 +298,47 @@ def test_gpu_asked_without_gpu_is_refused(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_gpu_sweep_that_ray_cannot_place_stops_at_once_with_exit_2(ray_session, tmp_path, capsys, monkeypatch):
+    # torch sees a GPU (patched here) but the local Ray the trials run on has none (ray_session: 0 GPUs), as in a
+    # container where Ray's own GPU detection fails: the trials would wait for a GPU forever. The launch runs in a
+    # thread only to bound the wait if that regresses.
+    import threading
+
+    from orchestrator.run import resources
+
+    monkeypatch.setattr(resources, "local_gpus", lambda: 1)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = write_spec(tmp_path, resources={"cpu": 1, "gpu": 1})
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.update(rc=launch(spec, tmp_path / "results")), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the launch is waiting for a GPU that Ray does not have"
+    assert result["rc"] == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "resources.gpu" in err and "in Ray" in err and err.count("\n") == 1
+
+
+def test_the_local_ray_is_told_the_gpus_torch_sees(tmp_path):
+    # A fresh process (no Ray session of this module's): torch is made to report 2 GPUs, which this CPU machine's
+    # Ray would never detect by itself; the local Ray must carry them as its GPU resource.
+    import subprocess
+    import sys
+
+    code = """
+from orchestrator.run import resources
+resources.local_gpus = lambda: 2
+from orchestrator.localray.start import start_ray, stop_ray
+session = start_ray(None, "127.0.0.1", False, log=lambda line: None)
+print("gpus", session.gpus)
+stop_ray(session)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gpus 2.0" in done.stdout
+
+
 def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nope")]) == 2
     assert "no such sweep folder" in capsys.readouterr().err
@@ -297,6 +373,22 @@ def test_progress_eta_is_mean_time_times_remaining_over_slots():
     assert progress.pending == 4
     assert progress.eta() == pytest.approx(20.0 * 6 / 2)
     assert "done 4/10" in progress.line() and "failed 0" in progress.line()
+
+
+def test_progress_eta_counts_the_time_running_trials_have_run():
+    """Between completions the ETA falls with the running trials' elapsed time instead of freezing."""
+    progress = Progress(total=4, already_done=0, slots=2, log=lambda _: None)
+    progress.done, progress.running, progress.unit_seconds = 1, 2, [100.0]
+    progress.running_since = {"a": (0.0, 1), "b": (30.0, 1)}
+    # pending 1: work left (100 - 40) + (100 - 10) + 100 over 2 slots
+    assert progress.eta(now=40.0) == pytest.approx((60 + 90 + 100) / 2)
+    assert progress.eta(now=70.0) == pytest.approx((30 + 60 + 100) / 2)
+    assert progress.eta(now=70.0) < progress.eta(now=40.0)
+    # a trial past the mean has nothing left; the longest running trial bounds the ETA from below
+    progress.running_since = {"a": (0.0, 1), "b": (30.0, 3)}
+    progress.running = 4
+    progress.total = 5
+    assert progress.eta(now=130.0) == pytest.approx(max((0 + 200 + 0) / 2, 200.0))
 
 
 def test_search_score_prefers_every_feasible_point():

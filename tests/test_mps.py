@@ -6,24 +6,16 @@ import os
 import stat
 
 import pytest
-import yaml
+from conftest import write_spec
 
 from orchestrator import cli
 from orchestrator.errors import UserError
 from orchestrator.localray import mps
 
 
-def write_spec(directory):
-    spec = {"name": "tiny", "pairs": [{"task": "digits", "reg_data": "digits"}], "grid": {"th": [0.3], "alpha": [1.0]},
-            "seeds": [0], "train": {"width": 4, "epochs": 1, "train_images": 100}, "resources": {"cpu": 1}}
-    path = directory / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def test_mps_for_a_cpu_only_spec_is_one_line_and_writes_nothing(tmp_path, capsys):
     root = tmp_path / "results"
-    code = cli.main(["launch", str(write_spec(tmp_path)), "--results", str(root), "--mps"])
+    code = cli.main(["launch", str(write_spec(tmp_path, seeds=[0], baseline=False)), "--results", str(root), "--mps"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--mps" in err and "resources.gpu" in err
     assert not root.exists() or not any(root.rglob("*.parquet"))

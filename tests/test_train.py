@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny
 
 from pixelreg_core import cli
-from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.config import ConfigError
 from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import build_model, load_checkpoint, save_checkpoint
 from pixelreg_core.results import SCHEMAS
@@ -22,14 +23,6 @@ from pixelreg_core.targets.builders import similarity_loss
 from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import learning_rate, train
 from pixelreg_core.trial import run_trial
-
-TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=256, test_images=128,
-            reg_images=200, valid_fraction=0.1, attacks={"gaussian": {"images": 64}}, device="cpu", num_threads=1)
-
-
-def tiny(**changes) -> TrialConfig:
-    return TrialConfig(**{**TINY, **changes})
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -251,3 +244,37 @@ def test_checkpoints_take_file_uris_like_plain_paths(tmp_path):
     assert load_checkpoint(f"file://{tmp_path}/b.pt")[1] == cfg
     with pytest.raises(FileNotFoundError):
         load_checkpoint(f"file://{tmp_path}/missing.pt")
+
+
+def test_the_trials_row_says_where_the_time_went(tmp_path, capsys):
+    """train_s, eval_s, the per-attack seconds and cpu_s are on record, add up inside wall_s, and
+    `orchestrator status` and the report show them summed over the sweep."""
+    import json
+
+    from orchestrator import cli as orchestrator_cli
+    from orchestrator.analysis.report import timing_section
+    from orchestrator.analysis.timings import OTHER, time_breakdown
+
+    attacks = {"gaussian": {"images": 64, "num_eps": 2}, "uniform": {"images": 64, "num_eps": 2}}
+    rows = [run_trial(tiny(epochs=1, seed=s, attacks=attacks), tmp_path) for s in (0, 1)]
+    for row in rows:
+        per_attack = json.loads(row["attack_s"])
+        assert list(per_attack) == ["gaussian", "uniform"] and all(v >= 0 for v in per_attack.values())
+        assert sum(per_attack.values()) <= row["eval_s"] + 0.01  # rounded to ms
+        assert 0 < row["train_s"] and row["train_s"] + row["eval_s"] <= row["wall_s"]
+        assert row["cpu_s"] > 0
+    trials = pd.read_parquet(tmp_path / "trials")
+    table = time_breakdown(trials).set_index("phase")
+    assert list(table.index) == ["training", "attack gaussian", "attack uniform", OTHER, "trial total (wall_s)"]
+    assert table.loc["trial total (wall_s)", "total_s"] == pytest.approx(trials["wall_s"].sum())
+    assert table.loc["training", "total_s"] == pytest.approx(trials["train_s"].sum())
+    assert table.drop(index="trial total (wall_s)")["share"].sum() == pytest.approx(1.0)
+    assert (table["trials"] == 2).all()
+
+    assert orchestrator_cli.main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "where the time went:" in out and "2 trials over" in out and "CPU seconds" in out
+    assert "training" in out and "attack gaussian" in out and "attack uniform" in out
+    assert "Where the time went" in timing_section(trials) and "attack uniform" in timing_section(trials)
+    # a sweep written before the timing columns existed: nothing to show, no error
+    assert time_breakdown(trials.assign(train_s=None)).empty

@@ -105,7 +105,7 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     """
     import pyarrow.fs as pafs
 
-    from pixelreg_core.results import filesystem, is_uri, join, read_table
+    from pixelreg_core.results import compact_tables, filesystem, is_uri, join, read_table
 
     root = str(sweep_dir) if is_uri(sweep_dir) else Path(sweep_dir)
     fs, base = filesystem(root)
@@ -127,8 +127,10 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
 
     summary_path = write_parquet(summary, join(root, "summary.parquet"))
     best_path = write_parquet(best, join(root, "best.parquet"))
+    compacted = compact_tables(root)  # one file per table for readers that pay per file (an object store)
     result: dict[str, Any] = {
         "summary": summary_path, "best": best_path, "summary_rows": len(summary), "best_rows": len(best),
+        "compact": compacted,
         "trials_ok": len(ok), "trials_failed": len(failed),
         "failed": {str(r.trial_id): str(r.error) for r in failed.itertuples()},
         "chosen": describe_chosen(best), "confirmed": stats.describe_confirmation(best),

@@ -119,7 +119,7 @@ def render(root: Path, trials, summary, best) -> str:
         f"<title>pixelreg report: {name}</title><style>{STYLE}</style></head><body>",
         f"<h1>pixelreg sweep report: {name}</h1>",
         f'<p class="meta">{html.escape(str(root.resolve()))} &middot; generated {now}</p>',
-        "<h2>Sweep status</h2>", status_section(trials),
+        "<h2>Sweep status</h2>", status_section(trials), timing_section(trials),
         "<h2>Best (Th, α) per task, regularization set and attack</h2>", chosen_section(best, a0),
         "<h2>Figures</h2>", figures_section(root / "figures"),
         "<h2>Tables</h2>",
@@ -159,6 +159,19 @@ def status_section(trials) -> str:
         body += (f'<p class="failed">{len(failed)} failed trial(s), left out of every number below:</p>'
                  + table_html(failed[columns]))
     return body
+
+
+def timing_section(trials) -> str:
+    """Where the time went (analysis/timings.py): per-phase seconds over the ok trials; nothing when untimed."""
+    from orchestrator.analysis.timings import sweep_span, time_breakdown
+
+    table = time_breakdown(trials)
+    if not len(table):
+        return ""
+    span = sweep_span(trials)
+    note = "" if span is None else (f"<p>{span['trials']} trials over {span['span_s'] / 60:.1f} min from the first "
+                                    f"start to the last finish; trial seconds summed {span['wall_s']:.0f} s.</p>")
+    return "<h3>Where the time went</h3>" + note + table_html(table)
 
 
 def chosen_section(best, a0: float) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.errors import UserError
 from orchestrator.spec.schema import Scheduler
 from pixelreg_core.config import TrialConfig
 
@@ -49,6 +50,7 @@ class Runner:
     progress: Any            # progress.Progress
     max_concurrent: int | None
     progress_every: float = 10.0
+    stopper: Any = None      # DiskFullStopper, made on first use (it needs Ray)
 
     @property
     def threads(self) -> int:
@@ -57,13 +59,22 @@ class Runner:
     def run_config(self, name: str, units=lambda trial: 1, extra_callbacks=()):
         from ray import tune
 
-        from orchestrator.run.progress import ProgressCallback
+        from orchestrator.run.callbacks import ProgressCallback
 
+        if self.stopper is None:
+            self.stopper = disk_full_stopper()
         return tune.RunConfig(
-            name=f"{self.stamp}_{name}", storage_path=self.storage, verbose=0,
+            name=f"{self.stamp}_{name}", storage_path=self.storage, verbose=0, stop=self.stopper,
             failure_config=tune.FailureConfig(max_failures=self.retries, fail_fast=False),
             callbacks=[ProgressCallback(self.progress, units=units, interval=self.progress_every),
                        *extra_callbacks])
+
+    def check_disk(self) -> None:
+        """After a Tuner: a full disk ends the launch with one line naming the folder."""
+        if self.stopper is not None and self.stopper.full:
+            raise UserError(f"{self.sweep_dir}: no space left on device ({self.stopper.full}); the launch stopped. "
+                            "Finished trials are kept whole and nothing partial is in the tables: free space and "
+                            "run the same launch again to finish the rest")
 
     def with_resources(self, trainable):
         from ray import tune
@@ -71,25 +82,99 @@ class Runner:
         return tune.with_resources(trainable, {"cpu": self.cpu, "gpu": self.gpu})
 
     def grid_phase(self, name: str, configs: list[TrialConfig], scheduler=None) -> None:
-        """One Tuner over a fixed list of trials, in order."""
+        """One Tuner over a fixed list of trials, in order.
+
+        Each Tune trial's config holds the trial's real fields (tune_params), not a hash, so the dashboard's trial
+        table, TensorBoard's HParams, Tune's params.json and ResultGrid.get_dataframe() show task, th, alpha,
+        seed and every grid field. Tune has no zipped grid (grid_search over several keys is their product), so
+        the trials are Tune's `points_to_evaluate`: one preset config per trial, nothing sampled."""
         if not configs:
             return
         from ray import tune
+        from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        from orchestrator.run.progress import StoppedRecorder
+        from orchestrator.run.callbacks import StoppedRecorder
         from orchestrator.run.trainable import train_one
 
         by_id = {c.trial_id: c.to_dict() for c in configs}
+        points = tune_params(configs)
+        names = {p["trial_id"]: trial_name(p, varying(configs)) for p in points}
         trainable = tune.with_parameters(train_one, configs=by_id, sweep_dir=self.sweep_dir,
                                          threads=self.threads, retries=self.retries)
-        roles = {c.trial_id: c.role for c in configs}
+        # every key must be in the param space for Tune to accept a preset value; the domains list exactly
+        # the preset values, so Tune never samples anything of its own
+        space = {key: tune.choice(_distinct(p[key] for p in points)) for key in points[0]}
         tuner = tune.Tuner(
             self.with_resources(trainable),
-            param_space={"trial_id": tune.grid_search(list(by_id))},
+            param_space=space,
             tune_config=tune.TuneConfig(
+                search_alg=BasicVariantGenerator(points_to_evaluate=points), num_samples=len(points),
                 reuse_actors=True, scheduler=scheduler, max_concurrent_trials=self.max_concurrent,
-                trial_name_creator=lambda t: f"{roles[t.config['trial_id']]}_{t.config['trial_id']}",
-                trial_dirname_creator=lambda t: f"{t.config['trial_id']}_{t.trial_id}"),
+                trial_name_creator=lambda t: names[t.config["trial_id"]],
+                trial_dirname_creator=lambda t: f"{names[t.config['trial_id']]}_{t.config['trial_id']}"),
             run_config=self.run_config(name, extra_callbacks=[StoppedRecorder(by_id, self.sweep_dir)]
                                        if scheduler is not None else []))
         tuner.fit()
+        self.check_disk()
+
+
+def disk_full_stopper():
+    """A Tune Stopper that ends the whole experiment when a trial reports a full disk (trainable.DISK_FULL):
+    every other trial would fail the same way, and nothing can be recorded until space is back."""
+    from ray import tune
+
+    from orchestrator.run.trainable import DISK_FULL
+
+    class DiskFullStopper(tune.Stopper):
+        def __init__(self):
+            self.full: str | None = None
+
+        def __call__(self, trial_id, result) -> bool:
+            if result.get(DISK_FULL):
+                self.full = str(result.get("error") or "ENOSPC")
+            return bool(self.full)
+
+        def stop_all(self) -> bool:
+            return bool(self.full)
+
+    return DiskFullStopper()
+
+
+# The fields every Tune trial shows, in this order; fields a phase varies (a grid over width, lr, ...) follow.
+SHOWN_FIELDS = ("role", "task", "reg_data", "target", "range", "th", "alpha", "seed")
+# Short names in readable trial names (trial_mnist-mnist_th0.2_a4_s3); other varying fields use their own name.
+SHORT = {"alpha": "a", "seed": "s"}
+
+
+def varying(configs: list[TrialConfig]) -> list[str]:
+    """Scalar identity fields (beyond SHOWN_FIELDS) whose value differs between the configs: the grid fields."""
+    identities = [c.identity() for c in configs]
+    keys = [k for k, v in identities[0].items() if k not in SHOWN_FIELDS and not isinstance(v, dict | list)]
+    return [k for k in keys if len({repr(i[k]) for i in identities}) > 1]
+
+
+def tune_params(configs: list[TrialConfig]) -> list[dict[str, Any]]:
+    """One flat Tune config per trial: trial_id (what train_one runs), SHOWN_FIELDS and the varying fields."""
+    extra = varying(configs)
+    return [{"trial_id": c.trial_id, **{k: getattr(c, k) for k in (*SHOWN_FIELDS, *extra)}} for c in configs]
+
+
+def trial_name(params: dict[str, Any], extra: list[str]) -> str:
+    """trial_mnist-mnist_th0.2_a4_s3, baseline_mnist_s3, fgsm_source_mnist_s1000 (+ _width8 for a width grid)."""
+    parts = [params["role"]]
+    if params["alpha"] > 0:
+        parts += [f"{safe(params['task'])}-{safe(params['reg_data'])}", f"th{params['th']:g}",
+                  f"a{params['alpha']:g}"]
+    else:
+        parts.append(safe(params["task"]))
+    parts.append(f"s{params['seed']}")
+    parts += [f"{SHORT.get(k, k)}{safe(str(params[k]))}" for k in extra]
+    return "_".join(parts)
+
+
+def _distinct(values) -> list[Any]:
+    out: list[Any] = []
+    for value in values:
+        if value not in out:
+            out.append(value)
+    return out

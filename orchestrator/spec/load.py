@@ -94,7 +94,7 @@ def _pydantic_message(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "should be")
     if kind == "extra_forbidden":
         allowed = _model_at(loc[:-1])
-        names = ", ".join(allowed.model_fields) if allowed else "see the README"
+        names = ", ".join(allowed.model_fields) if allowed else "see docs/spec.md"
         return f"{path}: unknown key; allowed keys: {names}"
     if kind == "missing":
         return f"{path}: is required; {_REQUIRED_HINTS.get(loc[-1], 'add it')}"

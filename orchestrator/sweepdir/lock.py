@@ -11,7 +11,7 @@ taken over, and the processes the dead launch left running are stopped first:
 - another host (a shared mount) or an object-store URI (s3://...): the pid cannot be checked from here, so the lock
   is stale once its heartbeat is older than STALE_AFTER_S. Object stores have no create-if-absent here, so the
   launch writes its lock, waits a moment, and reads it back: if another launch's lock is there instead, it
-  refuses. Two launches starting within that moment on the same URI can still both start; the README says so.
+  refuses. Two launches starting within that moment on the same URI can still both start; docs/running.md says so.
 
 `status`, `aggregate` and `report` never take the lock: they only read files that are written atomically.
 A launch ended by SIGTERM or Ctrl-C unwinds normally (SIGTERM is turned into an exception while the lock is held),

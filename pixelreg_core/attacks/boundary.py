@@ -29,6 +29,7 @@ from pixelreg_core.attacks.common import (
     attack_from_starts,
     correct_subset,
     derive_seed,
+    import_foolbox,
     model_device,
     predict,
     row,
@@ -63,7 +64,7 @@ class BoundaryResult:
 def boundary_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int,
                     seed: int) -> BoundaryResult:
     """Run foolbox's BoundaryAttack on (x, y) in batches of `batch_size`; x in [0, 1]."""
-    import foolbox as fb
+    fb = import_foolbox()
 
     model.eval()
     device = model_device(model)

@@ -1,9 +1,9 @@
 """Datasets to tensors: every dataset a trial can name becomes float32 NCHW tensors in [0, 1], labels int64.
 
 Why tensors end to end: a trial touches each image thousands of times, so a per-sample PIL pipeline would dominate
-the run; whole-split tensors can also be moved to the GPU once (`DataBundle.to`). Decoded splits are cached per
-process (`functools.lru_cache`) as compact uint8, because a sweep worker runs many trials on the same data; every
-call still returns fresh float tensors, so a trainer may modify them in place without poisoning the cache.
+the run; whole-split tensors can also be moved to the GPU once (`DataBundle.to`). The readers cache decoded splits
+per process as compact uint8 (pixelreg_core.data.loaders); `load_split` here still returns fresh float tensors on
+every call, so a trainer may modify them in place without poisoning that cache.
 
 Dataset names (the `task` and `reg_data` fields) and every fact about them (classes, input scaling, augmentation)
 come from the registry, `pixelreg_core.data.registry`; the readers of each dataset's files are in
@@ -30,7 +30,6 @@ from pixelreg_core.config import TrialConfig
 from pixelreg_core.data import registry as datasets
 from pixelreg_core.data.loaders import convert_channels, normalise_path
 from pixelreg_core.errors import ConfigError
-from pixelreg_core.targets import registry as target_kinds
 
 SPLITS = ("train", "test")
 
@@ -142,8 +141,7 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
     task = datasets.get(cfg.task, "task", allow_unlabelled=False)
     # A matrix target brings its own N images (targets.load_matrix): reg_data is not loaded then, so its size
     # cannot refuse reg_images.
-    regularized = (cfg.regularized and cfg.reg_data != "none"
-                   and not target_kinds.get(cfg.target).own_images(cfg))
+    regularized = cfg.loads_reg_data
     if regularized:
         datasets.get(cfg.reg_data, "reg_data")  # fail on a bad name before loading anything
     full_x, full_y = load(cfg.task, split="train", field_name="task")

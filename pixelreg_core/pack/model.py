@@ -128,15 +128,18 @@ class GroupedPairResNet(nn.Module):
         """[k, N]: model n's S_cnn of its k pairs (its images in channels n*C of xa and xb)."""
         k = xa.shape[0]
         _, layers = self.features(torch.cat([xa, xb]))
-        sims = []
-        for i, h in enumerate(layers):
-            mean = getattr(self, f"feature_mean_{i}")
-            if self.training:  # per channel, so per model: the running mean PairResNet keeps
-                with torch.no_grad():
-                    mean.mul_(self.beta).add_(h.mean(dim=(0, 2, 3)), alpha=1 - self.beta)
-            centred = (h - mean[None, :, None, None]).view(2 * k, self.n, -1)
-            sims.append(F.cosine_similarity(centred[:k], centred[k:], dim=2, eps=1e-8))  # [k, N]
-        return (torch.stack(sims, dim=2) * self.layer_weights()).sum(dim=2)
+        with torch.autocast(device_type=xa.device.type, enabled=False):  # float32 under amp: PairResNet says why
+            weights = self.layer_weights().float()
+            sims = []
+            for i, h in enumerate(layers):
+                h = h.float()
+                mean = getattr(self, f"feature_mean_{i}")
+                if self.training:  # per channel, so per model: the running mean PairResNet keeps
+                    with torch.no_grad():
+                        mean.mul_(self.beta).add_(h.mean(dim=(0, 2, 3)), alpha=1 - self.beta)
+                centred = (h - mean[None, :, None, None]).reshape(2 * k, self.n, -1)
+                sims.append(F.cosine_similarity(centred[:k], centred[k:], dim=2, eps=1e-8))  # [k, N]
+            return (torch.stack(sims, dim=2) * weights).sum(dim=2)
 
 
 def _arch_of(model: PairResNet) -> str:

@@ -129,10 +129,9 @@ def _train_group(active: list[Member], start: int, device: torch.device) -> None
             grouped.train()
             per_step, pairs = packed_epoch(active, grouped, optimizer, channels_last)
             rows = torch.stack(per_step).tolist()  # [steps][N][4]: the epoch's one read of its step numbers
-            valid = evaluate_pack(grouped, [m.placed.valid_x for m in active], [m.placed.valid_y for m in active],
-                                  amp=cfg.amp)
-            test = evaluate_pack(grouped, [m.placed.test_x for m in active], [m.placed.test_y for m in active],
-                                 amp=cfg.amp)
+            # float32 whatever `amp` says, as train.py evaluates (and every attack runs)
+            valid = evaluate_pack(grouped, [m.placed.valid_x for m in active], [m.placed.valid_y for m in active])
+            test = evaluate_pack(grouped, [m.placed.test_x for m in active], [m.placed.test_y for m in active])
             _unpack_into(grouped, optimizer, active)  # each member's own weights: its best state and checkpoint
             failed = []  # a failed member is dropped: the others are repacked without it
             for n, m in enumerate(active):
@@ -271,8 +270,8 @@ def packed_epoch(active: list[Member], model: GroupedPairResNet, optimizer: torc
 
 
 @torch.no_grad()
-def evaluate_pack(model: GroupedPairResNet, xs: list[torch.Tensor], ys: list[torch.Tensor], batch_size: int = 512,
-                  *, amp: bool = False) -> list[tuple[float, float]]:
+def evaluate_pack(model: GroupedPairResNet, xs: list[torch.Tensor], ys: list[torch.Tensor], batch_size: int = 512
+                  ) -> list[tuple[float, float]]:
     """train.evaluate_split for each member on its own split (all of one size): [(mean loss, accuracy)] * N."""
     model.eval()
     n_images = len(xs[0])
@@ -280,9 +279,8 @@ def evaluate_pack(model: GroupedPairResNet, xs: list[torch.Tensor], ys: list[tor
     for start in range(0, n_images, batch_size):
         x = torch.cat([v[start:start + batch_size] for v in xs], dim=1)
         y = torch.stack([t[start:start + batch_size] for t in ys], dim=1)
-        with autocast(x.device, amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().permute(0, 2, 1), y, reduction="none").sum(dim=0)
+        logits = model(x)
+        loss = F.cross_entropy(logits.permute(0, 2, 1), y, reduction="none").sum(dim=0)
         parts.append(torch.stack([loss.double(), (logits.argmax(2) == y).sum(dim=0).double()], dim=1))
     sums = torch.stack(parts).tolist() if parts else []  # [batches][N][2]
     out = []

@@ -22,7 +22,7 @@ from pixelreg_core.checkpoint import EpochCheckpoint
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.pack.key import check_pack
 from pixelreg_core.pack.train import Member, train_pack
-from pixelreg_core.trial import check_trial, fail_trial, finish_trial, prepare_trial
+from pixelreg_core.trial import Clock, check_trial, fail_trial, finish_trial, prepare_trial
 
 
 @dataclass
@@ -41,7 +41,8 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
     """run_trial for each of `cfgs` (one pack key), trained as one grouped network; one Outcome per trial, in order.
     `on_epoch(cfg, row)` is called for every trial's every epoch."""
     check_pack(cfgs)
-    started = time.perf_counter()
+    clock = Clock.now()  # the pack's: each trial's wall_s and cpu_s are the whole pack's
+    train_s = 0.0
     out_root = str(out_root)
     node = node or platform.node() or None
     threads_before = torch.get_num_threads()
@@ -49,7 +50,7 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
     members, prepared = [], {}
 
     def failed(cfg: TrialConfig, exc: BaseException, device: Any) -> None:
-        fail_trial(cfg, exc, out_root, record_failure, device, started, node)
+        fail_trial(cfg, exc, out_root, record_failure, device, clock, node)
         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
         outcomes[cfg.trial_id] = Outcome(cfg, {"trial_id": cfg.trial_id, "status": "failed", "error": error}, exc)
 
@@ -68,6 +69,7 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
             devices = {prepared[m.cfg.trial_id].device for m in members}
             if len(devices) > 1:
                 raise ValueError(f"the trials of a pack resolve to different devices {sorted(map(str, devices))}")
+            train_started = time.perf_counter()
             try:
                 train_pack(members, devices.pop())
             except BaseException as exc:  # the shared training failed: every trial still in it failed
@@ -76,6 +78,7 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
                         m.error = exc
                 if not isinstance(exc, Exception):
                     raise
+            train_s = time.perf_counter() - train_started  # shared: the pack's training time
         for m in members:
             p = prepared[m.cfg.trial_id]
             if m.error is not None:
@@ -83,13 +86,13 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
                 continue
             try:  # each trial attacked as the plain model a separate run would have
                 outcomes[m.cfg.trial_id] = Outcome(m.cfg, finish_trial(m.cfg, p, m.result, out_root, cache_dir,
-                                                                       started, node))
+                                                                       clock, node, train_s))
             except Exception as exc:  # noqa: BLE001 - one trial's failing attack is that trial's
                 failed(m.cfg, exc, p.device)
     except BaseException as exc:
         for m in members:  # interrupted: leave no half-written trial behind
             if m.cfg.trial_id not in outcomes:
-                fail_trial(m.cfg, exc, out_root, False, m.cfg.device, started, node)
+                fail_trial(m.cfg, exc, out_root, False, m.cfg.device, clock, node)
         raise
     finally:
         torch.set_num_threads(threads_before)

@@ -10,7 +10,6 @@ whose `.sample(k, generator)` gives indices (i, j) into the regularization set a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,10 +17,8 @@ from torch import Tensor
 
 from pixelreg_core.data.loaders import convert_channels
 from pixelreg_core.errors import ConfigError
+from pixelreg_core.targets.fields import TargetFields
 from pixelreg_core.targets.pairs import PairSampler, random_pairs
-
-if TYPE_CHECKING:
-    from pixelreg_core.config import TrialConfig
 
 EPS = 1e-5  # inside f's logs (authors' code); with exact_targets false also +/-1 targets become +/-(1 - EPS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -181,21 +178,21 @@ class CategoricalTarget(Target):
 # ---------------------------------------------------------------------------------------------------------------
 # The builders the target registry (pixelreg_core.targets.registry) names, and their loaders
 # ---------------------------------------------------------------------------------------------------------------
-def matrix_target(cfg: TrialConfig) -> MatrixTarget:
+def matrix_target(cfg: TargetFields) -> MatrixTarget:
     """Target matrix (or shuffle with a matrix): the user's N x N similarity over its own N images."""
     matrix, images = load_matrix(cfg)
     perm = seeded_permutation(matrix.shape[0], cfg.seed) if cfg.target == "shuffle" else None
     return MatrixTarget(matrix, images, permutation=perm)
 
 
-def categorical_target(cfg: TrialConfig, reg_y: Tensor | None) -> CategoricalTarget:
+def categorical_target(cfg: TargetFields, reg_y: Tensor | None) -> CategoricalTarget:
     if reg_y is None or bool((torch.as_tensor(reg_y) < 0).any()):
         raise ConfigError("target", f"categorical needs class labels, but reg_data {cfg.reg_data!r} has none; "
                                     "use a labelled dataset or another target")
     return CategoricalTarget(torch.as_tensor(reg_y), eps=0.0 if cfg.exact_targets else EPS)
 
 
-def embedding_target(cfg: TrialConfig, reg_x: Tensor) -> EmbeddingTarget:
+def embedding_target(cfg: TargetFields, reg_x: Tensor) -> EmbeddingTarget:
     """Targets from S = E E^T of the regularization images: threshold, pixel, vgg features, shuffle (no matrix)."""
     kind = cfg.target
     emb = vgg_embeddings(reg_x, cfg.vgg_weights) if kind == "vgg" else pixel_embeddings(reg_x)
@@ -216,7 +213,7 @@ def seeded_permutation(n: int, seed: int) -> Tensor:
     return perm
 
 
-def load_matrix(cfg: TrialConfig) -> tuple[Tensor, Tensor]:
+def load_matrix(cfg: TargetFields) -> tuple[Tensor, Tensor]:
     """The N x N similarity (float32, in [-1, 1]) and its N images as (N, C, H, W) float32 in [0, 1]."""
     if cfg.matrix is None:
         raise ConfigError("matrix", f"target {cfg.target} needs a .npy N x N similarity file; set matrix: PATH")
