@@ -45,7 +45,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("clean_acc", pa.float64()),      # test accuracy of the selected epoch
         pa.field("valid_acc", pa.float64()),
         pa.field("valid_loss", pa.float64()),
-        pa.field("best_epoch", pa.int64()),       # 1-based, lowest validation loss
+        pa.field("best_epoch", pa.int64()),       # the epoch `select` chose: 1..epochs, 0 = the untrained model
+        pa.field("valid_images", pa.int64()),     # size of the validation set that chose it
         pa.field("epochs", pa.int64()),
         pa.field("layer_weights", pa.list_(pa.float64())),  # softmax(gamma) of best_epoch, stem first
         pa.field("sim_layer", pa.int64()),        # null: learned weights

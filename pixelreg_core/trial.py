@@ -124,6 +124,7 @@ def finish_trial(cfg: TrialConfig, prepared: Prepared, result: TrainResult, out_
     best = result.best
     row = _row(cfg, "ok", None, str(prepared.device), clock.wall, clock.cpu, clean_acc=best["test_acc"],
                valid_acc=best["valid_acc"], valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
+               valid_images=len(prepared.data.valid_y),
                layer_weights=model.layer_weights().tolist(), checkpoint=ckpt,
                resumed_from_epoch=result.resumed_from_epoch, node=node, train_s=train_s, eval_s=eval_s,
                attack_s=json.dumps({name: round(sec, 3) for name, sec in attack_s.items()}))

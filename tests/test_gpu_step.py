@@ -222,7 +222,8 @@ def pair_layers(cosines: list[float]) -> list[torch.Tensor]:
 def test_amp_keeps_s_cnn_in_float32_where_bf16_would_round_the_cosines():
     # bf16 near 1 has steps of 1/256: 0.9990 -> 1.0 and 0.9975 -> 0.99609 if the weighted sum ran under autocast
     cosines = [0.9990, 0.9975, 0.9990, 0.9975, 0.9990]
-    model = build_model(tiny(), 1, 10).eval()  # eval: the (zero) feature means are used as they are
+    # eval: the (zero) feature means are used as they are; joint: one `features` call returns both halves' layers
+    model = build_model(tiny(pair_bn="joint"), 1, 10).eval()
     model.features = lambda x: (None, pair_layers(cosines))
     x = torch.zeros(1, 1, 8, 8)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):

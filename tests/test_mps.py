@@ -55,3 +55,16 @@ def test_a_daemon_that_fails_to_start_is_one_line(monkeypatch, tmp_path):
     control.chmod(control.stat().st_mode | stat.S_IEXEC)
     with pytest.raises(UserError, match="already running"), mps.daemon(str(control), log=lambda line: None):
         pass
+
+
+def test_a_daemon_that_does_not_answer_quit_is_left_with_one_warning_not_a_hang(monkeypatch, tmp_path):
+    # `-d` returns at once; `quit` never answers (the recording executable sleeps): the block ends within the limit
+    control = tmp_path / mps.CONTROL
+    control.write_text('#!/bin/sh\nif [ "$1" = "-d" ]; then exit 0; fi\nexec sleep 600\n')
+    control.chmod(control.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(mps, "TIMEOUT_S", 1.0)
+    lines: list[str] = []
+    with mps.daemon(str(control), log=lines.append):
+        pass
+    assert lines[-1].startswith("warning: stopping the CUDA MPS daemon failed (no answer within 1 s)")
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ

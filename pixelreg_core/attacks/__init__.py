@@ -2,7 +2,8 @@
 
 `ATTACKS` maps each attack name to its record (`options.Attack`): its title (for figures), its options with demo
 defaults and paper values, and `run(model, x, y, ctx) -> rows` (foolbox 3's one call shape: the whole test set in
-[0, 1] and an `AttackContext` with the seed, the task, the resolved options and shared inputs). `cfg.attacks` maps
+[0, 1], an `AttackContext` with the seed, the task, the source model and shared inputs, and the resolved options;
+the curve attacks get their eps x repeat loop from `base.Loop`). `cfg.attacks` maps
 attack names to option mappings; `{}` means the cheap demo defaults, `{"preset": "paper"}` the papers' values.
 `PRESETS` holds whole attack sets a sweep spec can pick with one word: "demo" (random noise), "paper"
 (`PAPER_ATTACKS`: the Attias et al. set) and "full" (every attack at paper settings).
@@ -155,9 +156,8 @@ def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.
     ctx = AttackContext(cfg, cache_dir, source=source)
     robustness: list[dict[str, Any]] = []
     for name, opts in resolved.items():
-        ctx.opts, ctx.attack = opts, ATTACKS[name]
         started = time.perf_counter()
-        robustness += ATTACKS[name].run(model, x_all, y_all, ctx)
+        robustness += ATTACKS[name].evaluate(model, x_all, y_all, ctx, opts)
         if seconds is not None:
             seconds[name] = time.perf_counter() - started
     return robustness, ctx.spectrum

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelreg_core.attacks.options import Attack, eps_list
 from pixelreg_core.attacks.source import Source, test_set_sha256
 from pixelreg_core.config import TrialConfig
 
@@ -156,7 +155,7 @@ def row(attack: str, value: float, images: int, *, eps: float | None = None, met
 class AttackContext:
     """What every attack's `run(model, x, y, ctx)` gets beside the model and the test set.
 
-    `opts` are the attack's resolved options (set by `evaluate` before each run); `cache_dir` holds inputs shared
+    The attack's resolved options are an argument of its own (never set here). `cache_dir` holds inputs shared
     between trials (what transferred attacks craft on their source); `source` is the checked source model when an
     attack of the evaluation needs one (`Attack.source`); `spectrum` collects spectrum-table rows; `shared`
     memoises inputs that several attacks of one evaluation could use (`shared_input`).
@@ -164,8 +163,6 @@ class AttackContext:
 
     cfg: TrialConfig
     cache_dir: str | os.PathLike | None = None
-    opts: dict[str, Any] = field(default_factory=dict)
-    attack: Attack | None = None
     source: Source | None = None
     spectrum: list[dict[str, Any]] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
@@ -173,11 +170,6 @@ class AttackContext:
     @property
     def seed(self) -> int:
         return self.cfg.seed
-
-    def eps_values(self) -> list[float]:
-        """The eps curve of the running eps attack: explicit options, else the task's range (options.eps_list)."""
-        assert self.attack is not None
-        return eps_list(self.attack, self.opts, self.cfg.task)
 
     def test_sha256(self, x: torch.Tensor, y: torch.Tensor) -> str:
         """sha256 of the whole test set (a cache key of source inputs), hashed once per evaluation."""

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelreg_core.attacks.common import AttackContext, accuracy, model_device, row, seeded_subset
+from pixelreg_core.attacks.base import Loop, Measured, Point
+from pixelreg_core.attacks.common import AttackContext, accuracy, model_device, seeded_subset
 from pixelreg_core.attacks.options import UNREGULARIZED_SOURCE, Attack, eps_options
 from pixelreg_core.attacks.source import cached_input
 
@@ -48,17 +49,24 @@ def transfer_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, signs:
     return accuracy(model, x, y, batch_size, perturb)
 
 
-def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext) -> list[dict[str, Any]]:
-    """One accuracy row per eps; signs cover the whole test set so every trial shares one cache entry."""
-    opts, source = ctx.opts, ctx.source
+def select(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
+           opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The seeded image subset and its signs; the signs cover the whole test set so every trial shares one cache
+    entry."""
+    source = ctx.source
     signs = ctx.shared_input("fgsm_signs", lambda: cached_input(
         source, "fgsm_signs", ctx.test_sha256(x_all, y_all), ctx.cache_dir,
         lambda: gradient_signs(source.model, x_all, y_all, opts["batch_size"]), tuple(x_all.shape)
     ).to(model_device(model)))  # once per trial, then every eps reads them on the device
     subset = seeded_subset(len(y_all), opts["images"], ctx.seed, "fgsm_transfer")
-    x, y, s = x_all[subset], y_all[subset], signs[subset]
-    return [row("fgsm_transfer", transfer_accuracy(model, x, y, s, eps, opts["batch_size"]), len(y), eps=eps)
-            for eps in ctx.eps_values()]
+    return x_all[subset], y_all[subset], signs[subset]
 
 
-ATTACK = Attack("fgsm_transfer", "Transferred FGSM", eps_options(), run, source=UNREGULARIZED_SOURCE)
+def measure(model: nn.Module, selected: tuple[torch.Tensor, torch.Tensor, torch.Tensor], point: Point,
+            opts: dict[str, Any]) -> Measured:
+    x, y, signs = selected
+    return Measured(transfer_accuracy(model, x, y, signs, point.eps, opts["batch_size"]), len(y))
+
+
+ATTACK = Attack("fgsm_transfer", "Transferred FGSM", eps_options(), loop=Loop(select, measure),
+                source=UNREGULARIZED_SOURCE)

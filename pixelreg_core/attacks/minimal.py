@@ -129,14 +129,14 @@ def _median_row(attack: str, metric: str, distances: torch.Tensor) -> dict[str, 
     return row(attack, value, int(ok.sum()), metric=metric, failed=int((~ok).sum()), whitebox=True)
 
 
-def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
-        ctx: AttackContext) -> list[dict[str, Any]]:
+def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
+        opts: dict[str, Any]) -> list[dict[str, Any]]:
     """One row: median minimal distance over the subset (same subset for L2 and L-inf)."""
-    idx = correct_subset(model, x_all, y_all, ctx.opts["images"], ctx.seed, "minimal")
+    idx = correct_subset(model, x_all, y_all, opts["images"], ctx.seed, "minimal")
     x, y = x_all[idx], y_all[idx]
     if kind == "minimal_l2":
-        return [_median_row(kind, "min_l2", minimal_l2(model, x, y, ctx.opts, ctx.seed))]
-    return [_median_row(kind, "min_linf", minimal_linf(model, x, y, ctx.opts, ctx.seed)[0])]
+        return [_median_row(kind, "min_l2", minimal_l2(model, x, y, opts, ctx.seed))]
+    return [_median_row(kind, "min_linf", minimal_linf(model, x, y, opts, ctx.seed)[0])]
 
 
 ATTACKS = [

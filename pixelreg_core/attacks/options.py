@@ -46,8 +46,10 @@ class Attack:
     """One attack of the registry (pixelreg_core.attacks.ATTACKS): everything the trainer, the sweep spec and the
     figures need to know about it.
 
-    `run(model, x, y, ctx)` gets the whole test set (x in [0, 1] on the model's device) and an `AttackContext`
-    (seed, task, resolved options, cache dir, shared inputs) and returns robustness rows without the key columns.
+    `loop`: a curve attack's `base.Loop` (its image selection and its per-eps perturbation; the base owns the
+    eps x repeat loop and the rows). Otherwise `run(model, x, y, ctx, opts)` gets the whole test set (x in [0, 1]
+    on the model's device), an `AttackContext` (seed, task, cache dir, source, shared inputs) and the resolved
+    options, and returns robustness rows without the key columns. `evaluate` calls whichever is given.
     `check(opts, cfg, check_source)`, if given, does the checks that need more than the options (files).
     `on_test_images(opts)`: whether `images` counts test images (False: the attack reads its own images).
     `presets`: named option sets beyond "demo" and "paper" (e.g. boundary's "minimal"), each applied over the
@@ -63,7 +65,8 @@ class Attack:
     name: str
     title: str
     options: dict[str, Option]
-    run: Callable[..., list[dict[str, Any]]]
+    run: Callable[..., list[dict[str, Any]]] | None = None
+    loop: Any = None  # a base.Loop (typed loosely: base imports this module)
     check: Callable[..., None] | None = None
     on_test_images: Callable[[dict[str, Any]], bool] = lambda opts: True
     presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -72,6 +75,12 @@ class Attack:
 
     def resolve(self, raw: Any) -> dict[str, Any]:
         return resolve_options(self.name, self.options, raw, self.presets)
+
+    def evaluate(self, model: Any, x: Any, y: Any, ctx: Any, opts: dict[str, Any]) -> list[dict[str, Any]]:
+        """The attack's rows: through the base's loop (`loop`), or its own `run(model, x, y, ctx, opts)`."""
+        if self.loop is not None:
+            return self.loop.run(self, model, x, y, ctx, opts)
+        return self.run(model, x, y, ctx, opts)
 
 
 def eps_options() -> dict[str, Option]:

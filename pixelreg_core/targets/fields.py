@@ -22,6 +22,7 @@ class TargetFields(Protocol):
     reg_data: str
     seed: int
     exact_targets: bool
+    pair_draw: str
     vgg_weights: str | None
     grayscale: bool
     gray: str
