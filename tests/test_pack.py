@@ -103,11 +103,12 @@ def test_a_packed_trial_writes_what_a_separate_run_writes(tmp_path):
     """Two regularized trials (other seed, th and alpha) in one pack: the same trial ids, tables and columns as
     separate runs, their first epoch's numbers within float tolerance, each evaluated as its own model.
 
-    lr 0.005 and batches of 64: at width 4 with the default lr and batches of 32 (a last batch of 6 images, 1 x 1
-    feature maps in BatchNorm) float rounding grows to 1% within the epoch, in separate runs of other thread
-    counts too; the step tests above show the pack computes the same numbers."""
-    cfgs = [tiny(alpha=4.0, th=0.2, seed=0, pack=2, lr=0.005, batch_size=64),
-            tiny(alpha=1.0, th=0.5, seed=1, pack=2, lr=0.005, batch_size=64)]
+    lr 0.005, batches of 64 and 32 pairs: at width 4 the last stage's feature maps are 1 x 1, and with the
+    defaults (lr 0.1, batches of 32 with a last batch of 6, BatchNorm over the 16 images of a pair half) float
+    rounding grows to a few percent within the epoch (a pack of one shows it too); the step tests above show the
+    pack computes the same numbers."""
+    cfgs = [tiny(alpha=4.0, th=0.2, seed=0, pack=2, lr=0.005, batch_size=64, reg_pairs=32),
+            tiny(alpha=1.0, th=0.5, seed=1, pack=2, lr=0.005, batch_size=64, reg_pairs=32)]
     outcomes = run_pack(cfgs, tmp_path / "packed")
     assert [o.row["status"] for o in outcomes] == ["ok", "ok"]
     for cfg in cfgs:
@@ -135,7 +136,7 @@ def test_a_nan_in_one_model_fails_only_its_trial(tmp_path, monkeypatch):
     other trial's numbers are exactly those of the same pack without the fault (the NaN weights never reach its
     channels; after epoch 2 it trains on alone, repacked), its first epoch that of a separate run within float
     tolerance (tiny models amplify rounding: later epochs drift apart by a few percent, see above)."""
-    cfgs = [tiny(alpha=4.0, seed=s, epochs=3, pack=2, lr=0.005, batch_size=64) for s in (0, 1)]
+    cfgs = [tiny(alpha=4.0, seed=s, epochs=3, pack=2, lr=0.005, batch_size=64, reg_pairs=32) for s in (0, 1)]
     clean = run_pack(cfgs, tmp_path / "clean")
     assert [o.row["status"] for o in clean] == ["ok", "ok"]
     plan = {"dir": str(tmp_path / "marks"), "faults": [{"trial": cfgs[1].trial_id, "epoch": 1, "kind": "nan"}]}
@@ -160,7 +161,7 @@ def test_a_nan_in_one_model_fails_only_its_trial(tmp_path, monkeypatch):
 def test_a_failed_member_keeps_its_checkpoint_and_resumes_apart(tmp_path, monkeypatch):
     """A `raise` after epoch 1 in member 0 fails that trial only; its epoch checkpoint, written in train.py's
     format, stays, and a separate run of the trial resumes from it."""
-    cfgs = [tiny(alpha=4.0, seed=s, epochs=2, pack=2, lr=0.005, batch_size=64) for s in (0, 1)]
+    cfgs = [tiny(alpha=4.0, seed=s, epochs=2, pack=2, lr=0.005, batch_size=64, reg_pairs=32) for s in (0, 1)]
     plan = {"dir": str(tmp_path / "marks"), "faults": [{"trial": cfgs[0].trial_id, "epoch": 1, "kind": "raise"}]}
     monkeypatch.setenv(faults.ENV, json.dumps(plan))
     outcomes = run_pack(cfgs, tmp_path)

@@ -66,9 +66,9 @@ class GroupedPairResNet(nn.Module):
     [B, N, classes], S_cnn [k, N]. `head.weight` is [N*classes, C] like N linear heads stacked; `gamma` is [N*5]."""
 
     def __init__(self, arch: str, width: int, in_channels: int, num_classes: int, n: int, *,
-                 sim_layer: int | None = None, beta: float = 0.9):
+                 sim_layer: int | None = None, beta: float = 0.9, pair_bn: str = "split"):
         super().__init__()
-        self.n, self.num_classes = n, num_classes
+        self.n, self.num_classes, self.pair_bn = n, num_classes, pair_bn
         self.register_buffer("input_scale", torch.tensor(1.0))
         self.register_buffer("input_shift", torch.tensor(0.0))
         self.stem = nn.Sequential(nn.Conv2d(n * in_channels, n * width, 7, 1, 3, bias=False, groups=n),
@@ -96,7 +96,8 @@ class GroupedPairResNet(nn.Module):
         """The grouped network holding copies of `models` (same arch, width, sim_layer, beta), on their device."""
         first = models[0]
         grouped = cls(_arch_of(first), first.stem[0].out_channels, first.stem[0].in_channels,
-                      first.head.out_features, len(models), sim_layer=first.sim_layer, beta=first.beta)
+                      first.head.out_features, len(models), sim_layer=first.sim_layer, beta=first.beta,
+                      pair_bn=first.pair_bn)
         grouped.to(first.gamma.device, first.gamma.dtype)
         grouped.load_state_dict(pack_state([m.state_dict() for m in models]))
         return grouped
@@ -127,7 +128,10 @@ class GroupedPairResNet(nn.Module):
     def pair_similarity(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         """[k, N]: model n's S_cnn of its k pairs (its images in channels n*C of xa and xb)."""
         k = xa.shape[0]
-        _, layers = self.features(torch.cat([xa, xb]))
+        if self.pair_bn == "split":  # as PairResNet: two passes, BatchNorm batches of k (authors' code)
+            layers = [torch.cat(pair) for pair in zip(self.features(xa)[1], self.features(xb)[1], strict=True)]
+        else:
+            _, layers = self.features(torch.cat([xa, xb]))
         with torch.autocast(device_type=xa.device.type, enabled=False):  # float32 under amp: PairResNet says why
             weights = self.layer_weights().float()
             sims = []

@@ -13,8 +13,6 @@ without it (weights, BatchNorm statistics, feature means and momenta sliced out)
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelreg_core.checkpoint import EpochCheckpoint
-from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.config import TrialConfig
 from pixelreg_core.data.bundle import DataBundle, augment_batch
 from pixelreg_core.hooks import faults
 from pixelreg_core.model import PairResNet
@@ -34,9 +32,12 @@ from pixelreg_core.targets.builders import similarity_loss
 from pixelreg_core.train import (
     PlacedData,
     TrainResult,
-    _pearson,
     autocast,
     batch_starts,
+    check_finite,
+    epoch_row,
+    initial_result,
+    keep_if_best,
     kernel_settings,
     learning_rate,
     make_optimizer,
@@ -73,12 +74,9 @@ def train_pack(members: list[Member], device: torch.device) -> None:
         reg_x = getattr(m.target, "images", None)
         m.placed = PlacedData.of(m.data, reg_x if reg_x is not None else m.data.reg_x, device)
         m.optimizer = make_optimizer(m.cfg, m.model, device)
-        m.result = TrainResult(best_state={}, best_epoch=0)
-        saved = m.checkpoint.restore(m.model, m.optimizer, m.generator) if m.checkpoint is not None else None
-        if saved is not None:
-            m.result = TrainResult(best_state=saved["best_state"], best_epoch=saved["best_epoch"],
-                                   epochs=saved["rows"], resumed_from_epoch=saved["epochs_done"])
-            m.best_valid = saved["best_valid"]
+        saved = (m.checkpoint.restore(m.model, m.optimizer, m.generator, m.target) if m.checkpoint is not None
+                 else None)
+        m.result, m.best_valid = initial_result(m.cfg, m.model, m.placed, saved)
     for split in ("train_x", "valid_x", "test_x"):
         sizes = sorted({len(getattr(m.placed, split)) for m in members})
         if len(sizes) > 1:
@@ -153,40 +151,16 @@ def _train_group(active: list[Member], start: int, device: torch.device) -> None
 
 def _finish_epoch(m: Member, epoch: int, lr: float, rows: list[list[float]], pairs: torch.Tensor | None,
                   valid: tuple[float, float], test_acc: float, started: float) -> None:
-    """train.py's end of an epoch for one member: the finite check, its row, best epoch, checkpoint, report."""
-    cfg, result = m.cfg, m.result
-    for step, (loss, _, _, _) in enumerate(rows):
-        if not math.isfinite(loss):
-            culprit = "alpha" if cfg.regularized else "lr"
-            raise ConfigError(culprit, f"the loss became {loss} at epoch {epoch + 1}, step {step + 1} "
-                                       f"(lr {lr:g}, alpha {cfg.alpha:g}); lower lr or alpha")
-    sum_cls, sum_sim, correct = 0.0, 0.0, 0
-    for _, loss_cls, loss_sim, step_correct in rows:
-        sum_cls += loss_cls
-        sum_sim += loss_sim
-        correct += int(step_correct)
-    valid_loss, valid_acc = valid
-    if not math.isfinite(valid_loss):
-        raise ConfigError("lr", f"the validation loss became {valid_loss} at epoch {epoch + 1}; lower lr or alpha")
-    steps = len(rows)
-    row = {
-        "epoch": epoch + 1, "lr": lr,
-        "loss_cls": sum_cls / steps,
-        "loss_sim": sum_sim / steps if cfg.regularized else None,
-        "sim_corr": _pearson(pairs[0], pairs[1]) if pairs is not None else None,
-        "train_acc": correct / len(m.placed.train_x),
-        "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc,
-        "seconds": time.perf_counter() - started,  # the pack's epoch: shared by its members
-    }
-    result.epochs.append(row)
-    if valid_loss < m.best_valid:  # ties keep the earlier epoch
-        m.best_valid = valid_loss
-        result.best_epoch = epoch + 1
-        result.best_state = copy.deepcopy(m.model.state_dict())
+    """train.py's end of an epoch for one member: the finite checks, its row, best epoch, checkpoint, report.
+    The row's `seconds` is the pack's epoch, shared by its members."""
+    check_finite(m.cfg, rows, epoch, lr)
+    row = epoch_row(m.cfg, epoch, lr, rows, pairs, valid, test_acc, len(m.placed.train_x), started)
+    m.result.epochs.append(row)
+    m.best_valid = keep_if_best(m.cfg, m.result, row, m.best_valid, m.model)
     if m.checkpoint is not None:
         m.checkpoint.save(epochs_done=epoch + 1, model=m.model, optimizer=m.optimizer, generator=m.generator,
-                          rows=result.epochs, best_state=result.best_state, best_epoch=result.best_epoch,
-                          best_valid=m.best_valid)
+                          rows=m.result.epochs, best_state=m.result.best_state, best_epoch=m.result.best_epoch,
+                          best_valid=m.best_valid, untrained=m.result.untrained, target=m.target)
     if m.on_epoch is not None:
         m.on_epoch(dict(row))
 
