@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -189,10 +191,56 @@ def make_optimizer(cfg: TrialConfig, model: PairResNet, device: torch.device) ->
 
 def compiled_step(cfg: TrialConfig) -> Callable[..., tuple[torch.Tensor, ...]]:
     """`step_losses`, through torch.compile when `compile` names a mode. "reduce-overhead" also captures CUDA
-    graphs on CUDA (each step's outputs are copied out before the next replay overwrites them)."""
+    graphs on CUDA (each step's outputs are copied out before the next replay overwrites them). Only full batches
+    go through it (train_epoch): see `compile_session` for what keeps it at one graph per trial."""
     if cfg.compile == "none":
         return step_losses
     return torch.compile(step_losses, mode=None if cfg.compile == "default" else cfg.compile)
+
+
+class _FallbackWatch(logging.Handler):
+    """Catches dynamo's own warning that it hit a recompile limit (after which that code runs eager, silently)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "recompile_limit" in message or "cache_size_limit" in message:
+            self.hits.append(message.splitlines()[0])
+
+
+@contextlib.contextmanager
+def compile_session(cfg: TrialConfig) -> Iterator[None]:
+    """One trial's torch.compile state: fresh at its start, freed at its end, and a one-line warning if dynamo
+    gave up compiling.
+
+    dynamo keeps every compiled graph of a function, guarded on the values it was traced with (`xa is None`,
+    `sim_layer`, `amp`, `arctanh`, the model object): a Ray worker that runs trial after trial (`reuse_actors`)
+    would add entries until dynamo's recompile limit (8), then run the step eager without a word, and would keep
+    every finished trial's graphs and CUDA-graph memory pools. `torch._dynamo.reset()` before and after the trial
+    gives each trial one compile of its own. Within a trial the step's shapes are fixed: train_epoch runs the one
+    batch of another size (the epoch's last, 59,400 % 64 = 8 images on MNIST) eager instead of compiling a second
+    graph (and a second CUDA graph) for it."""
+    if cfg.compile == "none":
+        yield
+        return
+    import torch._dynamo
+
+    watch = _FallbackWatch()
+    dynamo_log = logging.getLogger("torch._dynamo")
+    torch._dynamo.reset()
+    dynamo_log.addHandler(watch)
+    try:
+        yield
+    finally:
+        dynamo_log.removeHandler(watch)
+        torch._dynamo.reset()
+        if watch.hits:
+            print(f"warning: compile: trial {cfg.trial_id}: torch.compile gave up and ran the step eager from then "
+                  f"on ({watch.hits[0][:200]}); the numbers are right, the speed is not compile's",
+                  file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -310,7 +358,7 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
     step_fn = compiled_step(cfg)
     saved = checkpoint.restore(model, optimizer, generator, target) if checkpoint is not None else None
     result, best_valid = initial_result(cfg, model, placed, saved)
-    with kernel_settings(cfg, device):
+    with kernel_settings(cfg, device), compile_session(cfg):
         for epoch in range(result.resumed_from_epoch, cfg.epochs):
             started = time.perf_counter()
             lr = learning_rate(cfg, epoch)
@@ -373,8 +421,10 @@ def train_epoch(cfg: TrialConfig, placed: PlacedData, augment: bool, model: Pair
                 xa, xb = (t.contiguous(memory_format=torch.channels_last) for t in (xa, xb))
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        loss, loss_cls, loss_sim, correct, s_cnn = step_fn(model, x, y, xa, xb, s_target, cfg.alpha, cfg.arctanh,
-                                                           cfg.amp)
+        # a batch of another size (the epoch's last) runs eager: compiling it would add a second graph per trial
+        run_step = step_fn if len(idx) == cfg.batch_size else step_losses
+        loss, loss_cls, loss_sim, correct, s_cnn = run_step(model, x, y, xa, xb, s_target, cfg.alpha, cfg.arctanh,
+                                                            cfg.amp)
         # Copies taken before backward: with CUDA graphs the next replay reuses the outputs' memory.
         per_step.append(torch.stack([loss.detach(), loss_cls.detach(),
                                      (loss_cls if loss_sim is None else loss_sim).detach(),
