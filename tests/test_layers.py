@@ -28,6 +28,7 @@ STAGES = [
     ["pixelreg_core.train"],
     ["pixelreg_core.attacks"],
     ["pixelreg_core.trial", "pixelreg_core.cli", "pixelreg_core.__main__", "pixelreg_core"],
+    ["pixelreg_core.pack"],  # the seed pack: several trials' training and writing, on top of trial.py
     ["orchestrator.errors"],
     ["orchestrator.spec"],
     ["orchestrator.analysis"],
