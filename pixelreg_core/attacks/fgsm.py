@@ -148,7 +148,11 @@ def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackC
         cfg.fgsm_source, cfg, x_all, y_all, ctx.cache_dir, model_device(model), opts["batch_size"], evaluated=model))
     subset = seeded_subset(len(y_all), opts["images"], ctx.seed, "fgsm_transfer")
     x, y, s = x_all[subset], y_all[subset], signs[subset]
-    return [row("fgsm_transfer", transfer_accuracy(model, x, y, s, eps, opts["batch_size"]), len(y), eps=eps)
+    # At eps 0 the images are the clean ones (x + 0 * sign, clamped to [0, 1], is x for images in [0, 1]): the
+    # accuracy is shared with the noise curves.
+    clean = bool(((x >= 0) & (x <= 1)).all())
+    return [row("fgsm_transfer", ctx.clean_accuracy(model, subset, x, y, opts["batch_size"]) if eps == 0 and clean
+                else transfer_accuracy(model, x, y, s, eps, opts["batch_size"]), len(y), eps=eps)
             for eps in ctx.eps_values("fgsm_transfer")]
 
 

@@ -57,7 +57,10 @@ def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
     rows = []
     for i, eps in enumerate(ctx.eps_values(kind)):
         for r in range(opts["repeats"]):
-            acc = noise_accuracy(model, kind, x, y, eps, derive_seed(ctx.seed, kind, i, r), opts["batch_size"])
+            if eps == 0:  # noise times 0 is no noise: the clean accuracy of these images (ctx.clean_accuracy)
+                acc = ctx.clean_accuracy(model, idx, x, y, opts["batch_size"])
+            else:
+                acc = noise_accuracy(model, kind, x, y, eps, derive_seed(ctx.seed, kind, i, r), opts["batch_size"])
             rows.append(row(kind, acc, len(y), eps=eps, repeat=r))
     return rows
 
