@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pixelreg_core import attacks
 from pixelreg_core.attacks import boundary, corruptions, fgsm, minimal, noise, resolve
 from pixelreg_core.attacks.common import accuracy, predict
-from pixelreg_core.attacks.options import eps_list
+from pixelreg_core.attacks.options import eps_list, eps_options
 from pixelreg_core.attacks.spectrum import spectrum_rows
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data
@@ -57,8 +57,20 @@ def _values(rows, attack):
     return [r["value"] for r in rows if r["attack"] == attack]
 
 
-def test_model_learned_something(setup):
-    assert accuracy(setup["model"], setup["data"].test_x, setup["data"].test_y) > 0.6
+def test_accuracy_counts_the_right_predictions_batch_by_batch(setup):
+    """The one accuracy loop every accuracy attack uses: the fraction of images whose prediction equals the label,
+    whatever the batch size, with `perturb` applied batch by batch (and the tiny model did learn)."""
+    model, x, y = setup["model"], setup["data"].test_x, setup["data"].test_y
+    right = predict(model, x) == y
+    assert accuracy(model, x, y) == int(right.sum()) / len(y) > 0.6
+    assert accuracy(model, x, y, batch_size=7) == accuracy(model, x, y)
+    wrong = torch.where(right, (y + 1) % 10, y)  # every label flipped where the model is right: it is never right
+    assert accuracy(model, x, wrong) == 0.0
+    starts = []
+    assert accuracy(model, x, y, 100, lambda xb, start: starts.append(start) or torch.zeros_like(xb)) == \
+        int((predict(model, torch.zeros_like(x)) == y).sum()) / len(y)
+    assert starts == list(range(0, len(y), 100))
+    assert math.isnan(accuracy(model, x[:0], y[:0]))
 
 
 def test_eps_zero_equals_clean_accuracy(setup):
@@ -81,12 +93,12 @@ def test_the_shortcuts_give_the_rows_the_plain_loops_give(setup, monkeypatch):
     data, model = setup["data"], setup["model"]
     opts = {"eps": [0.0, 0.1, 0.3], "batch_size": 100}
     cfg = _cfg(setup, gaussian={**opts, "repeats": 2}, uniform=opts, salt_pepper=opts, fgsm_transfer=opts)
-    calls = []
-    real = common.accuracy
-    monkeypatch.setattr(common, "accuracy", lambda *a, **k: calls.append(k.get("perturb", a[4:5])) or real(*a, **k))
+    clean_passes = []
+    real = common.accuracy  # the name AttackContext.clean_accuracy calls (the curves import their own)
+    monkeypatch.setattr(common, "accuracy", lambda *a, **k: clean_passes.append(len(a[2])) or real(*a, **k))
     monkeypatch.setattr(model_module, "CPU_EVAL_CHUNK", 16)  # the test set is small: chunk it anyway
     rows, _ = attacks.evaluate(model, data, cfg, None)
-    assert len([c for c in calls if not c]) == 1  # one clean pass for 5 eps-0 rows (gaussian has 2 repeats)
+    assert clean_passes == [len(data.test_y)]  # one clean pass for 5 eps-0 rows (gaussian has 2 repeats)
 
     monkeypatch.setattr(model_module, "CPU_EVAL_CHUNK", 10**9)
     x, y = data.test_x, data.test_y
@@ -286,6 +298,42 @@ def test_corruptions_from_a_cifar_c_style_folder(setup, tmp_path):
     assert len(rows) == 5 and all(r["images"] == n for r in rows)
 
 
+class _Projection(torch.nn.Module):
+    """Logits = random projections of the centred pixels: a model whose predictions follow small pixel changes."""
+
+    def __init__(self, pixels: int, classes: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(pixels, classes, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) - 0.5) @ self.weight
+
+
+def test_cifar_c_images_become_gray_like_the_clean_test_images(tmp_path):
+    """A gray model sees clean test images converted by cfg.gray (luma by default); the same RGB images read from
+    a CIFAR-10-C folder must reach it converted the same way, so a model that is right on every clean image is
+    right on every 'corrupted' copy that is the clean image itself."""
+    from pixelreg_core.data.loaders import convert_channels
+
+    n = 40
+    rgb = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    x_rgb = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
+    model = _Projection(64, 10).eval()
+    for gray in ("luma", "mean"):
+        clean = convert_channels(x_rgb, 1, gray)
+        with torch.no_grad():
+            y = model(clean).argmax(1)  # the labels the model gets right on the clean gray images
+        np.save(tmp_path / "fog.npy", np.concatenate([rgb] * 5))  # every severity: the clean images themselves
+        np.save(tmp_path / "labels.npy", np.concatenate([y.numpy()] * 5))
+        other = convert_channels(x_rgb, 1, "mean" if gray == "luma" else "luma")
+        assert accuracy(model, other, y) < 0.9  # the two conversions differ enough for this model to tell
+        cfg = TrialConfig(task="digits", gray=gray, attacks={})
+        opts = resolve("corruptions", {"names": ["fog"], "severities": [1, 3], "folder": str(tmp_path),
+                                       "images": None})
+        rows = corruptions.run(model, clean, y, attacks.AttackContext(cfg), opts)
+        assert [r["value"] for r in rows] == [1.0, 1.0], gray
+
+
 def test_rows_have_the_documented_columns(setup):
     cfg = _cfg(setup, gaussian={"eps": [0.1]}, fgsm_transfer={"eps": [0.1]},
                boundary={"images": 4, "steps": 20}, corruptions={"names": ["fog"], "severities": [2], "images": 10})
@@ -303,12 +351,22 @@ def test_paper_preset_and_dataset_eps():
     assert (boundary_opts["images"], boundary_opts["repeats"]) == (1000, 5)
     assert resolve("boundary", {"preset": "paper", "images": 10})["images"] == 10
     assert resolve("boundary", {})["images"] == 64
-    mnist = eps_list("gaussian", resolve("gaussian", {}), "MNIST")
+    def top(name, task):
+        return eps_list(attacks.get(name), resolve(name, {}), task)[-1]
+
+    mnist = eps_list(attacks.get("gaussian"), resolve("gaussian", {}), "MNIST")
     assert len(mnist) == 10 and mnist[0] == 0 and mnist[-1] == pytest.approx(0.5)
-    assert eps_list("salt_pepper", resolve("salt_pepper", {}), "idx:/data")[-1] == pytest.approx(0.3)
-    assert eps_list("fgsm_transfer", resolve("fgsm_transfer", {}), "CIFAR10")[-1] == pytest.approx(0.02)
-    assert eps_list("fgsm_transfer", resolve("fgsm_transfer", {}), "CIFAR100")[-1] == pytest.approx(0.005)
-    assert eps_list("uniform", resolve("uniform", {}), "CIFAR100")[-1] == pytest.approx(0.1)
+    # the papers' ranges, from each record's rule (D where the record has one, else eps_max; salt_pepper's cap)
+    expected = {"MNIST": {"gaussian": 0.5, "uniform": 0.5, "salt_pepper": 0.3, "fgsm_transfer": 0.5},
+                "idx:/data": {"gaussian": 0.5, "uniform": 0.5, "salt_pepper": 0.3, "fgsm_transfer": 0.5},
+                "CIFAR10": {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.02},
+                "CIFAR100": {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.005}}
+    for task, tops in expected.items():
+        assert {name: top(name, task) for name in tops} == pytest.approx(tops), task
+    # a new eps attack needs no key in any dataset record: it gets the record's eps_max
+    new = attacks.Attack("new_attack", "New", eps_options(), run=lambda *a: [])
+    assert eps_list(new, new.resolve({}), "CIFAR10")[-1] == pytest.approx(0.1)
+    assert eps_list(new, new.resolve({}), "digits")[-1] == pytest.approx(0.5)
     assert set(attacks.PAPER_ATTACKS) == {"gaussian", "uniform", "salt_pepper", "fgsm_transfer", "boundary"}
     assert attacks.attack_preset("full")["corruptions"] == {"preset": "paper"}
 
@@ -376,3 +434,17 @@ def test_fgsm_source_must_be_unregularized_and_not_the_evaluated_weights(setup, 
     # ... but never attack the model that holds them
     with pytest.raises(ConfigError, match="own weights"):
         attacks.evaluate(setup["model"], setup["data"], cfg, None)
+
+
+def test_the_source_checkpoint_is_read_once_per_trial(setup, tmp_path, monkeypatch):
+    from pixelreg_core import results
+    from pixelreg_core.trial import run_trial
+
+    reads = []  # every read_bytes / write_bytes of any module goes through results._filesystem
+    real = results._filesystem
+    monkeypatch.setattr(results, "_filesystem", lambda root: reads.append(str(root)) or real(root))
+    cfg = TrialConfig(task="digits", width=4, epochs=1, seed=0, alpha=0.0, device="cpu", test_images=100,
+                      attacks={"fgsm_transfer": {"num_eps": 3}}, fgsm_source=setup["source_ckpt"])
+    row = run_trial(cfg, tmp_path)
+    assert row["status"] == "ok"
+    assert reads.count(setup["source_ckpt"]) == 1

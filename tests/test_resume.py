@@ -12,18 +12,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from conftest import write_spec
 
 from orchestrator import cli
 from orchestrator.sweepdir.resume import split_done
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import key_values, read_table, write_table
-
-TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32}
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +31,9 @@ def ray_address():
     ray.shutdown()
 
 
-def write_spec(path: Path) -> Path:
-    spec = {"name": "killed", "pairs": [{"task": "digits", "reg_data": "digits"}],
-            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1, 2], "baseline": True, "train": TINY_TRAIN,
-            "attacks": {"gaussian": {"images": 20, "num_eps": 2}}, "resources": {"cpu": 1}, "max_failures": 0}
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 @pytest.mark.slow
 def test_relaunch_after_sigkill_skips_finished_trials_and_duplicates_nothing(ray_address, tmp_path):
-    spec = write_spec(tmp_path / "killed.yaml")
+    spec = write_spec(tmp_path, name="killed", seeds=[0, 1, 2], max_failures=0)
     root = tmp_path / "results"
     trials_dir = root / "killed" / "trials"
     args = ["launch", str(spec), "--results", str(root), "--address", ray_address, "--max-concurrent", "1"]

@@ -204,6 +204,8 @@ BAD = [
      "search.th: [0.5, 0.2] is not a range"),
     (GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "search: {type: optuna, objective: {attack: boundary}}"),
      "search.objective.attack: 'boundary' is not among attacks"),
+    (GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "search: {type: optuna, start: [{th: 0.2, alpha: 40}]}"),
+     "search.start[0].alpha: 40.0 lies outside search.alpha"),
     (GOOD + "scheduler: {type: asha, grace_period: 5}\n", "scheduler.grace_period: 5 is more than the 1 epochs"),
     (GOOD + "scheduler: {type: fifo, grace_period: 5}\n", "scheduler.grace_period: only for scheduler type asha"),
     (GOOD.replace("attacks: {gaussian: {}}", "attacks: {gaussian: {}, laser: {}}"), "attacks.laser: unknown attack"),

@@ -2,6 +2,12 @@
 
 The objective (orchestrator.run.objective) is the ratio best.parquet reports. Points every seed of which finished in
 an earlier launch are fed back to Optuna with their rewards, not retrained.
+
+The study lasts: for a local sweep folder it is Optuna's RDB storage in `<sweep>/optuna.db` (SQLite), one study per
+pair named `<sweep>/<task>/<reg_data>`, reopened by every relaunch and readable with `optuna.load_study` or
+`optuna-dashboard sqlite:///<sweep>/optuna.db` (docs/spec.md). SQLite cannot live on an object store, so for a
+URI sweep folder the study is kept in memory and rebuilt each launch from the trials table (the Parquet rows stay
+the record either way). `search.start` points are enqueued first, each once.
 """
 
 from __future__ import annotations
@@ -47,9 +53,55 @@ def finished_points(sweep_dir: str, task: str, reg_data: str, seeds: list[int], 
     return points, rewards
 
 
+STUDY_FILE = "optuna.db"
+
+
+def study_name(sweep: str, task: str, reg_data: str) -> str:
+    return f"{sweep}/{task}/{reg_data}"
+
+
+def study_storage(sweep_dir: str):
+    """SQLite in the sweep folder for a local one; in memory for a URI (see the module docstring)."""
+    import optuna
+
+    if is_uri(sweep_dir):
+        return optuna.storages.InMemoryStorage()
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(sweep_dir, STUDY_FILE)}")
+
+
+def _key(params: dict[str, Any]) -> tuple[float, float]:
+    return round(float(params["th"]), 12), round(float(params["alpha"]), 12)
+
+
+def open_study(storage, name: str, pareto: bool, optuna_space: dict[str, Any], points: list[dict[str, float]],
+               rewards: list[Any], start: list[dict[str, float]]):
+    """The pair's study, brought up to date with the trials table before the search asks for a point.
+
+    Trials a killed launch left RUNNING are marked failed (this launch holds the sweep lock: nobody else runs
+    them); finished points the study lacks are added with their rewards; `start` points are enqueued unless the
+    study already has them."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                directions=["maximize", "maximize"] if pareto else ["maximize"])
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if trial.state == TrialState.RUNNING:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    known = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    for point, reward in zip(points, rewards, strict=True):
+        if _key(point) not in known:
+            study.add_trial(optuna.trial.create_trial(params=point, distributions=optuna_space,
+                                                      values=list(reward) if pareto else [reward]))
+    for point in start:
+        study.enqueue_trial({"th": float(point["th"]), "alpha": float(point["alpha"])}, skip_if_exists=True)
+    return study
+
+
 def run_study(runner: Runner, spec: SweepSpec, task: str, reg_data: str, baselines: dict[int, str],
               max_t: int) -> None:
     """One Optuna study for one dataset pair."""
+    from optuna.trial import TrialState
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -57,13 +109,15 @@ def run_study(runner: Runner, spec: SweepSpec, task: str, reg_data: str, baselin
 
     search, seeds = spec.search, spec.seed_list
     metric, mode = (["clean_acc", "robust_acc"], ["max", "max"]) if search.pareto else ("objective", "max")
-    space, optuna_space = search_space(search)
+    _, optuna_space = search_space(search)
     points, rewards = finished_points(runner.sweep_dir, task, reg_data, seeds, baselines, search)
-    budget = search.trials - len(points)
+    storage, name = study_storage(runner.sweep_dir), study_name(spec.name, task, reg_data)
+    study = open_study(storage, name, search.pareto, optuna_space, points, rewards, search.start)
+    budget = search.trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if budget <= 0:
         return
-    searcher = OptunaSearch(space=optuna_space if points else None, metric=metric, mode=mode, seed=0,
-                            points_to_evaluate=points or None, evaluated_rewards=rewards or None)
+    searcher = OptunaSearch(space=optuna_space, metric=metric, mode=mode, seed=0, storage=storage,
+                            study_name=name)
     if not is_uri(spec.data_root):  # workers run in Tune's trial folders: no relative paths
         spec = spec.model_copy(update={"data_root": str(Path(spec.data_root).resolve())})
     trainable = tune.with_parameters(train_point, spec=spec, task=task, reg_data=reg_data, seeds=seeds,
@@ -72,12 +126,13 @@ def run_study(runner: Runner, spec: SweepSpec, task: str, reg_data: str, baselin
     per_point = len(seeds)
     tuner = tune.Tuner(
         runner.with_resources(trainable),
-        param_space={} if points else space,
+        param_space={},
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=budget, reuse_actors=True,
                                     scheduler=asha_scheduler(spec.scheduler, max_t),
                                     max_concurrent_trials=runner.max_concurrent or runner.slots),
         run_config=runner.run_config(f"optuna_{safe(task)}_{safe(reg_data)}", units=lambda t: per_point))
     tuner.fit()
+    runner.check_disk()
 
 
 def run_studies(runner: Runner, spec: SweepSpec, configs: list[TrialConfig]) -> None:

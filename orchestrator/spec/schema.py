@@ -17,7 +17,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from orchestrator.spec.fields import (
-    FGSM_ATTACK,
     NAME_PATTERN,
     TRAIN_FIELDS,
     SpecFieldError,
@@ -26,6 +25,7 @@ from orchestrator.spec.fields import (
     normalise_attacks,
     normalise_grid,
     short,
+    source_attacks,
     unknown_field_message,
 )
 from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
@@ -85,7 +85,7 @@ class Objective(_Strict):
     """What `search: optuna` maximises: accuracy under `attack` at `eps`, among trials whose clean accuracy is at
     least `min_clean_ratio` times the unregularized baseline's (the papers' R0/U0 >= A0 rule)."""
 
-    attack: str = "gaussian"
+    attack: str = Field(default_factory=lambda: next(iter(demo_attacks())))  # the demo set's first attack
     eps: float = Field(default=0.1, ge=0)
     min_clean_ratio: float = Field(default=0.9, gt=0, le=1)
 
@@ -119,10 +119,11 @@ class Search(_Kinded):
     alpha: list[float] | None = None
     objective: Objective | None = None
     pareto: bool | None = None
+    start: list[dict[str, float]] | None = None  # known points tried first, e.g. [{th: 0.2, alpha: 4}]
 
     @model_validator(mode="after")
     def _consistent(self) -> Search:
-        if self._is_plain("search", ("grid", "optuna"), ("trials", "th", "alpha", "objective", "pareto"),
+        if self._is_plain("search", ("grid", "optuna"), ("trials", "th", "alpha", "objective", "pareto", "start"),
                           "remove it or set search.type: optuna"):
             return self
         self.trials = 20 if self.trials is None else self.trials
@@ -136,6 +137,16 @@ class Search(_Kinded):
                      allowed="[lo, hi] with 0 <= lo < hi")
         self.objective = Objective() if self.objective is None else self.objective
         self.pareto = bool(self.pareto)
+        self.start = [] if self.start is None else self.start
+        for index, point in enumerate(self.start):
+            if set(point) != {"th", "alpha"}:
+                raise SpecFieldError(("search", "start", index), f"{point} must give th and alpha only, "
+                                     "e.g. {th: 0.2, alpha: 4}")
+            for name, (lo, hi) in (("th", self.th), ("alpha", self.alpha)):
+                if not lo <= point[name] <= hi:
+                    raise SpecFieldError(("search", "start", index, name),
+                                         f"{point[name]} lies outside search.{name} [{lo}, {hi}]; widen the range "
+                                         "or move the point")
         return self
 
 
@@ -276,10 +287,11 @@ class SweepSpec(_Strict):
                 raise SpecFieldError(("search", "objective", "attack"),
                                      f"{self.search.objective.attack!r} is not among attacks "
                                      f"({', '.join(self.attacks) or 'none'}); pick one of them")
-        if FGSM_ATTACK in self.attacks and self.fgsm_source_seed in self.seed_list:
-            raise SpecFieldError(("fgsm_source_seed",), f"{self.fgsm_source_seed} is also in seeds; the FGSM "
-                                                        "source must not be a model it is evaluated on: pick a seed "
-                                                        "outside seeds")
+        transferred = source_attacks(self.attacks)
+        if transferred and self.fgsm_source_seed in self.seed_list:
+            raise SpecFieldError(("fgsm_source_seed",), f"{self.fgsm_source_seed} is also in seeds; the source "
+                                                        f"model of {', '.join(transferred)} must not be a model it "
+                                                        "is evaluated on: pick a seed outside seeds")
         for point in self.grid_points():
             for pair in self.pairs:
                 self._validate_trial(pair, point)
@@ -312,18 +324,18 @@ class SweepSpec(_Strict):
         """pixelreg_core.attacks knows the attack names and options (imported here: it pulls in torch)."""
         from pixelreg_core.attacks import resolve, validate_attacks
 
-        fgsm = self.attacks.get(FGSM_ATTACK)
-
+        transferred = source_attacks(self.attacks)
         for task in dict.fromkeys(p.task for p in self.pairs):
             pair = next(p for p in self.pairs if p.task == task)
             point = self.grid_points()[0]
             cfg = self.trial_config(task, pair.reg_data, self.seed_list[0], point)
-            # fgsm_transfer's source checkpoint does not exist before launch trains it: check its options only
-            cfg.attacks.pop(FGSM_ATTACK, None)
+            # a transferred attack's source checkpoint does not exist before launch trains it: its options only
+            for name in transferred:
+                cfg.attacks.pop(name)
             try:
                 validate_attacks(cfg, test_count=cfg.test_images)
-                if fgsm is not None:
-                    resolve(FGSM_ATTACK, fgsm)
+                for name in transferred:
+                    resolve(name, self.attacks[name])
             except ConfigError as exc:
                 parts = tuple(exc.field.split("."))
                 path = parts if parts[0] == "attacks" else ("attacks", *parts)

@@ -44,6 +44,8 @@ def spec_fingerprint(spec: SweepSpec) -> str:
     for key in NON_FINGERPRINT_KEYS:
         data.pop(key, None)
     data["seeds"] = spec.seed_list
+    if not data["search"].get("start"):  # added later: a spec without known start points keeps its fingerprint
+        data["search"].pop("start", None)
     data["train"] = {k: v for k, v in data["train"].items() if k not in NON_IDENTITY_FIELDS}
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

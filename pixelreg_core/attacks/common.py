@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import math
 import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +22,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelreg_core.attacks.options import eps_list
+from pixelreg_core.attacks.source import Source, test_set_sha256
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.model import eval_logits
 
 INIT_STEPS = 50  # blending steps of the starting-point search (foolbox's own fallback uses 50)
+
+
+def import_foolbox() -> Any:
+    """foolbox, for the attacks that use it (boundary, the minimal attacks, the starting-point search), imported
+    when one of them runs: a trial with noise attacks only never loads it, nor a machine without it.
+
+    foolbox imports GitPython (its model zoo), which fails at import where no `git` executable exists unless
+    GIT_PYTHON_REFRESH=quiet; and `scipy.ndimage.filters` (gone in SciPy 2.0), which is given scipy.ndimage's
+    own namespace where it no longer exists. foolbox's deprecation warnings at import are silenced."""
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import scipy.ndimage.filters  # noqa: F401 - present before SciPy 2.0
+        except ImportError:
+            import scipy.ndimage
+
+            sys.modules["scipy.ndimage.filters"] = scipy.ndimage
+        import foolbox
+    return foolbox
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -80,7 +102,7 @@ def attack_from_starts(fmodel: Any, model: nn.Module, attack: Any, x: torch.Tens
     foolbox raises for the whole batch if any image gets no starting point, while here such images keep x and
     count as failed, and the rest are attacked. Draws from torch's global RNG: call inside `seeded_torch`.
     """
-    import foolbox as fb
+    fb = import_foolbox()
 
     starts = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=INIT_STEPS).run(
         fmodel, x, fb.criteria.Misclassification(y))
@@ -134,14 +156,15 @@ def row(attack: str, value: float, images: int, *, eps: float | None = None, met
 class AttackContext:
     """What every attack's `run(model, x, y, ctx)` gets beside the model and the test set.
 
-    `opts` are the attack's resolved options (set by `evaluate` before each run); `cache_dir` holds inputs shared
-    between trials (the FGSM signs); `spectrum` collects spectrum-table rows; `shared` memoises inputs that several
-    attacks of one evaluation could use (`shared_input`).
+    The attack's resolved options are an argument of its own (never set here). `cache_dir` holds inputs shared
+    between trials (what transferred attacks craft on their source); `source` is the checked source model when an
+    attack of the evaluation needs one (`Attack.source`); `spectrum` collects spectrum-table rows; `shared`
+    memoises inputs that several attacks of one evaluation could use (`shared_input`).
     """
 
     cfg: TrialConfig
     cache_dir: str | os.PathLike | None = None
-    opts: dict[str, Any] = field(default_factory=dict)
+    source: Source | None = None
     spectrum: list[dict[str, Any]] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
 
@@ -149,22 +172,21 @@ class AttackContext:
     def seed(self) -> int:
         return self.cfg.seed
 
-    def eps_values(self, attack: str) -> list[float]:
-        """The eps curve of an eps attack: explicit options, else the task's range (pixelreg_core.data.registry)."""
-        return eps_list(attack, self.opts, self.cfg.task)
+    def test_sha256(self, x: torch.Tensor, y: torch.Tensor) -> str:
+        """sha256 of the whole test set (a cache key of source inputs), hashed once per evaluation."""
+        return self.shared_input("test_sha256", lambda: test_set_sha256(x, y))
 
     def shared_input(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self.shared:
             self.shared[key] = make()
         return self.shared[key]
 
-    def clean_accuracy(self, model: nn.Module, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                       batch_size: int) -> float:
-        """`accuracy(model, x, y, batch_size)` of the images `idx` picked, computed once per evaluation.
+    def clean_accuracy(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+        """`accuracy(model, x, y, batch_size)`, computed once per evaluation for the same images and batch size.
 
         Every eps curve starts at eps 0, where the perturbation is exactly zero (noise times 0, FGSM signs times
         0; the clamps then return the image itself), so the four curves of the quickstart would classify the same
-        clean images four times. Keyed by the picked indices and the batch size, the value is the one each curve
-        would compute itself, batch for batch."""
-        key = ("clean_accuracy", hashlib.sha256(idx.cpu().numpy().tobytes()).hexdigest(), len(idx), batch_size)
+        clean images four times. Keyed by the images' and labels' bytes and the batch size, the value is the one
+        each curve would compute itself, batch for batch (base.Loop uses it for attacks with `clean`)."""
+        key = ("clean_accuracy", test_set_sha256(x, y), batch_size)
         return self.shared_input(key, lambda: accuracy(model, x, y, batch_size))
