@@ -1,8 +1,8 @@
 """`orchestrator launch SPEC`: run (or resume) a sweep on Ray Tune.
 
 Order of work: check everything a user can get wrong (spec, resources, results root, a different spec already in
-the results folder) before Ray starts or anything is written; then the FGSM source models, which the trials'
-transferred-FGSM attack reads; then baselines and grid trials (or, with `search: optuna`, baselines and then one
+the results folder) before Ray starts or anything is written; then the source models, which the trials'
+transferred attacks read; then baselines and grid trials (or, with `search: optuna`, baselines and then one
 Optuna study per dataset pair). The sweep's state is only its Parquet files, so relaunching the same command resumes.
 The Tune runner (tune_runner) and the Optuna search (optuna_search) do the running; this module decides what to
 run and says what happened. Ray, Tune and torch are imported inside functions: the CLI imports this module to build
