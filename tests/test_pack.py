@@ -185,3 +185,18 @@ def test_packs_group_trials_that_differ_only_in_seed_th_alpha():
                                                                                             for c in grid]))
     with pytest.raises(ConfigError, match="pack: is 0"):
         tiny(pack=0).validate()
+
+
+def test_the_pack_benchmark_prints_both_columns(tmp_path):
+    """benchmarks/bench_pack.py at toy size (its figures are for a GPU session; here only that it runs)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pack.py"
+    out = subprocess.run([sys.executable, str(script), "--device", "cpu", "--packs", "2", "--width", "2",
+                          "--image", "8", "--batch", "8", "--pairs", "4", "--steps", "1", "--warmup", "0",
+                          "--json", str(tmp_path / "pack.json")], capture_output=True, text=True, check=True).stdout
+    assert "apart steps/s" in out and "packed steps/s" in out
+    rows = json.loads((tmp_path / "pack.json").read_text())["rows"]
+    assert rows[0]["n"] == 2 and rows[0]["apart_steps_per_s"] > 0 and rows[0]["packed_steps_per_s"] > 0
