@@ -3,7 +3,7 @@
 Order of work, one function each: `make_plan` checks everything a user can get wrong (spec, resources, results
 root, every config, the inputs on disk) and computes what to run, writing nothing; `run` then takes the sweep
 folder's lock, `claim`s the folder (refusing a different spec's results, wiping them with --fresh) and drops the
-stale rows of the trials to run; `run_on_ray` starts Ray and `run_phases` runs the FGSM source models (the trials'
+stale rows of the trials to run; `run_on_ray` starts Ray and `run_phases` runs the source models (the trials'
 transferred attacks read them), then baselines and grid trials (or, with `search: optuna`, baselines and then one
 Optuna study per dataset pair). The sweep's state is only its Parquet files, so relaunching the same command resumes.
 The Tune runner (run.tune) and the Optuna search (run.search) do the running; this module decides what to run and
@@ -222,7 +222,7 @@ def make_runner(plan: Plan, args: argparse.Namespace, session, n_total: int, n_d
 
 
 def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None:
-    """The order of work: FGSM sources first (the trials' transferred attacks read them), then baselines and grid
+    """The order of work: source models first (the trials' transferred attacks read them), then baselines and grid
     trials (baselines never stopped early by ASHA: every ratio is taken against them), then the Optuna studies."""
     sources = [c for c in todo if c.role == "fgsm_source"]
     baselines = [c for c in todo if c.role == "baseline"]

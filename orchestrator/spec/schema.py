@@ -177,7 +177,7 @@ class Scheduler(_Kinded):
 
 
 class SweepSpec(_Strict):
-    """A whole study: pairs x grid x seeds, plus baselines and FGSM sources (see orchestrator.spec.expand)."""
+    """A whole study: pairs x grid x seeds, plus baselines and source models (see orchestrator.spec.expand)."""
 
     name: str
     data_root: str = "data"

@@ -85,14 +85,14 @@ def has_rows(sweep_dir: str, trial_id: str) -> bool:
 
 def record_status(sweep_dir: str, cfg: TrialConfig, status: str, error: str, **columns) -> None:
     """Write the trials row of a trial the orchestrator ended: `stopped` (ASHA), `failed` after its retries or
-    `blocked` (not run: its FGSM source failed; orchestrator.sweepdir.blocked)."""
+    `blocked` (not run: its source model failed; orchestrator.sweepdir.blocked)."""
     write_table(sweep_dir, "trials", cfg.trial_id, [status_row(cfg, status, error, **columns)])
 
 
 def record_failure(sweep_dir: str, cfg: TrialConfig, error: str) -> None:
     """A trial that failed every attempt: keep the failed row run_trial wrote (device, wall time) with `error`
-    saying how many attempts there were; a trial that failed before run_trial could write one (e.g. its FGSM
-    source checkpoint is unreadable) gets one here, so the sweep still counts and reports it as failed."""
+    saying how many attempts there were; a trial that failed before run_trial could write one (e.g. its source
+    model's checkpoint is unreadable) gets one here, so the sweep still counts and reports it as failed."""
     rows = read_trial(sweep_dir, "trials", cfg.trial_id)
     if rows:
         write_table(sweep_dir, "trials", cfg.trial_id, [{**rows[0], "error": error}])
