@@ -1,14 +1,15 @@
 """One trial end to end: validate, load data, build the target, train, attack, write Parquet.
 
-A trial is a model and its evaluations, each with its own identity (TrialConfig.trial_id, TrialConfig.eval_id):
-1. the model: trained unless the folder holds it already (its `trials` row ok and its checkpoint), then its
-   checkpoint, its epochs and its `trials` row, last: a `trials` row with status "ok" means the model is complete.
-   A training failure leaves no partial tables; with `record_failure` (the orchestrator) it leaves one trials row
-   with status "failed" and the error, so the sweep can report it and go on.
-2. each evaluation the folder lacks, on the stored best weights: its spectrum rows, then its robustness rows, last
-   (that file marks the evaluation complete). A failed evaluation removes its own rows only; the model stays, its
-   trials row keeps status ok and says which evaluation failed in `error`; a rerun runs just the missing ones.
-The trials row is rewritten after the evaluations with their seconds (eval_s, attack_s).
+A trial is a model and its evaluations, each with its own identity (TrialConfig.trial_id, TrialConfig.eval_id).
+A model trained now: its checkpoint and epochs, then each evaluation (its spectrum rows, then its robustness rows,
+which mark it complete), then the trials row, last: a `trials` row with status "ok" means the model and its
+evaluations are complete, and that row is what resume looks for. A failure leaves no partial tables; with
+`record_failure` (the orchestrator) it leaves one trials row with status "failed" and the error, so the sweep can
+report it and go on.
+A model the folder holds already (an ok trials row and its checkpoint) is not trained again: only the evaluations
+it lacks run, on its stored best weights (an edited spec with a new attack). Its rows stay as they are; a failed
+evaluation removes its own rows only and is named in the model's `error` (status stays ok: the model is fine), and
+a rerun runs just the missing ones.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -41,7 +43,7 @@ from pixelreg_core.results import (
     write_table,
 )
 from pixelreg_core.targets.registry import build_target
-from pixelreg_core.train import resolve_device, train
+from pixelreg_core.train import TrainResult, resolve_device, train
 
 
 def library_versions() -> str:
@@ -64,102 +66,146 @@ def _row(cfg: TrialConfig, status: str, error: str | None, device: str, started:
                       wall_s=time.perf_counter() - started, cpu_s=time.process_time() - cpu_started, **columns)
 
 
+@dataclass
+class Clock:
+    """When a trial (or a seed pack) started: wall time, and process CPU seconds (all threads). On a shared
+    machine wall_s is inflated by other work, cpu_s is not, so cpu_s estimates what the trial would take on a
+    quiet core."""
+
+    wall: float
+    cpu: float
+
+    @classmethod
+    def now(cls) -> Clock:
+        return cls(time.perf_counter(), time.process_time())
+
+
+@dataclass
+class Prepared:
+    """What a trial trains from: device, data, target (None unregularized), initial model, attack options and a
+    transferred attack's source model."""
+
+    device: torch.device
+    data: Any
+    target: Any | None
+    model: Any
+    attack_options: Any
+    source: Any
+
+
+def check_trial(cfg: TrialConfig) -> tuple[torch.device, Any]:
+    """The checks that touch no data: the config, its attacks' options (resolved once, before any data) and its
+    device."""
+    cfg.validate()
+    attack_options = attacks.validate_attacks(cfg, check_source=False)
+    return resolve_device(cfg.device), attack_options
+
+
+def prepare_trial(cfg: TrialConfig, device: torch.device, attack_options: Any) -> Prepared:
+    """Load and build everything a trial trains from, seeded as every run of it is seeded (a seed pack prepares
+    each of its trials with this too, so each model starts from the weights a separate run starts from).
+    Sets torch's thread count (`num_threads`); the caller restores it."""
+    source = attacks.load_source(cfg, device)  # a transferred attack's source: read and checked once, now
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    data = prepare_data(cfg)
+    attacks.check_image_counts(attack_options, len(data.test_x))  # before any training
+    # The target is built from images on the trial's device, so its pairs are drawn there (train.py).
+    target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device)) if cfg.regularized else None
+    model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
+                        data.input_shift).to(device)
+    return Prepared(device, data, target, model, attack_options, source)
+
+
+def finish_trial(cfg: TrialConfig, prepared: Prepared, result: TrainResult, out_root: str,
+                 cache_dir: str | os.PathLike | None, clock: Clock, node: str | None, train_s: float
+                 ) -> dict[str, Any]:
+    """Attack the best epoch's model and write the trial's rows, the trials row last; returns that row.
+    `train_s`: this run's epochs only, when resumed (a seed pack's: the pack's)."""
+    model = prepared.model
+    model.load_state_dict(result.best_state)
+    model.eval()
+    remove_trial(out_root, cfg.trial_id)  # rows of an earlier, unfinished model of this id (its evaluations too)
+    keys = key_values(cfg)
+    ckpt = checkpoint_path(out_root, cfg.trial_id)
+    save_checkpoint(model, cfg, ckpt)
+    write_table(out_root, "epochs", cfg.trial_id, [{**keys, **row} for row in result.epochs])
+    eval_started = time.perf_counter()
+    attack_s: dict[str, float] = {}
+    run_evaluations(cfg, out_root, model, prepared.data, prepared.attack_options, cache_dir, prepared.source,
+                    list(cfg.attacks), attack_s)
+    eval_s = time.perf_counter() - eval_started
+    best = result.best
+    row = _row(cfg, "ok", None, str(prepared.device), clock.wall, clock.cpu, clean_acc=best["test_acc"],
+               valid_acc=best["valid_acc"], valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
+               valid_images=len(prepared.data.valid_y),
+               layer_weights=model.layer_weights().tolist(), checkpoint=ckpt,
+               resumed_from_epoch=result.resumed_from_epoch, node=node, train_s=train_s, eval_s=eval_s,
+               attack_s=json.dumps({name: round(sec, 3) for name, sec in attack_s.items()}))
+    write_table(out_root, "trials", cfg.trial_id, [row])  # last: marks the trial complete
+    EpochCheckpoint.for_trial(out_root, cfg).remove()
+    return row
+
+
+def fail_trial(cfg: TrialConfig, exc: BaseException, out_root: str, record_failure: bool, device: Any,
+               clock: Clock, node: str | None) -> None:
+    """Remove whatever the trial wrote (never a half-written trial); with `record_failure`, a failed trials row.
+    Its resume checkpoint stays: a rerun resumes from it."""
+    remove_trial(out_root, cfg.trial_id)
+    delete_file(checkpoint_path(out_root, cfg.trial_id))
+    if record_failure and not isinstance(exc, KeyboardInterrupt):
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
+        write_table(out_root, "trials", cfg.trial_id,
+                    [_row(cfg, "failed", error, str(device), clock.wall, clock.cpu, node=node)])
+
+
 def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
               on_epoch: Callable[[dict[str, Any]], None] | None = None,
               cache_dir: str | os.PathLike | None = None, record_failure: bool = False,
-              node: str | None = None, before_source: Callable[[TrialConfig], None] | None = None) -> dict[str, Any]:
-    """Train the model unless `out_root` holds it, run the evaluations it lacks; returns its trials row.
+              node: str | None = None) -> dict[str, Any]:
+    """Run one trial and write its rows under `out_root`; returns its trials row.
 
     `node` names the machine in the trials row: the orchestrator passes the Ray node id of its worker; left out,
-    it is this machine's hostname (None where the platform gives none). `before_source(cfg)`, when given, is
-    called before a transferred attack's source model is read: the orchestrator waits there for a source that
-    is still training (its evaluations need it, its training does not)."""
-    started = time.perf_counter()
-    # Process CPU seconds (all threads): on a shared machine wall_s is inflated by other work, cpu_s is not, so
-    # cpu_s estimates what the trial would take on a quiet core.
-    cpu_started = time.process_time()
+    it is this machine's hostname (None where the platform gives none)."""
+    clock = Clock.now()
     out_root = str(out_root)
     node = node or platform.node() or None
     device: torch.device | str = cfg.device  # named in a failed row even when resolving it is what failed
     threads_before = torch.get_num_threads()
-    row: dict[str, Any] | None = None  # the stored model's trials row (None: trained in this run)
     try:
-        # Checks that can only fail at run time (an absent GPU, a missing source) are inside the try, so that
-        # with `record_failure` they too leave a failed trials row.
-        cfg.validate()
-        attack_options = attacks.validate_attacks(cfg, check_source=False)  # resolved once, before any data
-        device = resolve_device(cfg.device)
-        # a transferred attack's source: read and checked once, before training, unless the orchestrator says
-        # it may still be training (before_source): then it is read just before it is needed
-        source = attacks.load_source(cfg, device) if before_source is None else None
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(cfg.seed)
-        data = prepare_data(cfg)
-        attacks.check_image_counts(attack_options, len(data.test_x))  # before any training
-        model, row = stored_model(cfg, out_root, device)
-        if row is not None:  # a stored model: only its missing evaluations run; its rows stay as they are
-            return _evaluate_stored(cfg, out_root, model, data, attack_options, cache_dir, row, source,
-                                    before_source, record_failure)
-        remove_trial(out_root, cfg.trial_id)  # evaluations of an earlier, failed model of this id go too
-        model, resume, columns = _train(cfg, out_root, data, device, on_epoch)
-        eval_started = time.perf_counter()
-        attack_s: dict[str, float] = {}
-        _run_evaluations(cfg, out_root, model, data, attack_options, cache_dir, source, before_source,
-                         list(cfg.attacks), attack_s)
-        row = _row(cfg, "ok", None, str(device), started, cpu_started, node=node,
-                   eval_s=time.perf_counter() - eval_started,
-                   attack_s=json.dumps({name: round(sec, 3) for name, sec in attack_s.items()}), **columns)
-        write_table(out_root, "trials", cfg.trial_id, [row])  # last: marks the model and its evaluations complete
-        resume.remove()
-        return row
+        # Checks that can only fail at run time (a missing FGSM source, an absent GPU) are inside the try, so
+        # that with `record_failure` they too leave a failed trials row.
+        stored = stored_row(cfg, out_root)
+        if stored is not None:  # a stored model: only its missing evaluations run; its rows stay as they are
+            return evaluate_stored(cfg, out_root, stored, cache_dir, record_failure)
+        device, attack_options = check_trial(cfg)
+        prepared = prepare_trial(cfg, device, attack_options)
+        resume = EpochCheckpoint.for_trial(out_root, cfg)  # kept when the trial fails: a rerun resumes from it
+        train_started = time.perf_counter()
+        result = train(cfg, prepared.data, prepared.model, prepared.target, device, on_epoch, checkpoint=resume)
+        return finish_trial(cfg, prepared, result, out_root, cache_dir, clock, node,
+                            train_s=time.perf_counter() - train_started)
     except BaseException as exc:
-        if row is None:  # a model of this run: never leave half of it behind
-            remove_trial(out_root, cfg.trial_id)
-            delete_file(checkpoint_path(out_root, cfg.trial_id))
-            if record_failure and not isinstance(exc, KeyboardInterrupt):
-                error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
-                write_table(out_root, "trials", cfg.trial_id,
-                            [_row(cfg, "failed", error, str(device), started, cpu_started, node=node)])
+        if not isinstance(exc, EvaluationFailed):  # a stored model's failed evaluation leaves the model as it is
+            fail_trial(cfg, exc, out_root, record_failure, device, clock, node)
         raise
     finally:
         torch.set_num_threads(threads_before)  # a Ray worker runs many trials: leave its thread count as found
 
 
-def stored_model(cfg: TrialConfig, out_root: str, device) -> tuple[Any, dict[str, Any] | None]:
-    """(model on `device` in eval mode, its trials row) when `out_root` holds this model finished, else
-    (None, None)."""
+class EvaluationFailed(RuntimeError):
+    """An evaluation of a stored model failed: its rows are removed, the model's stay (evaluate_stored)."""
+
+
+def stored_row(cfg: TrialConfig, out_root: str) -> dict[str, Any] | None:
+    """The model's trials row when `out_root` holds it finished (status ok and its checkpoint), else None."""
+    from pixelreg_core.results import read_bytes
+
     rows = read_trial(out_root, "trials", cfg.trial_id)
-    if not rows or rows[0]["status"] != "ok":
-        return None, None
-    try:
-        model, _ = load_checkpoint(checkpoint_path(out_root, cfg.trial_id), map_location=device)
-    except FileNotFoundError:
-        return None, None  # its row without its weights: trained again
-    return model.to(device).eval(), rows[0]
-
-
-def _train(cfg: TrialConfig, out_root: str, data, device, on_epoch) -> tuple[Any, EpochCheckpoint, dict[str, Any]]:
-    """Train the model and write its checkpoint and epochs; returns (model, its resume file, trials columns)."""
-    # The target is built from images on the trial's device, so its pairs are drawn there (train.py).
-    target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device)) if cfg.regularized else None
-    model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
-                        data.input_shift).to(device)
-    resume = EpochCheckpoint.for_trial(out_root, cfg)  # kept when the trial fails: a rerun resumes from it
-    train_started = time.perf_counter()
-    result = train(cfg, data, model, target, device, on_epoch, checkpoint=resume)
-    train_s = time.perf_counter() - train_started  # this run's epochs only, when resumed
-    model.load_state_dict(result.best_state)
-    model.eval()
-    keys = key_values(cfg)
-    ckpt = checkpoint_path(out_root, cfg.trial_id)
-    save_checkpoint(model, cfg, ckpt)
-    write_table(out_root, "epochs", cfg.trial_id, [{**keys, **row} for row in result.epochs])
-    best = result.best
-    return model, resume, dict(clean_acc=best["test_acc"], valid_acc=best["valid_acc"],
-                               valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
-                               valid_images=len(data.valid_y), layer_weights=model.layer_weights().tolist(),
-                               checkpoint=ckpt, resumed_from_epoch=result.resumed_from_epoch, train_s=train_s)
+    if not rows or rows[0]["status"] != "ok" or read_bytes(checkpoint_path(out_root, cfg.trial_id)) is None:
+        return None
+    return rows[0]
 
 
 def missing_evaluations(cfg: TrialConfig, out_root: str | os.PathLike) -> list[str]:
@@ -169,26 +215,22 @@ def missing_evaluations(cfg: TrialConfig, out_root: str | os.PathLike) -> list[s
     return [name for name in cfg.attacks if cfg.eval_id(name, name in transferred) not in done]
 
 
-def _run_evaluations(cfg: TrialConfig, out_root: str, model, data, attack_options: dict[str, dict[str, Any]],
-                     cache_dir, source, before_source, todo: list[str], attack_s: dict[str, float]) -> None:
-    """Run `todo`'s attacks on the model, each written as it finishes (its spectrum, then its robustness rows);
-    a failure removes the rows of the evaluation it stopped, and only those."""
+def run_evaluations(cfg: TrialConfig, out_root: str, model, data, attack_options: dict[str, dict[str, Any]],
+                    cache_dir, source, todo: list[str], attack_s: dict[str, float]) -> None:
+    """Run `todo`'s attacks on the model, each written as it finishes (its spectrum, then its robustness rows:
+    last, they mark it complete); a failure removes the rows of the evaluation it stopped, and only those."""
     transferred = set(attacks.source_attacks(cfg.attacks))
     keys = key_values(cfg)
     name = None
     try:
         for name in todo:
-            if name in transferred and source is None:
-                if before_source is not None:
-                    before_source(cfg)
-                source = attacks.load_source(cfg, next(model.parameters()).device)
             eval_id = cfg.eval_id(name, name in transferred)
             robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"),
                                                  {name: attack_options[name]}, source, seconds=attack_s)
             extra = {**keys, "eval_id": eval_id}
             key = eval_key(cfg.trial_id, eval_id)
             write_table(out_root, "spectrum", key, [{**extra, **r} for r in spectrum])
-            write_table(out_root, "robustness", key, [{**extra, **r} for r in robustness])  # last: complete
+            write_table(out_root, "robustness", key, [{**extra, **r} for r in robustness])
     except BaseException:
         if name is not None:
             key = eval_key(cfg.trial_id, cfg.eval_id(name, name in transferred))
@@ -197,18 +239,31 @@ def _run_evaluations(cfg: TrialConfig, out_root: str, model, data, attack_option
         raise
 
 
-def _evaluate_stored(cfg: TrialConfig, out_root: str, model, data, attack_options, cache_dir, row: dict[str, Any],
-                     source, before_source, record_failure: bool) -> dict[str, Any]:
-    """The evaluations a stored model lacks. Its trials row stays as it is, but for `error`: set when an
-    evaluation failed (status stays ok: the model is fine; a relaunch runs the missing evaluation), cleared when
-    they all ran."""
+def evaluate_stored(cfg: TrialConfig, out_root: str, row: dict[str, Any], cache_dir, record_failure: bool
+                    ) -> dict[str, Any]:
+    """The evaluations a stored model lacks, on its stored best weights. Its trials row stays as it is, but for
+    `error`: set when an evaluation failed (EvaluationFailed, whatever went wrong: the model's rows are never
+    removed here), cleared once they all ran."""
+    todo = missing_evaluations(cfg, out_root)
     try:
-        _run_evaluations(cfg, out_root, model, data, attack_options, cache_dir, source, before_source,
-                         missing_evaluations(cfg, out_root), {})
+        if todo:
+            device, attack_options = check_trial(cfg)
+            model, _ = load_checkpoint(checkpoint_path(out_root, cfg.trial_id), map_location=device)
+            model = model.to(device).eval()
+            transferred = set(attacks.source_attacks(cfg.attacks))
+            source = attacks.load_source(cfg, device) if transferred & set(todo) else None
+            if cfg.num_threads:
+                torch.set_num_threads(cfg.num_threads)
+            torch.manual_seed(cfg.seed)
+            data = prepare_data(cfg)
+            attacks.check_image_counts({n: attack_options[n] for n in todo}, len(data.test_x))
+            run_evaluations(cfg, out_root, model, data, attack_options, cache_dir, source, todo, {})
     except BaseException as exc:
         if record_failure and not isinstance(exc, KeyboardInterrupt):
             error = f"evaluation: {type(exc).__name__}: {exc}".splitlines()[0][:2000]
             write_table(out_root, "trials", cfg.trial_id, [{**row, "error": error}])
+        if isinstance(exc, Exception):
+            raise EvaluationFailed(f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         raise
     if row.get("error"):
         row = {**row, "error": None}
