@@ -160,3 +160,44 @@ def test_a_folder_of_the_old_layout_is_refused_in_one_line_and_migrate_converts_
     assert set(robustness["eval_id"]) == {cfg.eval_id("gaussian"), cfg.eval_id("uniform")}
     assert split_done([cfg], str(sweep)) == ([cfg], [])  # nothing to train or evaluate again
     assert cli.main(["migrate", str(sweep)]) == 0 and "already" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_driver_sigkill_while_a_study_grows_loses_nothing_and_repeats_nothing(ray_address, tmp_path):
+    """A finished sweep; its spec with two more seeds and one more attack is launched and the driver SIGKILLed
+    once a new model is finished; the relaunch completes: old models untouched, every model has both attacks'
+    rows, no row twice."""
+    root = tmp_path / "results"
+    sweep = root / "grows"
+    gaussian = {"images": 20, "num_eps": 2}
+    first = write_spec(tmp_path, name="grows", seeds=[0], baseline=False, max_failures=0,
+                       attacks={"gaussian": gaussian})
+    assert cli.main(["launch", str(first), "--results", str(root), "--address", ray_address]) == 0
+    old = {p.name: p.stat().st_mtime_ns for folder in ("trials", "epochs", "checkpoints", "robustness")
+           for p in (sweep / folder).glob("*") if p.is_file()}
+    grown = write_spec(tmp_path, name="grows", seeds=[0, 1, 2], baseline=False, max_failures=0,
+                       attacks={"gaussian": gaussian, "uniform": gaussian})
+    args = ["launch", str(grown), "--results", str(root), "--address", ray_address, "--max-concurrent", "1"]
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list((sweep / "trials").glob("*.parquet"))) < 2:
+            assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no new model finished in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert cli.main(args[:-2]) == 0
+
+    trials = read_table(sweep, "trials")
+    assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    now = {p.name: p.stat().st_mtime_ns for folder in ("trials", "epochs", "checkpoints", "robustness")
+           for p in (sweep / folder).glob("*") if p.is_file()}
+    assert {name: now[name] for name in old} == old  # the old model and its evaluation: untouched
+    epochs = read_table(sweep, "epochs")
+    assert len(epochs) == 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    robustness = read_table(sweep, "robustness")
+    assert not robustness.duplicated(["trial_id", "attack", "eps", "repeat", "metric"]).any()
+    assert robustness.groupby("trial_id")["attack"].nunique().tolist() == [2, 2, 2]
