@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelreg_core.attacks import boundary, fgsm
+from pixelreg_core.attacks import source as attack_source
 from pixelreg_core.attacks.common import accuracy, correct_subset
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.data.bundle import prepare_data
@@ -38,6 +39,13 @@ def train_quick(cfg: TrialConfig, data, steps: int):
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def cached_signs(ckpt, cfg, x, y, cache_dir):
+    """The signs as a trial gets them: the source read once, then the per-source cache (hit or miss)."""
+    source = attack_source.load(cfg.replace(fgsm_source=ckpt))
+    return attack_source.cached_input(source, "fgsm_signs", attack_source.test_set_sha256(x, y), cache_dir,
+                                      lambda: fgsm.gradient_signs(source.model, x, y), tuple(x.shape))
 
 
 def fgsm_reference(source, model, x, y, eps_values) -> list[float]:
@@ -85,11 +93,11 @@ def main() -> None:
         ckpt = f"{tmp}/source.pt"
         save_checkpoint(source, source_cfg, ckpt)
         t0 = time.perf_counter()
-        signs = fgsm.cached_signs(ckpt, cfg, x, y, tmp, torch.device("cpu"))
+        signs = cached_signs(ckpt, cfg, x, y, tmp)
         ours = [fgsm.transfer_accuracy(model, x, y, signs, eps) for eps in eps_values]
         t_first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        signs = fgsm.cached_signs(ckpt, cfg.replace(seed=7), x, y, tmp, torch.device("cpu"))
+        signs = cached_signs(ckpt, cfg.replace(seed=7), x, y, tmp)
         [fgsm.transfer_accuracy(model, x, y, signs, eps) for eps in eps_values]
         t_hit = time.perf_counter() - t0
     diff = max(abs(a - b) for a, b in zip(ref, ours, strict=True))

@@ -34,6 +34,7 @@ from orchestrator.sweepdir.lock import sweep_lock
 from orchestrator.sweepdir.resume import check_writable, prepare_sweep_dir, spec_fingerprint, split_done
 from orchestrator.sweepdir.tables import COMPLETE_STATUSES, DEFAULT_ROOT, is_uri, sweep_dir_for, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.results import clean_temp, disk_full
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +117,7 @@ def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
     if not on_cluster(args):
-        check_resources(spec)  # on a cluster, run_on_ray checks against the cluster's GPUs instead
+        check_resources(spec)  # this machine's GPUs, before Ray starts; run_on_ray checks Ray's once it runs
     check_writable(args.results)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
@@ -127,6 +128,7 @@ def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
     preflight(configs, spec_path)  # datasets, matrices, checkpoints, GPUs: present before Ray starts
     lock = hold(sweep_dir) if hold else None
     prepare_sweep_dir(sweep_dir, spec_path.read_text(), spec_fingerprint(spec), args.fresh, log=log)
+    clean_temp(sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
     done, todo = split_done(configs, sweep_dir)
     plan = Plan(spec=spec, spec_path=spec_path, sweep_dir=sweep_dir, configs=configs, todo=todo, done=done,
                 lock=lock, mps=mps_control)
@@ -139,8 +141,14 @@ def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
 
 
 def run(args: argparse.Namespace) -> int:
-    with contextlib.ExitStack() as held:  # the sweep folder's lock, from before its first write to the end
-        return _run(args, make_plan(args, hold=lambda sweep_dir: held.enter_context(sweep_lock(sweep_dir))))
+    try:
+        with contextlib.ExitStack() as held:  # the sweep folder's lock, from before its first write to the end
+            return _run(args, make_plan(args, hold=lambda sweep_dir: held.enter_context(sweep_lock(sweep_dir))))
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        raise UserError(f"{exc.filename or args.results}: no space left on device; finished trials are kept whole: "
+                        "free space and run the same launch again") from None
 
 
 def _run(args: argparse.Namespace, plan: Plan) -> int:
@@ -180,8 +188,8 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
     storage = (tempfile.mkdtemp(prefix="pixelreg-tune-") if is_uri(plan.sweep_dir)
                else str(Path(plan.sweep_dir, "tune")))
     try:
-        if on_cluster(args):
-            check_resources(plan.spec, available_gpus=session.gpus)
+        # Against the Ray the trials run on, local too: a GPU trial Ray cannot place would wait for it forever.
+        check_resources(plan.spec, available_gpus=session.gpus, where="in Ray")
         slots = max(1, concurrent_slots(session.cpus, session.gpus, resources.cpu, resources.gpu,
                                         args.max_concurrent))
         progress = Progress(total=n_total, already_done=len(plan.done), slots=slots, log=log)

@@ -220,7 +220,7 @@ def trial_seconds(cfg: TrialConfig, cost: ImageCost) -> float:
         n_train = min(n_train, cfg.train_images)
     if cfg.test_images is not None:
         n_test = min(n_test, cfg.test_images)
-    n_valid = math.ceil(n_train * cfg.valid_fraction)
+    n_valid = cfg.valid_images if cfg.valid_images is not None else math.ceil(n_train * cfg.valid_fraction)
     channels = 1 if cfg.grayscale else 3
     per_image = cost.seconds(cfg, pixels, channels)
     step_images = 1.0

@@ -2,8 +2,9 @@
 
 After every epoch the trainer saves everything the next epoch depends on: model (with its running statistics),
 optimizer (momentum buffers), the schedule position (epochs done), the trial's torch.Generator (batches, pairs,
-augmentation) and torch's global RNG, the epoch rows so far and the best state so far. On CPU, restoring all of it
-makes the rest of the run bit-identical to an uninterrupted one (tests/test_checkpoint.py checks every table).
+augmentation) and torch's global RNG, where the target's pair order stands, the epoch rows so far, the untrained
+model's figures and the best state so far. On CPU, restoring all of it makes the rest of the run bit-identical to
+an uninterrupted one (tests/test_checkpoint.py checks every table).
 
 The file is `OUT/checkpoints/running/<trial_id>.pt`, written whole (temp file + rename locally, one PUT on an object
 store) through pixelreg_core.results, so a crash mid-save leaves the previous epoch's checkpoint. It is removed
@@ -48,7 +49,8 @@ class EpochCheckpoint:
 
     def save(self, *, epochs_done: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rows: list[dict[str, Any]], best_state: dict[str, torch.Tensor],
-             best_epoch: int, best_valid: float) -> None:
+             best_epoch: int, best_valid: float, untrained: dict[str, Any] | None = None,
+             target: Any | None = None) -> None:
         state = {
             "format": FORMAT, "trial_id": self.trial_id, "epochs_done": epochs_done,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -56,6 +58,9 @@ class EpochCheckpoint:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "rows": rows, "best_state": best_state, "best_epoch": best_epoch, "best_valid": best_valid,
+            "untrained": untrained,
+            # where the target's pair order stands (pair_draw without_replacement); {} for a stateless target
+            "target": target.state_dict() if hasattr(target, "state_dict") else {},
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -75,9 +80,10 @@ class EpochCheckpoint:
             return None
         return state
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
-                ) -> dict[str, Any] | None:
-        """Load the last checkpoint into model, optimizer and RNGs; returns it (rows, best_*) or None."""
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                target: Any | None = None) -> dict[str, Any] | None:
+        """Load the last checkpoint into model, optimizer, RNGs and the target's pair order; returns it (rows,
+        best_*) or None."""
         state = self.load()
         if state is None:
             return None
@@ -90,6 +96,8 @@ class EpochCheckpoint:
             return None
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if hasattr(target, "load_state_dict"):
+            target.load_state_dict(state.get("target") or {})
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():

@@ -26,6 +26,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 ROLES = ("trial", "baseline", "fgsm_source")
 GRAY_MODES = ("luma", "mean")
+PAIR_BN_MODES = ("split", "joint")
+PAIR_DRAWS = ("without_replacement", "with_replacement")
+SELECT_RULES = ("valid_loss", "valid_acc", "last")
 NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
 
 # Fields that say where or how a trial runs, not what it computes: left out of the trial id so that moving the
@@ -34,7 +37,7 @@ NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
 # run's in the last bits, and bf16 autocast (`amp`) changes them more, but the trial computes the same estimator
 # of the same model; switching a kernel option must not make a sweep rerun every finished trial. What a trial ran
 # with stays on record: the `config` column of its trials row holds every field, these included.
-KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "compile")
+KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "tf32", "compile")
 NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", *KERNEL_FIELDS)
 
 # Baselines are unregularized: these fields have no meaning for them and are set to neutral values, so one
@@ -75,6 +78,13 @@ class TrialConfig:
                                                                      "load time (null: the reg_data's record "
                                                                      "decides; on for CIFAR, authors' code)"})
     reg_pairs: int = field(default=16, metadata={"help": "k: pairs per regularization batch"})
+    pair_draw: str = field(default="without_replacement",
+                           metadata={"help": "without_replacement: pairs in passes over a shuffled order of all "
+                                             "qualifying pairs i < j (authors' code) | with_replacement: each "
+                                             "step draws k uniform pairs"})
+    pair_bn: str = field(default="split", metadata={"help": "BatchNorm batches of the pair pathway: split (the k "
+                                                            "first and the k second images as two passes, authors' "
+                                                            "code) | joint (one pass over all 2k)"})
     sim_layer: int | None = field(default=None, metadata={"help": "None: learned softmax(gamma) over the 5 "
                                                                   "layers; 0-4: that layer only (0 = stem)"})
     beta: float = field(default=0.9, metadata={"help": "running-mean momentum of the feature centring"})
@@ -97,6 +107,13 @@ class TrialConfig:
     phase_epochs: int = field(default=4, metadata={"help": "epochs per lr phase"})
     cycle_phases: int = field(default=5, metadata={"help": "phases per cycle, then lr restarts"})
     valid_fraction: float = field(default=0.01, metadata={"help": "share of train held out for validation"})
+    valid_images: int | None = field(default=None, metadata={"help": "validation images held out (overrides "
+                                                                     "valid_fraction; null: valid_fraction)"})
+    select: str = field(default="valid_loss", metadata={"help": "which epoch is the reported model: valid_loss "
+                                                                "(lowest, authors' code) | valid_acc (highest) | "
+                                                                "last"})
+    select_untrained: bool = field(default=True, metadata={"help": "the untrained model (epoch 0) is a candidate "
+                                                                   "of `select` (authors' code)"})
     train_images: int | None = field(default=None, metadata={"help": "cap on training images (demos, tests)"})
     test_images: int | None = field(default=None, metadata={"help": "cap on test images"})
     # --- evaluation -----------------------------------------------------------------------------------------
@@ -114,6 +131,9 @@ class TrialConfig:
     fused_sgd: bool = field(default=False, metadata={"help": "one fused SGD kernel (off: torch's default, foreach "
                                                              "on CUDA)"})
     cudnn_benchmark: bool = field(default=False, metadata={"help": "let cuDNN time and pick conv algorithms (CUDA)"})
+    tf32: bool = field(default=False, metadata={"help": "TF32 tensor-core math for float32 convolutions and "
+                                                        "matmuls (CUDA; off: plain float32, though cuDNN's own "
+                                                        "default is on)"})
     compile: str = field(default="none", metadata={"help": "torch.compile of the training step: "
                                                            + "|".join(COMPILE_MODES)
                                                            + " (reduce-overhead adds CUDA graphs)"})
@@ -129,6 +149,12 @@ class TrialConfig:
     @property
     def regularized(self) -> bool:
         return self.alpha > 0
+
+    @property
+    def loads_reg_data(self) -> bool:
+        """Whether the trial reads reg_data: regularized, and its target does not bring its own images (a matrix
+        target's N images come with the matrix; the target registry's `own_images` says which do)."""
+        return self.regularized and self.reg_data != "none" and not target_kinds.get(self.target).own_images(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -166,6 +192,10 @@ class TrialConfig:
             target_kinds.check(self)  # target, range, th, th2 and the matrix files: one place
             _check(self.reg_images >= 2, "reg_images", f"is {self.reg_images}; N must be >= 2")
             _check(self.reg_pairs >= 1, "reg_pairs", f"is {self.reg_pairs}; k must be >= 1")
+            _check(self.pair_draw in PAIR_DRAWS, "pair_draw", f"is {self.pair_draw!r}; use one of "
+                                                              f"{', '.join(PAIR_DRAWS)}")
+            _check(self.pair_bn in PAIR_BN_MODES, "pair_bn", f"is {self.pair_bn!r}; use one of "
+                                                             f"{', '.join(PAIR_BN_MODES)}")
         _check(self.sim_layer is None or 0 <= self.sim_layer < NUM_SIM_LAYERS, "sim_layer",
                f"is {self.sim_layer}; use null (learned weights) or 0-{NUM_SIM_LAYERS - 1}")
         _check(0 < self.beta < 1, "beta", "must lie in (0, 1)")
@@ -178,6 +208,9 @@ class TrialConfig:
         _check(0 < self.lr_decay <= 1, "lr_decay", "must lie in (0, 1]")
         _check(self.phase_epochs >= 1 and self.cycle_phases >= 1, "phase_epochs", "phases must be >= 1")
         _check(0 < self.valid_fraction < 1, "valid_fraction", "must lie in (0, 1), e.g. 0.01")
+        _check(self.valid_images is None or self.valid_images >= 1, "valid_images",
+               f"is {self.valid_images}; must be >= 1 or null (valid_fraction decides)")
+        _check(self.select in SELECT_RULES, "select", f"is {self.select!r}; use one of {', '.join(SELECT_RULES)}")
         for name in ("train_images", "test_images"):
             value = getattr(self, name)
             _check(value is None or value >= 1, name, "must be >= 1 or null (all)")

@@ -43,7 +43,7 @@ class BasicBlock(nn.Module):
 
 class PairResNet(nn.Module):
     def __init__(self, arch: str, width: int, in_channels: int, num_classes: int, *, input_scale: float = 1.0,
-                 input_shift: float = 0.0, sim_layer: int | None = None, beta: float = 0.9):
+                 input_shift: float = 0.0, sim_layer: int | None = None, beta: float = 0.9, pair_bn: str = "split"):
         super().__init__()
         self.register_buffer("input_scale", torch.tensor(float(input_scale)))
         self.register_buffer("input_shift", torch.tensor(float(input_shift)))
@@ -61,6 +61,7 @@ class PairResNet(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(NUM_SIM_LAYERS))
         self.sim_layer = sim_layer
         self.beta = beta
+        self.pair_bn = pair_bn
         # The fixed layer's one-hot weights, made once on the model's device (not per step: a tensor built on the
         # host each step would be a host-to-device copy and a synchronisation). Not persistent: not a checkpoint
         # entry, it follows from sim_layer.
@@ -93,13 +94,21 @@ class PairResNet(nn.Module):
     def pair_similarity(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         """S_cnn for k pairs: weighted per-layer cosine similarity of centred, flattened feature maps.
 
+        `pair_bn` "split" runs the k first and the k second images as two forward passes, as the authors' code
+        does, so in train mode each BatchNorm normalises a batch of k images (and updates its running statistics
+        twice); "joint" runs one pass over all 2k, so both halves share batch statistics. Either way the layer
+        outputs are then the same [2k, ...] stack, and everything after (centring, cosine) is one code path.
+
         Under `amp` the forward pass runs in bf16, but everything from the layer outputs on is float32, autocast
         off: bf16 keeps 8 bits, so near 1 a cosine moves in steps of 1/256 (0.9990 becomes 1.0, 0.9975 becomes
         0.99609), and with exact +-1 targets through 2 * artanh a +1 pair's loss would be 0 or at least 36,
         its gradient gone once the cosine passes about 0.998. The running feature means are float32 for the
         same reason. Without `amp` the casts do nothing (the layers are float32 already)."""
         k = xa.shape[0]
-        _, layers = self.features(torch.cat([xa, xb]))
+        if self.pair_bn == "split":
+            layers = [torch.cat(pair) for pair in zip(self.features(xa)[1], self.features(xb)[1], strict=True)]
+        else:
+            _, layers = self.features(torch.cat([xa, xb]))
         with torch.autocast(device_type=xa.device.type, enabled=False):
             weights = self.layer_weights().float()
             sims = []
@@ -117,7 +126,7 @@ class PairResNet(nn.Module):
 def build_model(cfg: TrialConfig, in_channels: int, num_classes: int, input_scale: float = 1.0,
                 input_shift: float = 0.0) -> PairResNet:
     return PairResNet(cfg.arch, cfg.width, in_channels, num_classes, input_scale=input_scale,
-                      input_shift=input_shift, sim_layer=cfg.sim_layer, beta=cfg.beta)
+                      input_shift=input_shift, sim_layer=cfg.sim_layer, beta=cfg.beta, pair_bn=cfg.pair_bn)
 
 
 def save_checkpoint(model: PairResNet, cfg: TrialConfig, path: str | os.PathLike) -> None:
@@ -139,6 +148,11 @@ def load_checkpoint(path: str | os.PathLike,
     data = read_bytes(path)  # local path, file:// or another pyarrow URI
     if data is None:
         raise FileNotFoundError(path)
+    return checkpoint_from_bytes(data, map_location)
+
+
+def checkpoint_from_bytes(data: bytes, map_location: str | torch.device = "cpu") -> tuple[PairResNet, TrialConfig]:
+    """`load_checkpoint` of a file already read (a caller that also hashes the file reads it once)."""
     payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     cfg = TrialConfig.from_dict(json.loads(payload["config"]))
     model = build_model(cfg, payload["in_channels"], payload["num_classes"])

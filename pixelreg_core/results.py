@@ -1,9 +1,11 @@
 """The Parquet results contract between trainer, aggregator and users (docs/results.md, with every column).
 
-`<root>/<table>/<trial_id>.parquet`: one file per trial per table, written to a hidden temp file and renamed, so
-`pandas.read_parquet("<root>/<table>")` works at any moment (pyarrow skips names starting with "." or "_") and a
-rewritten trial replaces its rows instead of adding to them. Every table has an explicit schema so files written
-by different trials always concatenate, even where a column is null in one of them.
+`<root>/<table>/<trial_id>.parquet`: one file per trial per table, written to a temp file in `<root>/.tmp/` (beside
+the tables, never inside one) and renamed in, so every reader of a table folder (pandas, pyarrow, polars'
+scan_parquet, DuckDB's read_parquet('<table>/**')) sees whole files only, at any moment and after a crash mid-write;
+a rewritten trial replaces its rows instead of adding to them. The next launch empties `.tmp/` (clean_temp). Every
+table has an explicit schema so files written by different trials always concatenate, even where a column is null
+in one of them.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("clean_acc", pa.float64()),      # test accuracy of the selected epoch
         pa.field("valid_acc", pa.float64()),
         pa.field("valid_loss", pa.float64()),
-        pa.field("best_epoch", pa.int64()),       # 1-based, lowest validation loss
+        pa.field("best_epoch", pa.int64()),       # the epoch `select` chose: 1..epochs, 0 = the untrained model
+        pa.field("valid_images", pa.int64()),     # size of the validation set that chose it
         pa.field("epochs", pa.int64()),
         pa.field("layer_weights", pa.list_(pa.float64())),  # softmax(gamma) of best_epoch, stem first
         pa.field("sim_layer", pa.int64()),        # null: learned weights
@@ -119,23 +122,64 @@ def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
-    """A hidden temp path beside `path`, renamed over it when the block succeeds and removed when it fails.
+TMP_DIR = ".tmp"  # <root>/.tmp/: the temp files of table writes, outside every table folder
 
-    Readers see the old file or the new one, never half of one (a rename inside one folder is atomic), and a
-    reader of the folder skips the temp file (pyarrow ignores names starting with "."). `suffix` keeps writers
-    that choose the format by extension (np.save, savefig) happy.
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "", tmp_dir: str | os.PathLike | None = None
+                ) -> Iterator[str]:
+    """A temp path, renamed over `path` when the block succeeds and removed when it fails.
+
+    Readers see the old file or the new one, never half of one (a rename within one filesystem is atomic). The
+    temp file is hidden beside `path`, or in `tmp_dir` (same filesystem) where no file but whole ones may appear in
+    `path`'s folder (the tables). `suffix` keeps writers that choose the format by extension (np.save, savefig)
+    happy. Every write goes through faults.check_write (a no-op unless PIXELREG_FAULTS injects a full disk).
     """
+    from pixelreg_core.hooks import faults
+
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp{suffix}")
+    if tmp_dir is None:
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp{suffix}")
+    else:
+        os.makedirs(tmp_dir, exist_ok=True)
+        tmp = os.path.join(tmp_dir, f"{os.path.basename(folder)}-{name}.{uuid.uuid4().hex}.tmp{suffix}")
     try:
         yield tmp
+        faults.check_write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether an exception (or one it was raised from or during) is a full disk: errno ENOSPC, or pyarrow's
+    OSError whose message says so."""
+    import errno
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def clean_temp(root: str | os.PathLike) -> int:
+    """Remove the temp files a killed writer left: `<root>/.tmp/*` and, from folders written before .tmp/ existed,
+    hidden `.*.tmp` files inside the table folders. Only while nobody writes (launch holds the sweep lock).
+    Returns how many were removed."""
+    fs, base, local = _filesystem(root)
+    if not local:  # an object store PUT leaves no temp file
+        return 0
+    removed = 0
+    stale = list(Path(base, TMP_DIR).glob("*")) + [p for t in TABLES for p in Path(base, t).glob(".*.tmp*")]
+    for path in stale:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -153,7 +197,8 @@ def join(root: str | os.PathLike, *parts: str) -> str:
 
 def _filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str, bool]:
     """(filesystem, path, is_local). Accepts a plain path or a pyarrow URI such as s3://bucket/prefix. The one
-    place that turns a results location into a filesystem (orchestrator.sweepdir.resume.filesystem wraps it)."""
+    place that turns a results location into a filesystem (`filesystem` below; orchestrator.sweepdir.tables
+    re-exports it)."""
     if is_uri(root):
         fs, path = pafs.FileSystem.from_uri(str(root))
         return fs, path, False
@@ -224,17 +269,40 @@ def delete_file(path: str | os.PathLike) -> None:
 
 def write_table(root: str | os.PathLike, table: str, trial_id: str, rows: list[dict[str, Any]]) -> str:
     """Write one trial's rows of one table, replacing any earlier file of that trial. Returns the file path."""
-    data = to_arrow(table, rows)
+    return _write_parquet(root, table, f"{trial_id}.parquet", to_arrow(table, rows))
+
+
+def _write_parquet(root: str | os.PathLike, folder: str, name: str, data: pa.Table) -> str:
+    """ROOT/folder/name whole: a local temp file in ROOT/.tmp/ renamed in; one PUT on an object store."""
     fs, base, local = _filesystem(root)
-    directory = f"{base}/{table}"
-    final = f"{directory}/{trial_id}.parquet"
+    directory = f"{base}/{folder}"
+    final = f"{directory}/{name}"
     fs.create_dir(directory, recursive=True)
     if not local:  # an object store PUT is already all-or-nothing
         pq.write_table(data, final, filesystem=fs)
         return final
-    with atomic_path(final) as tmp:
+    with atomic_path(final, tmp_dir=f"{base}/{TMP_DIR}") as tmp:
         pq.write_table(data, tmp)
     return final
+
+
+COMPACT_DIR = "compact"  # ROOT/compact/<table>.parquet: every table in one file, written by `aggregate`
+
+
+def compact_tables(root: str | os.PathLike) -> dict[str, str]:
+    """Write each table as one file, ROOT/compact/<table>.parquet (one GET on an object store instead of one per
+    trial); a snapshot as of the call, rewritten by the next `aggregate`. Returns table -> path."""
+    fs, base, _ = _filesystem(root)
+    out = {}
+    for table in TABLES:
+        directory = f"{base}/{table}"
+        data = SCHEMAS[table].empty_table()
+        if fs.get_file_info(directory).type == pafs.FileType.Directory:
+            dataset = pq.ParquetDataset(directory, filesystem=fs, schema=SCHEMAS[table])
+            if dataset.files:
+                data = dataset.read()
+        out[table] = _write_parquet(root, COMPACT_DIR, f"{table}.parquet", data)
+    return out
 
 
 def read_table(root: str | os.PathLike, table: str):
@@ -249,7 +317,8 @@ def read_table(root: str | os.PathLike, table: str):
 
 
 def remove_trial(root: str | os.PathLike, trial_id: str) -> None:
-    """Delete a trial's files from every table (used before a trial reruns from scratch)."""
+    """Delete a trial's files from every table: the stale rows of a trial about to run again
+    (orchestrator.sweepdir.resume), and a failed run_trial's half-written rows."""
     fs, base, _ = _filesystem(root)
     for table in TABLES:
         path = f"{base}/{table}/{trial_id}.parquet"

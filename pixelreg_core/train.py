@@ -1,7 +1,8 @@
 """The training loop: L = L_task + alpha * L_sim, one classification batch and one pair batch per step.
 
-SGD with momentum and the authors' cyclic schedule; the reported model is the epoch with the lowest validation
-loss. Everything random draws from one seeded generator, so a config and seed give the same numbers on CPU.
+SGD with momentum and the authors' cyclic schedule; the reported model is the epoch `select` picks: by default the
+lowest validation loss among the untrained model (epoch 0, `select_untrained`) and epochs 1..E, as the authors'
+code does. Everything random draws from one seeded generator, so a config and seed give the same numbers on CPU.
 
 A step never waits on the host. On a GPU every value read back to Python (`.item()`, `bool(t)`, `.cpu()`, an `if`
 on a tensor) stalls the Python thread until the GPU has run all queued work, so a step that reads one loss cannot
@@ -14,8 +15,8 @@ it ran on NaN weights that are never evaluated or saved.
 
 On CPU the arithmetic is the same as a loop that reads every value at once (the per-step numbers are float32
 values summed in Python floats in step order), so CPU results are bit-identical to that simpler loop.
-Kernel options (`amp`, `channels_last`, `fused_sgd`, `cudnn_benchmark`, `compile`) change how the step runs; all
-off is the plain float32 step.
+Kernel options (`amp`, `channels_last`, `fused_sgd`, `cudnn_benchmark`, `tf32`, `compile`) change how the step runs;
+all off is the plain float32 step, on CUDA too (`tf32` off turns off the TF32 convolutions cuDNN defaults to).
 """
 
 from __future__ import annotations
@@ -71,15 +72,28 @@ def learning_rate(cfg: TrialConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_decay**phase
 
 
+def selection_score(row: dict[str, Any], select: str) -> float:
+    """The `select` rule as one number, lower is better: the validation loss, minus the validation accuracy, or
+    minus the epoch (`last`). Ties keep the earlier epoch (the comparison is strict)."""
+    if select == "valid_loss":
+        return row["valid_loss"]
+    if select == "valid_acc":
+        return -row["valid_acc"]
+    return -float(row["epoch"])
+
+
 @dataclass
 class TrainResult:
     best_state: dict[str, torch.Tensor]
-    best_epoch: int  # 1-based
-    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int  # 1-based; 0 is the untrained model (`select_untrained`)
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # epochs 1..E, the rows of the epochs table
     resumed_from_epoch: int = 0  # epochs restored from a checkpoint (0: trained from the start)
+    untrained: dict[str, Any] | None = None  # epoch 0's validation and test figures, when it was a candidate
 
     @property
     def best(self) -> dict[str, Any]:
+        if self.best_epoch == 0:
+            return self.untrained
         return self.epochs[self.best_epoch - 1]
 
 
@@ -144,13 +158,22 @@ def uses_channels_last(cfg: TrialConfig, device: torch.device) -> bool:
 
 @contextlib.contextmanager
 def kernel_settings(cfg: TrialConfig, device: torch.device) -> Iterator[None]:
-    """cudnn.benchmark for the trial only: a Ray worker runs many trials and must find the flag as it was."""
-    before = torch.backends.cudnn.benchmark
+    """The process-wide kernel flags for the trial only (a Ray worker runs many trials and must find them as they
+    were): cudnn.benchmark, and TF32 for convolutions and matmuls. On CUDA `tf32` sets both TF32 flags, so off is
+    plain float32 everywhere: torch's own defaults are TF32 on for cuDNN convolutions and off for matmuls. The
+    flags act on CUDA only; on other devices they are left as they are."""
+    flags = (("cudnn", "benchmark"), ("cudnn", "allow_tf32"), ("matmul", "allow_tf32"))
+    owners = {"cudnn": torch.backends.cudnn, "matmul": torch.backends.cuda.matmul}
+    before = [getattr(owners[owner], name) for owner, name in flags]
     torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        for (owner, name), value in zip(flags, before, strict=True):
+            setattr(owners[owner], name, value)
 
 
 def make_optimizer(cfg: TrialConfig, model: PairResNet, device: torch.device) -> torch.optim.SGD:
@@ -218,12 +241,22 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
     optimizer = make_optimizer(cfg, model, device)
     step_fn = compiled_step(cfg)
     result = TrainResult(best_state={}, best_epoch=0)
-    best_valid = float("inf")
-    saved = checkpoint.restore(model, optimizer, generator) if checkpoint is not None else None
+    best_valid = float("inf")  # the best `selection_score` so far
+    saved = checkpoint.restore(model, optimizer, generator, target) if checkpoint is not None else None
     if saved is not None:
         result = TrainResult(best_state=saved["best_state"], best_epoch=saved["best_epoch"], epochs=saved["rows"],
-                             resumed_from_epoch=saved["epochs_done"])
+                             resumed_from_epoch=saved["epochs_done"], untrained=saved.get("untrained"))
         best_valid = saved["best_valid"]
+    elif cfg.select_untrained:
+        # The authors' code validates the untrained model too: it is the reported one when no epoch beats it (a
+        # diverged or harmful regularizer then reports chance accuracy instead of the least bad trained epoch).
+        # Evaluation draws no random numbers, so the training that follows is the same with this on or off.
+        valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
+        _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
+        result.untrained = {"epoch": 0, "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc}
+        if math.isfinite(valid_loss):
+            best_valid = selection_score(result.untrained, cfg.select)
+            result.best_state = copy.deepcopy(model.state_dict())
     with kernel_settings(cfg, device):
         for epoch in range(result.resumed_from_epoch, cfg.epochs):
             started = time.perf_counter()
@@ -270,14 +303,15 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
                 "seconds": time.perf_counter() - started,
             }
             result.epochs.append(row)
-            if valid_loss < best_valid:  # ties keep the earlier epoch
-                best_valid = valid_loss
+            score = selection_score(row, cfg.select)
+            if score < best_valid:  # ties keep the earlier epoch
+                best_valid = score
                 result.best_epoch = epoch + 1
                 result.best_state = copy.deepcopy(model.state_dict())
             if checkpoint is not None:
                 checkpoint.save(epochs_done=epoch + 1, model=model, optimizer=optimizer, generator=generator,
                                 rows=result.epochs, best_state=result.best_state, best_epoch=result.best_epoch,
-                                best_valid=best_valid)
+                                best_valid=best_valid, untrained=result.untrained, target=target)
             if on_epoch is not None:
                 on_epoch(dict(row))
             faults.after_epoch(cfg.trial_id, epoch + 1, model)  # test-only, off unless PIXELREG_FAULTS is set

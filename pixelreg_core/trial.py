@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -28,13 +29,17 @@ from pixelreg_core.train import resolve_device, train
 
 
 def library_versions() -> str:
-    import foolbox
-    import pyarrow
-    import torchvision
-
+    """The versions a trial ran with, read from the installed packages' metadata: importing foolbox just for its
+    version would load it (and GitPython) in every trial, also where no attack of the trial needs it."""
     return json.dumps({"python": platform.python_version(), "torch": torch.__version__,
-                       "torchvision": torchvision.__version__, "foolbox": foolbox.__version__,
-                       "pyarrow": pyarrow.__version__})
+                       **{name: _installed(name) for name in ("torchvision", "foolbox", "pyarrow")}})
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _row(cfg: TrialConfig, status: str, error: str | None, device: str, started: float, cpu_started: float,
@@ -63,8 +68,9 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         # Checks that can only fail at run time (a missing FGSM source, an absent GPU) are inside the try, so
         # that with `record_failure` they too leave a failed trials row.
         cfg.validate()
-        attack_options = attacks.validate_attacks(cfg)  # resolved once, before any data is loaded
+        attack_options = attacks.validate_attacks(cfg, check_source=False)  # resolved once, before any data
         device = resolve_device(cfg.device)
+        source = attacks.load_source(cfg, device)  # a transferred attack's source: read and checked once, now
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
@@ -84,7 +90,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         eval_started = time.perf_counter()
         attack_s: dict[str, float] = {}
         robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"),
-                                             attack_options, seconds=attack_s)
+                                             attack_options, source, seconds=attack_s)
         eval_s = time.perf_counter() - eval_started
 
         keys = key_values(cfg)
@@ -96,6 +102,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         best = result.best
         row = _row(cfg, "ok", None, str(device), started, cpu_started, clean_acc=best["test_acc"],
                    valid_acc=best["valid_acc"], valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
+                   valid_images=len(data.valid_y),
                    layer_weights=model.layer_weights().tolist(), checkpoint=ckpt,
                    resumed_from_epoch=result.resumed_from_epoch, node=node, train_s=train_s, eval_s=eval_s,
                    attack_s=json.dumps({name: round(sec, 3) for name, sec in attack_s.items()}))

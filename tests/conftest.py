@@ -6,10 +6,12 @@ Each section belongs to one part of the project; keep a part's fixtures in its o
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import key_values, write_table
@@ -95,6 +97,42 @@ def write_trial(root: Path, cfg: TrialConfig, name: str, clean: float, score: fl
 def toy_sweep(tmp_path: Path) -> Path:
     """The hand-made sweep (with one failed trial) under tmp_path/toy."""
     return make_results(tmp_path / "toy")
+
+
+# =================================================================================================================
+# core: a tiny trial (scikit-learn digits, width 4, two short epochs); a test states what it changes with tiny(...)
+# =================================================================================================================
+TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=256, test_images=128,
+            reg_images=200, valid_fraction=0.1, attacks={"gaussian": {"images": 64}}, device="cpu", num_threads=1)
+
+
+def tiny(**changes) -> TrialConfig:
+    return TrialConfig(**{**TINY, **changes})
+
+
+# =================================================================================================================
+# orchestrator: a tiny sweep spec (launch, resume, local Ray, MPS, S3, cluster tests)
+# =================================================================================================================
+TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
+              "num_threads": 1}
+
+
+def tiny_spec(name: str = "tiny", **overrides) -> dict:
+    """One regularized point x 2 seeds plus baselines on digits, the Gaussian attack; overrides replace top-level
+    keys (train={**TINY_TRAIN, ...} to change the training)."""
+    return {"name": name, "pairs": [{"task": "digits", "reg_data": "digits"}],
+            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1], "baseline": True,
+            "train": dict(TINY_TRAIN), "attacks": {"gaussian": {"images": 20, "num_eps": 2}},
+            "resources": {"cpu": 1}, "max_failures": 1, **overrides}
+
+
+def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
+    """tiny_spec(name, **overrides) as a YAML file in directory, its file name unique per content (two specs of
+    one test never overwrite each other)."""
+    spec = tiny_spec(name, **overrides)
+    path = Path(directory) / f"{name}-{abs(hash(json.dumps(spec, sort_keys=True))) % 10**8}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 # =================================================================================================================

@@ -128,7 +128,7 @@ def test_cli_aggregate_and_bad_input(sweep: Path, tmp_path: Path, capsys: pytest
     out = capsys.readouterr().out
     assert "1 failed" in out and "MNIST / MNIST / gaussian: Th=0.2 alpha=4" in out
     assert (sweep / "summary.parquet").exists() and (sweep / "best.parquet").exists()
-    assert not [p for p in sweep.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in sweep.rglob("*") if p.is_file() and ".tmp" in p.name]  # no temp file left anywhere
     assert main(["aggregate", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no trials/ folder" in err and len(err.strip().splitlines()) == 1
@@ -192,3 +192,25 @@ def test_statistics_columns_and_confirm_seeds_flag(sweep: Path, capsys: pytest.C
     assert main(["aggregate", str(sweep), "--no-figures", "--confirm-seeds", "3"]) == 2
     err = capsys.readouterr().err
     assert "--confirm-seeds 3: " in err and "3 finished seed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_group_whose_seeds_chose_far_apart_epochs_is_flagged(sweep: Path, capsys: pytest.CaptureFixture[str]):
+    """Baseline seed 0 reported at epoch 1 of 5 while seeds 1 and 2 chose epoch 5 (on 80 validation images):
+    summary.parquet flags the baseline group and `aggregate` prints a warning; the other groups stay unflagged."""
+    from pixelreg_core.results import read_trial, write_table
+
+    for seed, epoch in zip(SEEDS, (1, 5, 5), strict=True):
+        cfg = config_of("baseline", seed)
+        row = read_trial(sweep, "trials", cfg.trial_id)[0]
+        write_table(sweep, "trials", cfg.trial_id, [{**row, "best_epoch": epoch, "epochs": 5, "valid_images": 80}])
+    assert main(["aggregate", str(sweep), "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: MNIST / none / baseline: the seeds' chosen epochs range from 1 to 5 of 5 on 80 validation" in out
+    summary = pd.read_parquet(sweep / "summary.parquet")
+    flagged = summary.groupby("role")["epoch_spread"].any()
+    assert flagged["baseline"] and not flagged["trial"]
+    base = summary[summary["role"] == "baseline"].iloc[0]
+    assert (base["best_epoch_min"], base["best_epoch_max"], base["valid_images_min"]) == (1, 5, 80)
+    from orchestrator.analysis.report import build_report
+
+    assert "Chosen epochs spread widely" in Path(build_report(sweep)).read_text()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pixelreg_core import attacks
 from pixelreg_core.attacks import boundary, corruptions, fgsm, minimal, noise, resolve
 from pixelreg_core.attacks.common import accuracy, predict
-from pixelreg_core.attacks.options import eps_list
+from pixelreg_core.attacks.options import eps_list, eps_options
 from pixelreg_core.attacks.spectrum import spectrum_rows
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data
@@ -273,12 +273,22 @@ def test_paper_preset_and_dataset_eps():
     assert (boundary_opts["images"], boundary_opts["repeats"]) == (1000, 5)
     assert resolve("boundary", {"preset": "paper", "images": 10})["images"] == 10
     assert resolve("boundary", {})["images"] == 64
-    mnist = eps_list("gaussian", resolve("gaussian", {}), "MNIST")
+    def top(name, task):
+        return eps_list(attacks.get(name), resolve(name, {}), task)[-1]
+
+    mnist = eps_list(attacks.get("gaussian"), resolve("gaussian", {}), "MNIST")
     assert len(mnist) == 10 and mnist[0] == 0 and mnist[-1] == pytest.approx(0.5)
-    assert eps_list("salt_pepper", resolve("salt_pepper", {}), "idx:/data")[-1] == pytest.approx(0.3)
-    assert eps_list("fgsm_transfer", resolve("fgsm_transfer", {}), "CIFAR10")[-1] == pytest.approx(0.02)
-    assert eps_list("fgsm_transfer", resolve("fgsm_transfer", {}), "CIFAR100")[-1] == pytest.approx(0.005)
-    assert eps_list("uniform", resolve("uniform", {}), "CIFAR100")[-1] == pytest.approx(0.1)
+    # the papers' ranges, from each record's rule (D where the record has one, else eps_max; salt_pepper's cap)
+    expected = {"MNIST": {"gaussian": 0.5, "uniform": 0.5, "salt_pepper": 0.3, "fgsm_transfer": 0.5},
+                "idx:/data": {"gaussian": 0.5, "uniform": 0.5, "salt_pepper": 0.3, "fgsm_transfer": 0.5},
+                "CIFAR10": {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.02},
+                "CIFAR100": {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfer": 0.005}}
+    for task, tops in expected.items():
+        assert {name: top(name, task) for name in tops} == pytest.approx(tops), task
+    # a new eps attack needs no key in any dataset record: it gets the record's eps_max
+    new = attacks.Attack("new_attack", "New", eps_options(), run=lambda *a: [])
+    assert eps_list(new, new.resolve({}), "CIFAR10")[-1] == pytest.approx(0.1)
+    assert eps_list(new, new.resolve({}), "digits")[-1] == pytest.approx(0.5)
     assert set(attacks.PAPER_ATTACKS) == {"gaussian", "uniform", "salt_pepper", "fgsm_transfer", "boundary"}
     assert attacks.attack_preset("full")["corruptions"] == {"preset": "paper"}
 
@@ -346,3 +356,17 @@ def test_fgsm_source_must_be_unregularized_and_not_the_evaluated_weights(setup, 
     # ... but never attack the model that holds them
     with pytest.raises(ConfigError, match="own weights"):
         attacks.evaluate(setup["model"], setup["data"], cfg, None)
+
+
+def test_the_source_checkpoint_is_read_once_per_trial(setup, tmp_path, monkeypatch):
+    from pixelreg_core import results
+    from pixelreg_core.trial import run_trial
+
+    reads = []  # every read_bytes / write_bytes of any module goes through results._filesystem
+    real = results._filesystem
+    monkeypatch.setattr(results, "_filesystem", lambda root: reads.append(str(root)) or real(root))
+    cfg = TrialConfig(task="digits", width=4, epochs=1, seed=0, alpha=0.0, device="cpu", test_images=100,
+                      attacks={"fgsm_transfer": {"num_eps": 3}}, fgsm_source=setup["source_ckpt"])
+    row = run_trial(cfg, tmp_path)
+    assert row["status"] == "ok"
+    assert reads.count(setup["source_ckpt"]) == 1

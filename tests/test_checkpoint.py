@@ -9,17 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny
 
 from pixelreg_core.checkpoint import running_path
-from pixelreg_core.config import TrialConfig
 from pixelreg_core.hooks import faults
 from pixelreg_core.results import TIMING_COLUMNS
 from pixelreg_core.trial import run_trial
 
 # regularized with augmentation-free digits, pairs sampled every step, noise attack: every RNG consumer is used
-TINY = dict(task="digits", reg_data="digits", width=4, epochs=3, batch_size=32, train_images=192, test_images=64,
-            reg_images=100, valid_fraction=0.1, alpha=2.0, th=0.3, attacks={"gaussian": {"images": 32, "num_eps": 2}},
-            device="cpu", num_threads=1)
+CHANGES = dict(epochs=3, train_images=192, test_images=64, reg_images=100, alpha=2.0, th=0.3,
+               attacks={"gaussian": {"images": 32, "num_eps": 2}})
 TIMING = {*TIMING_COLUMNS["trials"], *TIMING_COLUMNS["epochs"], "resumed_from_epoch"}
 
 
@@ -37,7 +36,7 @@ def one_thread():
 
 
 def test_crash_after_epoch_two_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = TrialConfig(**TINY)
+    cfg = tiny(**CHANGES)
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     run_trial(cfg, straight)
 
@@ -62,7 +61,7 @@ def test_crash_after_epoch_two_then_rerun_resumes_and_matches_an_uninterrupted_r
 
 
 def test_a_damaged_checkpoint_is_ignored(tmp_path):
-    cfg = TrialConfig(**{**TINY, "epochs": 1})
+    cfg = tiny(**{**CHANGES, "epochs": 1})
     path = Path(running_path(tmp_path, cfg.trial_id))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
@@ -87,7 +86,7 @@ def test_a_checkpoint_from_another_device_is_dropped_with_one_line_and_the_trial
         tmp_path, monkeypatch, capfd, marked):
     # A trial stopped on a GPU and relaunched on a CPU: its checkpoint holds a CUDA generator's 16-byte state,
     # which a CPU generator (5,056 bytes) cannot take. Simulated by rewriting a CPU checkpoint's generator state.
-    cfg = TrialConfig(**{**TINY, "epochs": 2})
+    cfg = tiny(**{**CHANGES, "epochs": 2})
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     run_trial(cfg, straight)
     plan = {"dir": str(tmp_path / "marks"), "faults": [{"trial": cfg.trial_id, "epoch": 1, "kind": "raise"}]}

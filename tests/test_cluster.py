@@ -31,14 +31,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import AWS
+from conftest import AWS, TINY_TRAIN
 
 from orchestrator.localray.start import join_error
 from pixelreg_core.results import TABLES, TIMING_COLUMNS, read_table
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
-              "num_threads": 1}
 
 
 def spec_dict(name: str, **train) -> dict:

@@ -3,6 +3,7 @@ test reads (IDX files, torchvision's MNIST layout, PNG folders) is written by th
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -134,8 +135,17 @@ def test_convert_channels_uses_luma_by_default_the_mean_on_request_and_repeat():
 
 
 def test_bundle_to_moves_every_tensor():
-    bundle = D.prepare_data(tiny_cfg()).to("cpu")
-    assert bundle.reg_x.device.type == "cpu" and bundle.num_classes == 10
+    """To torch's `meta` device (no memory, no copy): a tensor field that `to` forgot would stay on the CPU."""
+    bundle = D.prepare_data(tiny_cfg())
+    moved = bundle.to("meta")
+    tensors = [f.name for f in dataclasses.fields(bundle) if isinstance(getattr(bundle, f.name), torch.Tensor)]
+    assert {"train_x", "valid_y", "test_x", "reg_x", "reg_y"} <= set(tensors)
+    for name in tensors:
+        assert getattr(moved, name).device.type == "meta", name
+        assert getattr(moved, name).shape == getattr(bundle, name).shape, name
+        assert getattr(bundle, name).device.type == "cpu", name  # a new bundle; the original stays where it was
+    assert (moved.num_classes, moved.input_scale, moved.origin) == (bundle.num_classes, bundle.input_scale,
+                                                                     bundle.origin)
 
 
 def test_mnist5k_is_mlxtends_digits_split_4000_1000_by_a_fixed_seed():
@@ -144,7 +154,7 @@ def test_mnist5k_is_mlxtends_digits_split_4000_1000_by_a_fixed_seed():
     from pixelreg_core.data import registry as datasets
 
     record = datasets.get("mnist5k")
-    assert record.num_classes == 10 and record.eps_max["gaussian"] == 0.5 and not record.augment
+    assert record.num_classes == 10 and record.eps_top("gaussian") == 0.5 and not record.augment
     x, y = D.load_split("mnist5k", "unused", "train", grayscale=True, download=False)
     xt, yt = D.load_split("mnist5k", "unused", "test", grayscale=True, download=False)
     assert x.shape == (4000, 1, 28, 28) and xt.shape == (1000, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
@@ -249,7 +259,7 @@ def test_cifar_tasks_get_scaling_augmentation_and_channel_conversion(monkeypatch
     generator = torch.Generator().manual_seed(0)
     fake = {split: (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
                     torch.randint(0, 10, (n,), generator=generator)) for split, n in (("train", 60), ("test", 20))}
-    monkeypatch.setattr(L, "_load_torchvision", lambda name, root, split, download: fake[split])
+    monkeypatch.setattr(L, "_load_torchvision", lambda name, root, split, download, *how: fake[split])
     bundle = D.prepare_data(tiny_cfg(task="CIFAR10", reg_data="digits", reg_images=5, train_images=None,
                                      test_images=None))
     assert (bundle.input_scale, bundle.input_shift, bundle.augment) == (5.0, 0.5, True)
@@ -361,7 +371,7 @@ def test_cifar_regularization_images_are_augmented_once_per_seed(monkeypatch):
     generator = torch.Generator().manual_seed(1)
     fake = {split: (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
                     torch.randint(0, 10, (n,), generator=generator)) for split, n in (("train", 30), ("test", 10))}
-    monkeypatch.setattr(L, "_load_torchvision", lambda name, root, split, download: fake[split])
+    monkeypatch.setattr(L, "_load_torchvision", lambda name, root, split, download, *how: fake[split])
     cfg = tiny_cfg(task="CIFAR10", reg_data="CIFAR10", reg_images=12, train_images=None, test_images=None)
     raw = L.convert_channels(fake["train"][0][:12].float() / 255, 1)
     first, again = D.prepare_data(cfg).reg_x, D.prepare_data(cfg).reg_x

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -177,7 +176,13 @@ def test_plan_estimates_from_training_steps_measured_here(tmp_path, capsys):
     assert "the measured per-image time" in out and "rough guess" not in out
 
 
-def test_plan_of_a_paper_sweep_mentions_the_gpu(capsys):
-    assert main(["plan", str(REPO / "sweeps" / "mnist_grid.yaml")]) == 0
+def test_plan_of_a_paper_sweep_mentions_the_gpu(tmp_path, capsys):
+    results = tmp_path / "out"
+    assert main(["plan", str(REPO / "sweeps" / "mnist_grid.yaml"), "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "trials: 176" in out and "0.25 GPU" in out and os.path.exists(REPO / "sweeps" / "mnist_grid.yaml")
+    assert "trials: 176" in out
+    # the spec's `resources: {cpu: 2, gpu: 0.25}` per trial, and the time estimate is per quarter GPU
+    assert "resources per trial: 2 CPU, 0.25 GPU" in out
+    [time_line] = [line for line in out.splitlines() if line.startswith("time: ")]
+    assert time_line.endswith("on 0.25 GPU each")
+    assert not results.exists()

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,23 +22,17 @@ from pixelreg_core.targets.builders import similarity_loss
 from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import PlacedData, batch_starts, evaluate_split, learning_rate, step_losses, train, train_epoch
 
-TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=128, test_images=64,
-            reg_images=100, valid_fraction=0.1, device="cpu", num_threads=1, alpha=4, th=0.2,
-            attacks={"gaussian": {"images": 32}})
+# a regularized tiny trial with half the images of conftest's TINY
+CHANGES = dict(train_images=128, test_images=64, reg_images=100, alpha=4, th=0.2, attacks={"gaussian": {"images": 32}})
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def tiny(**changes) -> TrialConfig:
-    return TrialConfig(**{**TINY, **changes})
+    return conftest.tiny(**{**CHANGES, **changes})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run_train(cfg: TrialConfig, device: str = "cpu", data: DataBundle | None = None, on_epoch=None):
@@ -227,7 +222,8 @@ def pair_layers(cosines: list[float]) -> list[torch.Tensor]:
 def test_amp_keeps_s_cnn_in_float32_where_bf16_would_round_the_cosines():
     # bf16 near 1 has steps of 1/256: 0.9990 -> 1.0 and 0.9975 -> 0.99609 if the weighted sum ran under autocast
     cosines = [0.9990, 0.9975, 0.9990, 0.9975, 0.9990]
-    model = build_model(tiny(), 1, 10).eval()  # eval: the (zero) feature means are used as they are
+    # eval: the (zero) feature means are used as they are; joint: one `features` call returns both halves' layers
+    model = build_model(tiny(pair_bn="joint"), 1, 10).eval()
     model.features = lambda x: (None, pair_layers(cosines))
     x = torch.zeros(1, 1, 8, 8)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
@@ -275,12 +271,29 @@ def test_fused_sgd_and_the_cuda_only_options_train_on_cpu():
     assert torch.backends.cudnn.benchmark is False  # restored after the trial
 
 
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_is_an_explicit_kernel_option_and_off_is_plain_float32_on_cuda(tf32):
+    # The flags are process-wide and settable without a GPU; the device only says which backend they are for.
+    from pixelreg_core.train import kernel_settings
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    cfg = tiny(tf32=tf32)
+    assert cfg.trial_id == tiny().trial_id  # a kernel option: not part of the trial id
+    with kernel_settings(cfg, torch.device("cuda")):
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before  # restored
+    with kernel_settings(cfg, torch.device("cpu")):  # no CUDA kernels run: left as they are
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
 def test_kernel_flags_on_the_command_line(tmp_path):
     from pixelreg_core import cli
 
-    args = cli.build_parser().parse_args(["train", "--amp", "--fused-sgd", "--compile", "default", "--out", "x"])
+    args = cli.build_parser().parse_args(["train", "--amp", "--fused-sgd", "--tf32", "--compile", "default", "--out",
+                                          "x"])
     cfg = cli.config_from_args(args)
     assert cfg.amp is True and cfg.fused_sgd is True and cfg.compile == "default" and cfg.channels_last is False
+    assert cfg.tf32 is True
 
 
 # ------------------------------------------------------------------------------------------ CUDA (marked gpu)
@@ -371,6 +384,7 @@ def test_two_trials_packed_on_one_gpu(tmp_path):
 @pytest.mark.gpu
 @cuda
 def test_two_trials_share_one_gpu_through_ray_fractional_gpus(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed here (the GPU check runs without it)")
     import pandas as pd
     import yaml
 

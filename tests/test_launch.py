@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import local_ray
+from conftest import TINY_TRAIN, local_ray, write_spec
 
 from orchestrator import cli
 from orchestrator.localray.start import access_lines, security_warnings
@@ -24,20 +23,6 @@ from orchestrator.run.objective import score
 from orchestrator.run.progress import Progress
 from orchestrator.run.resources import concurrent_slots
 from pixelreg_core.hooks import faults
-
-TINY_TRAIN = {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40, "batch_size": 32,
-              "num_threads": 1}
-
-
-def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
-    spec = {"name": name, "pairs": [{"task": "digits", "reg_data": "digits"}],
-            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1], "baseline": True,
-            "train": dict(TINY_TRAIN), "attacks": {"gaussian": {"images": 20, "num_eps": 2}},
-            "resources": {"cpu": 1}, "max_failures": 1}
-    spec.update(overrides)
-    path = directory / f"{name}-{abs(hash(json.dumps(spec, sort_keys=True))) % 10**8}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +174,39 @@ def test_trials_of_a_failed_fgsm_source_are_blocked_not_run(ray_session, tmp_pat
     assert "blocked " + ids["trial/0"] in capsys.readouterr().out
 
 
+def test_a_full_disk_mid_sweep_ends_with_one_line_and_a_relaunch_completes(ray_session, tmp_path, capsys, inject):
+    """ENOSPC injected at the write layer (PIXELREG_FAULTS kind enospc): the disk fills while trial/1 saves its
+    first epoch and stays full. No table holds a partial file, the launch ends with one line naming the folder,
+    and once space is back the same launch finishes with nothing lost or repeated."""
+    import pyarrow.parquet as pq
+
+    from pixelreg_core.results import TABLES
+
+    spec = write_spec(tmp_path, name="full", seeds=[0, 1, 2])
+    root = tmp_path / "results"
+    sweep = root / "full"
+    ids = trial_ids(spec, root)
+    inject({"trial": ids["trial/1"], "kind": "enospc"})
+    assert launch(spec, root) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(sweep) in errors[0] and "no space left on device" in errors[0], errors
+    assert (tmp_path / "marks" / faults.DISK_FULL_MARKER).exists()  # the fault fired
+    finished = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").glob("*.parquet")}
+    for table in TABLES:  # every file in a table is whole, and only finished trials have any
+        for path in (sweep / table).glob("*"):
+            assert path.name in finished and pq.read_table(path) is not None, path
+    assert f"{ids['trial/1']}.parquet" not in finished
+    assert set(pd.read_parquet(sweep / "trials")["status"]) <= {"ok"}
+
+    (tmp_path / "marks" / faults.DISK_FULL_MARKER).unlink()  # space is back
+    assert launch(spec, root) == 0
+    trials = pd.read_parquet(sweep / "trials")
+    assert len(trials) == 6 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    assert {p: (sweep / "trials" / p).stat().st_mtime_ns for p in finished} == finished  # not rerun
+    assert pd.read_parquet(sweep / "epochs").groupby("trial_id").size().eq(1).all()  # nothing repeated
+    assert not list((sweep / ".tmp").glob("*"))
+
+
 def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_session, tmp_path, capsys):
     spec = write_spec(tmp_path, name="searched", grid=None, seeds=[0],
                       search={"type": "optuna", "trials": 2, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
@@ -254,6 +272,47 @@ def test_gpu_asked_without_gpu_is_refused(tmp_path, capsys, monkeypatch):
     assert launch(spec, tmp_path / "results") == 2
     assert "resources.gpu" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_gpu_sweep_that_ray_cannot_place_stops_at_once_with_exit_2(ray_session, tmp_path, capsys, monkeypatch):
+    # torch sees a GPU (patched here) but the local Ray the trials run on has none (ray_session: 0 GPUs), as in a
+    # container where Ray's own GPU detection fails: the trials would wait for a GPU forever. The launch runs in a
+    # thread only to bound the wait if that regresses.
+    import threading
+
+    from orchestrator.run import resources
+
+    monkeypatch.setattr(resources, "local_gpus", lambda: 1)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = write_spec(tmp_path, resources={"cpu": 1, "gpu": 1})
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.update(rc=launch(spec, tmp_path / "results")), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the launch is waiting for a GPU that Ray does not have"
+    assert result["rc"] == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "resources.gpu" in err and "in Ray" in err and err.count("\n") == 1
+
+
+def test_the_local_ray_is_told_the_gpus_torch_sees(tmp_path):
+    # A fresh process (no Ray session of this module's): torch is made to report 2 GPUs, which this CPU machine's
+    # Ray would never detect by itself; the local Ray must carry them as its GPU resource.
+    import subprocess
+    import sys
+
+    code = """
+from orchestrator.run import resources
+resources.local_gpus = lambda: 2
+from orchestrator.localray.start import start_ray, stop_ray
+session = start_ray(None, "127.0.0.1", False, log=lambda line: None)
+print("gpus", session.gpus)
+stop_ray(session)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gpus 2.0" in done.stdout
 
 
 def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):

@@ -1,5 +1,7 @@
-"""The project's import graph: no cycles between its modules (imports inside functions count: they run too),
-and the layering (pixelreg_core imports no Ray and no YAML, and nothing of orchestrator)."""
+"""The project's import graph: no cycles between its modules (imports inside functions count: they run too, and
+type-only imports under `if TYPE_CHECKING:` count as well: a cycle held together by them is still a cycle), the
+stage order of the packages (STAGES) and the layering (pixelreg_core imports no Ray and no YAML, and nothing of
+orchestrator)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,32 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pixelreg_core", "orchestrator")
+
+# The pipeline as the imports have it, lowest stage first: a module imports only modules of its own stage or of an
+# earlier one. A name stands for that module and everything under it; the longest matching name decides.
+# pixelreg_core: the trainer's data and targets are described by torch-free registries the config asks; the
+# trial's data (bundle, placement) is built from a config; model and training; the attacks use the trained model;
+# the trial runs everything. orchestrator: the spec, the analysis of finished rows (curves are also what the
+# search optimises), the local Ray's processes, the sweep folder as state (its lock stops a dead holder's Ray), the
+# running of trials, and the commands on top. Every orchestrator stage sits above all of pixelreg_core.
+STAGES = [
+    ["pixelreg_core.errors", "pixelreg_core.hooks"],
+    ["pixelreg_core.data.loaders", "pixelreg_core.data.registry", "pixelreg_core.targets"],
+    ["pixelreg_core.config"],
+    ["pixelreg_core.results", "pixelreg_core.checkpoint"],
+    ["pixelreg_core.data", "pixelreg_core.model"],
+    ["pixelreg_core.train"],
+    ["pixelreg_core.attacks"],
+    ["pixelreg_core.trial", "pixelreg_core.cli", "pixelreg_core.__main__", "pixelreg_core"],
+    ["orchestrator.errors"],
+    ["orchestrator.spec"],
+    ["orchestrator.analysis"],
+    ["orchestrator.localray"],
+    ["orchestrator.sweepdir"],
+    ["orchestrator.run"],
+    ["orchestrator.cli", "orchestrator.launch", "orchestrator.plan", "orchestrator.validate", "orchestrator.status",
+     "orchestrator"],
+]
 
 
 def project_modules() -> dict[str, Path]:
@@ -22,18 +50,13 @@ def project_modules() -> dict[str, Path]:
 
 
 def imported_names(module: str, path: Path, modules: dict[str, Path]) -> list[str]:
-    """Every project module an import statement anywhere in the file (top level, functions, branches) names.
-
-    Imports under `if TYPE_CHECKING:` never run, so they are not edges. `from package import module` is an edge to
-    that module only: the package's own __init__ is not what the importer depends on."""
+    """Every project module an import statement anywhere in the file (top level, functions, branches, and
+    `if TYPE_CHECKING:` blocks) names. `from package import module` is an edge to that module only: the package's
+    own __init__ is not what the importer depends on."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text(), str(path))
-    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
-                 for stmt in block.body for n in ast.walk(stmt)}
     names = []
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -46,9 +69,17 @@ def imported_names(module: str, path: Path, modules: dict[str, Path]) -> list[st
     return names
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+def stage_of(module: str) -> int:
+    """The index in STAGES of the longest name that is the module or a package above it."""
+    best = max(((len(name), i) for i, names in enumerate(STAGES) for name in names
+                if module == name or module.startswith(name + ".")), default=None)
+    assert best is not None, f"{module} is in no stage; add it to STAGES in tests/test_layers.py"
+    return best[1]
+
+
+def stage_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} (stage {stage_of(m)}) imports {n} (stage {stage_of(n)})"
+                  for m, names in graph.items() for n in names if stage_of(n) > stage_of(m))
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -93,10 +124,23 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_function_level_imports_are_in_the_graph():
+def test_function_level_and_type_only_imports_are_in_the_graph(tmp_path):
     graph = import_graph()
     # orchestrator.launch imports the aggregator only inside report_outputs
     assert "orchestrator.analysis.aggregate" in graph["orchestrator.launch"]
+    path = tmp_path / "m.py"
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pixelreg_core.config import X\n")
+    assert "pixelreg_core.config" in imported_names("pixelreg_core.m", path, project_modules())
+
+
+def test_the_stage_check_finds_an_upward_import():
+    assert stage_violations({"pixelreg_core.config": {"pixelreg_core.trial"}, "pixelreg_core.trial": set()}) == [
+        "pixelreg_core.config (stage 2) imports pixelreg_core.trial (stage 7)"]
+    assert stage_of("orchestrator.spec.expand") < stage_of("orchestrator.sweepdir.tables") < stage_of("orchestrator")
+
+
+def test_every_import_follows_the_stage_order():
+    assert stage_violations(import_graph()) == []
 
 
 def test_no_import_cycles_between_project_modules():

@@ -23,22 +23,14 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-import yaml
+from conftest import TINY_TRAIN, write_spec
 
 from orchestrator import cli
 from orchestrator.localray import processes as local_ray
 from orchestrator.sweepdir.lock import LOCK_FILE
 
-TRAIN = {"width": 4, "epochs": 3, "train_images": 200, "test_images": 40, "reg_images": 40, "batch_size": 16,
-         "num_threads": 1}
-
-
-def write_spec(path: Path) -> Path:
-    spec = {"name": "guarded", "pairs": [{"task": "digits", "reg_data": "digits"}],
-            "grid": {"th": [0.3], "alpha": [1.0]}, "seeds": [0, 1, 2], "baseline": True, "train": TRAIN,
-            "attacks": {"gaussian": {"images": 20, "num_eps": 2}}, "resources": {"cpu": 1}, "max_failures": 0}
-    path.write_text(yaml.safe_dump(spec))
-    return path
+# three epochs of longer steps: a trial still runs when the test kills the launch
+TRAIN = {**TINY_TRAIN, "epochs": 3, "train_images": 200, "batch_size": 16}
 
 
 def start(spec: Path, root: Path, log: Path) -> subprocess.Popen:
@@ -106,7 +98,7 @@ def is_loopback(ip: str) -> bool:
 
 @pytest.mark.slow
 def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(tmp_path, capsys):
-    spec = write_spec(tmp_path / "guarded.yaml")
+    spec = write_spec(tmp_path, name="guarded", seeds=[0, 1, 2], train=TRAIN, max_failures=0)
     root = tmp_path / "results"
     sweep = root / "guarded"
     seen: list[dict] = []  # every Ray process of the three launches, to clean up whatever the outcome

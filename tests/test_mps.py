@@ -6,24 +6,16 @@ import os
 import stat
 
 import pytest
-import yaml
+from conftest import write_spec
 
 from orchestrator import cli
 from orchestrator.errors import UserError
 from orchestrator.localray import mps
 
 
-def write_spec(directory):
-    spec = {"name": "tiny", "pairs": [{"task": "digits", "reg_data": "digits"}], "grid": {"th": [0.3], "alpha": [1.0]},
-            "seeds": [0], "train": {"width": 4, "epochs": 1, "train_images": 100}, "resources": {"cpu": 1}}
-    path = directory / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def test_mps_for_a_cpu_only_spec_is_one_line_and_writes_nothing(tmp_path, capsys):
     root = tmp_path / "results"
-    code = cli.main(["launch", str(write_spec(tmp_path)), "--results", str(root), "--mps"])
+    code = cli.main(["launch", str(write_spec(tmp_path, seeds=[0], baseline=False)), "--results", str(root), "--mps"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--mps" in err and "resources.gpu" in err
     assert not root.exists() or not any(root.rglob("*.parquet"))
@@ -63,3 +55,16 @@ def test_a_daemon_that_fails_to_start_is_one_line(monkeypatch, tmp_path):
     control.chmod(control.stat().st_mode | stat.S_IEXEC)
     with pytest.raises(UserError, match="already running"), mps.daemon(str(control), log=lambda line: None):
         pass
+
+
+def test_a_daemon_that_does_not_answer_quit_is_left_with_one_warning_not_a_hang(monkeypatch, tmp_path):
+    # `-d` returns at once; `quit` never answers (the recording executable sleeps): the block ends within the limit
+    control = tmp_path / mps.CONTROL
+    control.write_text('#!/bin/sh\nif [ "$1" = "-d" ]; then exit 0; fi\nexec sleep 600\n')
+    control.chmod(control.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(mps, "TIMEOUT_S", 1.0)
+    lines: list[str] = []
+    with mps.daemon(str(control), log=lines.append):
+        pass
+    assert lines[-1].startswith("warning: stopping the CUDA MPS daemon failed (no answer within 1 s)")
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ

@@ -13,7 +13,7 @@ from orchestrator import cli
 from orchestrator.errors import UserError
 from orchestrator.localray import start as dashboard
 from orchestrator.run.preflight import check_dataset, preflight
-from pixelreg_core.config import TrialConfig
+from pixelreg_core.config import ConfigError, TrialConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,3 +76,33 @@ def test_present_torchvision_files_pass_and_download_skips_the_check(tmp_path):
                  "t10k-labels-idx1-ubyte"):
         (raw / name).write_bytes(b"\0" * 16)
     check_dataset("FashionMNIST", str(tmp_path), False, "pairs.task")
+
+
+@pytest.mark.parametrize("name", ["MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "SVHN"])
+def test_each_torchvision_records_files_are_the_ones_its_torchvision_class_reads(tmp_path, name):
+    """The records list their files (registry.torchvision); torchvision's own lists say what the class opens."""
+    from torchvision import datasets as tv
+
+    from pixelreg_core.data import registry
+
+    cls = getattr(tv, name)
+    if hasattr(cls, "resources"):  # MNIST family: ROOT/<Class>/raw/<file without .gz>
+        names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+        expected = {split: {f"{name}/raw/{n}" for n in names if n.startswith(prefix)}
+                    for split, prefix in (("train", "train"), ("test", "t10k"))}
+    elif hasattr(cls, "split_list"):  # SVHN: ROOT/<file>
+        expected = {split: {cls.split_list[split][1]} for split in ("train", "test")}
+    else:  # CIFAR: ROOT/<base_folder>/<batch files and meta>
+        meta = f"{cls.base_folder}/{cls.meta['filename']}"
+        expected = {split: {f"{cls.base_folder}/{f}" for f, _ in listed} | {meta}
+                    for split, listed in (("train", cls.train_list), ("test", cls.test_list))}
+    record = registry.get(name)
+    for f in expected["train"] | expected["test"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"\0" * 16)
+    record.check(name, str(tmp_path), False, "pairs.task")  # torchvision's files suffice ...
+    for f in expected["train"] | expected["test"]:  # ... and each one is checked
+        (tmp_path / f).rename(tmp_path / "away")
+        with pytest.raises(ConfigError, match=Path(f).name):
+            record.check(name, str(tmp_path), False, "pairs.task")
+        (tmp_path / "away").rename(tmp_path / f)

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 from conftest import S3_BUCKET as BUCKET
-from conftest import local_ray
+from conftest import TINY_TRAIN, local_ray
 
 from orchestrator import cli
 from orchestrator.sweepdir import tables as results
@@ -43,8 +43,7 @@ def test_sweep_on_s3_launch_resume_status_aggregate_load(s3_root, ray_session, t
     spec.write_text(yaml.safe_dump({
         "name": "s3tiny", "pairs": [{"task": "digits", "reg_data": "digits"}],
         "grid": {"points": [{"th": 0.3, "alpha": 1.0}]}, "seeds": 1, "baseline": True,
-        "train": {"width": 4, "epochs": 1, "train_images": 100, "test_images": 40, "reg_images": 40,
-                  "batch_size": 32, "num_threads": 1},
+        "train": TINY_TRAIN,
         "attacks": {"gaussian": {"images": 20, "num_eps": 2}, "fgsm_transfer": {"images": 20, "num_eps": 2}},
         "resources": {"cpu": 1}, "max_failures": 0}))
     launch = ["launch", str(spec), "--results", s3_root, "--progress-every", "2"]

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny
 
 from pixelreg_core import cli
-from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.config import ConfigError
 from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import build_model, load_checkpoint, save_checkpoint
 from pixelreg_core.results import SCHEMAS
@@ -22,14 +23,6 @@ from pixelreg_core.targets.builders import similarity_loss
 from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import learning_rate, train
 from pixelreg_core.trial import run_trial
-
-TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=256, test_images=128,
-            reg_images=200, valid_fraction=0.1, attacks={"gaussian": {"images": 64}}, device="cpu", num_threads=1)
-
-
-def tiny(**changes) -> TrialConfig:
-    return TrialConfig(**{**TINY, **changes})
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

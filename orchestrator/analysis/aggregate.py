@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  chosen {line}")
     for line in out["confirmed"]:
         print(f"  confirmed {line}")
+    for line in out["epoch_spread"]:
+        print(f"  warning: {line}")
     for path in out["figures"]:
         print(f"wrote {path}")
     for name, why in out["skipped_figures"].items():
@@ -105,7 +107,7 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     """
     import pyarrow.fs as pafs
 
-    from pixelreg_core.results import filesystem, is_uri, join, read_table
+    from pixelreg_core.results import compact_tables, filesystem, is_uri, join, read_table
 
     root = str(sweep_dir) if is_uri(sweep_dir) else Path(sweep_dir)
     fs, base = filesystem(root)
@@ -127,11 +129,14 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
 
     summary_path = write_parquet(summary, join(root, "summary.parquet"))
     best_path = write_parquet(best, join(root, "best.parquet"))
+    compacted = compact_tables(root)  # one file per table for readers that pay per file (an object store)
     result: dict[str, Any] = {
         "summary": summary_path, "best": best_path, "summary_rows": len(summary), "best_rows": len(best),
+        "compact": compacted,
         "trials_ok": len(ok), "trials_failed": len(failed),
         "failed": {str(r.trial_id): str(r.error) for r in failed.itertuples()},
         "chosen": describe_chosen(best), "confirmed": stats.describe_confirmation(best),
+        "epoch_spread": describe_epoch_spread(summary),
         "figures": [], "skipped_figures": {},
     }
     if figures and is_uri(root):
@@ -169,8 +174,49 @@ def summarize(ok_trials, robustness, failed_trials):
     failed_counts = failed_trials.groupby(GROUP_KEYS, dropna=False).size().rename("n_failed").reset_index()
     summary = summary.merge(failed_counts, on=GROUP_KEYS, how="left")
     summary["n_failed"] = summary["n_failed"].fillna(0).astype("int64")
-    columns = GROUP_KEYS + CURVE_KEYS + ["mean", "sem", "std", "n", "n_failed", "images", "failed_images"]
+    summary = summary.merge(chosen_epochs(ok_trials), on=GROUP_KEYS, how="left")
+    summary["epoch_spread"] = summary["epoch_spread"].fillna(False).astype(bool)
+    columns = (GROUP_KEYS + CURVE_KEYS + ["mean", "sem", "std", "n", "n_failed", "images", "failed_images"]
+               + EPOCH_COLUMNS)
     return summary[columns]
+
+
+# The seeds of a group reported at epochs this far apart: the choice says more about the validation set than about
+# the models (issue: 80 validation images put a baseline seed at epoch 1 of 5, 0.03 below its epoch 5 on the test
+# set). Half the epochs, and at least 2, apart.
+EPOCH_COLUMNS = ["best_epoch_min", "best_epoch_max", "epochs_max", "valid_images_min", "epoch_spread"]
+
+
+def chosen_epochs(ok_trials):
+    """Per group: the range of the seeds' chosen epochs, the epochs trained, the smallest validation set, and
+    `epoch_spread`, true when the chosen epochs lie at least max(2, epochs / 2) apart."""
+    import pandas as pd
+
+    frame = ok_trials[GROUP_KEYS].copy()
+    frame["best_epoch"] = pd.to_numeric(ok_trials.get("best_epoch"), errors="coerce")
+    frame["epochs"] = pd.to_numeric(ok_trials.get("epochs"), errors="coerce")
+    frame["valid_images"] = pd.to_numeric(ok_trials.get("valid_images"), errors="coerce")
+    out = (frame.groupby(GROUP_KEYS, dropna=False)
+           .agg(best_epoch_min=("best_epoch", "min"), best_epoch_max=("best_epoch", "max"),
+                epochs_max=("epochs", "max"), valid_images_min=("valid_images", "min")).reset_index())
+    width = out["best_epoch_max"] - out["best_epoch_min"]
+    out["epoch_spread"] = (width >= (out["epochs_max"] / 2).clip(lower=2)).fillna(False).astype(bool)
+    return out[GROUP_KEYS + EPOCH_COLUMNS]
+
+
+def describe_epoch_spread(summary) -> list[str]:
+    """One line per group whose seeds' chosen epochs are spread widely (`chosen_epochs`)."""
+    if "epoch_spread" not in summary or not len(summary):
+        return []
+    flagged = summary[summary["epoch_spread"]].drop_duplicates(GROUP_KEYS)
+    lines = []
+    for row in flagged.itertuples():
+        what = "baseline" if row.role == "baseline" else f"Th={row.th:g} alpha={row.alpha:g}"
+        valid = "" if math.isnan(row.valid_images_min) else f" on {int(row.valid_images_min)} validation images"
+        lines.append(f"{row.task} / {row.reg_data} / {what}: the seeds' chosen epochs range from "
+                     f"{int(row.best_epoch_min)} to {int(row.best_epoch_max)} of {int(row.epochs_max)}{valid}; "
+                     "a larger valid_images (or select: last) makes the choice mean more (docs/paper-preset.md)")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------- selection

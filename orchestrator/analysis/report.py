@@ -14,7 +14,13 @@ import html
 import os
 from pathlib import Path
 
-from orchestrator.analysis.aggregate import DEFAULT_A0, SELECTION_KEYS, aggregate_sweep, parse_distortions
+from orchestrator.analysis.aggregate import (
+    DEFAULT_A0,
+    SELECTION_KEYS,
+    aggregate_sweep,
+    describe_epoch_spread,
+    parse_distortions,
+)
 from orchestrator.errors import UserError
 
 SOURCE_TABLES = ("trials", "robustness", "spectrum")
@@ -119,7 +125,7 @@ def render(root: Path, trials, summary, best) -> str:
         f"<title>pixelreg report: {name}</title><style>{STYLE}</style></head><body>",
         f"<h1>pixelreg sweep report: {name}</h1>",
         f'<p class="meta">{html.escape(str(root.resolve()))} &middot; generated {now}</p>',
-        "<h2>Sweep status</h2>", status_section(trials), timing_section(trials),
+        "<h2>Sweep status</h2>", status_section(trials), epoch_spread_section(summary), timing_section(trials),
         "<h2>Best (Th, α) per task, regularization set and attack</h2>", chosen_section(best, a0),
         "<h2>Figures</h2>", figures_section(root / "figures"),
         "<h2>Tables</h2>",
@@ -159,6 +165,15 @@ def status_section(trials) -> str:
         body += (f'<p class="failed">{len(failed)} failed trial(s), left out of every number below:</p>'
                  + table_html(failed[columns]))
     return body
+
+
+def epoch_spread_section(summary) -> str:
+    """A warning per group whose seeds were reported at widely spread epochs (aggregate.chosen_epochs); none: ""."""
+    lines = describe_epoch_spread(summary)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f'<p class="failed">Chosen epochs spread widely across seeds:</p><ul>{items}</ul>'
 
 
 def timing_section(trials) -> str:

@@ -9,8 +9,9 @@ kernels, which is what packing is for.
 The daemon is started only when the user asks (`--mps`), before Ray starts its workers (a process picks MPS up
 when it creates its CUDA context), in a pipe/log folder of its own, so it neither needs root nor meets a daemon
 someone else runs; the pipe folder is passed to the workers through CUDA_MPS_PIPE_DIRECTORY. It is stopped at the
-end of the launch ("quit" on its control pipe), also when the launch fails. Leaves GPU settings (compute mode,
-clocks) alone.
+end of the launch ("quit" on its control pipe), also when the launch fails. Every call to the control binary has a
+time limit (`TIMEOUT_S`): a daemon that does not answer ends the launch with one line, not a hang. Leaves GPU
+settings (compute mode, clocks) alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from orchestrator.errors import UserError
 
 CONTROL = "nvidia-cuda-mps-control"
 ENV = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
+TIMEOUT_S = 30.0  # start and quit each answer in well under a second on a healthy driver
 
 
 def check(wanted: bool, *, address: str | None, gpu_per_trial: float) -> str | None:
@@ -56,7 +58,12 @@ def daemon(control: str | None, log: Callable[[str], None] = print) -> Iterator[
                CUDA_MPS_LOG_DIRECTORY=os.path.join(folder, "log"))
     for name in ENV:
         os.makedirs(env[name], exist_ok=True)
-    started = subprocess.run([control, "-d"], env=env, capture_output=True, text=True)
+    try:
+        started = subprocess.run([control, "-d"], env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise UserError(f"--mps: {CONTROL} -d did not return within {TIMEOUT_S:g} s; check the GPU driver or drop "
+                        "--mps") from None
     if started.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
         detail = (started.stderr or started.stdout).strip().splitlines()
@@ -68,13 +75,18 @@ def daemon(control: str | None, log: Callable[[str], None] = print) -> Iterator[
     try:
         yield
     finally:
-        stopped = subprocess.run([control], input="quit\n", env=env, capture_output=True, text=True)
+        try:
+            stopped = subprocess.run([control], input="quit\n", env=env, capture_output=True, text=True,
+                                     timeout=TIMEOUT_S)
+            failure = None if stopped.returncode == 0 else f"exit {stopped.returncode}"
+        except subprocess.TimeoutExpired:
+            failure = f"no answer within {TIMEOUT_S:g} s"
         for name, value in previous.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        log("CUDA MPS daemon stopped" if stopped.returncode == 0
-            else f"warning: stopping the CUDA MPS daemon failed (exit {stopped.returncode}); run "
+        log("CUDA MPS daemon stopped" if failure is None
+            else f"warning: stopping the CUDA MPS daemon failed ({failure}); run "
                  f"'echo quit | CUDA_MPS_PIPE_DIRECTORY={env['CUDA_MPS_PIPE_DIRECTORY']} {CONTROL}'")
         shutil.rmtree(folder, ignore_errors=True)

@@ -87,8 +87,12 @@ def start_ray(address: str | None, dashboard_host: str, dashboard: bool,
         started_here = False
     else:
         from orchestrator.localray.processes import loopback
+        from orchestrator.run.resources import local_gpus
 
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
+        # Ray is told the GPUs torch sees (CUDA_VISIBLE_DEVICES included), not left to find them itself: where
+        # its own detection finds none (a container without the NVIDIA management library, say) while torch sees
+        # one, GPU trials would wait forever for a GPU Ray does not know of.
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=local_gpus(), include_dashboard=dashboard,
                  dashboard_host=dashboard_host, log_to_driver=False, logging_level="ERROR",
                  **({} if listen_all else loopback()))  # every port on 127.0.0.1 unless --listen-all
         started_here = True

@@ -4,12 +4,14 @@ Without it a missing dataset is found by every trial in turn, after Ray started,
 trials for one absent MNIST folder). The checks are cheap: files exist and open, `.npy` headers are read through a
 memory map, no dataset is decoded. What they cover, per trial config of the sweep:
 
-- the task's and (for a regularized trial that loads it) reg_data's dataset: torchvision's files under `data_root`
-  (or `download: true`), an `idx:` folder's IDX pair, a `folder:` folder with images;
+- the task's and (for a regularized trial that loads it) reg_data's dataset, by the check its registry record owns
+  (torchvision's files under `data_root` unless `download: true`, an `idx:` folder's IDX pair, a `folder:` folder
+  with images, ...);
 - `matrix` (N x N) and `matrix_images` ((N, H, W) or (N, C, H, W), the same N), `vgg_weights` for target vgg;
-- an `fgsm_source` checkpoint the sweep does not train itself (the corruption folder's .npy headers are checked by
-  pixelreg_core.attacks.validate_attacks, which launch runs on every config);
-- `device: cuda` where no GPU is visible (`resources.gpu` is checked by spec.check_resources).
+- the `fgsm_source` checkpoint (the transferred attacks' source model) the sweep does not train itself (the
+  corruption folder's .npy headers are checked by pixelreg_core.attacks.validate_attacks, which launch runs on
+  every config);
+- `device: cuda` where no GPU is visible (`resources.gpu` is checked by run.resources.check_resources).
 
 A failure is a UserError: one line naming the field and the fix; the CLI exits 2; nothing has been written.
 """
@@ -19,63 +21,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.errors import UserError
-from pixelreg_core.config import TrialConfig
-
-
-def _torchvision_files(name: str, root: Path, split: str) -> list[Path]:
-    """The files torchvision's dataset class reads for one split (its own lists, so they stay in step)."""
-    from torchvision import datasets
-
-    cls = getattr(datasets, name)
-    if hasattr(cls, "resources"):  # MNIST, FashionMNIST: ROOT/<Class>/raw/<file without .gz>
-        names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
-        wanted = "train" if split == "train" else "t10k"
-        return [root / cls.__name__ / "raw" / n for n in names if n.startswith(wanted)]
-    listed = cls.train_list if split == "train" else cls.test_list  # CIFAR10/100: ROOT/<base_folder>/<file>
-    return [root / cls.base_folder / file for file, _ in listed] + [root / cls.base_folder / cls.meta["filename"]]
-
-
-def _openable(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.read(16)
-    except OSError:
-        return False
-    return True
+from orchestrator.spec.fields import source_attacks
+from pixelreg_core.config import ConfigError, TrialConfig
 
 
 def check_dataset(name: str, data_root: str, download: bool, field: str) -> None:
-    """Raise UserError unless dataset `name` can be loaded (cheaply: files exist and open)."""
+    """Raise UserError unless dataset `name` can be loaded: its registry record's own check (cheap: files exist and
+    open), so every reader a record names is checked, whatever it is."""
     from pixelreg_core.data import registry as datasets
-    from pixelreg_core.data.loaders import _find_idx_pair, list_images
 
-    torchvision = datasets.get(name, field).load.__name__ == "load_torchvision_split"  # the registry's reader
-    if name == "digits" or "://" in data_root and torchvision:
-        return
-    if torchvision:
-        if download:
-            return
-        root = Path(data_root).expanduser()
-        for split in ("train", "test"):
-            missing = [p for p in _torchvision_files(name, root, split) if not _openable(p)]
-            if missing:
-                raise UserError(f"data_root: {name} ({field}) is not under {root.resolve()}: {missing[0]} is missing "
-                                f"or unreadable; put torchvision's {name} files there, point data_root at them, or "
-                                f"set download: true")
-        return
-    kind, _, path_text = name.partition(":")
-    path = Path(path_text).expanduser()
-    if kind == "idx":
-        if not path.is_dir():
-            raise UserError(f"{field}: {name}: folder {path} does not exist; point idx:FOLDER at MNIST-format files")
-        if _find_idx_pair(path, "train") is None and _find_idx_pair(path, "t10k") is None:
-            raise UserError(f"{field}: {name}: no MNIST IDX files in {path}; put train-images-idx3-ubyte[.gz] and "
-                            "train-labels-idx1-ubyte[.gz] (and/or the t10k-* pair) there")
-    elif kind in ("folder", "folder-raw"):
-        if not path.is_dir():
-            raise UserError(f"{field}: {name}: folder {path} does not exist; point {kind}:PATH at a folder of images")
-        if not list_images(path):
-            raise UserError(f"{field}: {name}: no images below {path}; add some or use another folder")
+    try:
+        record = datasets.get(name, field)
+        if record.check is not None:
+            record.check(name, data_root, download, field)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
 
 
 def npy_shape(path: str, field: str) -> tuple[int, ...]:
@@ -122,9 +82,7 @@ def preflight(configs: list[TrialConfig], spec_path: str | Path) -> None:
     seen: set[tuple] = set()
     try:
         for cfg in configs:
-            loads_reg = cfg.regularized and cfg.reg_data != "none" and not (
-                cfg.target == "matrix" or (cfg.target == "shuffle" and cfg.matrix is not None))
-            datasets = [(cfg.task, "pairs.task")] + ([(cfg.reg_data, "pairs.reg_data")] if loads_reg else [])
+            datasets = [(cfg.task, "pairs.task")] + ([(cfg.reg_data, "pairs.reg_data")] if cfg.loads_reg_data else [])
             for name, field in datasets:
                 key = ("data", name, cfg.data_root, cfg.download)
                 if key not in seen:
@@ -138,8 +96,9 @@ def preflight(configs: list[TrialConfig], spec_path: str | Path) -> None:
                                 "state_dict file (e.g. torchvision's vgg19-dcbb9e9d.pth); set vgg_weights: PATH")
             source = cfg.fgsm_source
             if source and "://" not in source and Path(source).stem not in produced and not Path(source).is_file():
+                transferred = ", ".join(source_attacks(cfg.attacks)) or "the transferred attacks"
                 raise UserError(f"train.fgsm_source: checkpoint {source} not found; train the source first or drop "
-                                "fgsm_transfer from attacks")
+                                f"{transferred} from attacks")
             check_gpu(cfg)
     except UserError as exc:
         raise UserError(f"{spec_path}: {exc}") from None

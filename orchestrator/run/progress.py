@@ -12,8 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ray.tune import Callback
-
 
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
@@ -57,87 +55,3 @@ class Progress:
         return (f"[{format_duration(time.monotonic() - self.started)}] done {self.already_done + self.done}"
                 f"/{self.total} (this run {self.done}), running {self.running}, failed {self.failed}, "
                 f"pending {self.pending}, ETA {format_duration(self.eta())}")
-
-
-def last_error_line(trial) -> str:
-    """The last line of the trial's error.txt (Tune writes the traceback there), or a pointer to it."""
-    try:
-        lines = open(trial.error_file).read().strip().splitlines()  # noqa: SIM115 - tiny file, read once
-        return lines[-1] if lines else "(empty error file)"
-    except (OSError, TypeError):
-        return "details in the trial's trials row (orchestrator status)"
-
-
-class ProgressCallback(Callback):
-    """Feeds `Progress` from Tune's trial events and prints its line every `interval` seconds."""
-
-    def __init__(self, progress: Progress, units: Callable[[object], int] = lambda trial: 1,
-                 interval: float = 10.0):
-        self.progress = progress
-        self.units = units
-        self.interval = interval
-        self._last_print = 0.0
-
-    def _maybe_print(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_print >= self.interval:
-            self._last_print = now
-            self.progress.log(self.progress.line())
-
-    def on_step_end(self, iteration, trials, **info):
-        self._maybe_print()
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.progress.running_since.setdefault(trial.trial_id, (time.monotonic(), self.units(trial)))
-        self.progress.running += self.units(trial)
-
-    def _finish(self, trial, failed: bool) -> None:
-        n = self.units(trial)
-        self.progress.running = max(0, self.progress.running - n)
-        started = self.progress.running_since.pop(trial.trial_id, None)
-        if started is not None:
-            self.progress.unit_seconds.extend([(time.monotonic() - started[0]) / n] * n)
-        if failed:
-            self.progress.failed += n
-        else:
-            self.progress.done += n
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        result = trial.last_result or {}
-        failed = result.get("ok") == 0.0  # the trainable retried it in-process and gave up (tune_trainable._run)
-        self._finish(trial, failed=failed)
-        if failed:
-            self.progress.log(f"failed {trial} (retries used up): {result.get('error', '?')}"[:300])
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, failed=True)
-        self.progress.log(f"failed {trial} (retries used up): {last_error_line(trial)}"[:300])
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        # a retry: Tune starts the trial again, and on_trial_start counts it again
-        self.progress.running = max(0, self.progress.running - self.units(trial))
-        self.progress.running_since.pop(trial.trial_id, None)
-        self.progress.log(f"retrying {trial} after a failure: {last_error_line(trial)}"[:300])
-
-    def on_experiment_end(self, trials, **info):
-        self._maybe_print(force=True)
-
-
-class StoppedRecorder(Callback):
-    """With ASHA: a grid trial the scheduler ended early has no results; give it a trials row with status
-    "stopped" so a relaunch counts it as decided instead of training it again only to stop it again."""
-
-    def __init__(self, configs: dict[str, dict], sweep_dir: str):
-        self.configs = configs
-        self.sweep_dir = sweep_dir
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        from orchestrator.sweepdir.tables import record_status, trial_statuses
-        from pixelreg_core.config import TrialConfig
-
-        trial_id = trial.config.get("trial_id")
-        if trial_id not in self.configs or trial_statuses(self.sweep_dir).get(trial_id) == "ok":
-            return
-        epochs = int((trial.last_result or {}).get("training_iteration", 0))
-        record_status(self.sweep_dir, TrialConfig.from_dict(self.configs[trial_id]), "stopped",
-                      f"stopped early by ASHA after {epochs} epoch(s) (valid_acc)", epochs=epochs)

@@ -17,19 +17,19 @@ def local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def check_resources(spec: SweepSpec, available_gpus: float | None = None) -> None:
-    """Refuse a GPU request where no GPU exists. Pass the cluster's GPU count when launching on an existing Ray
-    cluster; by default this machine's."""
+def check_resources(spec: SweepSpec, available_gpus: float | None = None, where: str = "here") -> None:
+    """Refuse a GPU request where no GPU exists. Pass Ray's GPU count once Ray runs (`where="in Ray"`): a trial
+    Ray cannot place would wait forever; by default this machine's, as torch sees them."""
     if spec.resources.gpu <= 0:
         return
     if available_gpus is None:
         available_gpus = local_gpus()
     if available_gpus <= 0:
         raise UserError(f"{spec.source}: resources.gpu: {spec.resources.gpu} GPU per trial asked for, but no CUDA "
-                        "GPU is available here; set resources.gpu: 0 to run on CPU, or launch on a GPU machine")
+                        f"GPU is available {where}; set resources.gpu: 0 to run on CPU, or launch on a GPU machine")
     if spec.resources.gpu > available_gpus:
         raise UserError(f"{spec.source}: resources.gpu: {spec.resources.gpu} GPUs per trial but only "
-                        f"{available_gpus:g} available; lower resources.gpu")
+                        f"{available_gpus:g} available {where}; lower resources.gpu")
 
 
 def concurrent_slots(cpus: float, gpus: float, cpu: float, gpu: float, cap: int | None = None) -> int:

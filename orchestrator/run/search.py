@@ -132,6 +132,7 @@ def run_study(runner: Runner, spec: SweepSpec, task: str, reg_data: str, baselin
                                     max_concurrent_trials=runner.max_concurrent or runner.slots),
         run_config=runner.run_config(f"optuna_{safe(task)}_{safe(reg_data)}", units=lambda t: per_point))
     tuner.fit()
+    runner.check_disk()
 
 
 def run_studies(runner: Runner, spec: SweepSpec, configs: list[TrialConfig]) -> None:

@@ -18,6 +18,7 @@ from orchestrator.spec.expand import trial_from_params
 from orchestrator.spec.schema import Objective, SweepSpec
 from orchestrator.sweepdir.tables import join, record_failure, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.results import disk_full
 
 
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -52,10 +53,12 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
         try:
             return run_trial(cfg, sweep_dir, on_epoch=lambda row: tune.report({**numeric(row), **extra}),
                              cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True, node=node)
-        except ConfigError as exc:  # a value the user must change fails the same way every time: no retry
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0] + " (not retried: a config error)"
-            break
-        except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep
+        except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep, but a full disk
+            if disk_full(exc):  # every retry and every other trial would fail too: the launch stops (DiskFull)
+                raise DiskFull(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+            if isinstance(exc, ConfigError):  # a value the user must change fails the same way every time
+                error = f"{type(exc).__name__}: {exc}".splitlines()[0] + " (not retried: a config error)"
+                break
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if attempt < retries:
                 print(f"trial {cfg.trial_id} failed ({error}); retry {attempt + 1} of {retries}", flush=True)
@@ -77,11 +80,23 @@ class TrialFailed(RuntimeError):
     """A searched point whose trials failed: Tune records it as errored (its rows say why)."""
 
 
+class DiskFull(RuntimeError):
+    """A write failed for want of space: the trial is not recorded (nothing can be written) and the launch stops
+    (the driver's DiskFullStopper sees the `disk_full` report); a relaunch reruns the trial."""
+
+
+DISK_FULL = "disk_full"  # the report key the driver's stopper looks for
+
+
 def train_one(config: dict[str, Any], *, configs: dict[str, dict[str, Any]], sweep_dir: str, threads: int,
               retries: int) -> None:
     """Grid search: the Tune trial `config["trial_id"]` is exactly that TrialConfig."""
     cfg = TrialConfig.from_dict(configs[config["trial_id"]])
-    row = _run(cfg, sweep_dir, threads, retries)
+    try:
+        row = _run(cfg, sweep_dir, threads, retries)
+    except DiskFull as exc:
+        tune.report({DISK_FULL: 1.0, "ok": 0.0, "error": str(exc)[:300]})
+        return
     ok = row.get("status") == "ok"
     tune.report({**numeric({"clean_acc": row.get("clean_acc"), "valid_acc": row.get("valid_acc")}),
                  "ok": float(ok), **({} if ok else {"error": row["error"][:300]})})
@@ -107,7 +122,12 @@ def train_point(config: dict[str, Any], *, spec: SweepSpec, task: str, reg_data:
         if statuses.get(cfg.trial_id) != "ok":
             # OptunaSearch reads its metric from every intermediate result; the objective only exists at the
             # end, so epochs carry its floor (the lowest score() can give) as a neutral placeholder.
-            row = _run(cfg, sweep_dir, threads, retries, extra={"seed_index": index, "objective": FLOOR, **params})
+            try:
+                row = _run(cfg, sweep_dir, threads, retries,
+                           extra={"seed_index": index, "objective": FLOOR, **params})
+            except DiskFull as exc:
+                tune.report({DISK_FULL: 1.0, "ok": 0.0, "objective": FLOOR, "error": str(exc)[:300]})
+                return
             if row.get("status") != "ok":
                 raise TrialFailed(f"trial {cfg.trial_id} (seed {seed}): {row['error']}")
         trial_ids.append(cfg.trial_id)

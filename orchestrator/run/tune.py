@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.errors import UserError
 from orchestrator.spec.schema import Scheduler
 from pixelreg_core.config import TrialConfig
 
@@ -49,6 +50,7 @@ class Runner:
     progress: Any            # progress.Progress
     max_concurrent: int | None
     progress_every: float = 10.0
+    stopper: Any = None      # DiskFullStopper, made on first use (it needs Ray)
 
     @property
     def threads(self) -> int:
@@ -57,13 +59,22 @@ class Runner:
     def run_config(self, name: str, units=lambda trial: 1, extra_callbacks=()):
         from ray import tune
 
-        from orchestrator.run.progress import ProgressCallback
+        from orchestrator.run.callbacks import ProgressCallback
 
+        if self.stopper is None:
+            self.stopper = disk_full_stopper()
         return tune.RunConfig(
-            name=f"{self.stamp}_{name}", storage_path=self.storage, verbose=0,
+            name=f"{self.stamp}_{name}", storage_path=self.storage, verbose=0, stop=self.stopper,
             failure_config=tune.FailureConfig(max_failures=self.retries, fail_fast=False),
             callbacks=[ProgressCallback(self.progress, units=units, interval=self.progress_every),
                        *extra_callbacks])
+
+    def check_disk(self) -> None:
+        """After a Tuner: a full disk ends the launch with one line naming the folder."""
+        if self.stopper is not None and self.stopper.full:
+            raise UserError(f"{self.sweep_dir}: no space left on device ({self.stopper.full}); the launch stopped. "
+                            "Finished trials are kept whole and nothing partial is in the tables: free space and "
+                            "run the same launch again to finish the rest")
 
     def with_resources(self, trainable):
         from ray import tune
@@ -82,7 +93,7 @@ class Runner:
         from ray import tune
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        from orchestrator.run.progress import StoppedRecorder
+        from orchestrator.run.callbacks import StoppedRecorder
         from orchestrator.run.trainable import train_one
 
         by_id = {c.trial_id: c.to_dict() for c in configs}
@@ -104,6 +115,29 @@ class Runner:
             run_config=self.run_config(name, extra_callbacks=[StoppedRecorder(by_id, self.sweep_dir)]
                                        if scheduler is not None else []))
         tuner.fit()
+        self.check_disk()
+
+
+def disk_full_stopper():
+    """A Tune Stopper that ends the whole experiment when a trial reports a full disk (trainable.DISK_FULL):
+    every other trial would fail the same way, and nothing can be recorded until space is back."""
+    from ray import tune
+
+    from orchestrator.run.trainable import DISK_FULL
+
+    class DiskFullStopper(tune.Stopper):
+        def __init__(self):
+            self.full: str | None = None
+
+        def __call__(self, trial_id, result) -> bool:
+            if result.get(DISK_FULL):
+                self.full = str(result.get("error") or "ENOSPC")
+            return bool(self.full)
+
+        def stop_all(self) -> bool:
+            return bool(self.full)
+
+    return DiskFullStopper()
 
 
 # The fields every Tune trial shows, in this order; fields a phase varies (a grid over width, lr, ...) follow.

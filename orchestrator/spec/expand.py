@@ -2,8 +2,9 @@
 
 Three roles (TrialConfig.role):
 - `fgsm_source`: one unregularized model per task (and per combination of non-regularizer grid fields such as
-  width), seed `fgsm_source_seed`, trained only to craft the transferred FGSM examples. It comes first because
-  every trial with the `fgsm_transfer` attack loads its checkpoint.
+  width), seed `fgsm_source_seed`, trained only to craft the examples of the transferred attacks (those whose
+  record names a source: `pixelreg_core.attacks.source_attacks`). It comes first because every trial with such an
+  attack loads its checkpoint. The role keeps the name of the first transferred attack: it is part of trial ids.
 - `baseline`: one unregularized model per task x seed. Regularizer fields are neutral for alpha 0, so every pair
   of a task maps to the same trial id: the baseline is shared, never duplicated.
 - `trial`: pairs x grid points x seeds, the regularized models.
@@ -20,22 +21,23 @@ from collections import Counter
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.spec.fields import FGSM_ATTACK, GRID_FIELDS
+from orchestrator.spec.fields import GRID_FIELDS, source_attacks
 from orchestrator.spec.schema import SweepSpec
-from orchestrator.sweepdir.tables import checkpoint_path
 from pixelreg_core.config import ROLES, ConfigError, TrialConfig
+from pixelreg_core.results import checkpoint_path
 
 # Fields that only matter when alpha > 0. An unregularized model gets their defaults, so a grid over, say,
 # sim_layer does not make one baseline per sim_layer value (they would be the same model under different ids).
 REGULARIZER_FIELDS = ("reg_data", "target", "range", "th", "th2", "arctanh", "exact_targets", "reg_images",
-                      "reg_augment", "reg_pairs", "sim_layer", "beta", "matrix", "matrix_images", "vgg_weights")
+                      "reg_augment", "reg_pairs", "pair_draw", "pair_bn", "sim_layer", "beta", "matrix",
+                      "matrix_images", "vgg_weights")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig) if f.default is not dataclasses.MISSING}
 
 
 def expand(spec: SweepSpec, sweep_dir: str | os.PathLike) -> list[TrialConfig]:
-    """Every trial of the spec, ordered FGSM sources, baselines, regularized trials; deduplicated by trial id.
+    """Every trial of the spec, ordered source models, baselines, regularized trials; deduplicated by trial id.
 
-    `sweep_dir` is `<results root>/<name>` (a path or a pyarrow URI): trials with the fgsm_transfer attack get
+    `sweep_dir` is `<results root>/<name>` (a path or a pyarrow URI): trials with a transferred attack get
     `fgsm_source = <sweep_dir>/checkpoints/<source trial_id>.pt`. For search optuna only the sources and baselines
     (always, whatever `baseline` says: the objective needs them); the launcher adds the searched trials
     (`trial_from_params`).
@@ -46,8 +48,8 @@ def expand(spec: SweepSpec, sweep_dir: str | os.PathLike) -> list[TrialConfig]:
     searched = spec.search.type == "optuna"
     for pair in spec.pairs:
         for point in spec.grid_points():
-            if FGSM_ATTACK in spec.attacks:
-                sources.append(fgsm_source(spec, pair.task, point))
+            if source_attacks(spec.attacks):
+                sources.append(source_trial(spec, pair.task, point))
             for seed in spec.seed_list:
                 if spec.baseline or searched:  # the optuna objective divides by the baseline's accuracy
                     baselines.append(unregularized(spec, pair.task, seed, point))
@@ -69,22 +71,24 @@ def unregularized(spec: SweepSpec, task: str, seed: int, point: dict[str, Any], 
     return cfg.replace(role=role, **{name: _DEFAULTS[name] for name in REGULARIZER_FIELDS})
 
 
-def fgsm_source(spec: SweepSpec, task: str, point: dict[str, Any]) -> TrialConfig:
-    """The unregularized model whose gradients craft the transferred FGSM examples; no FGSM attack of its own."""
+def source_trial(spec: SweepSpec, task: str, point: dict[str, Any]) -> TrialConfig:
+    """The unregularized model the transferred attacks craft their examples on; none of them runs on it (it
+    would be its own source)."""
     cfg = unregularized(spec, task, spec.fgsm_source_seed, point, role="fgsm_source")
-    return cfg.replace(attacks={k: v for k, v in cfg.attacks.items() if k != FGSM_ATTACK})
+    transferred = source_attacks(cfg.attacks)
+    return cfg.replace(attacks={k: v for k, v in cfg.attacks.items() if k not in transferred})
 
 
 def source_of(spec: SweepSpec, cfg: TrialConfig) -> TrialConfig | None:
-    """The FGSM source trial a trial depends on (same task and non-regularizer grid fields), or None when it needs
-    none (it is a source itself, or has no fgsm_transfer attack)."""
-    if cfg.role == "fgsm_source" or FGSM_ATTACK not in cfg.attacks:
+    """The source trial a trial depends on (same task and non-regularizer grid fields), or None when it needs
+    none (it is a source itself, or has no transferred attack)."""
+    if cfg.role == "fgsm_source" or not source_attacks(cfg.attacks):
         return None
-    return fgsm_source(spec, cfg.task, {name: getattr(cfg, name) for name in spec.grid_field_names()})
+    return source_trial(spec, cfg.task, {name: getattr(cfg, name) for name in spec.grid_field_names()})
 
 
 def attach_source(spec: SweepSpec, cfg: TrialConfig, sweep_dir: str | os.PathLike | None) -> TrialConfig:
-    """Point a trial with the fgsm_transfer attack at its source's checkpoint. fgsm_source is not part of the
+    """Point a trial with a transferred attack at its source's checkpoint. fgsm_source is not part of the
     trial id, so this never changes an id."""
     source = source_of(spec, cfg) if sweep_dir is not None else None
     return cfg if source is None else cfg.replace(fgsm_source=checkpoint_path(sweep_dir, source.trial_id))
@@ -94,7 +98,7 @@ def trial_from_params(spec: SweepSpec, task: str, reg_data: str, seed: int, para
                       sweep_dir: str | os.PathLike | None = None) -> TrialConfig:
     """A searched trial (search optuna): the spec's trial for one pair x seed with `params` (th, alpha, ...) set.
 
-    Give `sweep_dir` so the trial finds its FGSM source; a bad parameter raises UserError.
+    Give `sweep_dir` so the trial finds its source model; a bad parameter raises UserError.
     """
     if not any(p.task == task and p.reg_data == reg_data for p in spec.pairs):
         raise UserError(f"{spec.source}: pairs: {task} x {reg_data} is not a pair of this spec")

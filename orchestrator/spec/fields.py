@@ -29,7 +29,6 @@ GRID_FIELDS = tuple(n for n in TRIAL_FIELDS if n not in SPEC_OWNED + ("device", 
 TRAIN_FIELDS = tuple(n for n in TRIAL_FIELDS if n not in SPEC_OWNED + TOP_LEVEL_TRIAL_FIELDS + ("th", "alpha"))
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
-FGSM_ATTACK = "fgsm_transfer"
 
 _HINTS = typing.get_type_hints(TrialConfig)
 _ADAPTERS = {name: TypeAdapter(_HINTS[name], config=ConfigDict(strict=True)) for name in TRIAL_FIELDS}
@@ -150,6 +149,14 @@ def _example(name: str) -> str:
 
 def unknown_field_message(name: Any, allowed: tuple[str, ...], where: str, *extra: str) -> str:
     return f"unknown field {name!r} in {where}; allowed: {', '.join((*extra, *allowed))}"
+
+
+def source_attacks(names: Any) -> list[str]:
+    """The transferred attacks among `names`: those whose record says they need a source model (`Attack.source`;
+    imported when needed: it pulls in torch). The spec and the expansion read this flag, never an attack's name."""
+    from pixelreg_core.attacks import source_attacks as from_records
+
+    return from_records(names)
 
 
 def attack_presets() -> dict[str, dict[str, dict[str, Any]]]:

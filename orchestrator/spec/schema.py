@@ -17,7 +17,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from orchestrator.spec.fields import (
-    FGSM_ATTACK,
     NAME_PATTERN,
     TRAIN_FIELDS,
     SpecFieldError,
@@ -26,6 +25,7 @@ from orchestrator.spec.fields import (
     normalise_attacks,
     normalise_grid,
     short,
+    source_attacks,
     unknown_field_message,
 )
 from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
@@ -85,7 +85,7 @@ class Objective(_Strict):
     """What `search: optuna` maximises: accuracy under `attack` at `eps`, among trials whose clean accuracy is at
     least `min_clean_ratio` times the unregularized baseline's (the papers' R0/U0 >= A0 rule)."""
 
-    attack: str = "gaussian"
+    attack: str = Field(default_factory=lambda: next(iter(demo_attacks())))  # the demo set's first attack
     eps: float = Field(default=0.1, ge=0)
     min_clean_ratio: float = Field(default=0.9, gt=0, le=1)
 
@@ -287,10 +287,11 @@ class SweepSpec(_Strict):
                 raise SpecFieldError(("search", "objective", "attack"),
                                      f"{self.search.objective.attack!r} is not among attacks "
                                      f"({', '.join(self.attacks) or 'none'}); pick one of them")
-        if FGSM_ATTACK in self.attacks and self.fgsm_source_seed in self.seed_list:
-            raise SpecFieldError(("fgsm_source_seed",), f"{self.fgsm_source_seed} is also in seeds; the FGSM "
-                                                        "source must not be a model it is evaluated on: pick a seed "
-                                                        "outside seeds")
+        transferred = source_attacks(self.attacks)
+        if transferred and self.fgsm_source_seed in self.seed_list:
+            raise SpecFieldError(("fgsm_source_seed",), f"{self.fgsm_source_seed} is also in seeds; the source "
+                                                        f"model of {', '.join(transferred)} must not be a model it "
+                                                        "is evaluated on: pick a seed outside seeds")
         for point in self.grid_points():
             for pair in self.pairs:
                 self._validate_trial(pair, point)
@@ -323,18 +324,18 @@ class SweepSpec(_Strict):
         """pixelreg_core.attacks knows the attack names and options (imported here: it pulls in torch)."""
         from pixelreg_core.attacks import resolve, validate_attacks
 
-        fgsm = self.attacks.get(FGSM_ATTACK)
-
+        transferred = source_attacks(self.attacks)
         for task in dict.fromkeys(p.task for p in self.pairs):
             pair = next(p for p in self.pairs if p.task == task)
             point = self.grid_points()[0]
             cfg = self.trial_config(task, pair.reg_data, self.seed_list[0], point)
-            # fgsm_transfer's source checkpoint does not exist before launch trains it: check its options only
-            cfg.attacks.pop(FGSM_ATTACK, None)
+            # a transferred attack's source checkpoint does not exist before launch trains it: its options only
+            for name in transferred:
+                cfg.attacks.pop(name)
             try:
                 validate_attacks(cfg, test_count=cfg.test_images)
-                if fgsm is not None:
-                    resolve(FGSM_ATTACK, fgsm)
+                for name in transferred:
+                    resolve(name, self.attacks[name])
             except ConfigError as exc:
                 parts = tuple(exc.field.split("."))
                 path = parts if parts[0] == "attacks" else ("attacks", *parts)

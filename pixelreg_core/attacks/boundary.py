@@ -24,19 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from pixelreg_core.attacks.base import Loop, Measured, Point
 from pixelreg_core.attacks.common import (
     AttackContext,
     attack_from_starts,
     correct_subset,
     derive_seed,
+    import_foolbox,
     model_device,
     predict,
-    row,
     seeded_subset,
     seeded_torch,
 )
 from pixelreg_core.attacks.options import Attack, Option
-from pixelreg_core.attacks.spectrum import spectrum_rows
 
 
 @dataclass
@@ -63,7 +63,7 @@ class BoundaryResult:
 def boundary_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int,
                     seed: int) -> BoundaryResult:
     """Run foolbox's BoundaryAttack on (x, y) in batches of `batch_size`; x in [0, 1]."""
-    import foolbox as fb
+    fb = import_foolbox()
 
     model.eval()
     device = model_device(model)
@@ -93,22 +93,22 @@ def attacked_images(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, 
     return idx, y_all[idx]
 
 
-def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext) -> list[dict[str, Any]]:
-    """One boundary_score row per repeat; the perturbations' spectrum goes to `ctx.spectrum` (option spectrum)."""
-    opts, seed = ctx.opts, ctx.seed
+def select(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
+           opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attacked images and the labels to attack away from (`attacked_images`)."""
     idx, labels = attacked_images(model, x_all, y_all, opts)
-    x, y = x_all[idx], labels
-    rows, results = [], []
-    for r in range(opts["repeats"]):
-        result = boundary_attack(model, x, y, steps=opts["steps"], batch_size=opts["batch_size"],
-                                 seed=derive_seed(seed, "repeat", r))
-        n_ok = int(result.success.sum())
-        rows.append(row("boundary", result.score(), n_ok, metric="boundary_score", repeat=r,
-                        failed=len(y) - n_ok))
-        results.append(result)
-    if opts["spectrum"]:
-        ctx.spectrum += spectrum_rows(torch.cat([(r.adv - r.x)[r.success] for r in results]), "boundary")
-    return rows
+    return x_all[idx], labels
+
+
+def measure(model: nn.Module, images: tuple[torch.Tensor, torch.Tensor], point: Point,
+            opts: dict[str, Any]) -> Measured:
+    """One repeat: the score, the images attacked successfully, and their perturbations (for the spectrum)."""
+    x, y = images
+    result = boundary_attack(model, x, y, steps=opts["steps"], batch_size=opts["batch_size"],
+                             seed=derive_seed(point.seed, "repeat", point.repeat))
+    n_ok = int(result.success.sum())
+    return Measured(result.score(), n_ok, failed=len(y) - n_ok,
+                    perturbations=(result.adv - result.x)[result.success])
 
 
 ATTACK = Attack("boundary", "Boundary attack", {
@@ -121,7 +121,7 @@ ATTACK = Attack("boundary", "Boundary attack", {
     "image_seed": Option(0, 0, "seed", "seed of the image draw, the same for every model and seed of a task"),
     "batch_size": Option(64, 100, "count", "images attacked together"),
     "spectrum": Option(True, True, "bool", "write the Fourier radial profile of the perturbations"),
-}, run, presets={
+}, loop=Loop(select, measure, metric="boundary_score", eps=False), presets={
     # converged minimal perturbations: foolbox's default step count, correct images against their true label
     "minimal": {"steps": 25000, "criterion": "label"},
 })

@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import math
 import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +22,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelreg_core.attacks.options import eps_list
+from pixelreg_core.attacks.source import Source, test_set_sha256
 from pixelreg_core.config import TrialConfig
 
 INIT_STEPS = 50  # blending steps of the starting-point search (foolbox's own fallback uses 50)
+
+
+def import_foolbox() -> Any:
+    """foolbox, for the attacks that use it (boundary, the minimal attacks, the starting-point search), imported
+    when one of them runs: a trial with noise attacks only never loads it, nor a machine without it.
+
+    foolbox imports GitPython (its model zoo), which fails at import where no `git` executable exists unless
+    GIT_PYTHON_REFRESH=quiet; and `scipy.ndimage.filters` (gone in SciPy 2.0), which is given scipy.ndimage's
+    own namespace where it no longer exists. foolbox's deprecation warnings at import are silenced."""
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import scipy.ndimage.filters  # noqa: F401 - present before SciPy 2.0
+        except ImportError:
+            import scipy.ndimage
+
+            sys.modules["scipy.ndimage.filters"] = scipy.ndimage
+        import foolbox
+    return foolbox
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -79,7 +101,7 @@ def attack_from_starts(fmodel: Any, model: nn.Module, attack: Any, x: torch.Tens
     foolbox raises for the whole batch if any image gets no starting point, while here such images keep x and
     count as failed, and the rest are attacked. Draws from torch's global RNG: call inside `seeded_torch`.
     """
-    import foolbox as fb
+    fb = import_foolbox()
 
     starts = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=INIT_STEPS).run(
         fmodel, x, fb.criteria.Misclassification(y))
@@ -133,14 +155,15 @@ def row(attack: str, value: float, images: int, *, eps: float | None = None, met
 class AttackContext:
     """What every attack's `run(model, x, y, ctx)` gets beside the model and the test set.
 
-    `opts` are the attack's resolved options (set by `evaluate` before each run); `cache_dir` holds inputs shared
-    between trials (the FGSM signs); `spectrum` collects spectrum-table rows; `shared` memoises inputs that several
-    attacks of one evaluation could use (`shared_input`).
+    The attack's resolved options are an argument of its own (never set here). `cache_dir` holds inputs shared
+    between trials (what transferred attacks craft on their source); `source` is the checked source model when an
+    attack of the evaluation needs one (`Attack.source`); `spectrum` collects spectrum-table rows; `shared`
+    memoises inputs that several attacks of one evaluation could use (`shared_input`).
     """
 
     cfg: TrialConfig
     cache_dir: str | os.PathLike | None = None
-    opts: dict[str, Any] = field(default_factory=dict)
+    source: Source | None = None
     spectrum: list[dict[str, Any]] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
 
@@ -148,9 +171,9 @@ class AttackContext:
     def seed(self) -> int:
         return self.cfg.seed
 
-    def eps_values(self, attack: str) -> list[float]:
-        """The eps curve of an eps attack: explicit options, else the task's range (pixelreg_core.data.registry)."""
-        return eps_list(attack, self.opts, self.cfg.task)
+    def test_sha256(self, x: torch.Tensor, y: torch.Tensor) -> str:
+        """sha256 of the whole test set (a cache key of source inputs), hashed once per evaluation."""
+        return self.shared_input("test_sha256", lambda: test_set_sha256(x, y))
 
     def shared_input(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self.shared:

@@ -140,9 +140,10 @@ def corrupt_images(x: torch.Tensor, name: str, severity: int, seed: int) -> torc
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext) -> list[dict[str, Any]]:
+def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
+        opts: dict[str, Any]) -> list[dict[str, Any]]:
     """One accuracy row per (corruption, severity); eps holds the severity, group the frequency band."""
-    opts, seed = ctx.opts, ctx.seed
+    seed = ctx.seed
     rows = []
     channels = int(x_all.shape[1])
     idx = seeded_subset(len(y_all), opts["images"], seed, "corruptions")

@@ -27,6 +27,7 @@ from pixelreg_core.attacks.common import (
     attack_from_starts,
     correct_subset,
     derive_seed,
+    import_foolbox,
     model_device,
     predict,
     row,
@@ -40,7 +41,7 @@ DEFAULT_LRS = {"brendel_bethge": [1e-3], "fmn": [1.0]}  # foolbox's own defaults
 def _l2_once(fmodel: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, lr: float,
              steps: int) -> torch.Tensor:
     """L2 distance of each image's adversarial, inf where the attack failed."""
-    import foolbox as fb
+    fb = import_foolbox()
 
     if method == "fmn":
         adv = fb.attacks.L2FMNAttack(steps=steps, max_stepsize=lr).run(fmodel, x, fb.criteria.Misclassification(y))
@@ -53,7 +54,7 @@ def _l2_once(fmodel: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, me
 
 def minimal_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[str, Any], seed: int) -> torch.Tensor:
     """Smallest L2 adversarial distance per image over step sizes and repeats (inf: never fooled)."""
-    import foolbox as fb
+    fb = import_foolbox()
 
     device = model_device(model)
     fmodel = fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=device)
@@ -74,7 +75,7 @@ def _pgd_fools(fmodel: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """(whether any searched PGD setting finds an adversarial within each image's own L-inf eps, the adversarials
     found; x where none was)."""
-    import foolbox as fb
+    fb = import_foolbox()
 
     fooled = torch.zeros(len(y), dtype=torch.bool, device=x.device)
     found = x.clone()
@@ -97,7 +98,7 @@ def minimal_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[
                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(smallest L-inf eps per image at which PGD fools the model, the upper end of the bisection, inf: never;
     the adversarial found at that eps, on the CPU, x where never fooled)."""
-    import foolbox as fb
+    fb = import_foolbox()
 
     device = model_device(model)
     fmodel = fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=device)
@@ -128,14 +129,14 @@ def _median_row(attack: str, metric: str, distances: torch.Tensor) -> dict[str, 
     return row(attack, value, int(ok.sum()), metric=metric, failed=int((~ok).sum()), whitebox=True)
 
 
-def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
-        ctx: AttackContext) -> list[dict[str, Any]]:
+def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
+        opts: dict[str, Any]) -> list[dict[str, Any]]:
     """One row: median minimal distance over the subset (same subset for L2 and L-inf)."""
-    idx = correct_subset(model, x_all, y_all, ctx.opts["images"], ctx.seed, "minimal")
+    idx = correct_subset(model, x_all, y_all, opts["images"], ctx.seed, "minimal")
     x, y = x_all[idx], y_all[idx]
     if kind == "minimal_l2":
-        return [_median_row(kind, "min_l2", minimal_l2(model, x, y, ctx.opts, ctx.seed))]
-    return [_median_row(kind, "min_linf", minimal_linf(model, x, y, ctx.opts, ctx.seed)[0])]
+        return [_median_row(kind, "min_l2", minimal_l2(model, x, y, opts, ctx.seed))]
+    return [_median_row(kind, "min_linf", minimal_linf(model, x, y, opts, ctx.seed)[0])]
 
 
 ATTACKS = [

@@ -1,9 +1,9 @@
 """Datasets to tensors: every dataset a trial can name becomes float32 NCHW tensors in [0, 1], labels int64.
 
 Why tensors end to end: a trial touches each image thousands of times, so a per-sample PIL pipeline would dominate
-the run; whole-split tensors can also be moved to the GPU once (`DataBundle.to`). Decoded splits are cached per
-process (`functools.lru_cache`) as compact uint8, because a sweep worker runs many trials on the same data; every
-call still returns fresh float tensors, so a trainer may modify them in place without poisoning the cache.
+the run; whole-split tensors can also be moved to the GPU once (`DataBundle.to`). The readers cache decoded splits
+per process as compact uint8 (pixelreg_core.data.loaders); `load_split` here still returns fresh float tensors on
+every call, so a trainer may modify them in place without poisoning that cache.
 
 Dataset names (the `task` and `reg_data` fields) and every fact about them (classes, input scaling, augmentation)
 come from the registry, `pixelreg_core.data.registry`; the readers of each dataset's files are in
@@ -30,7 +30,6 @@ from pixelreg_core.config import TrialConfig
 from pixelreg_core.data import registry as datasets
 from pixelreg_core.data.loaders import convert_channels, normalise_path
 from pixelreg_core.errors import ConfigError
-from pixelreg_core.targets import registry as target_kinds
 
 SPLITS = ("train", "test")
 
@@ -107,19 +106,25 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 # One trial's data
 # --------------------------------------------------------------------------------------------------------------
-def split_train_valid(n: int, valid_fraction: float, train_images: int | None, seed: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def split_train_valid(n: int, valid_fraction: float, train_images: int | None, seed: int,
+                      valid_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded (train, valid) index sets of a train split of n images, each sorted.
 
-    The validation set is `valid_fraction` of the images in use (at least 1), where "in use" is the whole split,
-    or just enough images for `train_images` training images when that cap is set, so a 500-image demo holds out
-    5 images, not 1% of all 60,000.
+    The validation set is `valid_images` images when that is set; otherwise `valid_fraction` of the images in use
+    (at least 1), where "in use" is the whole split, or just enough images for `train_images` training images when
+    that cap is set, so a 500-image demo holds out 5 images, not 1% of all 60,000.
     """
     if n < 2:
         raise ConfigError("task", f"the train split has {n} image(s); a validation holdout needs at least 2")
-    used = n if train_images is None else min(n, math.ceil(train_images / (1.0 - valid_fraction)))
-    n_valid = min(max(1, round(valid_fraction * used)), used - 1)
-    n_train = used - n_valid if train_images is None else min(train_images, n - n_valid)
+    if valid_images is not None:
+        if valid_images >= n:
+            raise ConfigError("valid_images", f"is {valid_images} but the train split has {n} images; hold out "
+                                              f"at most {n - 1}")
+        n_valid = valid_images
+    else:
+        used = n if train_images is None else min(n, math.ceil(train_images / (1.0 - valid_fraction)))
+        n_valid = min(max(1, round(valid_fraction * used)), used - 1)
+    n_train = n - n_valid if train_images is None else min(train_images, n - n_valid)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     valid = order[:n_valid].sort().values
     train = order[n_valid:n_valid + n_train].sort().values
@@ -129,12 +134,13 @@ def split_train_valid(n: int, valid_fraction: float, train_images: int | None, s
 def prepare_data(cfg: TrialConfig) -> DataBundle:
     """Load everything one trial needs.
 
-    Train split minus a seeded validation holdout (cfg.valid_fraction, at least 1 image), optionally capped at
-    cfg.train_images; the test split capped at its first cfg.test_images images (the same for every seed, so seeds
-    are compared on the same images); the regularization set is the first cfg.reg_images images of cfg.reg_data's
-    train split (ref. code), converted to the task's channel count, and empty for a baseline or a matrix target
-    (its images come with the matrix), augmented once where `reg_augment` says so (`augment_regularization`).
-    CIFAR tasks get the reference code's input scaling 5 * (x - 0.5) and training augmentation.
+    Train split minus a seeded validation holdout (cfg.valid_images, else cfg.valid_fraction and at least 1 image),
+    optionally capped at cfg.train_images; the test split capped at its first cfg.test_images images (the same for
+    every seed, so seeds are compared on the same images); the regularization set is the first cfg.reg_images
+    images of cfg.reg_data's train split (ref. code), converted to the task's channel count, and empty for a
+    baseline or a matrix target (its images come with the matrix), augmented once where `reg_augment` says so
+    (`augment_regularization`). CIFAR tasks get the reference code's input scaling 5 * (x - 0.5) and training
+    augmentation.
     """
     channels = 1 if cfg.grayscale else 3
     load = functools.partial(load_split, root=cfg.data_root, grayscale=cfg.grayscale, download=cfg.download,
@@ -142,13 +148,13 @@ def prepare_data(cfg: TrialConfig) -> DataBundle:
     task = datasets.get(cfg.task, "task", allow_unlabelled=False)
     # A matrix target brings its own N images (targets.load_matrix): reg_data is not loaded then, so its size
     # cannot refuse reg_images.
-    regularized = (cfg.regularized and cfg.reg_data != "none"
-                   and not target_kinds.get(cfg.target).own_images(cfg))
+    regularized = cfg.loads_reg_data
     if regularized:
         datasets.get(cfg.reg_data, "reg_data")  # fail on a bad name before loading anything
     full_x, full_y = load(cfg.task, split="train", field_name="task")
     test_x, test_y = load(cfg.task, split="test", field_name="task")
-    train_idx, valid_idx = split_train_valid(len(full_y), cfg.valid_fraction, cfg.train_images, cfg.seed)
+    train_idx, valid_idx = split_train_valid(len(full_y), cfg.valid_fraction, cfg.train_images, cfg.seed,
+                                             cfg.valid_images)
     if cfg.test_images is not None:
         test_x, test_y = test_x[:cfg.test_images].clone(), test_y[:cfg.test_images].clone()
 

@@ -1,7 +1,10 @@
-"""The readers behind the dataset registry: each dataset's files to tensors (uint8 or float [n, C, H, W], int64).
+"""The readers behind the dataset registry: each dataset's files to tensors (uint8 or float [n, C, H, W], int64),
+and the cheap checks that those files are there.
 
 `pixelreg_core.data.registry` names one of the `load_*_split` functions per dataset (one call shape:
 `(name, root, split, download, *, limit, field_name)`); `pixelreg_core.data.bundle.load_split` is the one caller.
+Each record's `check` is one of the `check_*` functions (`(name, root, download, field_name)`, raising
+ConfigError); orchestrator.run.preflight calls them before Ray starts.
 Decoded splits are cached per process (`functools.lru_cache`) as compact uint8, because a sweep worker runs many
 trials on the same data. This module imports nothing from the registry, so the registry can name its functions.
 """
@@ -66,8 +69,10 @@ def load_mnist5k_split(name: str, root: str, split: str, download: bool, *, limi
 
 
 def load_torchvision_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
-                           field_name: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
-    return _load_torchvision(name, root, split, download)
+                           field_name: str = "task", split_as: str = "train", labels: str = "targets",
+                           layout: str = "NHWC") -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's class `name`, called and read as its record says (registry.torchvision)."""
+    return _load_torchvision(name, root, split, download, split_as, labels, layout)
 
 
 def load_idx_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
@@ -112,12 +117,14 @@ def _load_mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_torchvision(name: str, root: str, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read torchvision's decoded arrays (`.data`, `.targets`) directly: no per-sample PIL conversion."""
+def _load_torchvision(name: str, root: str, split: str, download: bool, split_as: str = "train",
+                      labels: str = "targets", layout: str = "NHWC") -> tuple[torch.Tensor, torch.Tensor]:
+    """Read torchvision's decoded arrays (`.data` and the labels) directly: no per-sample PIL conversion."""
     from torchvision import datasets  # slow import; only trials that need it pay
 
+    which = {"train": split == "train"} if split_as == "train" else {split_as: split}
     try:
-        dataset = getattr(datasets, name)(root, train=split == "train", download=download)
+        dataset = getattr(datasets, name)(root, download=download, **which)
     except RuntimeError as err:  # torchvision says "Dataset not found ..." (also for failed downloads)
         if download:
             raise ConfigError("data_root", f"{name} could not be downloaded into {root} ({err}); check the "
@@ -125,9 +132,55 @@ def _load_torchvision(name: str, root: str, split: str, download: bool) -> tuple
         raise ConfigError("data_root", f"{name} ({split}) not found under {root}; put the torchvision files "
                                        f"there or set download: true") from err
     data = torch.as_tensor(np.asarray(dataset.data))
-    x = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)  # MNIST-like NHW, CIFAR NHWC
-    y = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
+    if data.ndim != len(layout):
+        raise ValueError(f"torchvision {name}.data has shape {tuple(data.shape)}, not the {layout} of its record")
+    x = {"NHW": lambda: data.unsqueeze(1), "NHWC": lambda: data.permute(0, 3, 1, 2), "NCHW": lambda: data}[layout]()
+    y = torch.as_tensor(np.asarray(getattr(dataset, labels)), dtype=torch.int64)
     return x.contiguous(), y
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The checks (preflight): the files a reader would open are there; cheap, nothing is decoded
+# --------------------------------------------------------------------------------------------------------------
+def _openable(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.read(16)
+    except OSError:
+        return False
+    return True
+
+
+def check_files(name: str, root: str, download: bool, field_name: str, *, files: dict[str, list[str]]) -> None:
+    """Every file of every split (paths relative to data_root) exists and opens. Skipped with download (the reader
+    fetches them) and for a URI data_root (the workers' data, not readable from here)."""
+    if download or "://" in root:
+        return
+    base = Path(root).expanduser()
+    for split in ("train", "test"):
+        missing = [base / f for f in files.get(split, ()) if not _openable(base / f)]
+        if missing:
+            raise ConfigError("data_root", f"{name} ({field_name}) is not under {base.resolve()}: {missing[0]} is "
+                                           f"missing or unreadable; put torchvision's {name} files there, point "
+                                           f"data_root at them, or set download: true")
+
+
+def check_idx_folder(name: str, root: str, download: bool, field_name: str) -> None:
+    path = Path(name.partition(":")[2]).expanduser()
+    if not path.is_dir():
+        raise ConfigError(field_name, f"{name}: folder {path} does not exist; point idx:FOLDER at MNIST-format files")
+    if _find_idx_pair(path, "train") is None and _find_idx_pair(path, "t10k") is None:
+        raise ConfigError(field_name, f"{name}: no MNIST IDX files in {path}; put train-images-idx3-ubyte[.gz] and "
+                                      "train-labels-idx1-ubyte[.gz] (and/or the t10k-* pair) there")
+
+
+def check_image_folder(name: str, root: str, download: bool, field_name: str) -> None:
+    kind, _, path_text = name.partition(":")
+    path = Path(path_text).expanduser()
+    if not path.is_dir():
+        raise ConfigError(field_name, f"{name}: folder {path} does not exist; point {kind}:PATH at a folder of images")
+    if not list_images(path):
+        raise ConfigError(field_name, f"{name}: no images below {path}; add some or use another folder")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Images are float32 in [0, 1] everywhere else in the core. Most datasets are 8-bi
 CIFAR, IDX files, `folder:` images): their float values are exactly `u / 255` for a uint8 `u`, so they are stored
 on the device as that uint8, a quarter of the memory, and turned back into float32 per batch by the same
 arithmetic the loader used (`u.to(float32).div_(255.0)`). The round trip is checked, not assumed: a set whose
-floats are not all exactly `u / 255` (scikit-learn's digits are k / 16; gray CIFAR is a mean of three channels)
-stays float32. So a batch taken here is bit for bit the batch the float tensor would give, on every device.
+floats are not all exactly `u / 255` (scikit-learn's digits are k / 16; gray CIFAR is a luma-weighted sum of
+three channels) stays float32. So a batch taken here is bit for bit the batch the float tensor would give, on
+every device.
 
 `DeviceImages.take(idx)` gathers and converts only the batch; the whole set is converted only for the small
 validation and test sets that are evaluated whole.

@@ -8,6 +8,11 @@ trial):
      "rates": {"raise": 0.1, "nan": 0.05, "sigkill": 0.05}, "seed": 0,   # random faults, or
      "faults": [{"trial": "<trial_id or *>", "epoch": 2, "kind": "raise"}]}  # explicit ones
 
+A full disk: `{"dir": ..., "faults": [{"trial": "<trial_id or *>", "kind": "enospc"}]}` makes the first local write
+through pixelreg_core.results whose path names that trial fail as a full disk does (half the bytes written, then
+OSError ENOSPC), and from then on every write fails the same way (the disk stays full) until the marker
+`<dir>/disk-full` is removed (space is back). It fires once, at the write layer, not after an epoch.
+
 Kinds: `raise` (an exception in the trainer), `nan` (the model's first parameter is set to NaN, so the next step's
 loss is NaN and the trainer's own check stops the trial), `sigkill` (the worker process kills itself). A fault fires
 after the epoch's checkpoint is saved and reported, and at most once per (trial, epoch, kind): its marker file is
@@ -66,6 +71,30 @@ def _claim(folder: str, trial_id: str, epoch: int, kind: str) -> bool:
         return False
     os.close(fd)
     return True
+
+
+DISK_FULL_MARKER = "disk-full"
+
+
+def check_write(path: str) -> None:
+    """Called by the write layer on a written temp file before it is renamed in: fails it like a full disk when
+    the plan says so (see the module docstring)."""
+    plan = _plan()
+    if plan is None:
+        return
+    marker = Path(plan["dir"], DISK_FULL_MARKER)
+    if not marker.exists():
+        wanted = [f.get("trial", "*") for f in plan.get("faults", []) if f["kind"] == "enospc"]
+        hit = next((t for t in wanted if t == "*" or t in os.path.basename(path)), None)
+        if hit is None or not _claim(plan["dir"], hit.replace("*", "any"), 0, "enospc"):  # once per fault
+            return
+        marker.touch()
+    import errno
+
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:  # what a full disk leaves: the start of the file
+        f.truncate(size // 2)
+    raise OSError(errno.ENOSPC, "No space left on device (injected)", path)
 
 
 def after_epoch(trial_id: str, epoch: int, model: Any) -> None:

@@ -9,8 +9,8 @@ whose `.sample(k, generator)` gives indices (i, j) into the regularization set a
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,10 +18,8 @@ from torch import Tensor
 
 from pixelreg_core.data.loaders import convert_channels
 from pixelreg_core.errors import ConfigError
-from pixelreg_core.targets.pairs import PairSampler, random_pairs
-
-if TYPE_CHECKING:
-    from pixelreg_core.config import TrialConfig
+from pixelreg_core.targets.fields import TargetFields
+from pixelreg_core.targets.pairs import PairOrder, PairSampler, random_pairs, triangle_pair
 
 EPS = 1e-5  # inside f's logs (authors' code); with exact_targets false also +/-1 targets become +/-(1 - EPS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,11 +103,28 @@ class Target:
     images: Tensor | None = None
     permutation: Tensor | None = None
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, order: PairOrder | None = None):
         self.n = n
+        self.order = order  # every pair i < j in a shuffled order (pair_draw without_replacement); None: i.i.d.
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
+
+    def pairs(self, k: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """k pairs of a target where every pair qualifies: the next k of the shuffled order, or k uniform pairs."""
+        if self.order is None:
+            return random_pairs(self.n, k, generator)
+        i, j = triangle_pair(self.order.window(k), self.n)
+        self.order.advance(k)
+        return i, j
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Where the pair order stands (saved in the per-epoch checkpoint); {} when pairs are drawn i.i.d."""
+        return {} if self.order is None else self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if self.order is not None:
+            self.order.load_state_dict(state)
 
     def describe(self) -> dict[str, object]:
         """Facts for logs: which target, how many images, and how pairs are drawn."""
@@ -120,12 +135,19 @@ class EmbeddingTarget(Target):
     """Targets derived from S = E E^T (pixel, VGG features): threshold S^Th, or raw S clamped to +/-(1-eps)."""
 
     def __init__(self, emb: Tensor, *, name: str, value: str, th: float, range: str, th2: float | None,
-                 permutation: Tensor | None = None, eps: float = EPS, exact: bool = True):
+                 permutation: Tensor | None = None, eps: float = EPS, exact: bool = True, replacement: bool = True,
+                 order_seed: int = 0):
         super().__init__(int(emb.shape[0]))
         self.name, self.value, self.th, self.eps = name, value, th, eps
         self.target_eps = 0.0 if exact else eps  # threshold targets: exactly +/-1 (exact_targets) or +/-(1 - eps)
         self.permutation = permutation
-        self.sampler = PairSampler(emb, th=th, range=range, th2=th2)
+        self.sampler = PairSampler(emb, th=th, range=range, th2=th2, replacement=replacement, order_seed=order_seed)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.sampler.load_state_dict(state)
 
     @property
     def embeddings(self) -> Tensor:
@@ -145,13 +167,14 @@ class MatrixTarget(Target):
     """A user-supplied N x N similarity (e.g. predicted mouse V1 responses, Li et al.) over its own N images.
     Every pair i != j qualifies; a permutation (shuffle control) reads the target at (perm[i], perm[j])."""
 
-    def __init__(self, matrix: Tensor, images: Tensor, *, permutation: Tensor | None = None, eps: float = EPS):
-        super().__init__(int(matrix.shape[0]))
+    def __init__(self, matrix: Tensor, images: Tensor, *, permutation: Tensor | None = None, eps: float = EPS,
+                 order: PairOrder | None = None):
+        super().__init__(int(matrix.shape[0]), order)
         self.name = "matrix" if permutation is None else "shuffle"
         self.matrix, self.images, self.permutation, self.eps = matrix, images, permutation, eps
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        i, j = random_pairs(self.n, k, generator)
+        i, j = self.pairs(k, generator)
         i, j = i.to(self.matrix.device), j.to(self.matrix.device)
         a, b = (i, j) if self.permutation is None else (self.permutation[i], self.permutation[j])
         return i, j, self.matrix[a, b].clamp(-(1 - self.eps), 1 - self.eps)
@@ -163,12 +186,12 @@ class CategoricalTarget(Target):
 
     name = "categorical"
 
-    def __init__(self, labels: Tensor, eps: float = 0.0):
-        super().__init__(int(labels.shape[0]))
+    def __init__(self, labels: Tensor, eps: float = 0.0, order: PairOrder | None = None):
+        super().__init__(int(labels.shape[0]), order)
         self.labels, self.eps = labels, eps
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        i, j = random_pairs(self.n, k, generator)
+        i, j = self.pairs(k, generator)
         i, j = i.to(self.labels.device), j.to(self.labels.device)
         same = (self.labels[i] == self.labels[j]).to(torch.float32)
         return i, j, same * (1 - self.eps)
@@ -177,21 +200,36 @@ class CategoricalTarget(Target):
 # ---------------------------------------------------------------------------------------------------------------
 # The builders the target registry (pixelreg_core.targets.registry) names, and their loaders
 # ---------------------------------------------------------------------------------------------------------------
-def matrix_target(cfg: TrialConfig) -> MatrixTarget:
+def matrix_target(cfg: TargetFields) -> MatrixTarget:
     """Target matrix (or shuffle with a matrix): the user's N x N similarity over its own N images."""
     matrix, images = load_matrix(cfg)
     perm = seeded_permutation(matrix.shape[0], cfg.seed) if cfg.target == "shuffle" else None
-    return MatrixTarget(matrix, images, permutation=perm)
+    return MatrixTarget(matrix, images, permutation=perm, order=all_pairs_order(cfg, matrix.shape[0], matrix.device))
 
 
-def categorical_target(cfg: TrialConfig, reg_y: Tensor | None) -> CategoricalTarget:
+def order_seed(cfg: TargetFields) -> int:
+    """The key of a trial's shuffled pair order (pair_draw without_replacement): fixed by the trial seed, separate
+    from the generator's stream, so the order is the same on every run and every device for that seed."""
+    return int(hashlib.sha256(f"{cfg.seed}/pair_order".encode()).hexdigest()[:15], 16)
+
+
+def all_pairs_order(cfg: TargetFields, n: int, device: torch.device) -> PairOrder | None:
+    """A shuffled order of all n(n-1)/2 pairs for targets where every pair qualifies, or None (with replacement)."""
+    if cfg.pair_draw == "with_replacement":
+        return None
+    return PairOrder(n * (n - 1) // 2, order_seed(cfg), device)
+
+
+def categorical_target(cfg: TargetFields, reg_y: Tensor | None) -> CategoricalTarget:
     if reg_y is None or bool((torch.as_tensor(reg_y) < 0).any()):
         raise ConfigError("target", f"categorical needs class labels, but reg_data {cfg.reg_data!r} has none; "
                                     "use a labelled dataset or another target")
-    return CategoricalTarget(torch.as_tensor(reg_y), eps=0.0 if cfg.exact_targets else EPS)
+    labels = torch.as_tensor(reg_y)
+    return CategoricalTarget(labels, eps=0.0 if cfg.exact_targets else EPS,
+                             order=all_pairs_order(cfg, int(labels.shape[0]), labels.device))
 
 
-def embedding_target(cfg: TrialConfig, reg_x: Tensor) -> EmbeddingTarget:
+def embedding_target(cfg: TargetFields, reg_x: Tensor) -> EmbeddingTarget:
     """Targets from S = E E^T of the regularization images: threshold, pixel, vgg features, shuffle (no matrix)."""
     kind = cfg.target
     emb = vgg_embeddings(reg_x, cfg.vgg_weights) if kind == "vgg" else pixel_embeddings(reg_x)
@@ -201,7 +239,8 @@ def embedding_target(cfg: TrialConfig, reg_x: Tensor) -> EmbeddingTarget:
         emb = emb[perm]  # image i now carries the similarities of image perm[i]
     value = "pixel" if kind == "pixel" else "threshold"
     return EmbeddingTarget(emb, name=kind, value=value, th=cfg.th, range=cfg.range, th2=cfg.th2, permutation=perm,
-                           exact=cfg.exact_targets)
+                           exact=cfg.exact_targets, replacement=cfg.pair_draw == "with_replacement",
+                           order_seed=order_seed(cfg))
 
 
 def seeded_permutation(n: int, seed: int) -> Tensor:
@@ -212,7 +251,7 @@ def seeded_permutation(n: int, seed: int) -> Tensor:
     return perm
 
 
-def load_matrix(cfg: TrialConfig) -> tuple[Tensor, Tensor]:
+def load_matrix(cfg: TargetFields) -> tuple[Tensor, Tensor]:
     """The N x N similarity (float32, in [-1, 1]) and its N images as (N, C, H, W) float32 in [0, 1]."""
     if cfg.matrix is None:
         raise ConfigError("matrix", f"target {cfg.target} needs a .npy N x N similarity file; set matrix: PATH")

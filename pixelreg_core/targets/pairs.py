@@ -6,6 +6,13 @@ pair's similarity is computed when the pair is drawn and memory stays O(N * D). 
 all N(N-1)/2 pairs (21.5 s and 4.0 GB at N = 5,000, growing as N^2); `PairSampler` prepares in well under a second
 at N = 50,000 (benchmarks/bench_targets.py). Pairs are drawn uniformly from the qualifying ones either by rejection
 (when they are common) or from a list enumerated once, block by block (when they are rare).
+
+`pair_draw` (`replacement`): with replacement each step draws its k pairs independently; without replacement (the
+authors' code: passes over a shuffled list of all qualifying pairs i < j) the pairs follow one shuffled order of
+the qualifying pairs, each once per pass, then a new order. The order is never stored: position x of pass p maps to
+a pair index by a keyed bijection of [0, M) (`shuffled_index`, a swap-or-not shuffle), and a pair index to (i, j)
+by `triangle_pair` (all pairs) or the enumerated list (rare ranges), so memory stays O(N * D) as above. Where pairs
+are common but not all qualify, the order of all pairs is walked and the non-qualifying ones skipped.
 """
 
 from __future__ import annotations
@@ -69,6 +76,78 @@ def random_pairs(n: int, m: int, generator: torch.Generator | None) -> tuple[Ten
     return i, j
 
 
+_MASK31 = (1 << 31) - 1
+SHUFFLE_ROUNDS = 24  # swap-or-not rounds: each round pairs x with K - x; 24 mix any domain up to 2^62 well enough
+
+
+def _mix31(v: Tensor) -> Tensor:
+    """A 31-bit integer hash of non-negative int64 values (< 2^62), in int64 arithmetic that cannot overflow: every
+    product is of two values below 2^31. Statistical mixing for a shuffle, not cryptography."""
+    h = (v ^ (v >> 31)) & _MASK31
+    h = (h * 0x5BD1E995) & _MASK31
+    h = h ^ (h >> 15)
+    h = (h * 0x27D4EB2D) & _MASK31
+    return h ^ (h >> 13)
+
+
+def shuffled_index(g: Tensor, count: int, seed: int, rounds: int = SHUFFLE_ROUNDS) -> Tensor:
+    """Position g (int64, >= 0) of an endless sequence of passes over [0, count) -> the index found there.
+
+    Pass p = g // count is the permutation pi_p of [0, count) evaluated at x = g % count; pi_p is a swap-or-not
+    shuffle (Hoang, Morris and Rogaway 2012) keyed by (seed, p): in round r, x and its partner K_r - x (mod count)
+    swap when a keyed hash of the larger of the two says so. Each round is an involution, so pi_p is a bijection
+    for any count, with a fixed number of steps (no cycle walking, so no data-dependent loop and no host read).
+    """
+    passes, x = g // count, g % count
+    base = _mix31(passes * 0x9E3779B1 + (seed & _MASK31))
+    for r in range(rounds):
+        key = _mix31(base + (2 * r + 1) * 0x61C88647)
+        partner_key = (_mix31(key + 0x2545F491) << 31) | _mix31(key + 0x1B873593)
+        partner = (partner_key - x) % count
+        bit = (_mix31(torch.maximum(x, partner) ^ key) >> 7) & 1
+        x = torch.where(bit.bool(), partner, x)
+    return x
+
+
+def triangle_pair(x: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Index x in [0, n(n-1)/2) of the upper triangle i < j, row by row, -> (i, j). Row i starts at
+    s(i) = i (2n - i - 1) / 2; the float64 root is exact enough for n up to ~10^7 and is corrected by one row."""
+    t = 2 * n - 1
+    i = torch.floor((t - torch.sqrt((t * t - 8 * x).to(torch.float64))) / 2).to(torch.int64).clamp(0, n - 2)
+
+    def start(row: Tensor) -> Tensor:
+        return row * (2 * n - row - 1) // 2
+
+    i = torch.where(start(i) > x, i - 1, i)
+    i = torch.where(start(i + 1) <= x, i + 1, i)
+    return i, x - start(i) + i + 1
+
+
+class PairOrder:
+    """Where a trial stands in its passes over a shuffled order of M items (pair indices): the position is a
+    device tensor, advanced on the device, so drawing from it never reads back to the host. The one piece of
+    state a without-replacement draw has; `state_dict` saves it in the per-epoch checkpoint."""
+
+    def __init__(self, count: int, seed: int, device: torch.device):
+        self.count, self.seed = int(count), int(seed)
+        self.position = torch.zeros((), dtype=torch.int64, device=device)
+
+    def window(self, m: int) -> Tensor:
+        """The next m indices of the order (the position does not move: `advance` does)."""
+        g = self.position + torch.arange(m, device=self.position.device)
+        return shuffled_index(g, self.count, self.seed)
+
+    def advance(self, steps: Tensor | int) -> None:
+        self.position = self.position + steps
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"position": self.position.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "position" in state:
+            self.position = state["position"].to(self.position.device, torch.int64).reshape(())
+
+
 class PairSampler:
     """Draws pairs uniformly from those that qualify for a range, with O(N * D) memory and cheap steps.
 
@@ -85,8 +164,10 @@ class PairSampler:
     """
 
     def __init__(self, emb: Tensor, *, th: float, range: str = "all", th2: float | None = None, seed: int = 0,
-                 enumerate_below: float | None = None, estimate_pairs: int = ESTIMATE_PAIRS):
+                 enumerate_below: float | None = None, estimate_pairs: int = ESTIMATE_PAIRS,
+                 replacement: bool = True, order_seed: int = 0):
         check_thresholds(range, th, th2)
+        self.replacement = replacement
         if emb.dim() != 2:
             raise ValueError(f"embeddings must be (N, D); got shape {tuple(emb.shape)}")
         self.n = int(emb.shape[0])
@@ -96,8 +177,12 @@ class PairSampler:
         self.max_batch = max(64, BLOCK_ELEMENTS // max(1, int(emb.shape[1])))
         self._i: Tensor | None = None
         self._j: Tensor | None = None
+        self.order: PairOrder | None = None
+        total = self.n * (self.n - 1) // 2
         if range == "all":
             self.mode, self.fraction = "all", 1.0
+            if not replacement:
+                self.order = PairOrder(total, order_seed, emb.device)
             return
         i, j = random_pairs(self.n, estimate_pairs, torch.Generator().manual_seed(seed))
         hits = int(self.qualifies(self.similarity(i, j)).sum())
@@ -109,6 +194,9 @@ class PairSampler:
             self.mode = "rejection"
         else:
             self._enumerate()
+        if not replacement:
+            self.order = PairOrder(total if self.mode == "rejection" else int(self._i.numel()), order_seed,
+                                   emb.device)
 
     def similarity(self, i: Tensor, j: Tensor) -> Tensor:
         """S_pixel[i, j] as the dot product of rows; the one definition every path uses, so paths agree exactly."""
@@ -177,7 +265,9 @@ class PairSampler:
         """k pairs (i, j) as int64 on the embeddings' device, i != j, and their S_pixel."""
         if k < 1:
             raise ConfigError("reg_pairs", f"is {k}; k must be >= 1")
-        if self.mode == "enumerated":
+        if self.order is not None:
+            i, j = self._draw_in_order(k)
+        elif self.mode == "enumerated":
             i, j = self._draw_listed(k, generator)
         elif self.mode == "all":
             i, j = random_pairs(self.n, k, generator)
@@ -185,6 +275,39 @@ class PairSampler:
             i, j = self._draw_rejection(k, generator)
         i, j = i.to(self.emb.device, torch.long), j.to(self.emb.device, torch.long)
         return i, j, self.similarity(i, j)
+
+    def _draw_in_order(self, k: int) -> tuple[Tensor, Tensor]:
+        """The next k qualifying pairs (i < j) of the shuffled order, without a host read.
+
+        all: the next k pair indices. enumerated: the next k positions of the list. rejection: a window of
+        candidates from the order of all pairs, enough that fewer than k qualify with negligible probability (as
+        in `_draw_rejection_on_device`); the first k qualifying ones are taken and the position moves just past
+        the k-th, so no qualifying pair of a pass is skipped or repeated. Should fewer qualify, they are reused in
+        turn and the whole window is consumed."""
+        order = self.order
+        if self.mode == "all":
+            i, j = triangle_pair(order.window(k), self.n)
+            order.advance(k)
+            return i, j
+        if self.mode == "enumerated":
+            pick = order.window(k).to(self._i.device)
+            order.advance(k)
+            return self._i[pick], self._j[pick]
+        m = math.ceil(3 * k / self.fraction) + 32
+        i, j = triangle_pair(order.window(m), self.n)
+        keep = self.qualifies(self.similarity(i, j))
+        first = torch.sort((~keep).to(torch.uint8), stable=True).indices  # qualifying positions first, in order
+        hits = keep.sum()
+        pick = first[torch.arange(k, device=i.device) % hits.clamp(min=1)]
+        order.advance(torch.where(hits >= k, first[k - 1] + 1, torch.full_like(hits, m)))
+        return i[pick], j[pick]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {} if self.order is None else self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if self.order is not None:
+            self.order.load_state_dict(state)
 
     def _draw_listed(self, k: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         device = generator.device if generator is not None else torch.device("cpu")

@@ -3,20 +3,20 @@
 A record says how to build the target (`build(cfg, reg_x, reg_y)`, the builders are in pixelreg_core.targets.builders),
 whether it brings its own regularization images (then reg_data is not loaded) and which `range` values it allows.
 Torch-free (the builders are imported when a target is built), so the config and the sweep spec can check a
-target without importing torch. Adding a target kind: a builder in targets.py and one record in `KINDS` below.
+target without importing torch. Adding a target kind: a builder in targets/builders.py and one record in `KINDS`
+below. The records take any object with the fields of pixelreg_core.targets.fields (a TrialConfig), never
+TrialConfig itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pixelreg_core.errors import ConfigError
+from pixelreg_core.targets.fields import TargetFields
 from pixelreg_core.targets.ranges import RANGES, check_thresholds
-
-if TYPE_CHECKING:
-    from pixelreg_core.config import TrialConfig
 
 
 @dataclass(frozen=True)
@@ -25,18 +25,18 @@ class TargetKind:
 
     name: str
     help: str
-    build: Callable[[TrialConfig, Any, Any], Any]
-    own_images: Callable[[TrialConfig], bool] = lambda cfg: False
-    ranges: Callable[[TrialConfig], tuple[str, ...]] = lambda cfg: RANGES
+    build: Callable[[TargetFields, Any, Any], Any]
+    own_images: Callable[[TargetFields], bool] = lambda cfg: False
+    ranges: Callable[[TargetFields], tuple[str, ...]] = lambda cfg: RANGES
 
 
-def _embedding(cfg: TrialConfig, reg_x: Any, reg_y: Any) -> Any:
+def _embedding(cfg: TargetFields, reg_x: Any, reg_y: Any) -> Any:
     from pixelreg_core.targets.builders import embedding_target
 
     return embedding_target(cfg, reg_x)
 
 
-def _matrix(cfg: TrialConfig, reg_x: Any, reg_y: Any) -> Any:
+def _matrix(cfg: TargetFields, reg_x: Any, reg_y: Any) -> Any:
     from pixelreg_core.targets.builders import matrix_target
 
     target = matrix_target(cfg)
@@ -48,11 +48,11 @@ def _matrix(cfg: TrialConfig, reg_x: Any, reg_y: Any) -> Any:
     return target
 
 
-def _shuffle(cfg: TrialConfig, reg_x: Any, reg_y: Any) -> Any:
+def _shuffle(cfg: TargetFields, reg_x: Any, reg_y: Any) -> Any:
     return _matrix(cfg, reg_x, reg_y) if cfg.matrix is not None else _embedding(cfg, reg_x, reg_y)
 
 
-def _categorical(cfg: TrialConfig, reg_x: Any, reg_y: Any) -> Any:
+def _categorical(cfg: TargetFields, reg_x: Any, reg_y: Any) -> Any:
     from pixelreg_core.targets.builders import categorical_target
 
     return categorical_target(cfg, reg_y)
@@ -79,7 +79,7 @@ def get(name: str) -> TargetKind:
     return KINDS[name]
 
 
-def check(cfg: TrialConfig) -> TargetKind:
+def check(cfg: TargetFields) -> TargetKind:
     """Every check of a regularized trial's target fields that touches no file; returns the kind."""
     kind = get(cfg.target)
     check_thresholds(cfg.range, cfg.th, cfg.th2)
@@ -93,7 +93,7 @@ def check(cfg: TrialConfig) -> TargetKind:
     return kind
 
 
-def build_target(cfg: TrialConfig, reg_x: Any, reg_y: Any = None) -> Any:
+def build_target(cfg: TargetFields, reg_x: Any, reg_y: Any = None) -> Any:
     """The target of cfg.target over the regularization set, prepared once; `.sample(k, generator)` per step.
 
     For a kind with its own images (matrix, shuffle with a matrix) the returned object's `.images` replace reg_x as
