@@ -249,4 +249,4 @@ def test_under_amp_the_packed_similarity_is_float32_as_a_single_models():
     assert all(getattr(grouped, f"feature_mean_{i}").dtype == torch.float32 for i in range(5))
     for n, model in enumerate(separate):
         single, *_ = step_losses(model.train(), xs[n], ys[n], xas[n], xbs[n], targets[n], 1.0, True, True)
-        assert float(loss[n]) == pytest.approx(float(single), rel=5e-2)
+        assert float(loss[n].detach()) == pytest.approx(float(single.detach()), rel=5e-2)
