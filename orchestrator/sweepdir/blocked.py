@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from orchestrator.sweepdir.tables import read_table, record_status
+from orchestrator.sweepdir.tables import read_table, record_status, trial_values
 from pixelreg_core.config import TrialConfig
 
 BLOCKED = "blocked"
@@ -26,8 +26,7 @@ def source_id(cfg: TrialConfig) -> str | None:
 def skip_blocked(sweep_dir: str, *groups: list[TrialConfig], log=print) -> tuple[list[TrialConfig], ...]:
     """Each group without the trials whose source model has no `ok` row; those get a `blocked` row instead."""
     trials = read_table(sweep_dir, "trials")
-    status = dict(zip(trials["trial_id"], trials["status"], strict=True))
-    errors = dict(zip(trials["trial_id"], trials["error"], strict=True))
+    status, errors = trial_values(trials, "status"), trial_values(trials, "error")
     kept, blocked = [], 0
     for group in groups:
         runnable = []

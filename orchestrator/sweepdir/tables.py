@@ -29,10 +29,12 @@ from orchestrator.analysis.curves import nearest
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import (  # noqa: F401 - re-exported: the orchestrator reads results through here
     TABLES,
+    absolute,
     checkpoint_path,
     filesystem,
     is_uri,
     join,
+    local_path,
     read_bytes,
     read_table,
     read_trial,
@@ -52,9 +54,7 @@ COMPLETE_STATUSES = ("ok", "stopped")
 def sweep_dir_for(root: str | os.PathLike, name: str) -> str:
     """ROOT/<name>, absolute for a local root (Tune's workers do not share our working directory); a URI keeps
     its query (s3://bucket/prefix/<name>?endpoint_override=...)."""
-    if is_uri(root):
-        return join(root, name)
-    return str(Path(str(root).removeprefix("file://")).resolve() / name)
+    return join(root, name) if is_uri(root) else str(Path(local_path(root)) / name)
 
 
 def read_text(sweep_dir: str, name: str) -> str | None:
@@ -67,10 +67,14 @@ def write_text(sweep_dir: str, name: str, text: str) -> None:
     write_bytes(join(sweep_dir, name), text.encode())
 
 
+def trial_values(trials, column: str) -> dict:
+    """trial_id -> one column of a trials table (a DataFrame from read_table)."""
+    return dict(zip(trials["trial_id"], trials[column], strict=True))
+
+
 def trial_statuses(sweep_dir: str) -> dict[str, str]:
     """trial_id -> status of its trials row, for every trial that has one."""
-    trials = read_table(sweep_dir, "trials")
-    return dict(zip(trials["trial_id"], trials["status"], strict=True))
+    return trial_values(read_table(sweep_dir, "trials"), "status")
 
 
 def has_rows(sweep_dir: str, trial_id: str) -> bool:
