@@ -42,12 +42,9 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
     after one error, every later trial ran in a single actor). Tune's FailureConfig still restarts trials whose
     worker process dies. A trial that fails every attempt has a `failed` trials row (written by run_trial).
     """
-    import torch
-
     from pixelreg_core.trial import run_trial
 
-    torch.set_num_threads(threads)
-    cfg = cfg.replace(num_threads=threads)
+    cfg = cfg.replace(num_threads=threads)  # run_trial sets torch's threads from it: the one place
     extra = extra or {}
     node = worker_node()
     for attempt in range(retries + 1):
