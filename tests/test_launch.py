@@ -4,7 +4,7 @@ One local Ray (2 CPUs, no dashboard) serves the whole module: starting Ray costs
 (digits, width 4, 1 epoch, 100 train images, gaussian noise on 20 test images) but real: torch training, Tune
 scheduling, Parquet files. These launches run in this process, a few seconds each, so they are in the fast tier:
 they are the only tests of launch.py and orchestrator/run/ (the `slow` tier has the launches in their own
-processes: SIGKILL, clusters, S3). Each launch checks every promise it can.
+processes: SIGKILL, clusters, S3, and variants of a path tested here). Each launch checks every promise it can.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ def test_seed_packs_write_each_trial_as_an_unpacked_launch_does(ray_session, tmp
     assert sorted(trials["trial_id"]) == sorted(trials_apart["trial_id"])
     assert sorted(epochs["trial_id"]) == sorted(epochs_apart["trial_id"])  # one row per trial (1 epoch)
     assert {json.loads(c)["pack"] for c in trials["config"]} == {4}
+    assert trials.groupby("role")["train_s"].nunique().to_dict() == {"baseline": 1, "trial": 1}  # one per pack
     names = sorted(Path(p).parent.name for p in (tmp_path / "packed" / "tiny" / "tune").rglob("params.json"))
     assert len(names) == 2 and sum("_pack4_" in n for n in names) == 1 and sum("_pack2_" in n for n in names) == 1
 
@@ -256,6 +257,28 @@ def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_ses
     assert launch(spec, root) == 0
     assert len(pd.read_parquet(root / "searched" / "trials")) == 3
     assert len(optuna.load_study(study_name="searched/digits/digits", storage=storage).trials) == 2
+
+
+@pytest.mark.slow
+def test_optuna_trains_a_points_seeds_as_one_seed_pack(ray_session, tmp_path):
+    """`pack: 2`: the start point's two seeds train as one pack inside its Optuna trial (as do the 2 baselines in
+    the grid phase); the study gets its objective from their rows as from separate runs."""
+    spec = write_spec(tmp_path, name="packsearch", grid=None, train={**TINY_TRAIN, "pack": 2},
+                      search={"type": "optuna", "trials": 1, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
+                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5},
+                              "start": [{"th": 0.3, "alpha": 2.0}]})
+    root = tmp_path / "results"
+    assert launch(spec, root) == 0
+    trials = pd.read_parquet(root / "packsearch" / "trials")
+    assert sorted(trials["role"]) == ["baseline", "baseline", "trial", "trial"] and set(trials["status"]) == {"ok"}
+    assert sorted(trials[trials["role"] == "trial"]["seed"]) == [0, 1]
+    for role in ("trial", "baseline"):  # packed: one training time, shared by the pack's members
+        assert trials[trials["role"] == role]["train_s"].nunique() == 1
+    import optuna
+
+    study = optuna.load_study(study_name="packsearch/digits/digits",
+                              storage=f"sqlite:///{root / 'packsearch' / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
 
 
 def test_asha_lets_the_longest_trial_of_an_epochs_grid_finish(ray_session, tmp_path):
