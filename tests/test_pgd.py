@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny, tiny_spec
 
+from orchestrator.errors import UserError
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec
 from pixelreg_core import attacks
@@ -46,6 +47,10 @@ def test_a_sweep_with_pgd_trains_its_source_first(tmp_path):
     assert all(c.fgsm_source == path for c in trials[1:])
     assert attacks.source_attacks(["gaussian", "pgd_transfer", "fgsm_transfer"]) == ["pgd_transfer",
                                                                                       "fgsm_transfer"]
+    # the source's seed must stay out of the evaluated seeds: the flag, not the name, triggers the check
+    with pytest.raises(UserError, match="fgsm_source_seed: 0 is also in seeds; the source model of pgd_transfer"):
+        parse_spec(tiny_spec(attacks={"pgd_transfer": {}}, fgsm_source_seed=0))
+    parse_spec(tiny_spec(attacks={"gaussian": {}}, fgsm_source_seed=0))  # no transferred attack: no source
 
 
 def test_pgd_accuracy_falls_with_eps(trained):
