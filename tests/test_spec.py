@@ -233,6 +233,20 @@ def test_missing_file(tmp_path, capsys):
     assert rc == 2 and err.startswith(f"error: {tmp_path / 'nope.yaml'}: no such file")
 
 
+def test_corruptions_without_the_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    """The lean install has no imagecorruptions: a spec that generates corruptions stops at validate (and so at
+    launch, before Ray) naming the extra; a CIFAR-10-C folder needs no library."""
+    monkeypatch.setitem(sys.modules, "imagecorruptions", None)  # what find_spec sees when it is not installed
+    path = write(tmp_path, GOOD.replace("attacks: {gaussian: {}}", "attacks: {gaussian: {}, corruptions: {}}"))
+    rc, out, err = validate(path, capsys)
+    assert rc == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: {path}: attacks.corruptions: generating corruptions needs the imagecorruptions "
+                          "package"), err
+    assert "pip install -e '.[corruptions]'" in err
+    rc, out, err = validate(write(tmp_path, GOOD, "plain.yaml"), capsys)
+    assert rc == 0 and err == ""
+
+
 def test_yaml_is_never_executed(tmp_path, capsys):
     marker = tmp_path / "pwned"
     path = write(tmp_path, GOOD + f"extra: !!python/object/apply:os.system ['touch {marker}']\n")
