@@ -130,8 +130,9 @@ class TrialConfig:
     # --- evaluation -----------------------------------------------------------------------------------------
     attacks: dict[str, dict[str, Any]] = field(default_factory=demo_attacks,
                                                metadata={"help": "JSON: attack name -> options"})
-    fgsm_source: str | None = field(default=None, metadata={"help": "checkpoint of the unregularized FGSM "
-                                                                    "source model"})
+    # The source model of every transferred attack (Attack.source); named after the first one, fgsm_transfer.
+    fgsm_source: str | None = field(default=None, metadata={"help": "checkpoint of the unregularized source "
+                                                                    "model of the transferred attacks"})
     # --- where it runs --------------------------------------------------------------------------------------
     device: str = field(default="auto", metadata={"help": "|".join(DEVICES)})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch default)"})

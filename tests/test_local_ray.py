@@ -3,9 +3,10 @@ left running however the launch ends (SIGKILL then relaunch, SIGTERM).
 
 One test, two launches of the same tiny sweep (each starts a local Ray: 15-60 s on a busy 2-core machine):
 A runs; while it runs its Ray listens only on 127.0.0.1, a second launch is refused naming A, and status works.
-A is killed with SIGKILL: some of its Ray survives. B takes A's stale lock over and stops what A left, finishes the
-trial A was running from its last epoch checkpoint, and is ended with SIGTERM, leaving nothing running. (The normal
-end runs the same `finally` as SIGTERM; test_launch's sweeps end normally.)
+Once A has finished a trial and is past the first epoch of the next, it is killed with SIGKILL: some of its Ray
+survives. B takes A's stale lock over and stops what A left, finishes the trial A was running from its last epoch
+checkpoint, never reruns or duplicates what A finished, and is ended with SIGTERM, leaving nothing running. (The
+normal end runs the same `finally` as SIGTERM; test_launch's sweeps end normally.)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from conftest import TINY_TRAIN, write_spec
 from orchestrator import cli
 from orchestrator.localray import processes as local_ray
 from orchestrator.sweepdir.lock import LOCK_FILE
+from pixelreg_core.results import read_table
 
 # three epochs of longer steps: a trial still runs when the test kills the launch
 TRAIN = {**TINY_TRAIN, "epochs": 3, "train_images": 200, "batch_size": 16}
@@ -58,6 +60,19 @@ def training(sweep: Path) -> bool:
     running = sweep / "checkpoints" / "running"
     workers = [p for p in lock_record(sweep).get("ray", []) if p["name"].startswith("ray::")]
     return running.is_dir() and any(running.iterdir()) and bool(workers)
+
+
+def finished(sweep: Path) -> dict[str, int]:
+    """{file name: mtime} of the trials rows written so far: the trials that are complete."""
+    rows = sweep / "trials"
+    return {p.name: p.stat().st_mtime_ns for p in rows.glob("*.parquet")} if rows.is_dir() else {}
+
+
+def interrupted(sweep: Path) -> set[str]:
+    """Trials past their first epoch and not finished: what a kill now interrupts."""
+    running = sweep / "checkpoints" / "running"
+    done = {Path(name).stem for name in finished(sweep)}
+    return {p.stem for p in running.glob("*.pt") if not p.name.startswith(".")} - done if running.is_dir() else set()
 
 
 def tree(pid: int) -> list[dict]:
@@ -105,12 +120,17 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
         assert f"pid {a.pid}" in err and "since" in err and err.count("\n") == 1
         assert cli.main(["status", str(sweep)]) == 0
 
-        # SIGKILL the driver only (as the OOM killer would); part of its Ray outlives it
+        # SIGKILL the driver only (as the OOM killer would), once a trial is finished and another past its first
+        # epoch; part of its Ray outlives it
+        wait_for(lambda: finished(sweep) and interrupted(sweep), a, tmp_path / "a.log",
+                 "A's first finished trial and another one's first epoch")
         recorded = lock_record(sweep)["ray"]
-        interrupted = {p.stem for p in (sweep / "checkpoints" / "running").iterdir()}
         os.kill(a.pid, signal.SIGKILL)
         a.wait()
         time.sleep(2)
+        done_by_a, cut_short = finished(sweep), interrupted(sweep)
+        rows_by_a = pd.read_parquet(sweep / "trials").set_index("trial_id")["finished_at"]
+        assert done_by_a and cut_short, "the kill must land mid-sweep, during a trial"
         left_by_a = local_ray.alive(recorded)
 
         # B finds the stale lock, stops what A left, runs; SIGTERM ends it and its Ray with it
@@ -125,7 +145,7 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
 
         def resumed_row():
             rows = pd.read_parquet(sweep / "trials") if (sweep / "trials").is_dir() else pd.DataFrame()
-            return rows[rows["trial_id"].isin(interrupted)] if len(rows) else rows
+            return rows[rows["trial_id"].isin(cut_short)] if len(rows) else rows
 
         wait_for(lambda: len(resumed_row()) > 0, b, tmp_path / "b.log", "B to finish the trial A was running")
         assert resumed_row()["resumed_from_epoch"].iloc[0] >= 1  # went on from A's last finished epoch
@@ -141,4 +161,50 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
     trials = pd.read_parquet(sweep / "trials")
     assert trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
     epochs = pd.read_parquet(sweep / "epochs")
-    assert len(epochs) == 3 * len(trials) and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    # a complete trial has all its epochs (SIGTERM may land between another trial's rows and its `trials` row:
+    # those rows are that unfinished trial's, cleared by the next resume)
+    assert len(epochs[epochs["trial_id"].isin(trials["trial_id"])]) == 3 * len(trials)
+    robustness = pd.read_parquet(sweep / "robustness")
+    assert not robustness.duplicated(["trial_id", "attack", "eps", "repeat", "metric"]).any()
+    # what A finished, B never ran again: the same files, the same finish times
+    assert {name: finished(sweep)[name] for name in done_by_a} == done_by_a
+    assert trials.set_index("trial_id").loc[rows_by_a.index, "finished_at"].tolist() == rows_by_a.tolist()
+
+
+@pytest.mark.slow
+def test_a_driver_sigkill_while_a_study_grows_loses_nothing_and_repeats_nothing(tmp_path):
+    """A finished sweep; its spec with two more seeds and one more attack is launched and the driver SIGKILLed
+    once a new model is finished; the relaunch completes: old models untouched, every model has both attacks'
+    rows, no row twice."""
+    root = tmp_path / "results"
+    sweep = root / "grows"
+    gaussian = {"images": 20, "num_eps": 2}
+    first = write_spec(tmp_path, name="grows", seeds=[0], baseline=False, max_failures=0,
+                       attacks={"gaussian": gaussian})
+    assert cli.main(["launch", str(first), "--results", str(root), "--no-dashboard"]) == 0
+    old = {p.name: p.stat().st_mtime_ns for folder in ("trials", "epochs", "checkpoints", "robustness")
+           for p in (sweep / folder).glob("*") if p.is_file()}
+    grown = write_spec(tmp_path, name="grows", seeds=[0, 1, 2], baseline=False, max_failures=0,
+                       attacks={"gaussian": gaussian, "uniform": gaussian})
+    driver = start(grown, root, tmp_path / "grown.log")
+    seen: list[dict] = []
+    try:
+        wait_for(lambda: len(finished(sweep)) >= 2, driver, tmp_path / "grown.log", "a new model")
+        seen = lock_record(sweep).get("ray", [])
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray: the relaunch takes over the lock
+        driver.wait()
+        assert cli.main(["launch", str(grown), "--results", str(root), "--no-dashboard"]) == 0
+    finally:
+        local_ray.stop(seen)
+
+    trials = read_table(sweep, "trials")
+    assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    now = {p.name: p.stat().st_mtime_ns for folder in ("trials", "epochs", "checkpoints", "robustness")
+           for p in (sweep / folder).glob("*") if p.is_file()}
+    assert {name: now[name] for name in old} == old  # the old model and its evaluation: untouched
+    epochs = read_table(sweep, "epochs")
+    assert len(epochs) == 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    robustness = read_table(sweep, "robustness")
+    assert not robustness.duplicated(["trial_id", "attack", "eps", "repeat", "metric"]).any()
+    assert robustness.groupby("trial_id")["attack"].nunique().tolist() == [2, 2, 2]
