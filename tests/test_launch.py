@@ -205,8 +205,6 @@ def test_a_study_grows_by_seeds_points_pairs_and_attacks_and_evaluate_trains_not
     assert robustness.loc[robustness["attack"] == "salt_pepper", "trial_id"].nunique() == 12
 
 
-
-@pytest.mark.slow
 def test_injected_faults_are_retried_from_the_last_epoch_or_fail_at_once(ray_session, tmp_path, inject, capsys):
     """The CI fault test: an exception and a worker SIGKILL after epoch 1 resume from epoch 1's checkpoint; a NaN
     loss is a ConfigError ("lower lr or alpha"): not retried, the trial fails at once and leaves no rows, the sweep
@@ -239,25 +237,44 @@ def test_injected_faults_are_retried_from_the_last_epoch_or_fail_at_once(ray_ses
     assert set(trials["status"]) == {"ok"} and trials.loc[ids["trial/2"], "resumed_from_epoch"] == 1
 
 
-def test_trials_of_a_failed_fgsm_source_are_blocked_not_run(ray_session, tmp_path, inject, capsys):
+def test_models_train_while_their_fgsm_source_trains_and_a_failed_source_blocks_only_its_evaluations(
+        ray_session, tmp_path, inject, capsys):
+    """No idle slot (issue 18): the source trains alongside the other models; a transferred evaluation waits for
+    the source's checkpoint. A source that fails blocks only the evaluations that need it: the models train, their
+    other attacks run, their trials rows say why fgsm_transfer is missing, the launch exits 1; a relaunch trains
+    the source and runs just those evaluations."""
     spec = write_spec(tmp_path, name="blocked", seeds=[0], max_failures=0,
                       attacks={"gaussian": {"images": 20, "num_eps": 2}, "fgsm_transfer": {"num_eps": 2}})
     root = tmp_path / "results"
+    sweep = root / "blocked"
     ids = trial_ids(spec, root)
     inject({"trial": ids["fgsm_source/1000"], "epoch": 1, "kind": "raise"})
     assert launch(spec, root) == 1
-    trials = pd.read_parquet(root / "blocked" / "trials").set_index("trial_id")
+    out = capsys.readouterr().out
+    assert "without their transferred evaluation" in out and "evaluation(s) of trained models failed" in out
+    trials = pd.read_parquet(sweep / "trials").set_index("trial_id")
     assert trials.loc[ids["fgsm_source/1000"], "status"] == "failed"
+    robustness = pd.read_parquet(sweep / "robustness")
     for key in ("baseline/0", "trial/0"):
         row = trials.loc[ids[key]]
-        assert row["status"] == "blocked"
-        assert ids["fgsm_source/1000"] in row["error"] and "InjectedFault" in row["error"]
-    assert not (root / "blocked" / "epochs").exists()  # nothing of them ran
-    capsys.readouterr()
-    assert main(["status", str(root / "blocked")]) == 0
-    assert "blocked " + ids["trial/0"] in capsys.readouterr().out
+        assert row["status"] == "ok" and ids["fgsm_source/1000"] in row["error"] and "FGSM source" in row["error"]
+        assert set(robustness.loc[robustness["trial_id"] == ids[key], "attack"]) == {"gaussian"}
+    epochs_before = mtimes(sweep / "epochs")
+    assert main(["status", str(sweep)]) == 0
+    assert ids["fgsm_source/1000"] in capsys.readouterr().out
+
+    inject()  # the source trains now; only the missing evaluations run
+    assert launch(spec, root) == 0
+    trials = pd.read_parquet(sweep / "trials").set_index("trial_id")
+    assert set(trials["status"]) == {"ok"} and trials["error"].isna().all()
+    now = mtimes(sweep / "epochs")
+    assert {name: now[name] for name in epochs_before} == epochs_before  # the models were not trained again
+    robustness = pd.read_parquet(sweep / "robustness")
+    for key in ("baseline/0", "trial/0"):
+        assert set(robustness.loc[robustness["trial_id"] == ids[key], "attack"]) == {"gaussian", "fgsm_transfer"}
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_sweep_ends_with_one_line_and_a_relaunch_completes(ray_session, tmp_path, capsys, inject):
     """ENOSPC injected at the write layer (PIXELREG_FAULTS kind enospc): the disk fills while trial/1 saves its
     first epoch and stays full. No table holds a partial file, the launch ends with one line naming the folder,
