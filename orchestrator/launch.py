@@ -246,21 +246,59 @@ def make_runner(plan: Plan, args: argparse.Namespace, session, n_total: int, n_d
 
 
 def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None:
-    """The order of work: source models first (the trials' transferred attacks read them), then baselines and grid
-    trials (baselines never stopped early by ASHA: every ratio is taken against them), then the Optuna studies."""
+    """The order of work. With fifo and no seed packs: one phase, the FGSM source models first in line and every
+    other model training alongside (no slot idles while a source trains); a model whose source is not ready when
+    its own training ends leaves its transferred evaluations for the `evaluations` phase at the end (the
+    dependency is the evaluation's, not the training's). With ASHA or seed packs (a pack reads its source when it
+    starts): the sources first, then baselines and grid trials (baselines never stopped early by ASHA: every ratio
+    is taken against them). Then the Optuna studies, then the evaluations left for later."""
     sources = [c for c in todo if c.role == "fgsm_source"]
     baselines = [c for c in todo if c.role == "baseline"]
     trials = [c for c in todo if c.role not in ("fgsm_source", "baseline")]
-    runner.grid_phase("fgsm_sources", sources)
-    baselines, trials = skip_blocked(plan.sweep_dir, baselines, trials, log=log)  # their source failed
     scheduler = asha_scheduler(plan.spec.scheduler, asha_max_t(trials or plan.configs))
-    if scheduler is None:
-        runner.grid_phase("trials", baselines + trials)
+    packed = any(c.pack > 1 for c in todo)
+    if scheduler is None and not packed:
+        runner.grid_phase("trials", sources + baselines + trials)
     else:
-        runner.grid_phase("baselines", baselines)
-        runner.grid_phase("trials", trials, scheduler=scheduler)
+        runner.grid_phase("fgsm_sources", sources)
+        baselines, trials = skip_blocked(plan.sweep_dir, baselines, trials, log=log)  # their source failed
+        if scheduler is None:
+            runner.grid_phase("trials", baselines + trials)
+        else:
+            runner.grid_phase("baselines", baselines)
+            runner.grid_phase("trials", trials, scheduler=scheduler)
     if plan.spec.search.type == "optuna":
         run_studies(runner, plan.spec, plan.configs)
+    runner.grid_phase("evaluations", deferred_evaluations(plan, log))
+
+
+def deferred_evaluations(plan: Plan, log) -> list[TrialConfig]:
+    """Stored models of the spec still missing evaluations whose source model is ok now (run as evaluations of
+    stored models); those whose source failed are named in their model's `error` and not run."""
+    from orchestrator.sweepdir.blocked import source_id
+    from orchestrator.sweepdir.tables import read_trial, write_table
+
+    statuses = trial_statuses(plan.sweep_dir)
+    finished = finished_evaluations(plan.sweep_dir)
+    ready, blocked = [], 0
+    for cfg in plan.configs:
+        if statuses.get(cfg.trial_id) != "ok" or not missing_evaluations(plan.sweep_dir, cfg, finished):
+            continue
+        source = source_id(cfg)
+        if source is None or statuses.get(source) == "ok":
+            ready.append(cfg)
+            continue
+        rows = read_trial(plan.sweep_dir, "trials", cfg.trial_id)
+        if rows:
+            error = (rows[0].get("error") or "").split(" | ")[0]
+            note = f"transferred evaluation not run: its FGSM source {source} is {statuses.get(source, 'missing')}"
+            write_table(plan.sweep_dir, "trials", cfg.trial_id,
+                        [{**rows[0], "error": " | ".join(e for e in (error, note) if e)[:2000]}])
+        blocked += 1
+    if blocked:
+        log(f"{blocked} model(s) without their transferred evaluation: their FGSM source failed "
+            "(orchestrator status lists why; a relaunch trains the source again and runs them)")
+    return ready
 
 
 def work_line(todo: dict[str, list]) -> str:

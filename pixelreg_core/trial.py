@@ -27,7 +27,7 @@ import torch
 
 from pixelreg_core import attacks
 from pixelreg_core.checkpoint import EpochCheckpoint
-from pixelreg_core.config import TrialConfig
+from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import build_model, load_checkpoint, save_checkpoint
 from pixelreg_core.results import (
@@ -101,11 +101,14 @@ def check_trial(cfg: TrialConfig) -> tuple[torch.device, Any]:
     return resolve_device(cfg.device), attack_options
 
 
-def prepare_trial(cfg: TrialConfig, device: torch.device, attack_options: Any) -> Prepared:
+def prepare_trial(cfg: TrialConfig, device: torch.device, attack_options: Any, defer_source: bool = False
+                  ) -> Prepared:
     """Load and build everything a trial trains from, seeded as every run of it is seeded (a seed pack prepares
     each of its trials with this too, so each model starts from the weights a separate run starts from).
     Sets torch's thread count (`num_threads`); the caller restores it."""
-    source = attacks.load_source(cfg, device)  # a transferred attack's source: read and checked once, now
+    # a transferred attack's source: read and checked once, now; with defer_source (the orchestrator: the source
+    # may still be training) just before its evaluations, which are left for later when it is not there yet
+    source = None if defer_source else attacks.load_source(cfg, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -119,8 +122,8 @@ def prepare_trial(cfg: TrialConfig, device: torch.device, attack_options: Any) -
 
 
 def finish_trial(cfg: TrialConfig, prepared: Prepared, result: TrainResult, out_root: str,
-                 cache_dir: str | os.PathLike | None, clock: Clock, node: str | None, train_s: float
-                 ) -> dict[str, Any]:
+                 cache_dir: str | os.PathLike | None, clock: Clock, node: str | None, train_s: float,
+                 defer_source: bool = False) -> dict[str, Any]:
     """Attack the best epoch's model and write the trial's rows, the trials row last; returns that row.
     `train_s`: this run's epochs only, when resumed (a seed pack's: the pack's)."""
     model = prepared.model
@@ -134,7 +137,7 @@ def finish_trial(cfg: TrialConfig, prepared: Prepared, result: TrainResult, out_
     eval_started = time.perf_counter()
     attack_s: dict[str, float] = {}
     run_evaluations(cfg, out_root, model, prepared.data, prepared.attack_options, cache_dir, prepared.source,
-                    list(cfg.attacks), attack_s)
+                    list(cfg.attacks), attack_s, defer_source=defer_source)
     eval_s = time.perf_counter() - eval_started
     best = result.best
     row = _row(cfg, "ok", None, str(prepared.device), clock.wall, clock.cpu, clean_acc=best["test_acc"],
@@ -163,7 +166,7 @@ def fail_trial(cfg: TrialConfig, exc: BaseException, out_root: str, record_failu
 def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
               on_epoch: Callable[[dict[str, Any]], None] | None = None,
               cache_dir: str | os.PathLike | None = None, record_failure: bool = False,
-              node: str | None = None) -> dict[str, Any]:
+              node: str | None = None, defer_source: bool = False) -> dict[str, Any]:
     """Run one trial and write its rows under `out_root`; returns its trials row.
 
     `node` names the machine in the trials row: the orchestrator passes the Ray node id of its worker; left out,
@@ -178,13 +181,13 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         # that with `record_failure` they too leave a failed trials row.
         stored = stored_row(cfg, out_root)
         if stored is not None:  # a stored model: only its missing evaluations run; its rows stay as they are
-            return evaluate_stored(cfg, out_root, stored, cache_dir, record_failure)
+            return evaluate_stored(cfg, out_root, stored, cache_dir, record_failure, defer_source=defer_source)
         device, attack_options = check_trial(cfg)
-        prepared = prepare_trial(cfg, device, attack_options)
+        prepared = prepare_trial(cfg, device, attack_options, defer_source=defer_source)
         resume = EpochCheckpoint.for_trial(out_root, cfg)  # kept when the trial fails: a rerun resumes from it
         train_started = time.perf_counter()
         result = train(cfg, prepared.data, prepared.model, prepared.target, device, on_epoch, checkpoint=resume)
-        return finish_trial(cfg, prepared, result, out_root, cache_dir, clock, node,
+        return finish_trial(cfg, prepared, result, out_root, cache_dir, clock, node, defer_source=defer_source,
                             train_s=time.perf_counter() - train_started)
     except BaseException as exc:
         if not isinstance(exc, EvaluationFailed):  # a stored model's failed evaluation leaves the model as it is
@@ -216,7 +219,8 @@ def missing_evaluations(cfg: TrialConfig, out_root: str | os.PathLike) -> list[s
 
 
 def run_evaluations(cfg: TrialConfig, out_root: str, model, data, attack_options: dict[str, dict[str, Any]],
-                    cache_dir, source, todo: list[str], attack_s: dict[str, float]) -> None:
+                    cache_dir, source, todo: list[str], attack_s: dict[str, float], defer_source: bool = False
+                    ) -> None:
     """Run `todo`'s attacks on the model, each written as it finishes (its spectrum, then its robustness rows:
     last, they mark it complete); a failure removes the rows of the evaluation it stopped, and only those."""
     transferred = set(attacks.source_attacks(cfg.attacks))
@@ -224,6 +228,11 @@ def run_evaluations(cfg: TrialConfig, out_root: str, model, data, attack_options
     name = None
     try:
         for name in todo:
+            if defer_source and name in transferred and source is None:
+                try:
+                    source = attacks.load_source(cfg, next(model.parameters()).device)
+                except ConfigError:  # not trained yet (or failed): the launch runs this evaluation later
+                    continue
             eval_id = cfg.eval_id(name, name in transferred)
             robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"),
                                                  {name: attack_options[name]}, source, seconds=attack_s)
@@ -239,8 +248,8 @@ def run_evaluations(cfg: TrialConfig, out_root: str, model, data, attack_options
         raise
 
 
-def evaluate_stored(cfg: TrialConfig, out_root: str, row: dict[str, Any], cache_dir, record_failure: bool
-                    ) -> dict[str, Any]:
+def evaluate_stored(cfg: TrialConfig, out_root: str, row: dict[str, Any], cache_dir, record_failure: bool,
+                    defer_source: bool = False) -> dict[str, Any]:
     """The evaluations a stored model lacks, on its stored best weights. Its trials row stays as it is, but for
     `error`: set when an evaluation failed (EvaluationFailed, whatever went wrong: the model's rows are never
     removed here), cleared once they all ran."""
@@ -251,13 +260,14 @@ def evaluate_stored(cfg: TrialConfig, out_root: str, row: dict[str, Any], cache_
             model, _ = load_checkpoint(checkpoint_path(out_root, cfg.trial_id), map_location=device)
             model = model.to(device).eval()
             transferred = set(attacks.source_attacks(cfg.attacks))
-            source = attacks.load_source(cfg, device) if transferred & set(todo) else None
+            source = attacks.load_source(cfg, device) if transferred & set(todo) and not defer_source else None
             if cfg.num_threads:
                 torch.set_num_threads(cfg.num_threads)
             torch.manual_seed(cfg.seed)
             data = prepare_data(cfg)
             attacks.check_image_counts({n: attack_options[n] for n in todo}, len(data.test_x))
-            run_evaluations(cfg, out_root, model, data, attack_options, cache_dir, source, todo, {})
+            run_evaluations(cfg, out_root, model, data, attack_options, cache_dir, source, todo, {},
+                            defer_source=defer_source)
     except BaseException as exc:
         if record_failure and not isinstance(exc, KeyboardInterrupt):
             error = f"evaluation: {type(exc).__name__}: {exc}".splitlines()[0][:2000]
@@ -265,7 +275,7 @@ def evaluate_stored(cfg: TrialConfig, out_root: str, row: dict[str, Any], cache_
         if isinstance(exc, Exception):
             raise EvaluationFailed(f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         raise
-    if row.get("error"):
+    if row.get("error") and not missing_evaluations(cfg, out_root):  # every evaluation is there now
         row = {**row, "error": None}
         write_table(out_root, "trials", cfg.trial_id, [row])
     return row
