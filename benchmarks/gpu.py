@@ -77,7 +77,7 @@ SHAPES = {"MNIST": dict(channels=1, size=28, train=59400, test=10000, augment=Fa
 # (c)'s sweep: what sweeps/mnist_grid.yaml trains, cut to one epoch on part of the images
 C_GRID = {"th": [0.2, 0.4, 0.6], "alpha": [1.0, 4.0]}
 C_SEEDS = 4
-C_CAP = [0]  # --c-trials (0: all 28); set once by main
+C_ROUNDS = [0]  # --c-rounds (0: all 28 trials per level); set once by main
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -276,12 +276,14 @@ def part_a(device: torch.device, smoke: bool, report: Report, widths: list[int],
                                       "steps_timed": steps, "warmup_steps": warmup}, "rows": []}
     report["a_step"] = out
     variants = a_variants()
-    # eager rows of every width first, compile rows (tens of seconds of compiling each) last: a part budget that
-    # runs out cuts the compile rows, not a width
-    phases = [{k: v for k, v in variants.items() if "compile" not in v},
-              {k: v for k, v in variants.items() if "compile" in v}]
+    # eager rows of every width first, compile rows (tens of seconds of compiling each) last, the regularized
+    # step (what the sweeps run) first among them: a part budget that runs out cuts compile rows, not a width
+    eager = {k: v for k, v in variants.items() if "compile" not in v}
+    compiled = {k: v for k, v in variants.items() if "compile" in v}
+    order = [(eager, w, r) for w in widths for r in (False, True)] + [(compiled, w, r) for r in (True, False)
+                                                                       for w in widths]
     plain: dict[tuple[int, bool], float] = {}
-    for phase, width, regularized in ((p, w, r) for p in phases for w in widths for r in (False, True)):
+    for phase, width, regularized in order:
         base = dict(task="MNIST", reg_data="MNIST", width=width, batch_size=64, reg_pairs=16, reg_images=reg_images,
                     th=0.2, device=device.type)
         plain_s = plain.get((width, regularized))
@@ -664,9 +666,9 @@ def _run_processes(folder: Path, results: Path, smoke: bool, train_images: int, 
     Ray's fractional GPUs do, without Ray. Each worker logs its epochs' wall-clock windows for the sampler."""
     from orchestrator.localray import mps
 
-    # --c-trials caps the count (the GPU check's short levels): at least two rounds of `level` trials
+    # --c-rounds (the GPU check's short levels): `rounds` x `level` trials instead of all 28
     configs = c_trials(folder, smoke, train_images, kernels, threads, gpu, pack,
-                       cap=max(2 * level, C_CAP[0]) if C_CAP[0] else None)
+                       cap=C_ROUNDS[0] * level if C_ROUNDS[0] else None)
     results.mkdir(parents=True, exist_ok=True)
     windows_file = results / "windows.jsonl"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -792,8 +794,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="(b) cap on timed steps per figure (default: a whole epoch on CUDA)")
     parser.add_argument("--b-test-images", type=int, default=None,
                         help="(b) cap on test images evaluated and attacked (figures are scaled to 10,000)")
-    parser.add_argument("--c-trials", type=int, default=0,
-                        help="(c) processes runner: trials per level, at least 2 x the level (default: all 28)")
+    parser.add_argument("--c-rounds", type=int, default=0,
+                        help="(c) processes runner: run R x N trials at N per GPU (default: all 28 per level)")
     parser.add_argument("--sweep-train-images", type=int, default=5000,
                         help="(c) train images per benchmark trial (one epoch); trials are cut short so that the "
                              "packing levels fit in minutes")
@@ -835,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_b(part_b(device, args.smoke, kernels, report, Budget(args.part_budget_s), attack_epochs,
                         args.b_steps, args.b_test_images))
     if "c" in args.parts:
-        C_CAP[0] = args.c_trials
+        C_ROUNDS[0] = args.c_rounds
         timeout = args.level_timeout_s or (600.0 if args.smoke else 1800.0)
         _print_c(part_c(device, args.smoke, levels, args.mps, args.sweep_train_images, kernels, report, runner,
                         timeout, Budget(args.part_budget_s)))
