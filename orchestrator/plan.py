@@ -132,20 +132,25 @@ def machine_resources(spec: SweepSpec) -> tuple[int, int]:
     return os.cpu_count() or 1, local_gpus() if spec.resources.gpu > 0 else 0
 
 
-def dataset_size(name: str) -> tuple[int, int, int]:
-    """(train images, test images, pixels per image) from the dataset's record (pixelreg_core.data.registry); a name
-    it does not know (a baseline's reg_data "none") is guessed MNIST-sized, like idx: folders."""
+def dataset_record(name: str) -> datasets.Dataset:
+    """The dataset's record (pixelreg_core.data.registry); for a name it does not know (a baseline's reg_data
+    "none") the idx: record, guessed MNIST-sized."""
     try:
-        return datasets.get(name).sizes
+        return datasets.get(name)
     except ConfigError:
-        return datasets.REGISTRY["idx"].sizes
+        return datasets.REGISTRY["idx"]
+
+
+def dataset_size(name: str) -> tuple[int, int, int]:
+    """(train images, test images, pixels per image) from the dataset's record."""
+    return dataset_record(name).sizes
 
 
 def image_shape(cfg: TrialConfig) -> tuple[int, int, int]:
-    """(channels, height, width) the model sees for this trial's task (square but for folder images)."""
-    pixels = dataset_size(cfg.task)[2]
-    side = round(math.sqrt(pixels))
-    height, width = (side, side) if side * side == pixels else (36, 64)
+    """(channels, height, width) the model sees for this trial's task: the record's image size, else square."""
+    record = dataset_record(cfg.task)
+    side = round(math.sqrt(record.sizes[2]))
+    height, width = record.image_size or (side, side)
     return (1 if cfg.grayscale else 3), height, width
 
 

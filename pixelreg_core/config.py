@@ -38,10 +38,16 @@ NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
 # of the same model; switching a kernel option must not make a sweep rerun every finished trial. What a trial ran
 # with stays on record: the `config` column of its trials row holds every field, these included.
 KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "tf32", "compile")
-NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", *KERNEL_FIELDS)
+# `pack` too: a trial trained in a seed pack writes the rows a separate run of it writes (pixelreg_core/pack/).
+NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", "pack", *KERNEL_FIELDS)
 
-# Baselines are unregularized: these fields have no meaning for them and are set to neutral values, so one
-# baseline per task x seed is shared by every regularization dataset of that task (the same id).
+# Fields that only matter when alpha > 0. A sweep's unregularized models get their defaults (spec.expand), so a grid
+# over, say, sim_layer does not make one baseline per sim_layer value (the same model under different ids).
+REGULARIZER_FIELDS = ("reg_data", "target", "range", "th", "th2", "arctanh", "exact_targets", "reg_images",
+                      "reg_augment", "reg_pairs", "pair_draw", "pair_bn", "sim_layer", "beta", "matrix",
+                      "matrix_images", "vgg_weights")
+# Baselines are unregularized: these of the REGULARIZER_FIELDS have no meaning for them and are set to neutral
+# values, so one baseline per task x seed is shared by every regularization dataset of that task (the same id).
 BASELINE_NEUTRAL = {"reg_data": "none", "target": "none", "range": "none", "th": 0.0, "th2": None}
 
 
@@ -119,8 +125,9 @@ class TrialConfig:
     # --- evaluation -----------------------------------------------------------------------------------------
     attacks: dict[str, dict[str, Any]] = field(default_factory=demo_attacks,
                                                metadata={"help": "JSON: attack name -> options"})
-    fgsm_source: str | None = field(default=None, metadata={"help": "checkpoint of the unregularized FGSM "
-                                                                    "source model"})
+    # The source model of every transferred attack (Attack.source); named after the first one, fgsm_transfer.
+    fgsm_source: str | None = field(default=None, metadata={"help": "checkpoint of the unregularized source "
+                                                                    "model of the transferred attacks"})
     # --- where it runs --------------------------------------------------------------------------------------
     device: str = field(default="auto", metadata={"help": "|".join(DEVICES)})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch default)"})
@@ -137,6 +144,9 @@ class TrialConfig:
     compile: str = field(default="none", metadata={"help": "torch.compile of the training step: "
                                                            + "|".join(COMPILE_MODES)
                                                            + " (reduce-overhead adds CUDA graphs)"})
+    pack: int = field(default=1, metadata={"help": "seed pack: the orchestrator trains up to N trials that differ "
+                                                   "only in seed, th, alpha or target parameters as one grouped "
+                                                   "network (1: each apart; docs/spec.md)"})
 
     # ----------------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -216,6 +226,8 @@ class TrialConfig:
             _check(value is None or value >= 1, name, "must be >= 1 or null (all)")
         _check(self.device in DEVICES, "device", f"is {self.device!r}; use one of {', '.join(DEVICES)}")
         _check(self.compile in COMPILE_MODES, "compile", f"is {self.compile!r}; use one of {', '.join(COMPILE_MODES)}")
+        _check(isinstance(self.pack, int) and self.pack >= 1, "pack", f"is {self.pack!r}; use 1 (train apart) or "
+               "more (trials trained as one grouped network)")
         _check(isinstance(self.attacks, dict), "attacks", "must map attack names to option mappings")
         return self
 

@@ -39,7 +39,7 @@ from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import DataBundle, augment_batch
 from pixelreg_core.data.placement import DeviceImages, images_for
 from pixelreg_core.hooks import faults
-from pixelreg_core.model import PairResNet
+from pixelreg_core.model import PairResNet, eval_logits
 from pixelreg_core.targets.builders import similarity_loss
 
 
@@ -107,7 +107,7 @@ def evaluate_split(model: PairResNet, x: torch.Tensor, y: torch.Tensor, batch_si
     parts = []
     for start in range(0, len(x), batch_size):
         with autocast(x.device, amp):
-            logits = model(x[start:start + batch_size])
+            logits = eval_logits(model, x[start:start + batch_size])  # CPU: in cache-sized pieces, same logits
         target = y[start:start + batch_size]
         loss = F.cross_entropy(logits.float(), target, reduction="sum")
         parts.append(torch.stack([loss.double(), (logits.argmax(1) == target).sum().double()]))
@@ -268,6 +268,74 @@ class PlacedData:
                    images_for(reg_origin, reg_x, device))
 
 
+def initial_result(cfg: TrialConfig, model: PairResNet, placed: PlacedData, saved: dict[str, Any] | None
+                   ) -> tuple[TrainResult, float]:
+    """The result so far and its best `selection_score`: a checkpoint's, or none yet, with the untrained model
+    as the first candidate (`select_untrained`)."""
+    if saved is not None:
+        return (TrainResult(best_state=saved["best_state"], best_epoch=saved["best_epoch"], epochs=saved["rows"],
+                            resumed_from_epoch=saved["epochs_done"], untrained=saved.get("untrained")),
+                saved["best_valid"])
+    result, best_valid = TrainResult(best_state={}, best_epoch=0), float("inf")
+    if cfg.select_untrained:
+        # The authors' code validates the untrained model too: it is the reported one when no epoch beats it (a
+        # diverged or harmful regularizer then reports chance accuracy instead of the least bad trained epoch).
+        # Evaluation draws no random numbers, so the training that follows is the same with this on or off.
+        valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
+        _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
+        result.untrained = {"epoch": 0, "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc}
+        if math.isfinite(valid_loss):
+            best_valid = selection_score(result.untrained, cfg.select)
+            result.best_state = copy.deepcopy(model.state_dict())
+    return result, best_valid
+
+
+def check_finite(cfg: TrialConfig, rows: list[list[float]], epoch: int, lr: float) -> None:
+    """A non-finite loss in the epoch's step rows stops the trial, naming the first bad step."""
+    for step, (loss, _, _, _) in enumerate(rows):
+        if not math.isfinite(loss):
+            culprit = "alpha" if cfg.regularized else "lr"
+            raise ConfigError(culprit, f"the loss became {loss} at epoch {epoch + 1}, step {step + 1} "
+                                       f"(lr {lr:g}, alpha {cfg.alpha:g}); lower lr or alpha")
+
+
+def epoch_row(cfg: TrialConfig, epoch: int, lr: float, rows: list[list[float]], pairs: torch.Tensor | None,
+              valid: tuple[float, float], test_acc: float, train_images: int, started: float) -> dict[str, Any]:
+    """The epochs-table row of an epoch from its step rows (loss, loss_cls, loss_sim, correct), its (S_cnn,
+    S_target) pairs on the host (None unregularized) and its evaluation; a non-finite validation loss stops the
+    trial."""
+    valid_loss, valid_acc = valid
+    if not math.isfinite(valid_loss):
+        raise ConfigError("lr", f"the validation loss became {valid_loss} at epoch {epoch + 1}; lower lr or alpha")
+    sum_cls, sum_sim, correct = 0.0, 0.0, 0
+    for _, loss_cls, loss_sim, step_correct in rows:  # Python floats, in step order
+        sum_cls += loss_cls
+        sum_sim += loss_sim
+        correct += int(step_correct)
+    steps = len(rows)
+    return {
+        "epoch": epoch + 1, "lr": lr,
+        "loss_cls": sum_cls / steps,
+        "loss_sim": sum_sim / steps if cfg.regularized else None,
+        "sim_corr": _pearson(pairs[0], pairs[1]) if pairs is not None else None,
+        "train_acc": correct / train_images,
+        "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def keep_if_best(cfg: TrialConfig, result: TrainResult, row: dict[str, Any], best: float, model: PairResNet
+                 ) -> float:
+    """Keep the epoch's weights when `select` scores it better than the best so far (ties keep the earlier
+    epoch); returns the best score."""
+    score = selection_score(row, cfg.select)
+    if score < best:
+        result.best_epoch = row["epoch"]
+        result.best_state = copy.deepcopy(model.state_dict())
+        return score
+    return best
+
+
 def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | None, device: torch.device,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           checkpoint: EpochCheckpoint | None = None) -> TrainResult:
@@ -288,23 +356,8 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model, device)
     step_fn = compiled_step(cfg)
-    result = TrainResult(best_state={}, best_epoch=0)
-    best_valid = float("inf")  # the best `selection_score` so far
     saved = checkpoint.restore(model, optimizer, generator, target) if checkpoint is not None else None
-    if saved is not None:
-        result = TrainResult(best_state=saved["best_state"], best_epoch=saved["best_epoch"], epochs=saved["rows"],
-                             resumed_from_epoch=saved["epochs_done"], untrained=saved.get("untrained"))
-        best_valid = saved["best_valid"]
-    elif cfg.select_untrained:
-        # The authors' code validates the untrained model too: it is the reported one when no epoch beats it (a
-        # diverged or harmful regularizer then reports chance accuracy instead of the least bad trained epoch).
-        # Evaluation draws no random numbers, so the training that follows is the same with this on or off.
-        valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
-        _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
-        result.untrained = {"epoch": 0, "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc}
-        if math.isfinite(valid_loss):
-            best_valid = selection_score(result.untrained, cfg.select)
-            result.best_state = copy.deepcopy(model.state_dict())
+    result, best_valid = initial_result(cfg, model, placed, saved)
     with kernel_settings(cfg, device), compile_session(cfg):
         for epoch in range(result.resumed_from_epoch, cfg.epochs):
             started = time.perf_counter()
@@ -317,45 +370,17 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
             # The epoch's one read of its step numbers (a device synchronisation); a non-finite loss stops the
             # trial here, before this epoch's weights are validated or kept.
             rows = torch.stack(per_step).tolist()
-            for step, (loss, _, _, _) in enumerate(rows):
-                if not math.isfinite(loss):
-                    culprit = "alpha" if regularized else "lr"
-                    raise ConfigError(culprit, f"the loss became {loss} at epoch {epoch + 1}, step {step + 1} "
-                                               f"(lr {lr:g}, alpha {cfg.alpha:g}); lower lr or alpha")
-            sum_cls, sum_sim, correct = 0.0, 0.0, 0
-            for _, loss_cls, loss_sim, step_correct in rows:  # Python floats, in step order
-                sum_cls += loss_cls
-                sum_sim += loss_sim
-                correct += int(step_correct)
-            sim_corr = None
-            if regularized:
-                s_cnn, s_target = torch.cat(pairs, dim=1).cpu()
-                sim_corr = _pearson(s_cnn, s_target)
+            check_finite(cfg, rows, epoch, lr)
+            pair_values = torch.cat(pairs, dim=1).cpu() if regularized else None
 
             # Evaluation in float32 whatever `amp` says, as every attack runs: clean_acc (the best epoch's
             # test_acc) and the attacks' accuracies are then numbers of the same model, and the validation loss
             # that picks the best epoch is not rounded to bf16.
-            valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
+            valid = evaluate_split(model, placed.valid_x, placed.valid_y)
             _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
-            if not math.isfinite(valid_loss):
-                raise ConfigError("lr", f"the validation loss became {valid_loss} at epoch {epoch + 1}; "
-                                        f"lower lr or alpha")
-            steps = len(rows)
-            row = {
-                "epoch": epoch + 1, "lr": lr,
-                "loss_cls": sum_cls / steps,
-                "loss_sim": sum_sim / steps if regularized else None,
-                "sim_corr": sim_corr,
-                "train_acc": correct / len(placed.train_x),
-                "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc,
-                "seconds": time.perf_counter() - started,
-            }
+            row = epoch_row(cfg, epoch, lr, rows, pair_values, valid, test_acc, len(placed.train_x), started)
             result.epochs.append(row)
-            score = selection_score(row, cfg.select)
-            if score < best_valid:  # ties keep the earlier epoch
-                best_valid = score
-                result.best_epoch = epoch + 1
-                result.best_state = copy.deepcopy(model.state_dict())
+            best_valid = keep_if_best(cfg, result, row, best_valid, model)
             if checkpoint is not None:
                 checkpoint.save(epochs_done=epoch + 1, model=model, optimizer=optimizer, generator=generator,
                                 rows=result.epochs, best_state=result.best_state, best_epoch=result.best_epoch,

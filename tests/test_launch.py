@@ -111,6 +111,30 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
 
 
 @pytest.mark.slow
+def test_seed_packs_write_each_trial_as_an_unpacked_launch_does(ray_session, tmp_path, capsys):
+    """`pack: 4`: the 4 regularized trials (2 th x 2 seeds) train as one Tune trial, the 2 baselines as another;
+    every trial has its own trials and epochs rows under the id an unpacked launch gives it."""
+    grid = {"th": [0.3, 0.6], "alpha": [1.0]}
+    packed = write_spec(tmp_path, grid=grid, train={**TINY_TRAIN, "pack": 4})
+    apart = write_spec(tmp_path, grid=grid)
+    assert launch(packed, tmp_path / "packed") == 0
+    out = capsys.readouterr().out
+    assert "done 6/6" in out and "every trial ok" in out
+    assert launch(apart, tmp_path / "apart") == 0
+    tables = {}
+    for name in ("packed", "apart"):
+        sweep = tmp_path / name / "tiny"
+        tables[name] = (pd.read_parquet(sweep / "trials"), pd.read_parquet(sweep / "epochs"))
+    (trials, epochs), (trials_apart, epochs_apart) = tables["packed"], tables["apart"]
+    assert set(trials["status"]) == {"ok"} and len(trials) == 6
+    assert sorted(trials["trial_id"]) == sorted(trials_apart["trial_id"])
+    assert sorted(epochs["trial_id"]) == sorted(epochs_apart["trial_id"])  # one row per trial (1 epoch)
+    assert {json.loads(c)["pack"] for c in trials["config"]} == {4}
+    names = sorted(Path(p).parent.name for p in (tmp_path / "packed" / "tiny" / "tune").rglob("params.json"))
+    assert len(names) == 2 and sum("_pack4_" in n for n in names) == 1 and sum("_pack2_" in n for n in names) == 1
+
+
+@pytest.mark.slow
 def test_different_spec_is_refused_and_fresh_starts_over(ray_session, tmp_path, capsys):
     root = tmp_path / "results"
     first = write_spec(tmp_path, seeds=[0], baseline=False)

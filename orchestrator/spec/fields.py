@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.targets.ranges import inside_th_bounds
 
 # ---------------------------------------------------------------------------------------------------------------
 # Which TrialConfig fields may appear where
@@ -25,7 +26,7 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fie
 SPEC_OWNED = ("sweep", "role", "task", "reg_data", "seed", "data_root", "download", "attacks", "fgsm_source")
 # Top-level regularizer fields; a grid may vary them too (a grid value wins over the top level).
 TOP_LEVEL_TRIAL_FIELDS = ("target", "range", "th2")
-GRID_FIELDS = tuple(n for n in TRIAL_FIELDS if n not in SPEC_OWNED + ("device", "num_threads"))
+GRID_FIELDS = tuple(n for n in TRIAL_FIELDS if n not in SPEC_OWNED + ("device", "num_threads", "pack"))
 TRAIN_FIELDS = tuple(n for n in TRIAL_FIELDS if n not in SPEC_OWNED + TOP_LEVEL_TRIAL_FIELDS + ("th", "alpha"))
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -136,7 +137,7 @@ def _grid_points(points: Any, axes: set[str]) -> list[dict[str, Any]]:
 
 def _grid_value(path: tuple[str | int, ...], name: str, value: Any) -> Any:
     value = coerce_field(path, name, value)
-    if name == "th" and not 0 < value < 1:
+    if name == "th" and not inside_th_bounds(value):
         raise SpecFieldError(path, f"{value} is outside (0, 1); use values between 0 and 1")
     if name == "alpha" and not value >= 0:
         raise SpecFieldError(path, f"{value} is negative; use alpha >= 0 (0 trains an unregularized model)")

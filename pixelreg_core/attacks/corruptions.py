@@ -178,4 +178,4 @@ ATTACKS = [Attack("corruptions", "Corruptions", {
     "images": Option(100, None, "count_or_all", "test images corrupted (null: all)"),
     "folder": Option(None, None, "path_or_none", "CIFAR-10-C / CIFAR-100-C folder (null: generate)"),
     "batch_size": Option(500, 500, "count", "images per forward pass"),
-}, run, check=check, on_test_images=lambda opts: opts["folder"] is None)]
+}, run, check=check, on_test_images=lambda opts: opts["folder"] is None, eps_name="severity")]
