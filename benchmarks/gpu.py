@@ -15,7 +15,7 @@
     processes` the same trials as plain processes, at most N at once (no Ray needed: the GPU check's path). GPU
     utilisation is averaged over the samples taken while some trial was training (pynvml or nvidia-smi; "n/a"
     without them), memory per trial from the peak. A failed trial is counted and named, not fatal; every level
-    has a time limit. Seed-pack rows: `pack_modes()`.
+    has a time limit. With the seed pack (`pack`), each level also as one pack of N trials per process ("pack").
 (d) extrapolated wall time of sweeps/mnist_grid.yaml and sweeps/cifar10_paper.yaml on this device, from (a)-(c).
 
 Every figure is written to --out as soon as it exists (the JSON is rewritten after each row), so a run stopped by
@@ -531,9 +531,9 @@ class GpuSampler:
 
 
 def pack_modes() -> list[str]:
-    """Packing modes of (c). HOOK for the seed pack (issue 17, item 2, built elsewhere): once TrialConfig has a
-    `pack` field, the "pack" mode runs the same trials with `pack: N` (N = trials per GPU) and `c_trials` passes
-    it on; until then (c) has no pack rows and says so in its JSON (`seed_pack`)."""
+    """Packing modes of (c): "plain" (N trials per GPU, each its own process or Ray trial) and, with the seed pack
+    (TrialConfig's `pack`, pixelreg_core/pack/), "pack": the same trials with `pack: N`, trained N at a time as one
+    grouped network in one process that has the GPU to itself."""
     return ["plain", "pack"] if "pack" in {f.name for f in dataclasses.fields(TrialConfig)} else ["plain"]
 
 
@@ -565,8 +565,8 @@ def part_c(device: torch.device, smoke: bool, levels: list[int], mps: bool, trai
     modes = pack_modes()
     out: dict[str, Any] = {"sweep": {"trials": 4 if smoke else 28, "shape": "1x28x28", "runner": runner,
                                      **c_train(smoke, train_images, kernels)},
-                           "seed_pack": "measured" if "pack" in modes else "not built yet: no `pack` field in "
-                                                                             "TrialConfig (pack_modes hook)",
+                           "seed_pack": "measured (mode pack)" if "pack" in modes else "not built: no `pack` field "
+                                                                                       "in TrialConfig",
                            "rows": []}
     report["c_sweep"] = out
     with tempfile.TemporaryDirectory(prefix="pixelreg-bench-") as tmp:
@@ -580,8 +580,10 @@ def part_c(device: torch.device, smoke: bool, levels: list[int], mps: bool, trai
                         out["rows"].append({**row, "trials": 0, "failed": 0, "error": OVER_BUDGET})
                         report.save()
                         continue
-                    threads = max(1, cpus // level)
+                    if mode == "pack" and level == 1:
+                        continue  # a pack of one is the plain row
                     pack = level if mode == "pack" else None
+                    threads = cpus if pack else max(1, cpus // level)  # a pack is one process on the GPU
                     results = Path(tmp) / f"results-{row['mode']}-{level}"
                     run = _run_ray if runner == "ray" else _run_processes
                     try:
@@ -631,11 +633,12 @@ def _run_ray(folder: Path, results: Path, smoke: bool, train_images: int, kernel
     spec = {"name": name, "pairs": [{"task": f"idx:{folder}", "reg_data": f"idx:{folder}"}], "grid": grid,
             "seeds": seeds, "baseline": True, "train": train,
             "attacks": {"gaussian": {"images": 50 if smoke else 1000, "num_eps": 3}},
-            "resources": {"cpu": threads, "gpu": round(1.0 / level, 4) if gpu else 0}, "max_failures": 0}
+            "resources": {"cpu": threads, "gpu": (1.0 if pack else round(1.0 / level, 4)) if gpu else 0},
+            "max_failures": 0}
     path = Path(tmp) / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "orchestrator.cli", "launch", str(path), "--results", str(results),
-           "--no-dashboard", "--max-concurrent", str(level), "--progress-every", "60"]
+           "--no-dashboard", "--max-concurrent", "1" if pack else str(level), "--progress-every", "60"]
     cmd += ["--mps"] if mps_mode else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     with GpuSampler() if gpu else contextlib.nullcontext() as sampler:
@@ -667,14 +670,18 @@ def _run_processes(folder: Path, results: Path, smoke: bool, train_images: int, 
     from orchestrator.localray import mps
 
     # --c-rounds (the GPU check's short levels): `rounds` x `level` trials instead of all 28
+    from pixelreg_core.pack.key import packs
+
     configs = c_trials(folder, smoke, train_images, kernels, threads, gpu, pack,
                        cap=C_ROUNDS[0] * level if C_ROUNDS[0] else None)
+    units = packs(configs) if pack else [[cfg] for cfg in configs]  # a unit is one process
+    at_once = 1 if pack else level
     results.mkdir(parents=True, exist_ok=True)
     windows_file = results / "windows.jsonl"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     control = mps.check(True, address=None, gpu_per_trial=1.0 / level) if mps_mode else None
-    pending = list(configs)
-    running: list[tuple[subprocess.Popen, TrialConfig]] = []
+    pending = list(units)
+    running: list[tuple[subprocess.Popen, list[TrialConfig]]] = []
     timed_out: list[str] = []
     exits: dict[str, int] = {}
     with mps.daemon(control, log=lambda line: None), \
@@ -682,24 +689,24 @@ def _run_processes(folder: Path, results: Path, smoke: bool, train_images: int, 
         started = time.perf_counter()
         deadline = time.monotonic() + timeout_s
         while pending or running:
-            while pending and len(running) < level:
-                cfg = pending.pop(0)
-                cfg_file = results / f"{cfg.trial_id}.json"
-                cfg_file.write_text(json.dumps(cfg.to_dict()))
+            while pending and len(running) < at_once:
+                unit = pending.pop(0)
+                cfg_file = results / f"{unit[0].trial_id}.json"
+                cfg_file.write_text(json.dumps([cfg.to_dict() for cfg in unit]))
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--trial-worker", str(cfg_file),
                        "--worker-out", str(results), "--windows", str(windows_file)]
-                with open(results / f"{cfg.trial_id}.log", "w") as log:  # the child keeps its own handle
-                    running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), cfg))
+                with open(results / f"{unit[0].trial_id}.log", "w") as log:  # the child keeps its own handle
+                    running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), unit))
             time.sleep(0.2)
-            for proc, cfg in list(running):
+            for proc, unit in list(running):
                 if proc.poll() is not None:
-                    running.remove((proc, cfg))
-                    exits[cfg.trial_id] = proc.returncode
+                    running.remove((proc, unit))
+                    exits.update({cfg.trial_id: proc.returncode for cfg in unit})
             if time.monotonic() > deadline:
-                for proc, cfg in running:
+                for proc, unit in running:
                     proc.kill()
                     proc.wait()
-                    timed_out.append(cfg.trial_id)
+                    timed_out += [cfg.trial_id for cfg in unit]
                 running, pending = [], []
         wall = time.perf_counter() - started
     windows = []
@@ -713,7 +720,8 @@ def _run_processes(folder: Path, results: Path, smoke: bool, train_images: int, 
     lost = [t for t, code in exits.items() if t not in recorded]  # a worker that died before writing its row
     if lost:
         row["failed"] += len(lost)
-        tail = (results / f"{lost[0]}.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
+        logs = sorted(results.glob("*.log"))
+        tail = (logs[0].read_text().strip().splitlines()[-1:] if logs else []) or ["(no output)"]
         row["errors"] = (row["errors"] + [f"{len(lost)} worker(s) died without a trials row, e.g. exit "
                                           f"{exits[lost[0]]}: {tail[0][:200]}"])[:4]
     if timed_out:
@@ -723,19 +731,25 @@ def _run_processes(folder: Path, results: Path, smoke: bool, train_images: int, 
 
 
 def trial_worker(cfg_file: str, out_root: str, windows_file: str) -> int:
-    """One (c) trial in this process: run_trial, recording each epoch's wall-clock window (end, seconds)."""
+    """One (c) unit in this process: a trial (run_trial) or a seed pack (run_pack), recording each epoch's
+    wall-clock window (end, seconds) for the utilisation sampler."""
     from pixelreg_core.trial import run_trial
 
-    cfg = TrialConfig.from_dict(json.loads(Path(cfg_file).read_text()))
-    torch.set_num_threads(cfg.num_threads or 1)
+    cfgs = [TrialConfig.from_dict(values) for values in json.loads(Path(cfg_file).read_text())]
+    torch.set_num_threads(cfgs[0].num_threads or 1)
 
-    def window(row: dict[str, Any]) -> None:
+    def window(cfg: TrialConfig, row: dict[str, Any]) -> None:
         with open(windows_file, "a") as fh:  # one short line per epoch: appends of whole lines do not interleave
             fh.write(json.dumps({"trial": cfg.trial_id, "end": time.time(), "seconds": row["seconds"]}) + "\n")
 
     try:
-        run_trial(cfg, out_root, on_epoch=window, record_failure=True)
-    except Exception as exc:  # noqa: BLE001 - its failed trials row is written; the exit code says so too
+        if len(cfgs) > 1:
+            from pixelreg_core.pack.trial import run_pack
+
+            outcomes = run_pack(cfgs, out_root, on_epoch=window, record_failure=True)
+            return 0 if all(o.row.get("status") == "ok" for o in outcomes) else 1
+        run_trial(cfgs[0], out_root, on_epoch=lambda row: window(cfgs[0], row), record_failure=True)
+    except Exception as exc:  # noqa: BLE001 - its failed trials rows are written; the exit code says so too
         print(failure(exc), file=sys.stderr)
         return 1
     return 0

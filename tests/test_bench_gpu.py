@@ -43,7 +43,7 @@ def test_gpu_benchmark_smoke_writes_every_part(tmp_path):
                                          "boundary"}
         assert shape["attacks"]["trained"]["epochs"] == 1  # attacked after training, not untrained
     sweep = report["c_sweep"]["rows"]
-    assert [r["trials_per_gpu"] for r in sweep] == [1, 2]
+    assert [(r["mode"], r["trials_per_gpu"]) for r in sweep] == [("plain", 1), ("plain", 2), ("pack", 2)]
     assert all(r["error"] is None and r["trials"] == 4 and r["failed"] == 0 and r["trials_per_hour"] > 0
                for r in sweep)
     assert report["c_sweep"]["sweep"]["runner"] == "ray"
@@ -54,11 +54,11 @@ def test_gpu_benchmark_smoke_writes_every_part(tmp_path):
     assert "(d) extrapolated sweep wall time" in done.stdout
 
 
-@pytest.mark.slow  # a few minutes on 2 shared cores: three trial processes
+@pytest.mark.slow  # a few minutes on 2 shared cores: four trial processes
 def test_part_c_without_ray_records_failed_trials_and_keeps_every_level(tmp_path):
     """The GPU check's path: (c) as plain processes. Every trial fails once (an injected fault after epoch 1):
     level 1 (one trial) is recorded with its failure, not dropped, and level 2 (that trial, its fault spent, and
-    one more, which fails) runs on."""
+    one more, which fails) runs on; then the same two trials as one seed pack (pack: 2) in one process."""
     out = tmp_path / "c.json"
     plan = {"dir": str(tmp_path / "marks"), "faults": [{"trial": "*", "epoch": 1, "kind": "raise"}]}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -68,10 +68,11 @@ def test_part_c_without_ray_records_failed_trials_and_keeps_every_level(tmp_path
                            "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())["c_sweep"]["rows"]
-    assert [r["trials_per_gpu"] for r in rows] == [1, 2]
-    first, second = rows
+    assert [(r["mode"], r["trials_per_gpu"]) for r in rows] == [("plain", 1), ("plain", 2), ("pack", 2)]
+    first, second, packed = rows
     assert first["trials"] == 0 and first["failed"] == 1 and "InjectedFault" in first["errors"][0]
     assert second["trials"] == 1 and second["failed"] == 1  # the spent fault's trial ran on
+    assert packed["trials"] == 2 and packed["failed"] == 0  # both faults spent: the seed pack of two trains
     assert all(r["gpu_util_pct"] == "n/a" for r in rows)
 
 
