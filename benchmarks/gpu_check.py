@@ -4,8 +4,8 @@
 
 For a machine whose Python has torch, torchvision, pandas, pyarrow, numpy, scipy, pytest, pyyaml and psutil, but no
 Ray, Optuna or foolbox: it first installs the wheels brought along in .whl/ (`sh benchmarks/gpu_check_wheels.sh`
-downloads them, 4.3 MB) into a folder of its own (no network, nothing else touched), then runs, each step under a
-time limit, with its log and JSON written under DIR (default $OUT, else gpu-check/) as it goes:
+downloads them: 4.3 MiB, 4,478,603 bytes) into a folder of its own (no network, nothing else touched), then runs,
+each step under a time limit, with its log and JSON written under DIR (default $OUT, else gpu-check/) as it goes:
 
     check.json   what ran, how long, how it ended (rewritten after every step)
     tests.log    pytest -m gpu over the test files that hold CUDA tests (the Ray one skips: no Ray here; on a

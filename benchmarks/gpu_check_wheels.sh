@@ -2,7 +2,8 @@
 # The wheels benchmarks/gpu_check.py installs on a GPU machine whose Python (3.12, x86-64) has torch, torchvision,
 # pandas, pyarrow, numpy, scipy, pytest, pyyaml and psutil but none of these. Run here, where pip reaches PyPI;
 # they land in .whl/ (ignored by git) and travel with the checkout. Ray and Optuna are not among them: the check
-# takes the Ray-free path (part (c) as plain processes; the Ray CUDA test skips). All together: 4.3 MB (measured when this script was written).
+# takes the Ray-free path (part (c) as plain processes; the Ray CUDA test skips). All together: 4.3 MiB
+# (4,478,603 bytes, measured when this script was written).
 #
 #     sh benchmarks/gpu_check_wheels.sh [PYTHON]        (default python3)
 set -eu
