@@ -655,11 +655,18 @@ def _run_ray(folder: Path, results: Path, smoke: bool, train_images: int, kernel
         import pandas as pd
 
         for _, r in trials[trials["status"] == "ok"].iterrows():
-            end = pd.Timestamp(r["finished_at"]).timestamp() - float(r.get("attack_s") or 0.0)
-            windows.append((end - float(r.get("train_s") or 0.0) - 1.0, end + 1.0))
+            end = pd.Timestamp(r["finished_at"]).timestamp() - _seconds(r.get("attack_s"))
+            windows.append((end - _seconds(r.get("train_s")) - 1.0, end + 1.0))
     row = _summary(trials, wall, sampler, windows, level)
     row["error"] = error
     return row
+
+
+def _seconds(value: Any) -> float:
+    """A trials-row time column: seconds, or a JSON object of seconds per part (attack_s: per attack)."""
+    if isinstance(value, str):
+        return float(sum(json.loads(value).values()))
+    return float(value) if value is not None and value == value else 0.0
 
 
 def _run_processes(folder: Path, results: Path, smoke: bool, train_images: int, kernels: dict[str, Any],
