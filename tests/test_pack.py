@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import conftest
 import pandas as pd
 import pytest
 import torch
@@ -17,14 +18,12 @@ from pixelreg_core.pack.trial import run_pack
 from pixelreg_core.train import step_losses
 from pixelreg_core.trial import run_trial
 
-TINY = dict(task="digits", reg_data="digits", width=4, epochs=1, batch_size=32, train_images=256, test_images=128,
-            reg_images=200, valid_fraction=0.1, attacks={"gaussian": {"images": 64}}, device="cpu", num_threads=1)
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(**changes) -> TrialConfig:
-    return TrialConfig(**{**TINY, **changes})
+    """conftest's tiny trial, one epoch."""
+    return conftest.tiny(**{"epochs": 1, **changes})
 
 
 def _models(cfgs: list[TrialConfig], sim_layer=None) -> list:
@@ -200,3 +199,53 @@ def test_the_pack_benchmark_prints_both_columns(tmp_path):
     assert "apart steps/s" in out and "packed steps/s" in out
     rows = json.loads((tmp_path / "pack.json").read_text())["rows"]
     assert rows[0]["n"] == 2 and rows[0]["apart_steps_per_s"] > 0 and rows[0]["packed_steps_per_s"] > 0
+
+
+def test_a_stopped_pack_resumes_from_its_members_checkpoints_with_the_same_numbers(tmp_path, monkeypatch):
+    """Both members stop after epoch 1 (a `raise` each): rerun, the pack resumes both from their checkpoints and
+    writes the numbers of an uninterrupted pack exactly (weights, momenta, generators and pair orders restored
+    member by member). A pack whose members stand at different epochs trains them as one pack per epoch."""
+    cfgs = [tiny(alpha=4.0, seed=s, epochs=2, pack=2, lr=0.005, batch_size=64, reg_pairs=32) for s in (0, 1)]
+    whole = run_pack(cfgs, tmp_path / "whole")
+    assert [o.row["status"] for o in whole] == ["ok", "ok"]
+    plan = {"dir": str(tmp_path / "marks"), "faults": [{"trial": c.trial_id, "epoch": 1, "kind": "raise"}
+                                                        for c in cfgs]}
+    monkeypatch.setenv(faults.ENV, json.dumps(plan))
+    assert [o.row["status"] for o in run_pack(cfgs, tmp_path / "stopped")] == ["failed", "failed"]
+    resumed = run_pack(cfgs, tmp_path / "stopped")  # each fault fires once
+    assert [o.row["resumed_from_epoch"] for o in resumed] == [1, 1]
+    numbers = ["trial_id", "epoch", "loss_cls", "loss_sim", "sim_corr", "valid_loss", "valid_acc", "test_acc"]
+    expected = pd.read_parquet(tmp_path / "whole" / "epochs")[numbers].sort_values(["trial_id", "epoch"])
+    got = pd.read_parquet(tmp_path / "stopped" / "epochs")[numbers].sort_values(["trial_id", "epoch"])
+    assert got.values.tolist() == expected.values.tolist()
+
+    # member 0 stopped after epoch 1, member 1 not started: two packs of one, each as its own run would go
+    plan["faults"] = [{"trial": cfgs[0].trial_id, "epoch": 1, "kind": "raise"}]
+    plan["dir"] = str(tmp_path / "marks2")
+    monkeypatch.setenv(faults.ENV, json.dumps(plan))
+    run_pack(cfgs[:1], tmp_path / "mixed")
+    mixed = run_pack(cfgs, tmp_path / "mixed")
+    assert [o.row["status"] for o in mixed] == ["ok", "ok"]
+    assert [o.row["resumed_from_epoch"] for o in mixed] == [1, 0]
+
+
+def test_under_amp_the_packed_similarity_is_float32_as_a_single_models():
+    """bf16 autocast (CPU shows it): S_cnn [k, N] and the feature means stay float32, as PairResNet keeps them,
+    and each model's losses are its separate model's up to bf16 rounding."""
+    cfgs = [tiny(alpha=1.0, seed=s) for s in (0, 1)]
+    separate = _models(cfgs)
+    grouped = GroupedPairResNet.of(separate).train()
+    data = torch.Generator().manual_seed(3)
+    xs = [torch.rand(16, 1, 8, 8, generator=data) for _ in cfgs]
+    ys = [torch.randint(10, (16,), generator=data) for _ in cfgs]
+    xas = [torch.rand(6, 1, 8, 8, generator=data) for _ in cfgs]
+    xbs = [torch.rand(6, 1, 8, 8, generator=data) for _ in cfgs]
+    targets = [torch.randint(-1, 2, (6,), generator=data).float() for _ in cfgs]
+    _, loss, _, _, _, s_cnn = packed_step_losses(grouped, torch.cat(xs, 1), torch.stack(ys, 1), torch.cat(xas, 1),
+                                                 torch.cat(xbs, 1), torch.stack(targets, 1), torch.ones(2), True,
+                                                 True)
+    assert s_cnn.dtype == torch.float32 and s_cnn.shape == (6, 2)
+    assert all(getattr(grouped, f"feature_mean_{i}").dtype == torch.float32 for i in range(5))
+    for n, model in enumerate(separate):
+        single, *_ = step_losses(model.train(), xs[n], ys[n], xas[n], xbs[n], targets[n], 1.0, True, True)
+        assert float(loss[n].detach()) == pytest.approx(float(single.detach()), rel=5e-2)

@@ -18,6 +18,7 @@ from orchestrator.spec.expand import trial_from_params
 from orchestrator.spec.schema import Objective, SweepSpec
 from orchestrator.sweepdir.tables import join, record_failure, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.pack.key import packs
 from pixelreg_core.results import disk_full
 
 
@@ -118,24 +119,24 @@ def train_unit(config: dict[str, Any], *, units: dict[str, list[dict[str, Any]]]
                  **({"error": f"{len(failed)} of {len(rows)}: {failed[0]['error']}"[:300]} if failed else {})})
 
 
-def _run_pack(cfgs: list[TrialConfig], sweep_dir: str, threads: int, retries: int) -> list[dict[str, Any]]:
-    """run_pack with Tune reporting (every member's epochs, tagged `pack_member`); returns each trial's row.
+def _run_pack(cfgs: list[TrialConfig], sweep_dir: str, threads: int, retries: int,
+              extras: list[dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """run_pack with Tune reporting (every member's epochs, tagged `pack_member` or with that member's `extras`);
+    returns each trial's row.
 
     A member that fails with a config error is recorded as _run records it; one that fails otherwise gets its
     remaining retries as a separate trial (_run), from its checkpoint. A worker that dies takes the whole pack
     with it: Tune's FailureConfig restarts the pack, and every member resumes from its checkpoint."""
-    import torch
-
     from pixelreg_core.pack.trial import run_pack
 
-    torch.set_num_threads(threads)
-    cfgs = [cfg.replace(num_threads=threads) for cfg in cfgs]
-    index = {cfg.trial_id: i for i, cfg in enumerate(cfgs)}
+    cfgs = [cfg.replace(num_threads=threads) for cfg in cfgs]  # trial.prepare_trial sets torch's threads from it
+    extras = extras or [{"pack_member": float(i)} for i in range(len(cfgs))]
+    by_id = {cfg.trial_id: extra for cfg, extra in zip(cfgs, extras, strict=True)}
     outcomes = run_pack(cfgs, sweep_dir, cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True,
                         node=worker_node(),
-                        on_epoch=lambda cfg, row: tune.report({**numeric(row), "pack_member": index[cfg.trial_id]}))
+                        on_epoch=lambda cfg, row: tune.report({**numeric(row), **by_id[cfg.trial_id]}))
     rows = []
-    for outcome in outcomes:
+    for outcome, extra in zip(outcomes, extras, strict=True):
         exc = outcome.error
         if exc is None:
             rows.append(outcome.row)
@@ -149,7 +150,7 @@ def _run_pack(cfgs: list[TrialConfig], sweep_dir: str, threads: int, retries: in
         else:
             print(f"trial {outcome.cfg.trial_id} failed in its seed pack ({outcome.row['error']}); retried alone",
                   flush=True)
-            rows.append(_run(outcome.cfg, sweep_dir, threads, retries - 1))
+            rows.append(_run(outcome.cfg, sweep_dir, threads, retries - 1, extra=extra))
     return rows
 
 
@@ -167,20 +168,23 @@ def train_point(config: dict[str, Any], *, spec: SweepSpec, task: str, reg_data:
     """
     params = {"th": float(config["th"]), "alpha": float(config["alpha"])}
     statuses = trial_statuses(sweep_dir)
-    trial_ids = []
-    for index, seed in enumerate(seeds):
-        cfg = trial_from_params(spec, task, reg_data, seed, params, sweep_dir)
-        if statuses.get(cfg.trial_id) != "ok":
-            # OptunaSearch reads its metric from every intermediate result; the objective only exists at the
-            # end, so epochs carry its floor (the lowest score() can give) as a neutral placeholder.
-            try:
-                row = _run(cfg, sweep_dir, threads, retries,
-                           extra={"seed_index": index, "objective": FLOOR, **params})
-            except DiskFull as exc:
-                tune.report({DISK_FULL: 1.0, "ok": 0.0, "objective": FLOOR, "error": str(exc)[:300]})
-                return
+    cfgs = [trial_from_params(spec, task, reg_data, seed, params, sweep_dir) for seed in seeds]
+    trial_ids = [cfg.trial_id for cfg in cfgs]
+    # OptunaSearch reads its metric from every intermediate result; the objective only exists at the end, so
+    # epochs carry its floor (the lowest score() can give) as a neutral placeholder.
+    extra = {cfg.trial_id: {"seed_index": index, "objective": FLOOR, **params} for index, cfg in enumerate(cfgs)}
+    todo = [cfg for cfg in cfgs if statuses.get(cfg.trial_id) != "ok"]
+    for group in packs(todo):  # the point's seeds as seed packs (`pack` > 1), else one by one
+        try:
+            if len(group) > 1:
+                rows = _run_pack(group, sweep_dir, threads, retries, [extra[c.trial_id] for c in group])
+            else:
+                rows = [_run(group[0], sweep_dir, threads, retries, extra=extra[group[0].trial_id])]
+        except DiskFull as exc:
+            tune.report({DISK_FULL: 1.0, "ok": 0.0, "objective": FLOOR, "error": str(exc)[:300]})
+            return
+        for cfg, row in zip(group, rows, strict=True):
             if row.get("status") != "ok":
-                raise TrialFailed(f"trial {cfg.trial_id} (seed {seed}): {row['error']}")
-        trial_ids.append(cfg.trial_id)
+                raise TrialFailed(f"trial {cfg.trial_id} (seed {cfg.seed}): {row['error']}")
     point = evaluate_point(sweep_dir, trial_ids, [baselines[seed] for seed in seeds], objective)
     tune.report({**numeric(point), "objective": point["objective"], "ok": 1.0})

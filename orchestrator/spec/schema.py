@@ -323,7 +323,7 @@ class SweepSpec(_Strict):
 
     def _validate_attacks(self) -> None:
         """pixelreg_core.attacks knows the attack names and options (imported here: it pulls in torch)."""
-        from pixelreg_core.attacks import resolve, validate_attacks
+        from pixelreg_core.attacks import check_image_counts, resolve, validate_attacks
 
         transferred = source_attacks(self.attacks)
         for task in dict.fromkeys(p.task for p in self.pairs):
@@ -335,8 +335,9 @@ class SweepSpec(_Strict):
                 cfg.attacks.pop(name)
             try:
                 validate_attacks(cfg, test_count=cfg.test_images)
-                for name in transferred:
-                    resolve(name, self.attacks[name])
+                resolved = {name: resolve(name, self.attacks[name]) for name in transferred}
+                if cfg.test_images is not None:
+                    check_image_counts(resolved, cfg.test_images)
             except ConfigError as exc:
                 parts = tuple(exc.field.split("."))
                 path = parts if parts[0] == "attacks" else ("attacks", *parts)
