@@ -1,18 +1,19 @@
 """`orchestrator launch SPEC`: run (or resume) a sweep on Ray Tune.
 
-Order of work: check everything a user can get wrong (spec, resources, results root, a different spec already in
-the results folder) before Ray starts or anything is written; then the FGSM source models, which the trials'
-transferred-FGSM attack reads; then baselines and grid trials (or, with `search: optuna`, baselines and then one
+Order of work, one function each: `make_plan` checks everything a user can get wrong (spec, resources, results
+root, every config, the inputs on disk) and computes what to run, writing nothing; `run` then takes the sweep
+folder's lock, `claim`s the folder (refusing a different spec's results, wiping them with --fresh) and drops the
+stale rows of the trials to run; `run_on_ray` starts Ray and `run_phases` runs the FGSM source models (the trials'
+transferred attacks read them), then baselines and grid trials (or, with `search: optuna`, baselines and then one
 Optuna study per dataset pair). The sweep's state is only its Parquet files, so relaunching the same command resumes.
-The Tune runner (tune_runner) and the Optuna search (optuna_search) do the running; this module decides what to
-run and says what happened. Ray, Tune and torch are imported inside functions: the CLI imports this module to build
-its parser.
+The Tune runner (run.tune) and the Optuna search (run.search) do the running; this module decides what to run and
+says what happened. Ray, Tune and torch are imported inside functions: the CLI imports this module to build its
+parser.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import tempfile
@@ -67,16 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Plan:
-    """Everything decided before Ray starts."""
+    """What a launch will run, computed and checked; nothing is written and no lock is taken to make it."""
 
     spec: SweepSpec
     spec_path: Path
+    spec_text: str                          # as read with the spec: what the claimed folder's spec.yaml holds
     sweep_dir: str
     configs: list[TrialConfig]              # all expanded configs (grid: the whole sweep; optuna: sources+baselines)
-    todo: list[TrialConfig]
-    done: list[TrialConfig]
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
-    lock: Any = None                        # the sweep folder's lock.SweepLock while launch holds it
     mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
 
 
@@ -112,8 +111,9 @@ def on_cluster(args: argparse.Namespace) -> bool:
     return bool(args.address or os.environ.get("RAY_ADDRESS"))
 
 
-def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
-    """`hold(sweep_dir)`, when given, takes the sweep folder's lock before anything in it is written."""
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Load, check, expand and preflight the spec: a UserError for anything a user can get wrong, before the sweep
+    folder is touched or Ray starts. Reads only (the spec, the inputs preflight checks)."""
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
     if not on_cluster(args):
@@ -126,24 +126,28 @@ def make_plan(args: argparse.Namespace, log=print, hold=None) -> Plan:
     configs = [localize(c) for c in expand(spec, sweep_dir)]
     validate_configs(configs, spec_path)
     preflight(configs, spec_path)  # datasets, matrices, checkpoints, GPUs: present before Ray starts
-    lock = hold(sweep_dir) if hold else None
-    prepare_sweep_dir(sweep_dir, spec_path.read_text(), spec_fingerprint(spec), args.fresh, log=log)
-    clean_temp(sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
-    done, todo = split_done(configs, sweep_dir)
-    plan = Plan(spec=spec, spec_path=spec_path, sweep_dir=sweep_dir, configs=configs, todo=todo, done=done,
-                lock=lock, mps=mps_control)
-    if spec.search.type == "optuna":
-        plan.optuna_units = spec.search.trials * len(spec.pairs) * len(spec.seed_list)
-    return plan
+    optuna_units = spec.search.trials * len(spec.pairs) * len(spec.seed_list) if spec.search.type == "optuna" else 0
+    return Plan(spec=spec, spec_path=spec_path, spec_text=spec_path.read_text(), sweep_dir=sweep_dir,
+                configs=configs, optuna_units=optuna_units, mps=mps_control)
+
+
+def claim(plan: Plan, fresh: bool, log) -> tuple[list[TrialConfig], list[TrialConfig]]:
+    """Claim the sweep folder for the plan's spec (wiped first with --fresh) and split its trials into (complete,
+    to run); the trials to run lose their stale rows. Call it holding the folder's lock."""
+    prepare_sweep_dir(plan.sweep_dir, plan.spec_text, spec_fingerprint(plan.spec), fresh, log=log)
+    clean_temp(plan.sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
+    return split_done(plan.configs, plan.sweep_dir)
 
 
 # --------------------------------------------------------------------------------------------------- command
 
 
 def run(args: argparse.Namespace) -> int:
+    plan = make_plan(args)
     try:
-        with contextlib.ExitStack() as held:  # the sweep folder's lock, from before its first write to the end
-            return _run(args, make_plan(args, hold=lambda sweep_dir: held.enter_context(sweep_lock(sweep_dir))))
+        with sweep_lock(plan.sweep_dir) as lock:  # from before the folder's first write to the end of the launch
+            done, todo = claim(plan, args.fresh, print)
+            return _run(args, plan, done, todo, lock)
     except OSError as exc:
         if not disk_full(exc):
             raise
@@ -151,15 +155,15 @@ def run(args: argparse.Namespace) -> int:
                         "free space and run the same launch again") from None
 
 
-def _run(args: argparse.Namespace, plan: Plan) -> int:
+def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: list[TrialConfig], lock) -> int:
     log = print
     n_total = len(plan.configs) + plan.optuna_units
-    log(f"sweep {plan.spec.name}: {n_total} trials ({len(plan.done)} complete from earlier launches, "
-        f"{len(plan.todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
+    log(f"sweep {plan.spec.name}: {n_total} trials ({len(done)} complete from earlier launches, "
+        f"{len(todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
         f"to run) -> {plan.sweep_dir}")
-    if plan.todo or plan.optuna_units:
+    if todo or plan.optuna_units:
         with mps.daemon(plan.mps, log):  # before Ray starts its workers; stopped when the launch ends
-            run_on_ray(plan, args, n_total, log)
+            run_on_ray(plan, todo, args, n_total, len(done), log, lock)
     failed = count_failed(plan)
     log(f"finished: {failed} trial(s) failed or blocked" if failed else "finished: every trial ok")
     if failed:
@@ -168,11 +172,26 @@ def _run(args: argparse.Namespace, plan: Plan) -> int:
     return exit_code(trial_statuses(plan.sweep_dir))  # 1 after failed or blocked trials
 
 
-def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
-    import logging
+def run_on_ray(plan: Plan, todo: list[TrialConfig], args: argparse.Namespace, n_total: int, n_done: int, log,
+               lock=None) -> None:
+    """Start (or join) Ray, run the trials to run in their phases, stop Ray."""
+    from orchestrator.localray.start import stop_ray
 
-    from orchestrator.localray.start import start_ray, stop_ray
-    from orchestrator.run.progress import Progress
+    quiet_tune()
+    session = start_session(args, lock, log)
+    try:
+        # Against the Ray the trials run on, local too: a GPU trial Ray cannot place would wait for it forever.
+        check_resources(plan.spec, available_gpus=session.gpus, where="in Ray")
+        runner, progress = make_runner(plan, args, session, n_total, n_done, log)
+        run_phases(runner, plan, todo, progress.log)
+        log(progress.line())
+    finally:
+        stop_ray(session)
+
+
+def quiet_tune() -> None:
+    """Tune's settings for a launch: our own progress lines (progress.py) instead of Tune's output."""
+    import logging
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # the final report has no epoch metrics
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy output is silent at verbose=0; ours is progress.py
@@ -180,41 +199,53 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, n_total: int, log) -> None:
     # error itself is in the trial's trials row and in Tune's error.txt.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C ends the launch at once (trials resume)
+
+
+def start_session(args: argparse.Namespace, lock, log):
+    """Join the cluster or start a local Ray; a local one is recorded in the lock, so that whoever ends this
+    launch can stop all of it."""
+    from orchestrator.localray.start import start_ray
+
     session = start_ray(args.address, args.dashboard_host, not args.no_dashboard, log=log,
                         listen_all=getattr(args, "listen_all", False))
-    if session.started_here and plan.lock is not None:
-        plan.lock.track_ray()  # recorded, so that whoever ends this launch can stop all of it
+    if session.started_here and lock is not None:
+        lock.track_ray()
+    return session
+
+
+def make_runner(plan: Plan, args: argparse.Namespace, session, n_total: int, n_done: int, log):
+    """The Tune runner and the progress lines, sized to the session's CPUs and GPUs."""
+    from orchestrator.run.progress import Progress
+
     resources = plan.spec.resources
     storage = (tempfile.mkdtemp(prefix="pixelreg-tune-") if is_uri(plan.sweep_dir)
                else str(Path(plan.sweep_dir, "tune")))
-    try:
-        # Against the Ray the trials run on, local too: a GPU trial Ray cannot place would wait for it forever.
-        check_resources(plan.spec, available_gpus=session.gpus, where="in Ray")
-        slots = max(1, concurrent_slots(session.cpus, session.gpus, resources.cpu, resources.gpu,
-                                        args.max_concurrent))
-        progress = Progress(total=n_total, already_done=len(plan.done), slots=slots, log=log)
-        log(f"{slots} trial(s) at a time ({resources.cpu:g} CPU, {resources.gpu:g} GPU each); "
-            f"Tune logs and TensorBoard files: {storage}")
-        runner = Runner(sweep_dir=plan.sweep_dir, storage=storage,
-                        stamp=dt.datetime.now().strftime("%Y%m%d-%H%M%S"), cpu=resources.cpu, gpu=resources.gpu,
-                        retries=plan.spec.max_failures, slots=slots, progress=progress,
-                        max_concurrent=args.max_concurrent, progress_every=args.progress_every)
-        sources = [c for c in plan.todo if c.role == "fgsm_source"]
-        baselines = [c for c in plan.todo if c.role == "baseline"]
-        trials = [c for c in plan.todo if c.role not in ("fgsm_source", "baseline")]
-        runner.grid_phase("fgsm_sources", sources)
-        baselines, trials = skip_blocked(plan.sweep_dir, baselines, trials, log=progress.log)  # source failed
-        scheduler = asha_scheduler(plan.spec.scheduler, asha_max_t(trials or plan.configs))
-        if scheduler is None:
-            runner.grid_phase("trials", baselines + trials)
-        else:  # baselines are never stopped early: every ratio is taken against them
-            runner.grid_phase("baselines", baselines)
-            runner.grid_phase("trials", trials, scheduler=scheduler)
-        if plan.spec.search.type == "optuna":
-            run_studies(runner, plan.spec, plan.configs)
-        log(progress.line())
-    finally:
-        stop_ray(session)
+    slots = max(1, concurrent_slots(session.cpus, session.gpus, resources.cpu, resources.gpu, args.max_concurrent))
+    progress = Progress(total=n_total, already_done=n_done, slots=slots, log=log)
+    log(f"{slots} trial(s) at a time ({resources.cpu:g} CPU, {resources.gpu:g} GPU each); "
+        f"Tune logs and TensorBoard files: {storage}")
+    runner = Runner(sweep_dir=plan.sweep_dir, storage=storage, stamp=dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
+                    cpu=resources.cpu, gpu=resources.gpu, retries=plan.spec.max_failures, slots=slots,
+                    progress=progress, max_concurrent=args.max_concurrent, progress_every=args.progress_every)
+    return runner, progress
+
+
+def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None:
+    """The order of work: FGSM sources first (the trials' transferred attacks read them), then baselines and grid
+    trials (baselines never stopped early by ASHA: every ratio is taken against them), then the Optuna studies."""
+    sources = [c for c in todo if c.role == "fgsm_source"]
+    baselines = [c for c in todo if c.role == "baseline"]
+    trials = [c for c in todo if c.role not in ("fgsm_source", "baseline")]
+    runner.grid_phase("fgsm_sources", sources)
+    baselines, trials = skip_blocked(plan.sweep_dir, baselines, trials, log=log)  # their source failed
+    scheduler = asha_scheduler(plan.spec.scheduler, asha_max_t(trials or plan.configs))
+    if scheduler is None:
+        runner.grid_phase("trials", baselines + trials)
+    else:
+        runner.grid_phase("baselines", baselines)
+        runner.grid_phase("trials", trials, scheduler=scheduler)
+    if plan.spec.search.type == "optuna":
+        run_studies(runner, plan.spec, plan.configs)
 
 
 def count_failed(plan: Plan) -> int:

@@ -6,9 +6,14 @@ augmentation) and torch's global RNG, where the target's pair order stands, the 
 model's figures and the best state so far. On CPU, restoring all of it makes the rest of the run bit-identical to
 an uninterrupted one (tests/test_checkpoint.py checks every table).
 
-The file is `OUT/checkpoints/running/<trial_id>.pt`, written whole (temp file + rename locally, one PUT on an object
-store) through pixelreg_core.results, so a crash mid-save leaves the previous epoch's checkpoint. It is removed
-once the trial's rows are written; a failed trial keeps it, so a relaunch resumes from its last finished epoch.
+Two files, so that each is written only when it changes: `OUT/checkpoints/running/<trial_id>.pt` (model, optimizer,
+RNGs, rows: every epoch) and `OUT/checkpoints/running/<trial_id>.best-<epoch>.pt` (the best state, a third of the
+bytes: written only in an epoch that improves the validation loss). The best file of a new epoch is written
+before the epoch file that names it, and the previous best file is deleted only after, so a crash at any point
+leaves an epoch file whose best file exists. Each is written whole (temp file + rename locally, one PUT on an object
+store) through pixelreg_core.results, so a crash mid-save leaves the previous epoch's checkpoint. They are removed
+once the trial's rows are written; a failed trial keeps them, so a relaunch resumes from its last finished epoch.
+`benchmarks/bench_checkpoint.py` prints the bytes per epoch at width 64.
 A file that cannot be read, or that belongs to another trial, is ignored: the trial then starts from epoch 1.
 So is one saved on another kind of device (the device is not part of the trial id, so a trial stopped on a GPU
 may be relaunched on a CPU): a CPU generator's state (5,056 bytes) cannot be put into a CUDA generator (16 bytes)
@@ -28,7 +33,7 @@ import torch
 
 from pixelreg_core.results import delete_file, join, read_bytes, write_bytes
 
-FORMAT = 1
+FORMAT = 2  # 2: the best state in its own file; a format-1 file (best state inside) is still read
 
 
 def running_path(out_root: str | os.PathLike, trial_id: str) -> str:
@@ -42,42 +47,53 @@ class EpochCheckpoint:
     path: str
     trial_id: str
     epochs: int  # the trial's epoch count: a file with more epochs done than that is not this trial's
+    best_saved: int | None = None  # the epoch (0: the untrained model) whose best file is on disk; None: none
 
     @classmethod
     def for_trial(cls, out_root: str | os.PathLike, cfg: Any) -> EpochCheckpoint:
         return cls(running_path(out_root, cfg.trial_id), cfg.trial_id, cfg.epochs)
 
+    def best_path(self, epoch: int) -> str:
+        return self.path.removesuffix(".pt") + f".best-{epoch}.pt"
+
     def save(self, *, epochs_done: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rows: list[dict[str, Any]], best_state: dict[str, torch.Tensor],
              best_epoch: int, best_valid: float, untrained: dict[str, Any] | None = None,
              target: Any | None = None) -> None:
+        previous = self.best_saved
+        if best_state and best_epoch != previous:  # first: the epoch file below must never name a missing one
+            write_bytes(self.best_path(best_epoch), _serialise({"format": FORMAT, "trial_id": self.trial_id,
+                                                                 "best_epoch": best_epoch, "best_state": best_state}))
+            self.best_saved = best_epoch
         state = {
             "format": FORMAT, "trial_id": self.trial_id, "epochs_done": epochs_done,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(), "generator_device": generator.device.type,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-            "rows": rows, "best_state": best_state, "best_epoch": best_epoch, "best_valid": best_valid,
+            "rows": rows, "best_epoch": best_epoch, "best_valid": best_valid, "best_file": self.best_saved,
             "untrained": untrained,
             # where the target's pair order stands (pair_draw without_replacement); {} for a stateless target
             "target": target.state_dict() if hasattr(target, "state_dict") else {},
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_bytes(self.path, buffer.getvalue())
+        write_bytes(self.path, _serialise(state))
+        if previous is not None and previous != self.best_saved:  # last: until now the epoch file named it
+            delete_file(self.best_path(previous))
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when there is none usable (missing, unreadable, another trial's)."""
-        data = read_bytes(self.path)
-        if data is None:
+        state = _deserialise(read_bytes(self.path))
+        if (not isinstance(state, dict) or state.get("format") not in (1, FORMAT)
+                or state.get("trial_id") != self.trial_id or not 0 < int(state.get("epochs_done", 0)) <= self.epochs):
             return None
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a damaged file only means starting over
-            return None
-        if (not isinstance(state, dict) or state.get("format") != FORMAT or state.get("trial_id") != self.trial_id
-                or not 0 < int(state.get("epochs_done", 0)) <= self.epochs):
-            return None
+        if state["format"] == FORMAT:  # the best state lives in the best file the epoch file names (if any yet)
+            state["best_state"] = {}
+            if state.get("best_file") is not None:
+                best = _deserialise(read_bytes(self.best_path(int(state["best_file"]))))
+                if (not isinstance(best, dict) or best.get("trial_id") != self.trial_id
+                        or best.get("best_epoch") != state["best_file"]):
+                    return None
+                state["best_state"] = best["best_state"]
         return state
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
@@ -102,10 +118,31 @@ class EpochCheckpoint:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.best_saved = state.get("best_file") if state["format"] == FORMAT else None
         return state
 
     def remove(self) -> None:
+        """The epoch file and every best file (one a crash left between writing a best file and its epoch file
+        too)."""
         delete_file(self.path)
+        for epoch in range(0, self.epochs + 1):
+            delete_file(self.best_path(epoch))
+
+
+def _serialise(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _deserialise(data: bytes | None) -> Any:
+    """The saved object, or None for a missing or damaged file (a damaged file only means starting over)."""
+    if data is None:
+        return None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def other_device(state: dict[str, Any], generator: torch.Generator) -> str | None:

@@ -38,7 +38,8 @@ NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
 # of the same model; switching a kernel option must not make a sweep rerun every finished trial. What a trial ran
 # with stays on record: the `config` column of its trials row holds every field, these included.
 KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "tf32", "compile")
-NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", *KERNEL_FIELDS)
+# `pack` too: a trial trained in a seed pack writes the rows a separate run of it writes (pixelreg_core/pack/).
+NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", "pack", *KERNEL_FIELDS)
 
 # Baselines are unregularized: these fields have no meaning for them and are set to neutral values, so one
 # baseline per task x seed is shared by every regularization dataset of that task (the same id).
@@ -137,6 +138,9 @@ class TrialConfig:
     compile: str = field(default="none", metadata={"help": "torch.compile of the training step: "
                                                            + "|".join(COMPILE_MODES)
                                                            + " (reduce-overhead adds CUDA graphs)"})
+    pack: int = field(default=1, metadata={"help": "seed pack: the orchestrator trains up to N trials that differ "
+                                                   "only in seed, th, alpha or target parameters as one grouped "
+                                                   "network (1: each apart; docs/spec.md)"})
 
     # ----------------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -216,6 +220,8 @@ class TrialConfig:
             _check(value is None or value >= 1, name, "must be >= 1 or null (all)")
         _check(self.device in DEVICES, "device", f"is {self.device!r}; use one of {', '.join(DEVICES)}")
         _check(self.compile in COMPILE_MODES, "compile", f"is {self.compile!r}; use one of {', '.join(COMPILE_MODES)}")
+        _check(isinstance(self.pack, int) and self.pack >= 1, "pack", f"is {self.pack!r}; use 1 (train apart) or "
+               "more (trials trained as one grouped network)")
         _check(isinstance(self.attacks, dict), "attacks", "must map attack names to option mappings")
         return self
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -189,10 +191,56 @@ def make_optimizer(cfg: TrialConfig, model: PairResNet, device: torch.device) ->
 
 def compiled_step(cfg: TrialConfig) -> Callable[..., tuple[torch.Tensor, ...]]:
     """`step_losses`, through torch.compile when `compile` names a mode. "reduce-overhead" also captures CUDA
-    graphs on CUDA (each step's outputs are copied out before the next replay overwrites them)."""
+    graphs on CUDA (each step's outputs are copied out before the next replay overwrites them). Only full batches
+    go through it (train_epoch): see `compile_session` for what keeps it at one graph per trial."""
     if cfg.compile == "none":
         return step_losses
     return torch.compile(step_losses, mode=None if cfg.compile == "default" else cfg.compile)
+
+
+class _FallbackWatch(logging.Handler):
+    """Catches dynamo's own warning that it hit a recompile limit (after which that code runs eager, silently)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "recompile_limit" in message or "cache_size_limit" in message:
+            self.hits.append(message.splitlines()[0])
+
+
+@contextlib.contextmanager
+def compile_session(cfg: TrialConfig) -> Iterator[None]:
+    """One trial's torch.compile state: fresh at its start, freed at its end, and a one-line warning if dynamo
+    gave up compiling.
+
+    dynamo keeps every compiled graph of a function, guarded on the values it was traced with (`xa is None`,
+    `sim_layer`, `amp`, `arctanh`, the model object): a Ray worker that runs trial after trial (`reuse_actors`)
+    would add entries until dynamo's recompile limit (8), then run the step eager without a word, and would keep
+    every finished trial's graphs and CUDA-graph memory pools. `torch._dynamo.reset()` before and after the trial
+    gives each trial one compile of its own. Within a trial the step's shapes are fixed: train_epoch runs the one
+    batch of another size (the epoch's last, 59,400 % 64 = 8 images on MNIST) eager instead of compiling a second
+    graph (and a second CUDA graph) for it."""
+    if cfg.compile == "none":
+        yield
+        return
+    import torch._dynamo
+
+    watch = _FallbackWatch()
+    dynamo_log = logging.getLogger("torch._dynamo")
+    torch._dynamo.reset()
+    dynamo_log.addHandler(watch)
+    try:
+        yield
+    finally:
+        dynamo_log.removeHandler(watch)
+        torch._dynamo.reset()
+        if watch.hits:
+            print(f"warning: compile: trial {cfg.trial_id}: torch.compile gave up and ran the step eager from then "
+                  f"on ({watch.hits[0][:200]}); the numbers are right, the speed is not compile's",
+                  file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -220,6 +268,74 @@ class PlacedData:
                    images_for(reg_origin, reg_x, device))
 
 
+def initial_result(cfg: TrialConfig, model: PairResNet, placed: PlacedData, saved: dict[str, Any] | None
+                   ) -> tuple[TrainResult, float]:
+    """The result so far and its best `selection_score`: a checkpoint's, or none yet, with the untrained model
+    as the first candidate (`select_untrained`)."""
+    if saved is not None:
+        return (TrainResult(best_state=saved["best_state"], best_epoch=saved["best_epoch"], epochs=saved["rows"],
+                            resumed_from_epoch=saved["epochs_done"], untrained=saved.get("untrained")),
+                saved["best_valid"])
+    result, best_valid = TrainResult(best_state={}, best_epoch=0), float("inf")
+    if cfg.select_untrained:
+        # The authors' code validates the untrained model too: it is the reported one when no epoch beats it (a
+        # diverged or harmful regularizer then reports chance accuracy instead of the least bad trained epoch).
+        # Evaluation draws no random numbers, so the training that follows is the same with this on or off.
+        valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
+        _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
+        result.untrained = {"epoch": 0, "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc}
+        if math.isfinite(valid_loss):
+            best_valid = selection_score(result.untrained, cfg.select)
+            result.best_state = copy.deepcopy(model.state_dict())
+    return result, best_valid
+
+
+def check_finite(cfg: TrialConfig, rows: list[list[float]], epoch: int, lr: float) -> None:
+    """A non-finite loss in the epoch's step rows stops the trial, naming the first bad step."""
+    for step, (loss, _, _, _) in enumerate(rows):
+        if not math.isfinite(loss):
+            culprit = "alpha" if cfg.regularized else "lr"
+            raise ConfigError(culprit, f"the loss became {loss} at epoch {epoch + 1}, step {step + 1} "
+                                       f"(lr {lr:g}, alpha {cfg.alpha:g}); lower lr or alpha")
+
+
+def epoch_row(cfg: TrialConfig, epoch: int, lr: float, rows: list[list[float]], pairs: torch.Tensor | None,
+              valid: tuple[float, float], test_acc: float, train_images: int, started: float) -> dict[str, Any]:
+    """The epochs-table row of an epoch from its step rows (loss, loss_cls, loss_sim, correct), its (S_cnn,
+    S_target) pairs on the host (None unregularized) and its evaluation; a non-finite validation loss stops the
+    trial."""
+    valid_loss, valid_acc = valid
+    if not math.isfinite(valid_loss):
+        raise ConfigError("lr", f"the validation loss became {valid_loss} at epoch {epoch + 1}; lower lr or alpha")
+    sum_cls, sum_sim, correct = 0.0, 0.0, 0
+    for _, loss_cls, loss_sim, step_correct in rows:  # Python floats, in step order
+        sum_cls += loss_cls
+        sum_sim += loss_sim
+        correct += int(step_correct)
+    steps = len(rows)
+    return {
+        "epoch": epoch + 1, "lr": lr,
+        "loss_cls": sum_cls / steps,
+        "loss_sim": sum_sim / steps if cfg.regularized else None,
+        "sim_corr": _pearson(pairs[0], pairs[1]) if pairs is not None else None,
+        "train_acc": correct / train_images,
+        "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def keep_if_best(cfg: TrialConfig, result: TrainResult, row: dict[str, Any], best: float, model: PairResNet
+                 ) -> float:
+    """Keep the epoch's weights when `select` scores it better than the best so far (ties keep the earlier
+    epoch); returns the best score."""
+    score = selection_score(row, cfg.select)
+    if score < best:
+        result.best_epoch = row["epoch"]
+        result.best_state = copy.deepcopy(model.state_dict())
+        return score
+    return best
+
+
 def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | None, device: torch.device,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           checkpoint: EpochCheckpoint | None = None) -> TrainResult:
@@ -240,24 +356,9 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model, device)
     step_fn = compiled_step(cfg)
-    result = TrainResult(best_state={}, best_epoch=0)
-    best_valid = float("inf")  # the best `selection_score` so far
     saved = checkpoint.restore(model, optimizer, generator, target) if checkpoint is not None else None
-    if saved is not None:
-        result = TrainResult(best_state=saved["best_state"], best_epoch=saved["best_epoch"], epochs=saved["rows"],
-                             resumed_from_epoch=saved["epochs_done"], untrained=saved.get("untrained"))
-        best_valid = saved["best_valid"]
-    elif cfg.select_untrained:
-        # The authors' code validates the untrained model too: it is the reported one when no epoch beats it (a
-        # diverged or harmful regularizer then reports chance accuracy instead of the least bad trained epoch).
-        # Evaluation draws no random numbers, so the training that follows is the same with this on or off.
-        valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
-        _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
-        result.untrained = {"epoch": 0, "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc}
-        if math.isfinite(valid_loss):
-            best_valid = selection_score(result.untrained, cfg.select)
-            result.best_state = copy.deepcopy(model.state_dict())
-    with kernel_settings(cfg, device):
+    result, best_valid = initial_result(cfg, model, placed, saved)
+    with kernel_settings(cfg, device), compile_session(cfg):
         for epoch in range(result.resumed_from_epoch, cfg.epochs):
             started = time.perf_counter()
             lr = learning_rate(cfg, epoch)
@@ -269,45 +370,17 @@ def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | N
             # The epoch's one read of its step numbers (a device synchronisation); a non-finite loss stops the
             # trial here, before this epoch's weights are validated or kept.
             rows = torch.stack(per_step).tolist()
-            for step, (loss, _, _, _) in enumerate(rows):
-                if not math.isfinite(loss):
-                    culprit = "alpha" if regularized else "lr"
-                    raise ConfigError(culprit, f"the loss became {loss} at epoch {epoch + 1}, step {step + 1} "
-                                               f"(lr {lr:g}, alpha {cfg.alpha:g}); lower lr or alpha")
-            sum_cls, sum_sim, correct = 0.0, 0.0, 0
-            for _, loss_cls, loss_sim, step_correct in rows:  # Python floats, in step order
-                sum_cls += loss_cls
-                sum_sim += loss_sim
-                correct += int(step_correct)
-            sim_corr = None
-            if regularized:
-                s_cnn, s_target = torch.cat(pairs, dim=1).cpu()
-                sim_corr = _pearson(s_cnn, s_target)
+            check_finite(cfg, rows, epoch, lr)
+            pair_values = torch.cat(pairs, dim=1).cpu() if regularized else None
 
             # Evaluation in float32 whatever `amp` says, as every attack runs: clean_acc (the best epoch's
             # test_acc) and the attacks' accuracies are then numbers of the same model, and the validation loss
             # that picks the best epoch is not rounded to bf16.
-            valid_loss, valid_acc = evaluate_split(model, placed.valid_x, placed.valid_y)
+            valid = evaluate_split(model, placed.valid_x, placed.valid_y)
             _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
-            if not math.isfinite(valid_loss):
-                raise ConfigError("lr", f"the validation loss became {valid_loss} at epoch {epoch + 1}; "
-                                        f"lower lr or alpha")
-            steps = len(rows)
-            row = {
-                "epoch": epoch + 1, "lr": lr,
-                "loss_cls": sum_cls / steps,
-                "loss_sim": sum_sim / steps if regularized else None,
-                "sim_corr": sim_corr,
-                "train_acc": correct / len(placed.train_x),
-                "valid_loss": valid_loss, "valid_acc": valid_acc, "test_acc": test_acc,
-                "seconds": time.perf_counter() - started,
-            }
+            row = epoch_row(cfg, epoch, lr, rows, pair_values, valid, test_acc, len(placed.train_x), started)
             result.epochs.append(row)
-            score = selection_score(row, cfg.select)
-            if score < best_valid:  # ties keep the earlier epoch
-                best_valid = score
-                result.best_epoch = epoch + 1
-                result.best_state = copy.deepcopy(model.state_dict())
+            best_valid = keep_if_best(cfg, result, row, best_valid, model)
             if checkpoint is not None:
                 checkpoint.save(epochs_done=epoch + 1, model=model, optimizer=optimizer, generator=generator,
                                 rows=result.epochs, best_state=result.best_state, best_epoch=result.best_epoch,
@@ -348,8 +421,10 @@ def train_epoch(cfg: TrialConfig, placed: PlacedData, augment: bool, model: Pair
                 xa, xb = (t.contiguous(memory_format=torch.channels_last) for t in (xa, xb))
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        loss, loss_cls, loss_sim, correct, s_cnn = step_fn(model, x, y, xa, xb, s_target, cfg.alpha, cfg.arctanh,
-                                                           cfg.amp)
+        # a batch of another size (the epoch's last) runs eager: compiling it would add a second graph per trial
+        run_step = step_fn if len(idx) == cfg.batch_size else step_losses
+        loss, loss_cls, loss_sim, correct, s_cnn = run_step(model, x, y, xa, xb, s_target, cfg.alpha, cfg.arctanh,
+                                                            cfg.amp)
         # Copies taken before backward: with CUDA graphs the next replay reuses the outputs' memory.
         per_step.append(torch.stack([loss.detach(), loss_cls.detach(),
                                      (loss_cls if loss_sim is None else loss_sim).detach(),

@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -25,7 +26,7 @@ from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import build_model, save_checkpoint
 from pixelreg_core.results import checkpoint_path, delete_file, join, key_values, remove_trial, status_row, write_table
 from pixelreg_core.targets.registry import build_target
-from pixelreg_core.train import resolve_device, train
+from pixelreg_core.train import TrainResult, resolve_device, train
 
 
 def library_versions() -> str:
@@ -48,6 +49,102 @@ def _row(cfg: TrialConfig, status: str, error: str | None, device: str, started:
                       wall_s=time.perf_counter() - started, cpu_s=time.process_time() - cpu_started, **columns)
 
 
+@dataclass
+class Clock:
+    """When a trial (or a seed pack) started: wall time, and process CPU seconds (all threads). On a shared
+    machine wall_s is inflated by other work, cpu_s is not, so cpu_s estimates what the trial would take on a
+    quiet core."""
+
+    wall: float
+    cpu: float
+
+    @classmethod
+    def now(cls) -> Clock:
+        return cls(time.perf_counter(), time.process_time())
+
+
+@dataclass
+class Prepared:
+    """What a trial trains from: device, data, target (None unregularized), initial model, attack options and a
+    transferred attack's source model."""
+
+    device: torch.device
+    data: Any
+    target: Any | None
+    model: Any
+    attack_options: Any
+    source: Any
+
+
+def check_trial(cfg: TrialConfig) -> tuple[torch.device, Any]:
+    """The checks that touch no data: the config, its attacks' options (resolved once, before any data) and its
+    device."""
+    cfg.validate()
+    attack_options = attacks.validate_attacks(cfg, check_source=False)
+    return resolve_device(cfg.device), attack_options
+
+
+def prepare_trial(cfg: TrialConfig, device: torch.device, attack_options: Any) -> Prepared:
+    """Load and build everything a trial trains from, seeded as every run of it is seeded (a seed pack prepares
+    each of its trials with this too, so each model starts from the weights a separate run starts from).
+    Sets torch's thread count (`num_threads`); the caller restores it."""
+    source = attacks.load_source(cfg, device)  # a transferred attack's source: read and checked once, now
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    data = prepare_data(cfg)
+    attacks.check_image_counts(attack_options, len(data.test_x))  # before any training
+    # The target is built from images on the trial's device, so its pairs are drawn there (train.py).
+    target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device)) if cfg.regularized else None
+    model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
+                        data.input_shift).to(device)
+    return Prepared(device, data, target, model, attack_options, source)
+
+
+def finish_trial(cfg: TrialConfig, prepared: Prepared, result: TrainResult, out_root: str,
+                 cache_dir: str | os.PathLike | None, clock: Clock, node: str | None, train_s: float
+                 ) -> dict[str, Any]:
+    """Attack the best epoch's model and write the trial's rows, the trials row last; returns that row.
+    `train_s`: this run's epochs only, when resumed (a seed pack's: the pack's)."""
+    model = prepared.model
+    model.load_state_dict(result.best_state)
+    model.eval()
+    eval_started = time.perf_counter()
+    attack_s: dict[str, float] = {}
+    robustness, spectrum = attacks.evaluate(model, prepared.data, cfg, cache_dir or join(out_root, "fgsm_cache"),
+                                         prepared.attack_options, prepared.source, seconds=attack_s)
+    eval_s = time.perf_counter() - eval_started
+
+    keys = key_values(cfg)
+    ckpt = checkpoint_path(out_root, cfg.trial_id)
+    save_checkpoint(model, cfg, ckpt)
+    write_table(out_root, "epochs", cfg.trial_id, [{**keys, **row} for row in result.epochs])
+    write_table(out_root, "robustness", cfg.trial_id, [{**keys, **row} for row in robustness])
+    write_table(out_root, "spectrum", cfg.trial_id, [{**keys, **row} for row in spectrum])
+    best = result.best
+    row = _row(cfg, "ok", None, str(prepared.device), clock.wall, clock.cpu, clean_acc=best["test_acc"],
+               valid_acc=best["valid_acc"], valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
+               valid_images=len(prepared.data.valid_y),
+               layer_weights=model.layer_weights().tolist(), checkpoint=ckpt,
+               resumed_from_epoch=result.resumed_from_epoch, node=node, train_s=train_s, eval_s=eval_s,
+               attack_s=json.dumps({name: round(sec, 3) for name, sec in attack_s.items()}))
+    write_table(out_root, "trials", cfg.trial_id, [row])  # last: marks the trial complete
+    EpochCheckpoint.for_trial(out_root, cfg).remove()
+    return row
+
+
+def fail_trial(cfg: TrialConfig, exc: BaseException, out_root: str, record_failure: bool, device: Any,
+               clock: Clock, node: str | None) -> None:
+    """Remove whatever the trial wrote (never a half-written trial); with `record_failure`, a failed trials row.
+    Its resume checkpoint stays: a rerun resumes from it."""
+    remove_trial(out_root, cfg.trial_id)
+    delete_file(checkpoint_path(out_root, cfg.trial_id))
+    if record_failure and not isinstance(exc, KeyboardInterrupt):
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
+        write_table(out_root, "trials", cfg.trial_id,
+                    [_row(cfg, "failed", error, str(device), clock.wall, clock.cpu, node=node)])
+
+
 def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
               on_epoch: Callable[[dict[str, Any]], None] | None = None,
               cache_dir: str | os.PathLike | None = None, record_failure: bool = False,
@@ -56,10 +153,7 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
 
     `node` names the machine in the trials row: the orchestrator passes the Ray node id of its worker; left out,
     it is this machine's hostname (None where the platform gives none)."""
-    started = time.perf_counter()
-    # Process CPU seconds (all threads): on a shared machine wall_s is inflated by other work, cpu_s is not, so
-    # cpu_s estimates what the trial would take on a quiet core.
-    cpu_started = time.process_time()
+    clock = Clock.now()
     out_root = str(out_root)
     node = node or platform.node() or None
     device: torch.device | str = cfg.device  # named in a failed row even when resolving it is what failed
@@ -67,55 +161,15 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
     try:
         # Checks that can only fail at run time (a missing FGSM source, an absent GPU) are inside the try, so
         # that with `record_failure` they too leave a failed trials row.
-        cfg.validate()
-        attack_options = attacks.validate_attacks(cfg, check_source=False)  # resolved once, before any data
-        device = resolve_device(cfg.device)
-        source = attacks.load_source(cfg, device)  # a transferred attack's source: read and checked once, now
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(cfg.seed)
-        data = prepare_data(cfg)
-        attacks.check_image_counts(attack_options, len(data.test_x))  # before any training
-        # The target is built from images on the trial's device, so its pairs are drawn there (train.py).
-        target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device)) if cfg.regularized else None
-        model = build_model(cfg, data.train_x.shape[1], data.num_classes, data.input_scale,
-                            data.input_shift).to(device)
+        device, attack_options = check_trial(cfg)
+        prepared = prepare_trial(cfg, device, attack_options)
         resume = EpochCheckpoint.for_trial(out_root, cfg)  # kept when the trial fails: a rerun resumes from it
         train_started = time.perf_counter()
-        result = train(cfg, data, model, target, device, on_epoch, checkpoint=resume)
-        train_s = time.perf_counter() - train_started  # this run's epochs only, when resumed
-
-        model.load_state_dict(result.best_state)
-        model.eval()
-        eval_started = time.perf_counter()
-        attack_s: dict[str, float] = {}
-        robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"),
-                                             attack_options, source, seconds=attack_s)
-        eval_s = time.perf_counter() - eval_started
-
-        keys = key_values(cfg)
-        ckpt = checkpoint_path(out_root, cfg.trial_id)
-        save_checkpoint(model, cfg, ckpt)
-        write_table(out_root, "epochs", cfg.trial_id, [{**keys, **row} for row in result.epochs])
-        write_table(out_root, "robustness", cfg.trial_id, [{**keys, **row} for row in robustness])
-        write_table(out_root, "spectrum", cfg.trial_id, [{**keys, **row} for row in spectrum])
-        best = result.best
-        row = _row(cfg, "ok", None, str(device), started, cpu_started, clean_acc=best["test_acc"],
-                   valid_acc=best["valid_acc"], valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
-                   valid_images=len(data.valid_y),
-                   layer_weights=model.layer_weights().tolist(), checkpoint=ckpt,
-                   resumed_from_epoch=result.resumed_from_epoch, node=node, train_s=train_s, eval_s=eval_s,
-                   attack_s=json.dumps({name: round(sec, 3) for name, sec in attack_s.items()}))
-        write_table(out_root, "trials", cfg.trial_id, [row])  # last: marks the trial complete
-        resume.remove()
-        return row
+        result = train(cfg, prepared.data, prepared.model, prepared.target, device, on_epoch, checkpoint=resume)
+        return finish_trial(cfg, prepared, result, out_root, cache_dir, clock, node,
+                            train_s=time.perf_counter() - train_started)
     except BaseException as exc:
-        remove_trial(out_root, cfg.trial_id)  # never leave a half-written trial behind
-        delete_file(checkpoint_path(out_root, cfg.trial_id))
-        if record_failure and not isinstance(exc, KeyboardInterrupt):
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
-            write_table(out_root, "trials", cfg.trial_id,
-                        [_row(cfg, "failed", error, str(device), started, cpu_started, node=node)])
+        fail_trial(cfg, exc, out_root, record_failure, device, clock, node)
         raise
     finally:
         torch.set_num_threads(threads_before)  # a Ray worker runs many trials: leave its thread count as found

@@ -57,8 +57,20 @@ def _values(rows, attack):
     return [r["value"] for r in rows if r["attack"] == attack]
 
 
-def test_model_learned_something(setup):
-    assert accuracy(setup["model"], setup["data"].test_x, setup["data"].test_y) > 0.6
+def test_accuracy_counts_the_right_predictions_batch_by_batch(setup):
+    """The one accuracy loop every accuracy attack uses: the fraction of images whose prediction equals the label,
+    whatever the batch size, with `perturb` applied batch by batch (and the tiny model did learn)."""
+    model, x, y = setup["model"], setup["data"].test_x, setup["data"].test_y
+    right = predict(model, x) == y
+    assert accuracy(model, x, y) == int(right.sum()) / len(y) > 0.6
+    assert accuracy(model, x, y, batch_size=7) == accuracy(model, x, y)
+    wrong = torch.where(right, (y + 1) % 10, y)  # every label flipped where the model is right: it is never right
+    assert accuracy(model, x, wrong) == 0.0
+    starts = []
+    assert accuracy(model, x, y, 100, lambda xb, start: starts.append(start) or torch.zeros_like(xb)) == \
+        int((predict(model, torch.zeros_like(x)) == y).sum()) / len(y)
+    assert starts == list(range(0, len(y), 100))
+    assert math.isnan(accuracy(model, x[:0], y[:0]))
 
 
 def test_eps_zero_equals_clean_accuracy(setup):
@@ -255,6 +267,42 @@ def test_corruptions_from_a_cifar_c_style_folder(setup, tmp_path):
     cfg = _cfg(setup, corruptions={"names": ["fog"], "folder": str(tmp_path), "images": None})
     rows, _ = attacks.evaluate(setup["model"], setup["data"], cfg, None)
     assert len(rows) == 5 and all(r["images"] == n for r in rows)
+
+
+class _Projection(torch.nn.Module):
+    """Logits = random projections of the centred pixels: a model whose predictions follow small pixel changes."""
+
+    def __init__(self, pixels: int, classes: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(pixels, classes, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) - 0.5) @ self.weight
+
+
+def test_cifar_c_images_become_gray_like_the_clean_test_images(tmp_path):
+    """A gray model sees clean test images converted by cfg.gray (luma by default); the same RGB images read from
+    a CIFAR-10-C folder must reach it converted the same way, so a model that is right on every clean image is
+    right on every 'corrupted' copy that is the clean image itself."""
+    from pixelreg_core.data.loaders import convert_channels
+
+    n = 40
+    rgb = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    x_rgb = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
+    model = _Projection(64, 10).eval()
+    for gray in ("luma", "mean"):
+        clean = convert_channels(x_rgb, 1, gray)
+        with torch.no_grad():
+            y = model(clean).argmax(1)  # the labels the model gets right on the clean gray images
+        np.save(tmp_path / "fog.npy", np.concatenate([rgb] * 5))  # every severity: the clean images themselves
+        np.save(tmp_path / "labels.npy", np.concatenate([y.numpy()] * 5))
+        other = convert_channels(x_rgb, 1, "mean" if gray == "luma" else "luma")
+        assert accuracy(model, other, y) < 0.9  # the two conversions differ enough for this model to tell
+        cfg = TrialConfig(task="digits", gray=gray, attacks={})
+        opts = resolve("corruptions", {"names": ["fog"], "severities": [1, 3], "folder": str(tmp_path),
+                                       "images": None})
+        rows = corruptions.run(model, clean, y, attacks.AttackContext(cfg), opts)
+        assert [r["value"] for r in rows] == [1.0, 1.0], gray
 
 
 def test_rows_have_the_documented_columns(setup):

@@ -110,3 +110,37 @@ def test_a_checkpoint_from_another_device_is_dropped_with_one_line_and_the_trial
     for name, expected in tables(straight).items():  # the new device's run from the start: the same numbers here
         pd.testing.assert_frame_equal(tables(crashed)[name], expected, check_exact=True)
     assert not path.exists()
+
+
+def test_the_best_state_is_written_only_when_it_changes_and_a_crash_between_the_files_is_harmless(tmp_path):
+    from pixelreg_core.checkpoint import EpochCheckpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    ckpt = EpochCheckpoint(running_path(tmp_path, "t1"), "t1", epochs=4)
+
+    def save(epoch: int, best_epoch: int) -> None:
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        ckpt.save(epochs_done=epoch, model=model, optimizer=optimizer, generator=generator, rows=[{}] * epoch,
+                  best_state={k: v.clone() for k, v in model.state_dict().items()}, best_epoch=best_epoch,
+                  best_valid=1.0 / best_epoch)
+
+    save(1, 1)
+    best_1 = Path(ckpt.best_path(1))
+    written = best_1.stat().st_mtime_ns
+    save(2, 1)  # no better epoch: the best file is not written again
+    assert best_1.stat().st_mtime_ns == written
+    # a crash after the next best file was written and before its epoch file: the old pair still loads
+    Path(ckpt.best_path(3)).write_bytes(b"whatever a crash left")
+    state = EpochCheckpoint(ckpt.path, "t1", epochs=4).load()
+    assert state["epochs_done"] == 2 and state["best_epoch"] == 1 and state["best_state"]["weight"].eq(1).all()
+    save(3, 3)
+    assert not best_1.exists()  # replaced once the epoch file named its successor
+    state = EpochCheckpoint(ckpt.path, "t1", epochs=4).load()
+    assert state["best_epoch"] == 3 and state["best_state"]["weight"].eq(3).all()
+    Path(ckpt.best_path(3)).unlink()  # an epoch file without its best file is not used
+    assert EpochCheckpoint(ckpt.path, "t1", epochs=4).load() is None
+    ckpt.remove()
+    assert not list(Path(ckpt.path).parent.iterdir())

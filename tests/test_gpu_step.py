@@ -286,6 +286,47 @@ def test_tf32_is_an_explicit_kernel_option_and_off_is_plain_float32_on_cuda(tf32
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
+def eager_backend_compile(monkeypatch) -> None:
+    """torch.compile with dynamo's real tracing, guards and graphs, but the "eager" backend: inductor's C++ build
+    takes minutes per graph on a 2-core CPU; recompiles and graph counts are dynamo's alone."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: real(fn, backend="eager"))
+
+
+def test_compile_keeps_one_graph_per_trial_despite_the_short_last_batch_and_earlier_trials(monkeypatch):
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from pixelreg_core.train import step_losses
+
+    eager_backend_compile(monkeypatch)
+    graphs = []  # compiled entries of the step after each epoch
+
+    def count(row):
+        graphs.append(len(_debug_get_cache_entry_list(step_losses.__code__)))
+
+    assert len(prepare_data(tiny(train_images=120)).train_x) % 32 != 0  # a short last batch in every epoch
+    # trials one after another in one process, as a reused Ray actor runs them; each differs in a guarded value
+    for changes in ({}, {"sim_layer": 2}, {"alpha": 0}, {"amp": True}):
+        cfg = tiny(compile="default", train_images=120, **changes)
+        run_train(cfg, on_epoch=count)
+    assert graphs == [1] * 8
+    assert len(_debug_get_cache_entry_list(step_losses.__code__)) == 0  # freed once the trial is over
+
+
+def test_compile_giving_up_is_one_warning(monkeypatch, capfd):
+    import torch._dynamo
+
+    from pixelreg_core.train import compile_session
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    fn = torch.compile(lambda x: x * 2, backend="eager")
+    with compile_session(tiny(compile="default")):
+        for dtype in (torch.float32, torch.float64, torch.float16):  # each dtype is a recompile
+            fn(torch.ones(2, dtype=dtype))
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: compile:")]
+    assert len(lines) == 1 and "ran the step eager" in lines[0]
+
+
 def test_kernel_flags_on_the_command_line(tmp_path):
     from pixelreg_core import cli
 

@@ -17,7 +17,8 @@ PACKAGES = ("pixelreg_core", "orchestrator")
 # trial's data (bundle, placement) is built from a config; model and training; the attacks use the trained model;
 # the trial runs everything. orchestrator: the spec, the analysis of finished rows (curves are also what the
 # search optimises), the local Ray's processes, the sweep folder as state (its lock stops a dead holder's Ray), the
-# running of trials, and the commands on top. Every orchestrator stage sits above all of pixelreg_core.
+# running of trials, starting the local Ray (it is told the GPUs run.resources sees), and the commands on top.
+# Every orchestrator stage sits above all of pixelreg_core.
 STAGES = [
     ["pixelreg_core.errors", "pixelreg_core.hooks"],
     ["pixelreg_core.data.loaders", "pixelreg_core.data.registry", "pixelreg_core.targets"],
@@ -27,12 +28,14 @@ STAGES = [
     ["pixelreg_core.train"],
     ["pixelreg_core.attacks"],
     ["pixelreg_core.trial", "pixelreg_core.cli", "pixelreg_core.__main__", "pixelreg_core"],
+    ["pixelreg_core.pack"],  # the seed pack: several trials' training and writing, on top of trial.py
     ["orchestrator.errors"],
     ["orchestrator.spec"],
     ["orchestrator.analysis"],
-    ["orchestrator.localray"],
+    ["orchestrator.localray.processes"],
     ["orchestrator.sweepdir"],
     ["orchestrator.run"],
+    ["orchestrator.localray"],
     ["orchestrator.cli", "orchestrator.launch", "orchestrator.plan", "orchestrator.validate", "orchestrator.status",
      "orchestrator"],
 ]

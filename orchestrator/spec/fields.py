@@ -25,7 +25,7 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fie
 SPEC_OWNED = ("sweep", "role", "task", "reg_data", "seed", "data_root", "download", "attacks", "fgsm_source")
 # Top-level regularizer fields; a grid may vary them too (a grid value wins over the top level).
 TOP_LEVEL_TRIAL_FIELDS = ("target", "range", "th2")
-GRID_FIELDS = tuple(n for n in TRIAL_FIELDS if n not in SPEC_OWNED + ("device", "num_threads"))
+GRID_FIELDS = tuple(n for n in TRIAL_FIELDS if n not in SPEC_OWNED + ("device", "num_threads", "pack"))
 TRAIN_FIELDS = tuple(n for n in TRIAL_FIELDS if n not in SPEC_OWNED + TOP_LEVEL_TRIAL_FIELDS + ("th", "alpha"))
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -11,16 +11,19 @@ attack names to option mappings; `{}` means the cheap demo defaults, `{"preset":
 The trainer resolves the options once, before loading data (`validate_attacks(cfg)`), checks the image counts
 against the test set (`check_image_counts`) and passes the resolved options to `evaluate`.
 
-Adding an attack: write its module with `run` and an `Attack` record, and list the record in `ATTACKS` below.
+Adding an attack: write its module with its `ATTACKS` records (a curve attack: a `base.Loop` of its image
+selection and its per-eps perturbation) and add the module's name to `MODULES` below (docs/design.md, "An
+attack").
 A transferred attack says so in its record (`source=`): the sweep side reads only that flag (`source_attacks`).
 Modules: noise (gaussian, uniform, salt_pepper), fgsm (fgsm_transfer), source (a transferred attack's source
 model and its cache), boundary (Boundary Attack score and its spectrum), minimal (white-box minimal L2 / L-inf),
-corruptions (CIFAR-10-C style).
+corruptions (CIFAR-10-C style), pgd (pgd_transfer); base (the curve attacks' loop).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import time
 from collections.abc import Iterable
@@ -29,15 +32,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelreg_core.attacks import boundary, corruptions, fgsm, minimal, noise
 from pixelreg_core.attacks import source as attack_source
 from pixelreg_core.attacks.common import AttackContext
 from pixelreg_core.attacks.options import Attack
 from pixelreg_core.attacks.source import Source
 from pixelreg_core.config import ConfigError, TrialConfig, demo_attacks
 
-ATTACKS: dict[str, Attack] = {a.name: a for a in (*noise.ATTACKS, fgsm.ATTACK, boundary.ATTACK, *minimal.ATTACKS,
-                                                  corruptions.ATTACK)}
+# The attack modules, each with its `ATTACKS` list of records, in the order the registry lists them. A new attack
+# is a new module and its name here.
+MODULES = ("noise", "fgsm", "boundary", "minimal", "corruptions", "pgd")
+ATTACKS: dict[str, Attack] = {a.name: a for module in MODULES
+                              for a in importlib.import_module(f"{__name__}.{module}").ATTACKS}
 ATTACK_NAMES = tuple(ATTACKS)
 
 PAPER_ATTACKS: dict[str, dict[str, Any]] = {name: {"preset": "paper"} for name in (

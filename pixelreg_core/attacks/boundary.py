@@ -111,7 +111,7 @@ def measure(model: nn.Module, images: tuple[torch.Tensor, torch.Tensor], point: 
                     perturbations=(result.adv - result.x)[result.success])
 
 
-ATTACK = Attack("boundary", "Boundary attack", {
+ATTACKS = [Attack("boundary", "Boundary attack", {
     "images": Option(64, 1000, "count", "test images attacked, drawn once per task by image_seed"),
     "repeats": Option(1, 5, "count", "independent runs; each gives one score row"),
     "steps": Option(300, 50, "count", "Boundary Attack steps (authors' code 50; foolbox's default 25000)"),
@@ -124,4 +124,4 @@ ATTACK = Attack("boundary", "Boundary attack", {
 }, loop=Loop(select, measure, metric="boundary_score", eps=False), presets={
     # converged minimal perturbations: foolbox's default step count, correct images against their true label
     "minimal": {"steps": 25000, "criterion": "label"},
-})
+})]

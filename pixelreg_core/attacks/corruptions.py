@@ -2,16 +2,17 @@
 
 Two sources:
 - A CIFAR-10-C / CIFAR-100-C folder (`folder` option): `<name>.npy` uint8 of shape (5 * N, H, W, 3), severity 1's
-  N images first, and `labels.npy` of shape (5 * N,). RGB is averaged to gray for grayscale models (the
-  convention of pixelreg_core.data.bundle).
+  N images first, and `labels.npy` of shape (5 * N,). For a grayscale model RGB becomes gray by the trial's
+  `gray` rule, with the data code's own conversion (loaders.convert_channels), so corrupted and clean test images
+  are converted alike.
 - Otherwise the corruptions are generated for any dataset with the `imagecorruptions` package (PyPI
   imagecorruptions-imaug); none is written here. Its `corrupt()` wrapper refuses images under 32 px, but the
   corruption functions themselves run on 8x8 digits and 28x28 MNIST when given HxWx3 uint8 (checked for all 19
   with imagecorruptions-imaug 1.1.5), so images go in as gray repeated to three channels, as `corrupt()` does,
-  and come back averaged to gray. A corruption that still fails on some image size is skipped, with a warning
-  and a row of metric "skipped" (value NaN, `failed` = the images), never a crash. The library draws from
-  numpy's global RNG: it is seeded per (corruption, severity) and restored afterwards; glass_blur and
-  impulse_noise get a per-image seed.
+  and come back averaged to gray (the channel mean undoes the repetition). A corruption that still fails on some
+  image size is skipped, with a warning and a row of metric "skipped" (value NaN, `failed` = the images), never
+  a crash. The library draws from numpy's global RNG: it is seeded per (corruption, severity) and restored
+  afterwards; glass_blur and impulse_noise get a per-image seed.
 
 Frequency groups: the table below follows the Fourier analysis of the CIFAR-10-C corruptions (Yin et al. 2019,
 "A Fourier perspective on model robustness"), used by Li et al. 2023 to group corruptions: noise, pixelate and
@@ -35,6 +36,7 @@ from torch import nn
 from pixelreg_core.attacks.common import AttackContext, accuracy, derive_seed, row, seeded_subset
 from pixelreg_core.attacks.options import Attack, Option
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.data.loaders import convert_channels
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +87,17 @@ def _open(path: Path, missing: str) -> np.ndarray:
         raise ConfigError(FOLDER_FIELD, f"{path} is not a readable .npy file ({exc})") from exc
 
 
-def folder_images(folder: str | os.PathLike, name: str, severity: int, n: int | None, channels: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x [n, C, H, W] float in [0, 1], y) of one corruption and severity from the folder."""
+def folder_images(folder: str | os.PathLike, name: str, severity: int, n: int | None, channels: int,
+                  gray: str = "luma") -> tuple[torch.Tensor, torch.Tensor]:
+    """(x [n, C, H, W] float in [0, 1], y) of one corruption and severity from the folder; RGB -> gray by `gray`
+    (the trial's rule for its clean images, `cfg.gray`)."""
     per_severity = check_folder(folder, [name])
     count = per_severity if n is None else min(n, per_severity)
     start = (severity - 1) * per_severity
     images = np.load(Path(folder) / f"{name}.npy", mmap_mode="r")[start:start + count]
     labels = np.load(Path(folder) / "labels.npy", mmap_mode="r")[start:start + count]
     x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255.0
-    if channels == 1:
-        x = x.mean(dim=1, keepdim=True)
-    return x, torch.from_numpy(np.array(labels, dtype=np.int64))
+    return convert_channels(x, channels, gray), torch.from_numpy(np.array(labels, dtype=np.int64))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackC
         for severity in opts["severities"]:
             group = FREQUENCY_GROUP[name]
             if opts["folder"] is not None:
-                xc, yc = folder_images(opts["folder"], name, severity, opts["images"], channels)
+                xc, yc = folder_images(opts["folder"], name, severity, opts["images"], channels, ctx.cfg.gray)
                 if xc.shape[1:] != x_all.shape[1:]:
                     raise ConfigError(FOLDER_FIELD, f"{name}.npy images are {tuple(xc.shape[2:])}, the test "
                                                     f"images {tuple(x_all.shape[2:])}; use the matching -C set")
@@ -170,11 +171,11 @@ def check(opts: dict[str, Any], cfg: TrialConfig, check_source: bool) -> None:
         check_folder(opts["folder"], opts["names"])
 
 
-ATTACK = Attack("corruptions", "Corruptions", {
+ATTACKS = [Attack("corruptions", "Corruptions", {
     "names": Option(DEMO_CORRUPTIONS, list(COMMON_CORRUPTIONS), "names", "corruptions to run",
                     choices=COMMON_CORRUPTIONS + EXTRA_CORRUPTIONS),
     "severities": Option([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], "severities", "severities 1..5"),
     "images": Option(100, None, "count_or_all", "test images corrupted (null: all)"),
     "folder": Option(None, None, "path_or_none", "CIFAR-10-C / CIFAR-100-C folder (null: generate)"),
     "batch_size": Option(500, 500, "count", "images per forward pass"),
-}, run, check=check, on_test_images=lambda opts: opts["folder"] is None)
+}, run, check=check, on_test_images=lambda opts: opts["folder"] is None)]

@@ -68,5 +68,5 @@ def measure(model: nn.Module, selected: tuple[torch.Tensor, torch.Tensor, torch.
     return Measured(transfer_accuracy(model, x, y, signs, point.eps, opts["batch_size"]), len(y))
 
 
-ATTACK = Attack("fgsm_transfer", "Transferred FGSM", eps_options(), loop=Loop(select, measure),
-                source=UNREGULARIZED_SOURCE)
+ATTACKS = [Attack("fgsm_transfer", "Transferred FGSM", eps_options(), loop=Loop(select, measure),
+                source=UNREGULARIZED_SOURCE)]

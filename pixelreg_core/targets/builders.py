@@ -61,16 +61,20 @@ def threshold_targets(s: Tensor, th: float, eps: float = 0.0) -> Tensor:
     return torch.zeros_like(s).masked_fill_(s > th, 1.0 - eps).masked_fill_(s < -th, -(1.0 - eps))
 
 
-def similarity_loss(s_cnn: Tensor, s_target: Tensor, arctanh: bool = True, eps: float = EPS) -> Tensor:
+def similarity_loss(s_cnn: Tensor, s_target: Tensor, arctanh: bool = True, eps: float = EPS,
+                    dim: int | None = None) -> Tensor:
     """Mean over pairs of (f(s_cnn) - f(s_target))^2 with the authors' stable f(x) = log(1+x+eps) - log(1-x+eps).
+    `dim`: the mean over that dimension only (a seed pack's [k, N] similarities: one loss per model).
 
     f is 2*artanh(x), so this loss is 4x the textbook (artanh(a) - artanh(b))^2: kept on purpose, because every
     alpha the authors report (and this project's `alpha`) is for this form. Finite at targets of exactly +/-1.
     arctanh=False compares the similarities directly (plain MSE).
     """
     if arctanh:
-        return (_stable_2artanh(s_cnn, eps) - _stable_2artanh(s_target, eps)).pow(2).mean()
-    return (s_cnn - s_target).pow(2).mean()
+        squares = (_stable_2artanh(s_cnn, eps) - _stable_2artanh(s_target, eps)).pow(2)
+    else:
+        squares = (s_cnn - s_target).pow(2)
+    return squares.mean() if dim is None else squares.mean(dim=dim)
 
 
 def _stable_2artanh(x: Tensor, eps: float) -> Tensor:
