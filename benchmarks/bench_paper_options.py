@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="folder with MNIST IDX files (e.g. the t10k pair)")
     parser.add_argument("--seeds", type=int, default=7)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 "
+                                                                   "(split a run over processes; --report-only joins)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--train-images", type=int, default=2000)
@@ -223,7 +225,8 @@ def main() -> int:
           f"{args.test_images} test, N = {args.reg_images}, k = 16, alpha 4, Th 0.2, {args.seeds} seeds; torch "
           f"{torch.__version__}, 1 thread")
     runs = []
-    for seed in range(args.seeds):  # seeds outermost: a cut-short run still compares every variant
+    # seeds outermost: a cut-short run still compares every variant
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for variant in variants:
             r = run(args, variant, seed)
             runs.append(r)
