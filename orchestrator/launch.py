@@ -3,7 +3,7 @@
 Order of work, one function each: `make_plan` checks everything a user can get wrong (spec, resources, results
 root, every config, the inputs on disk) and computes what to run, writing nothing; `run` then takes the sweep
 folder's lock, `claim`s the folder (refusing a different spec's results, wiping them with --fresh) and drops the
-stale rows of the trials to run; `run_on_ray` starts Ray and `run_phases` runs the FGSM source models (the trials'
+stale rows of the trials to run; `run_on_ray` starts Ray and `run_phases` runs the source models (the trials'
 transferred attacks read them), then baselines and grid trials (or, with `search: optuna`, baselines and then one
 Optuna study per dataset pair). The sweep's state is only its Parquet files, so relaunching the same command resumes.
 The Tune runner (run.tune) and the Optuna search (run.search) do the running; this module decides what to run and
@@ -33,8 +33,15 @@ from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.blocked import exit_code, skip_blocked
 from orchestrator.sweepdir.lock import sweep_lock
 from orchestrator.sweepdir.resume import check_writable, prepare_sweep_dir, spec_fingerprint, split_done
-from orchestrator.sweepdir.tables import COMPLETE_STATUSES, DEFAULT_ROOT, is_uri, sweep_dir_for, trial_statuses
-from pixelreg_core.config import ConfigError, TrialConfig
+from orchestrator.sweepdir.tables import (
+    COMPLETE_STATUSES,
+    DEFAULT_ROOT,
+    absolute,
+    is_uri,
+    sweep_dir_for,
+    trial_statuses,
+)
+from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import clean_temp, disk_full
 
 
@@ -79,32 +86,15 @@ class Plan:
     mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
 
 
-def _absolute(path: str) -> str:
-    return path if is_uri(path) else str(Path(path.removeprefix("file://")).resolve())
-
-
 def localize(cfg: TrialConfig) -> TrialConfig:
     """Absolute data paths: Tune workers may run in another working directory (or on another machine with the
     same shared layout). Only non-identity fields change, so trial ids stay the same."""
     changes: dict[str, Any] = {}
     if cfg.data_root:
-        changes["data_root"] = _absolute(cfg.data_root)
+        changes["data_root"] = absolute(cfg.data_root)
     if cfg.fgsm_source:
-        changes["fgsm_source"] = _absolute(cfg.fgsm_source)
+        changes["fgsm_source"] = absolute(cfg.fgsm_source)
     return cfg.replace(**changes) if changes else cfg
-
-
-def validate_configs(configs: list[TrialConfig], spec_path: Path) -> None:
-    """Every config checked before anything runs: a bad value is a spec mistake, reported as one line."""
-    from pixelreg_core import attacks
-
-    for cfg in configs:
-        try:
-            cfg.validate()
-            attacks.validate_attacks(cfg, check_source=False)  # sources are trained in the first phase
-        except ConfigError as exc:
-            raise UserError(f"{spec_path}: trial {cfg.trial_id} ({cfg.role} {cfg.task}/{cfg.reg_data}): {exc}") \
-                from None
 
 
 def on_cluster(args: argparse.Namespace) -> bool:
@@ -123,8 +113,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
     mps_control = mps.check(getattr(args, "mps", False), address=args.address, gpu_per_trial=spec.resources.gpu)
     sweep_dir = sweep_dir_for(args.results, spec.name)
+    # No second validation here: load_spec validated every grid point x pair as a TrialConfig, and its attacks
+    # (spec.schema); a baseline or source differs from its point only in neutral regularizer fields.
     configs = [localize(c) for c in expand(spec, sweep_dir)]
-    validate_configs(configs, spec_path)
     preflight(configs, spec_path)  # datasets, matrices, checkpoints, GPUs: present before Ray starts
     optuna_units = spec.search.trials * len(spec.pairs) * len(spec.seed_list) if spec.search.type == "optuna" else 0
     return Plan(spec=spec, spec_path=spec_path, spec_text=spec_path.read_text(), sweep_dir=sweep_dir,
@@ -231,7 +222,7 @@ def make_runner(plan: Plan, args: argparse.Namespace, session, n_total: int, n_d
 
 
 def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None:
-    """The order of work: FGSM sources first (the trials' transferred attacks read them), then baselines and grid
+    """The order of work: source models first (the trials' transferred attacks read them), then baselines and grid
     trials (baselines never stopped early by ASHA: every ratio is taken against them), then the Optuna studies."""
     sources = [c for c in todo if c.role == "fgsm_source"]
     baselines = [c for c in todo if c.role == "baseline"]

@@ -24,6 +24,7 @@ from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.tables import DEFAULT_ROOT
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data import registry as datasets
+from pixelreg_core.pack.key import packs
 
 # Training FLOPs per 32x32 image at base width 64 (forward + backward ~ 3x the forward's 2 x MACs):
 # ResNet18 ~0.56 GMACs, ResNet34 ~1.16 GMACs forward at 32x32 with a stride-1 stem and no max-pool.
@@ -97,6 +98,7 @@ def estimate_lines(spec: SweepSpec, trials: list[TrialConfig], measure: bool = T
     res = spec.resources
     lines.append(f"resources per trial: {res.cpu:g} CPU, {res.gpu:g} GPU; this machine ({cpus} CPUs, {gpus} GPUs) "
                  f"runs {slots} at a time" + ("" if slots else " (it has no GPU: launch on a GPU machine or cluster)"))
+    lines += pack_lines(spec, trials)
     typical = _typical(trials)
     cost = ImageCost(spec, typical)
     if measure and res.gpu > 0 and not gpus:
@@ -112,6 +114,24 @@ def estimate_lines(spec: SweepSpec, trials: list[TrialConfig], measure: bool = T
            else "a rough guess: a per-image cost for the architecture and width at an assumed throughput")
     lines.append(f"  (epochs x images x {how}; attacks, the boundary attack above all, come on top)")
     return lines
+
+
+def pack_lines(spec: SweepSpec, trials: list[TrialConfig]) -> list[str]:
+    """With `pack` > 1: how many Tune trials the seed packs make (as launch groups them, docs/spec.md)."""
+    size = max((cfg.pack for cfg in trials), default=1)
+    if size <= 1:
+        return []
+    sources = [c for c in trials if c.role == "fgsm_source"]
+    rest = [c for c in trials if c.role != "fgsm_source"]
+    if spec.scheduler.type == "fifo":
+        units = len(packs(sources)) + len(packs(rest))
+        note = ""
+    else:  # launch's phases: ASHA stops the grid trials one by one, so only sources and baselines are packed
+        baselines = [c for c in rest if c.role == "baseline"]
+        units = len(packs(sources)) + len(packs(baselines)) + len(rest) - len(baselines)
+        note = f" ({spec.scheduler.type}: the grid trials unpacked)"
+    return [f"seed packs (pack {size}): {len(trials)} trials as {units} Tune trials{note}, each with one trial's "
+            "resources; the time below counts the trials unpacked"]
 
 
 def searched_count(spec: SweepSpec) -> int:
@@ -132,20 +152,25 @@ def machine_resources(spec: SweepSpec) -> tuple[int, int]:
     return os.cpu_count() or 1, local_gpus() if spec.resources.gpu > 0 else 0
 
 
-def dataset_size(name: str) -> tuple[int, int, int]:
-    """(train images, test images, pixels per image) from the dataset's record (pixelreg_core.data.registry); a name
-    it does not know (a baseline's reg_data "none") is guessed MNIST-sized, like idx: folders."""
+def dataset_record(name: str) -> datasets.Dataset:
+    """The dataset's record (pixelreg_core.data.registry); for a name it does not know (a baseline's reg_data
+    "none") the idx: record, guessed MNIST-sized."""
     try:
-        return datasets.get(name).sizes
+        return datasets.get(name)
     except ConfigError:
-        return datasets.REGISTRY["idx"].sizes
+        return datasets.REGISTRY["idx"]
+
+
+def dataset_size(name: str) -> tuple[int, int, int]:
+    """(train images, test images, pixels per image) from the dataset's record."""
+    return dataset_record(name).sizes
 
 
 def image_shape(cfg: TrialConfig) -> tuple[int, int, int]:
-    """(channels, height, width) the model sees for this trial's task (square but for folder images)."""
-    pixels = dataset_size(cfg.task)[2]
-    side = round(math.sqrt(pixels))
-    height, width = (side, side) if side * side == pixels else (36, 64)
+    """(channels, height, width) the model sees for this trial's task: the record's image size, else square."""
+    record = dataset_record(cfg.task)
+    side = round(math.sqrt(record.sizes[2]))
+    height, width = record.image_size or (side, side)
     return (1 if cfg.grayscale else 3), height, width
 
 

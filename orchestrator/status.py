@@ -15,7 +15,7 @@ from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec, parse_yaml
 from orchestrator.sweepdir.tables import SPEC_FILE, filesystem, read_table, read_text
 
-NOT_OK = ("failed", "blocked")  # listed with their errors; blocked: not run because its FGSM source failed
+NOT_OK = ("failed", "blocked")  # listed with their errors; blocked: not run because its source model failed
 COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_acc", "wall_s", "train_s", "eval_s"]
 
 

@@ -41,8 +41,13 @@ KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "tf32",
 # `pack` too: a trial trained in a seed pack writes the rows a separate run of it writes (pixelreg_core/pack/).
 NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", "pack", *KERNEL_FIELDS)
 
-# Baselines are unregularized: these fields have no meaning for them and are set to neutral values, so one
-# baseline per task x seed is shared by every regularization dataset of that task (the same id).
+# Fields that only matter when alpha > 0. A sweep's unregularized models get their defaults (spec.expand), so a grid
+# over, say, sim_layer does not make one baseline per sim_layer value (the same model under different ids).
+REGULARIZER_FIELDS = ("reg_data", "target", "range", "th", "th2", "arctanh", "exact_targets", "reg_images",
+                      "reg_augment", "reg_pairs", "pair_draw", "pair_bn", "sim_layer", "beta", "matrix",
+                      "matrix_images", "vgg_weights")
+# Baselines are unregularized: these of the REGULARIZER_FIELDS have no meaning for them and are set to neutral
+# values, so one baseline per task x seed is shared by every regularization dataset of that task (the same id).
 BASELINE_NEUTRAL = {"reg_data": "none", "target": "none", "range": "none", "th": 0.0, "th2": None}
 
 
@@ -120,8 +125,9 @@ class TrialConfig:
     # --- evaluation -----------------------------------------------------------------------------------------
     attacks: dict[str, dict[str, Any]] = field(default_factory=demo_attacks,
                                                metadata={"help": "JSON: attack name -> options"})
-    fgsm_source: str | None = field(default=None, metadata={"help": "checkpoint of the unregularized FGSM "
-                                                                    "source model"})
+    # The source model of every transferred attack (Attack.source); named after the first one, fgsm_transfer.
+    fgsm_source: str | None = field(default=None, metadata={"help": "checkpoint of the unregularized source "
+                                                                    "model of the transferred attacks"})
     # --- where it runs --------------------------------------------------------------------------------------
     device: str = field(default="auto", metadata={"help": "|".join(DEVICES)})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch default)"})

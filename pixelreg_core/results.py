@@ -188,6 +188,16 @@ def is_uri(path: str | os.PathLike) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+def local_path(path: str | os.PathLike) -> str:
+    """A local location (a plain path or file://...) as an absolute path: the one place that resolves one."""
+    return str(Path(str(path).removeprefix("file://")).resolve())
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """A URI as it is, a local path absolute (`local_path`): Tune's workers do not share our working directory."""
+    return str(path) if is_uri(path) else local_path(path)
+
+
 def join(root: str | os.PathLike, *parts: str) -> str:
     """ROOT/part/...: for a URI the query (`?endpoint_override=...&scheme=http`) stays at the end, where pyarrow
     reads it."""
@@ -202,7 +212,7 @@ def _filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str, bool]:
     if is_uri(root):
         fs, path = pafs.FileSystem.from_uri(str(root))
         return fs, path, False
-    return pafs.LocalFileSystem(), str(Path(str(root).removeprefix("file://")).resolve()), True
+    return pafs.LocalFileSystem(), local_path(root), True
 
 
 def filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str]:

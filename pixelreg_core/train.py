@@ -39,7 +39,7 @@ from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import DataBundle, augment_batch
 from pixelreg_core.data.placement import DeviceImages, images_for
 from pixelreg_core.hooks import faults
-from pixelreg_core.model import PairResNet
+from pixelreg_core.model import PairResNet, eval_logits
 from pixelreg_core.targets.builders import similarity_loss
 
 
@@ -107,7 +107,7 @@ def evaluate_split(model: PairResNet, x: torch.Tensor, y: torch.Tensor, batch_si
     parts = []
     for start in range(0, len(x), batch_size):
         with autocast(x.device, amp):
-            logits = model(x[start:start + batch_size])
+            logits = eval_logits(model, x[start:start + batch_size])  # CPU: in cache-sized pieces, same logits
         target = y[start:start + batch_size]
         loss = F.cross_entropy(logits.float(), target, reduction="sum")
         parts.append(torch.stack([loss.double(), (logits.argmax(1) == target).sum().double()]))

@@ -84,6 +84,35 @@ def test_eps_zero_equals_clean_accuracy(setup):
         assert len(at_zero) == 1 and at_zero[0]["value"] == clean and at_zero[0]["images"] == len(data.test_y)
 
 
+def test_the_shortcuts_give_the_rows_the_plain_loops_give(setup, monkeypatch):
+    """CPU forwards in cache-sized chunks and one clean accuracy shared by every eps-0 point: the same rows, value
+    for value, as each curve running every eps itself in whole batches; the clean images are classified once."""
+    from pixelreg_core import model as model_module
+    from pixelreg_core.attacks import common
+
+    data, model = setup["data"], setup["model"]
+    opts = {"eps": [0.0, 0.1, 0.3], "batch_size": 100}
+    cfg = _cfg(setup, gaussian={**opts, "repeats": 2}, uniform=opts, salt_pepper=opts, fgsm_transfer=opts)
+    clean_passes = []
+    real = common.accuracy  # the name AttackContext.clean_accuracy calls (the curves import their own)
+    monkeypatch.setattr(common, "accuracy", lambda *a, **k: clean_passes.append(len(a[2])) or real(*a, **k))
+    monkeypatch.setattr(model_module, "CPU_EVAL_CHUNK", 16)  # the test set is small: chunk it anyway
+    rows, _ = attacks.evaluate(model, data, cfg, None)
+    assert clean_passes == [len(data.test_y)]  # one clean pass for 5 eps-0 rows (gaussian has 2 repeats)
+
+    monkeypatch.setattr(model_module, "CPU_EVAL_CHUNK", 10**9)
+    x, y = data.test_x, data.test_y
+    signs = fgsm.gradient_signs(setup["source"], x, y, 100)
+    want = []
+    for name, repeats in (("gaussian", 2), ("uniform", 1), ("salt_pepper", 1)):
+        for i, eps in enumerate(opts["eps"]):
+            for r in range(repeats):
+                seed = common.derive_seed(cfg.seed, name, i, r)
+                want.append((name, eps, r, noise.noise_accuracy(model, name, x, y, eps, seed, 100)))
+    want += [("fgsm_transfer", eps, 0, fgsm.transfer_accuracy(model, x, y, signs, eps, 100)) for eps in opts["eps"]]
+    assert [(r["attack"], r["eps"], r["repeat"], r["value"]) for r in rows] == want
+
+
 def test_gaussian_accuracy_falls_and_repeats_exactly(setup):
     cfg = _cfg(setup, gaussian={"eps": [0.0, 0.3, 0.6, 1.2]})
     rows, _ = attacks.evaluate(setup["model"], setup["data"], cfg, None)
@@ -227,8 +256,7 @@ def test_minimal_linf_eps_is_adversarial(setup):
     assert ((adv - x[correct]).flatten(1).abs().amax(1) <= eps + 1e-6).all()
 
 
-@pytest.mark.slow
-def test_brendel_bethge_minimal_l2(setup):  # numba compiles Brendel-Bethge for ~35 s on first use
+def test_brendel_bethge_minimal_l2(setup):  # numba compiles Brendel-Bethge for ~20 s on first use: compute, fast tier
     opts = resolve("minimal_l2", {"images": 8, "steps": 20})
     x, y = setup["data"].test_x[:8], setup["data"].test_y[:8]
     dist = minimal.minimal_l2(setup["model"], x, y, opts, seed=0)

@@ -35,15 +35,21 @@ def one_thread():
     torch.set_num_threads(1)
 
 
-def test_crash_after_epoch_two_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = tiny(**CHANGES)
+def straight_and_crashed(cfg, tmp_path: Path, monkeypatch, epoch: int) -> tuple[Path, Path]:
+    """The trial run uninterrupted into tmp_path/straight, and into tmp_path/crashed up to an injected fault after
+    `epoch` (its marker stops the fault firing again on a rerun)."""
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     run_trial(cfg, straight)
-
-    plan = {"dir": str(tmp_path / "marks"), "faults": [{"trial": cfg.trial_id, "epoch": 2, "kind": "raise"}]}
+    plan = {"dir": str(tmp_path / "marks"), "faults": [{"trial": cfg.trial_id, "epoch": epoch, "kind": "raise"}]}
     monkeypatch.setenv(faults.ENV, json.dumps(plan))
     with pytest.raises(faults.InjectedFault):
         run_trial(cfg, crashed)
+    return straight, crashed
+
+
+def test_crash_after_epoch_two_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = tiny(**CHANGES)
+    straight, crashed = straight_and_crashed(cfg, tmp_path, monkeypatch, epoch=2)
     assert Path(running_path(crashed, cfg.trial_id)).is_file()   # epoch 2's checkpoint survived the crash
     assert not (crashed / "trials").exists()                    # and no half trial was written
     first_seconds = torch.load(running_path(crashed, cfg.trial_id), weights_only=True)["rows"][0]["seconds"]
@@ -87,12 +93,7 @@ def test_a_checkpoint_from_another_device_is_dropped_with_one_line_and_the_trial
     # A trial stopped on a GPU and relaunched on a CPU: its checkpoint holds a CUDA generator's 16-byte state,
     # which a CPU generator (5,056 bytes) cannot take. Simulated by rewriting a CPU checkpoint's generator state.
     cfg = tiny(**{**CHANGES, "epochs": 2})
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    run_trial(cfg, straight)
-    plan = {"dir": str(tmp_path / "marks"), "faults": [{"trial": cfg.trial_id, "epoch": 1, "kind": "raise"}]}
-    monkeypatch.setenv(faults.ENV, json.dumps(plan))
-    with pytest.raises(faults.InjectedFault):
-        run_trial(cfg, crashed)
+    straight, crashed = straight_and_crashed(cfg, tmp_path, monkeypatch, epoch=1)
     path = Path(running_path(crashed, cfg.trial_id))
     state = torch.load(path, weights_only=True)
     state["generator"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's (seed, offset)

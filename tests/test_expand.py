@@ -162,6 +162,17 @@ def test_plan_prints_the_trials_and_writes_nothing(tmp_path, capsys, monkeypatch
     assert "measured" not in out
 
 
+def test_plan_counts_the_tune_trials_of_seed_packs(tmp_path, capsys):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "packed", "pairs": [{"task": "digits", "reg_data": "digits"}],
+        "grid": {"th": [0.2, 0.5], "alpha": [4]}, "seeds": 3, "train": {"width": 4, "epochs": 2, "pack": 4},
+        "attacks": {"gaussian": {}}}))
+    assert main(["plan", str(spec_path), "--results", str(tmp_path / "out"), "--no-measure"]) == 0
+    # 6 regularized trials (2 th x 3 seeds) in packs of 4 and 2, the 3 baselines in one
+    assert "seed packs (pack 4): 9 trials as 3 Tune trials" in capsys.readouterr().out
+
+
 def test_plan_estimates_from_training_steps_measured_here(tmp_path, capsys):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({

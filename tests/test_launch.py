@@ -2,7 +2,9 @@
 
 One local Ray (2 CPUs, no dashboard) serves the whole module: starting Ray costs ~10 s on 2 cores. Sweeps are tiny
 (digits, width 4, 1 epoch, 100 train images, gaussian noise on 20 test images) but real: torch training, Tune
-scheduling, Parquet files.
+scheduling, Parquet files. These launches run in this process, a few seconds each, so they are in the fast tier:
+they are the only tests of launch.py and orchestrator/run/ (the `slow` tier has the launches in their own
+processes: SIGKILL, clusters, S3, and variants of a path tested here). Each launch checks every promise it can.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ def launch(spec: Path, root: Path, *extra: str) -> int:
 # ------------------------------------------------------------------------------------------ end to end (Ray)
 
 
-@pytest.mark.slow
 def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, capsys):
     spec = write_spec(tmp_path)
     root = tmp_path / "results"
@@ -109,50 +110,47 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert "ok 4; pending 0 of 4" in status
     assert "baseline" in status and "trial" in status
 
-
-@pytest.mark.slow
-def test_different_spec_is_refused_and_fresh_starts_over(ray_session, tmp_path, capsys):
-    root = tmp_path / "results"
-    first = write_spec(tmp_path, seeds=[0], baseline=False)
-    assert launch(first, root) == 0
-    old_ids = set(pd.read_parquet(root / "tiny" / "trials")["trial_id"])
+    # another spec under the same name is refused, one line, the folder untouched; --fresh starts it over
+    old_ids = set(trials["trial_id"])
     second = write_spec(tmp_path, seeds=[0], baseline=False, grid={"th": [0.5], "alpha": [2.0]})
-    capsys.readouterr()
     assert launch(second, root) == 2
     err = capsys.readouterr().err
     assert "holds sweep spec" in err and "--fresh" in err and err.count("\n") == 1
-    assert set(pd.read_parquet(root / "tiny" / "trials")["trial_id"]) == old_ids  # untouched
-
+    assert set(pd.read_parquet(sweep / "trials")["trial_id"]) == old_ids  # untouched
     assert launch(second, root, "--fresh") == 0
-    trials = pd.read_parquet(root / "tiny" / "trials")
+    trials = pd.read_parquet(sweep / "trials")
     assert len(trials) == 1 and not set(trials["trial_id"]) & old_ids
     assert trials["th"].tolist() == [0.5] and trials["status"].tolist() == ["ok"]
 
 
-@pytest.mark.slow
-def test_config_error_is_not_retried_and_the_sweep_exits_1_after_its_summary(ray_session, tmp_path, capsys):
-    # lr 1e12 makes the loss non-finite in the first steps: a real ConfigError (lower lr) inside the trainer
-    spec = write_spec(tmp_path, name="failing", seeds=[0], baseline=False,
-                      grid={"th": [0.3], "alpha": [1.0], "lr": [0.05, 1e12]}, max_failures=1)
-    root = tmp_path / "results"
-    assert launch(spec, root) == 1  # the sweep ran, reported the failure, and says so in its exit code
+def test_seed_packs_write_each_trial_as_an_unpacked_launch_does(ray_session, tmp_path, capsys):
+    """`pack: 4`: the 4 regularized trials (2 th x 2 seeds) train as one Tune trial, the 2 baselines as another;
+    every trial has its own trials and epochs rows under the id an unpacked launch gives it."""
+    grid = {"th": [0.3, 0.6], "alpha": [1.0]}
+    packed = write_spec(tmp_path, grid=grid, train={**TINY_TRAIN, "pack": 4})
+    apart = write_spec(tmp_path, grid=grid)
+    assert launch(packed, tmp_path / "packed") == 0
     out = capsys.readouterr().out
-    trials = pd.read_parquet(root / "failing" / "trials")
-    lrs = trials["config"].map(lambda c: json.loads(c)["lr"])
-    bad, good = trials[lrs == 1e12].iloc[0], trials[lrs == 0.05].iloc[0]
-    assert good["status"] == "ok"
-    assert bad["status"] == "failed" and "loss became" in bad["error"]
-    assert "not retried" in bad["error"] and "attempt" not in bad["error"]  # max_failures 1 was not used
-    assert "1 trial(s) failed or blocked" in out and "summary:" in out  # the summary came before the exit
-    assert trials["trial_id"].is_unique
-    # the failed trial left no epochs/robustness rows behind
-    assert set(pd.read_parquet(root / "failing" / "epochs")["trial_id"]) == {good["trial_id"]}
+    assert "done 6/6" in out and "every trial ok" in out
+    assert launch(apart, tmp_path / "apart") == 0
+    tables = {}
+    for name in ("packed", "apart"):
+        sweep = tmp_path / name / "tiny"
+        tables[name] = (pd.read_parquet(sweep / "trials"), pd.read_parquet(sweep / "epochs"))
+    (trials, epochs), (trials_apart, epochs_apart) = tables["packed"], tables["apart"]
+    assert set(trials["status"]) == {"ok"} and len(trials) == 6
+    assert sorted(trials["trial_id"]) == sorted(trials_apart["trial_id"])
+    assert sorted(epochs["trial_id"]) == sorted(epochs_apart["trial_id"])  # one row per trial (1 epoch)
+    assert {json.loads(c)["pack"] for c in trials["config"]} == {4}
+    assert trials.groupby("role")["train_s"].nunique().to_dict() == {"baseline": 1, "trial": 1}  # one per pack
+    names = sorted(Path(p).parent.name for p in (tmp_path / "packed" / "tiny" / "tune").rglob("params.json"))
+    assert len(names) == 2 and sum("_pack4_" in n for n in names) == 1 and sum("_pack2_" in n for n in names) == 1
 
 
-@pytest.mark.slow
 def test_injected_faults_are_retried_from_the_last_epoch_or_fail_at_once(ray_session, tmp_path, inject, capsys):
     """The CI fault test: an exception and a worker SIGKILL after epoch 1 resume from epoch 1's checkpoint; a NaN
-    loss is a ConfigError and fails at once. Same mechanism as scripts/soak.py, at tiny scale."""
+    loss is a ConfigError ("lower lr or alpha"): not retried, the trial fails at once and leaves no rows, the sweep
+    goes on, prints its summary, then exits 1. Same mechanism as scripts/soak.py, at tiny scale."""
     spec = write_spec(tmp_path, name="faults", seeds=[0, 1, 2], baseline=False,
                       train={**TINY_TRAIN, "epochs": 2}, max_failures=1)
     root = tmp_path / "results"
@@ -160,22 +158,27 @@ def test_injected_faults_are_retried_from_the_last_epoch_or_fail_at_once(ray_ses
     inject({"trial": ids["trial/0"], "epoch": 1, "kind": "raise"},
            {"trial": ids["trial/1"], "epoch": 1, "kind": "sigkill"},
            {"trial": ids["trial/2"], "epoch": 1, "kind": "nan"})
-    assert launch(spec, root) == 1
+    assert launch(spec, root) == 1  # the sweep ran, reported the failure, and says so in its exit code
+    out = capsys.readouterr().out
+    assert "1 trial(s) failed or blocked" in out and "summary:" in out  # the summary came before the exit
     trials = pd.read_parquet(root / "faults" / "trials").set_index("trial_id")
+    assert trials.index.is_unique
     for seed in (0, 1):
         row = trials.loc[ids[f"trial/{seed}"]]
         assert row["status"] == "ok" and row["resumed_from_epoch"] == 1, (seed, row["error"])
     nan = trials.loc[ids["trial/2"]]
     assert nan["status"] == "failed" and "loss became nan" in nan["error"] and "not retried" in nan["error"]
+    assert "attempt" not in nan["error"]  # max_failures 1 was not used
     epochs = pd.read_parquet(root / "faults" / "epochs")
+    # the failed trial left no rows behind: 2 ok trials x 2 epochs
     assert len(epochs) == 4 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert ids["trial/2"] not in set(epochs["trial_id"])
     # a relaunch resumes the failed trial from its epoch-1 checkpoint (the fault fired once) and finishes it
     assert launch(spec, root) == 0
     trials = pd.read_parquet(root / "faults" / "trials").set_index("trial_id")
     assert set(trials["status"]) == {"ok"} and trials.loc[ids["trial/2"], "resumed_from_epoch"] == 1
 
 
-@pytest.mark.slow
 def test_trials_of_a_failed_fgsm_source_are_blocked_not_run(ray_session, tmp_path, inject, capsys):
     spec = write_spec(tmp_path, name="blocked", seeds=[0], max_failures=0,
                       attacks={"gaussian": {"images": 20, "num_eps": 2}, "fgsm_transfer": {"num_eps": 2}})
@@ -195,7 +198,6 @@ def test_trials_of_a_failed_fgsm_source_are_blocked_not_run(ray_session, tmp_pat
     assert "blocked " + ids["trial/0"] in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_a_full_disk_mid_sweep_ends_with_one_line_and_a_relaunch_completes(ray_session, tmp_path, capsys, inject):
     """ENOSPC injected at the write layer (PIXELREG_FAULTS kind enospc): the disk fills while trial/1 saves its
     first epoch and stays full. No table holds a partial file, the launch ends with one line naming the folder,
@@ -229,7 +231,6 @@ def test_a_full_disk_mid_sweep_ends_with_one_line_and_a_relaunch_completes(ray_s
     assert not list((sweep / ".tmp").glob("*"))
 
 
-@pytest.mark.slow
 def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_session, tmp_path, capsys):
     spec = write_spec(tmp_path, name="searched", grid=None, seeds=[0],
                       search={"type": "optuna", "trials": 2, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
@@ -259,6 +260,27 @@ def test_optuna_search_with_asha_trains_its_budget_against_the_baselines(ray_ses
 
 
 @pytest.mark.slow
+def test_optuna_trains_a_points_seeds_as_one_seed_pack(ray_session, tmp_path):
+    """`pack: 2`: the start point's two seeds train as one pack inside its Optuna trial (as do the 2 baselines in
+    the grid phase); the study gets its objective from their rows as from separate runs."""
+    spec = write_spec(tmp_path, name="packsearch", grid=None, train={**TINY_TRAIN, "pack": 2},
+                      search={"type": "optuna", "trials": 1, "th": [0.2, 0.8], "alpha": [0.5, 8.0],
+                              "objective": {"attack": "gaussian", "eps": 0.5, "min_clean_ratio": 0.5},
+                              "start": [{"th": 0.3, "alpha": 2.0}]})
+    root = tmp_path / "results"
+    assert launch(spec, root) == 0
+    trials = pd.read_parquet(root / "packsearch" / "trials")
+    assert sorted(trials["role"]) == ["baseline", "baseline", "trial", "trial"] and set(trials["status"]) == {"ok"}
+    assert sorted(trials[trials["role"] == "trial"]["seed"]) == [0, 1]
+    for role in ("trial", "baseline"):  # packed: one training time, shared by the pack's members
+        assert trials[trials["role"] == role]["train_s"].nunique() == 1
+    import optuna
+
+    study = optuna.load_study(study_name="packsearch/digits/digits",
+                              storage=f"sqlite:///{root / 'packsearch' / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+
+
 def test_asha_lets_the_longest_trial_of_an_epochs_grid_finish(ray_session, tmp_path):
     """ASHA's max_t comes from the longest trial: with train.epochs 1 and a grid epochs [1, 3], the 3-epoch
     trial must train its 3 epochs and end ok, not be cut at 2 reports and recorded `stopped`."""

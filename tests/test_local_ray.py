@@ -3,9 +3,10 @@ left running however the launch ends (SIGKILL then relaunch, SIGTERM).
 
 One test, two launches of the same tiny sweep (each starts a local Ray: 15-60 s on a busy 2-core machine):
 A runs; while it runs its Ray listens only on 127.0.0.1, a second launch is refused naming A, and status works.
-A is killed with SIGKILL: some of its Ray survives. B takes A's stale lock over and stops what A left, finishes the
-trial A was running from its last epoch checkpoint, and is ended with SIGTERM, leaving nothing running. (The normal
-end runs the same `finally` as SIGTERM; test_launch's sweeps end normally.)
+Once A has finished a trial and is past the first epoch of the next, it is killed with SIGKILL: some of its Ray
+survives. B takes A's stale lock over and stops what A left, finishes the trial A was running from its last epoch
+checkpoint, never reruns or duplicates what A finished, and is ended with SIGTERM, leaving nothing running. (The
+normal end runs the same `finally` as SIGTERM; test_launch's sweeps end normally.)
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def training(sweep: Path) -> bool:
     return running.is_dir() and any(running.iterdir()) and bool(workers)
 
 
+def finished(sweep: Path) -> dict[str, int]:
+    """{file name: mtime} of the trials rows written so far: the trials that are complete."""
+    rows = sweep / "trials"
+    return {p.name: p.stat().st_mtime_ns for p in rows.glob("*.parquet")} if rows.is_dir() else {}
+
+
+def interrupted(sweep: Path) -> set[str]:
+    """Trials past their first epoch and not finished: what a kill now interrupts."""
+    running = sweep / "checkpoints" / "running"
+    done = {Path(name).stem for name in finished(sweep)}
+    return {p.stem for p in running.glob("*.pt") if not p.name.startswith(".")} - done if running.is_dir() else set()
+
+
 def tree(pid: int) -> list[dict]:
     procs = psutil.Process(pid).children(recursive=True)
     return [{"pid": p.pid, "started": p.create_time(), "name": p.name()} for p in procs if p.is_running()]
@@ -105,12 +119,17 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
         assert f"pid {a.pid}" in err and "since" in err and err.count("\n") == 1
         assert cli.main(["status", str(sweep)]) == 0
 
-        # SIGKILL the driver only (as the OOM killer would); part of its Ray outlives it
+        # SIGKILL the driver only (as the OOM killer would), once a trial is finished and another past its first
+        # epoch; part of its Ray outlives it
+        wait_for(lambda: finished(sweep) and interrupted(sweep), a, tmp_path / "a.log",
+                 "A's first finished trial and another one's first epoch")
         recorded = lock_record(sweep)["ray"]
-        interrupted = {p.stem for p in (sweep / "checkpoints" / "running").iterdir()}
         os.kill(a.pid, signal.SIGKILL)
         a.wait()
         time.sleep(2)
+        done_by_a, cut_short = finished(sweep), interrupted(sweep)
+        rows_by_a = pd.read_parquet(sweep / "trials").set_index("trial_id")["finished_at"]
+        assert done_by_a and cut_short, "the kill must land mid-sweep, during a trial"
         left_by_a = local_ray.alive(recorded)
 
         # B finds the stale lock, stops what A left, runs; SIGTERM ends it and its Ray with it
@@ -125,7 +144,7 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
 
         def resumed_row():
             rows = pd.read_parquet(sweep / "trials") if (sweep / "trials").is_dir() else pd.DataFrame()
-            return rows[rows["trial_id"].isin(interrupted)] if len(rows) else rows
+            return rows[rows["trial_id"].isin(cut_short)] if len(rows) else rows
 
         wait_for(lambda: len(resumed_row()) > 0, b, tmp_path / "b.log", "B to finish the trial A was running")
         assert resumed_row()["resumed_from_epoch"].iloc[0] >= 1  # went on from A's last finished epoch
@@ -141,4 +160,12 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
     trials = pd.read_parquet(sweep / "trials")
     assert trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
     epochs = pd.read_parquet(sweep / "epochs")
-    assert len(epochs) == 3 * len(trials) and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    # a complete trial has all its epochs (SIGTERM may land between another trial's rows and its `trials` row:
+    # those rows are that unfinished trial's, cleared by the next resume)
+    assert len(epochs[epochs["trial_id"].isin(trials["trial_id"])]) == 3 * len(trials)
+    robustness = pd.read_parquet(sweep / "robustness")
+    assert not robustness.duplicated(["trial_id", "attack", "eps", "repeat", "metric"]).any()
+    # what A finished, B never ran again: the same files, the same finish times
+    assert {name: finished(sweep)[name] for name in done_by_a} == done_by_a
+    assert trials.set_index("trial_id").loc[rows_by_a.index, "finished_at"].tolist() == rows_by_a.tolist()

@@ -185,3 +185,68 @@ def test_packs_group_trials_that_differ_only_in_seed_th_alpha():
                                                                                             for c in grid]))
     with pytest.raises(ConfigError, match="pack: is 0"):
         tiny(pack=0).validate()
+
+
+def test_the_pack_benchmark_prints_both_columns(tmp_path):
+    """benchmarks/bench_pack.py at toy size (its figures are for a GPU session; here only that it runs)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pack.py"
+    out = subprocess.run([sys.executable, str(script), "--device", "cpu", "--packs", "2", "--width", "2",
+                          "--image", "8", "--batch", "8", "--pairs", "4", "--steps", "1", "--warmup", "0",
+                          "--json", str(tmp_path / "pack.json")], capture_output=True, text=True, check=True).stdout
+    assert "apart steps/s" in out and "packed steps/s" in out
+    rows = json.loads((tmp_path / "pack.json").read_text())["rows"]
+    assert rows[0]["n"] == 2 and rows[0]["apart_steps_per_s"] > 0 and rows[0]["packed_steps_per_s"] > 0
+
+
+def test_a_stopped_pack_resumes_from_its_members_checkpoints_with_the_same_numbers(tmp_path, monkeypatch):
+    """Both members stop after epoch 1 (a `raise` each): rerun, the pack resumes both from their checkpoints and
+    writes the numbers of an uninterrupted pack exactly (weights, momenta, generators and pair orders restored
+    member by member). A pack whose members stand at different epochs trains them as one pack per epoch."""
+    cfgs = [tiny(alpha=4.0, seed=s, epochs=2, pack=2, lr=0.005, batch_size=64, reg_pairs=32) for s in (0, 1)]
+    whole = run_pack(cfgs, tmp_path / "whole")
+    assert [o.row["status"] for o in whole] == ["ok", "ok"]
+    plan = {"dir": str(tmp_path / "marks"), "faults": [{"trial": c.trial_id, "epoch": 1, "kind": "raise"}
+                                                        for c in cfgs]}
+    monkeypatch.setenv(faults.ENV, json.dumps(plan))
+    assert [o.row["status"] for o in run_pack(cfgs, tmp_path / "stopped")] == ["failed", "failed"]
+    resumed = run_pack(cfgs, tmp_path / "stopped")  # each fault fires once
+    assert [o.row["resumed_from_epoch"] for o in resumed] == [1, 1]
+    numbers = ["trial_id", "epoch", "loss_cls", "loss_sim", "sim_corr", "valid_loss", "valid_acc", "test_acc"]
+    expected = pd.read_parquet(tmp_path / "whole" / "epochs")[numbers].sort_values(["trial_id", "epoch"])
+    got = pd.read_parquet(tmp_path / "stopped" / "epochs")[numbers].sort_values(["trial_id", "epoch"])
+    assert got.values.tolist() == expected.values.tolist()
+
+    # member 0 stopped after epoch 1, member 1 not started: two packs of one, each as its own run would go
+    plan["faults"] = [{"trial": cfgs[0].trial_id, "epoch": 1, "kind": "raise"}]
+    plan["dir"] = str(tmp_path / "marks2")
+    monkeypatch.setenv(faults.ENV, json.dumps(plan))
+    run_pack(cfgs[:1], tmp_path / "mixed")
+    mixed = run_pack(cfgs, tmp_path / "mixed")
+    assert [o.row["status"] for o in mixed] == ["ok", "ok"]
+    assert [o.row["resumed_from_epoch"] for o in mixed] == [1, 0]
+
+
+def test_under_amp_the_packed_similarity_is_float32_as_a_single_models():
+    """bf16 autocast (CPU shows it): S_cnn [k, N] and the feature means stay float32, as PairResNet keeps them,
+    and each model's losses are its separate model's up to bf16 rounding."""
+    cfgs = [tiny(alpha=1.0, seed=s) for s in (0, 1)]
+    separate = _models(cfgs)
+    grouped = GroupedPairResNet.of(separate).train()
+    data = torch.Generator().manual_seed(3)
+    xs = [torch.rand(16, 1, 8, 8, generator=data) for _ in cfgs]
+    ys = [torch.randint(10, (16,), generator=data) for _ in cfgs]
+    xas = [torch.rand(6, 1, 8, 8, generator=data) for _ in cfgs]
+    xbs = [torch.rand(6, 1, 8, 8, generator=data) for _ in cfgs]
+    targets = [torch.randint(-1, 2, (6,), generator=data).float() for _ in cfgs]
+    _, loss, _, _, _, s_cnn = packed_step_losses(grouped, torch.cat(xs, 1), torch.stack(ys, 1), torch.cat(xas, 1),
+                                                 torch.cat(xbs, 1), torch.stack(targets, 1), torch.ones(2), True,
+                                                 True)
+    assert s_cnn.dtype == torch.float32 and s_cnn.shape == (6, 2)
+    assert all(getattr(grouped, f"feature_mean_{i}").dtype == torch.float32 for i in range(5))
+    for n, model in enumerate(separate):
+        single, *_ = step_losses(model.train(), xs[n], ys[n], xas[n], xbs[n], targets[n], 1.0, True, True)
+        assert float(loss[n].detach()) == pytest.approx(float(single.detach()), rel=5e-2)

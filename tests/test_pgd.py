@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny, tiny_spec
+from conftest import TINY_TRAIN, tiny, tiny_spec
 
+from orchestrator.errors import UserError
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec
 from pixelreg_core import attacks
@@ -37,7 +38,7 @@ def trained(tmp_path_factory):
 
 
 def test_a_sweep_with_pgd_trains_its_source_first(tmp_path):
-    spec = parse_spec(tiny_spec(attacks={"pgd_transfer": {}}))
+    spec = parse_spec(tiny_spec(attacks={"pgd_transfer": {"images": 20}}))
     trials = expand(spec, tmp_path / "tiny")
     sources = [c for c in trials if c.role == "fgsm_source"]
     assert len(sources) == 1 and trials[0] is sources[0]  # first: the others read its checkpoint
@@ -46,6 +47,13 @@ def test_a_sweep_with_pgd_trains_its_source_first(tmp_path):
     assert all(c.fgsm_source == path for c in trials[1:])
     assert attacks.source_attacks(["gaussian", "pgd_transfer", "fgsm_transfer"]) == ["pgd_transfer",
                                                                                       "fgsm_transfer"]
+    # the source's seed must stay out of the evaluated seeds: the flag, not the name, triggers the check
+    with pytest.raises(UserError, match="fgsm_source_seed: 0 is also in seeds; the source model of pgd_transfer"):
+        parse_spec(tiny_spec(attacks={"pgd_transfer": {"images": 20}}, fgsm_source_seed=0))
+    parse_spec(tiny_spec(attacks={"gaussian": {}}, fgsm_source_seed=0))  # no transferred attack: no source
+    # its image count is checked against the test set before anything trains, like every attack's
+    with pytest.raises(UserError, match="attacks.pgd_transfer.images: is 500 but the test set has only 40"):
+        parse_spec(tiny_spec(attacks={"pgd_transfer": {}}, train={**TINY_TRAIN, "test_images": 40}))
 
 
 def test_pgd_accuracy_falls_with_eps(trained):

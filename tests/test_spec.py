@@ -233,6 +233,20 @@ def test_missing_file(tmp_path, capsys):
     assert rc == 2 and err.startswith(f"error: {tmp_path / 'nope.yaml'}: no such file")
 
 
+def test_corruptions_without_the_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    """The lean install has no imagecorruptions: a spec that generates corruptions stops at validate (and so at
+    launch, before Ray) naming the extra; a CIFAR-10-C folder needs no library."""
+    monkeypatch.setitem(sys.modules, "imagecorruptions", None)  # what find_spec sees when it is not installed
+    path = write(tmp_path, GOOD.replace("attacks: {gaussian: {}}", "attacks: {gaussian: {}, corruptions: {}}"))
+    rc, out, err = validate(path, capsys)
+    assert rc == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: {path}: attacks.corruptions: generating corruptions needs the imagecorruptions "
+                          "package"), err
+    assert "pip install -e '.[corruptions]'" in err
+    rc, out, err = validate(write(tmp_path, GOOD, "plain.yaml"), capsys)
+    assert rc == 0 and err == ""
+
+
 def test_yaml_is_never_executed(tmp_path, capsys):
     marker = tmp_path / "pwned"
     path = write(tmp_path, GOOD + f"extra: !!python/object/apply:os.system ['touch {marker}']\n")
@@ -276,3 +290,20 @@ def test_spec_modules_import_without_torch_or_ray():
     code = ("import sys; from orchestrator import cli; cli.build_parser(); "
             "heavy = {'torch', 'ray', 'matplotlib', 'foolbox'} & set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_th_bounds_are_one_rule_for_the_config_the_grid_th2_and_the_search(tmp_path, monkeypatch, capsys):
+    """targets/ranges.py holds the bounds: narrowed there, every place that checks a threshold follows."""
+    from pixelreg_core.config import ConfigError, TrialConfig
+    from pixelreg_core.targets import ranges
+
+    assert TrialConfig(th=0.6, alpha=1.0).validate()
+    monkeypatch.setattr(ranges, "TH_BOUNDS", (0.0, 0.5))
+    with pytest.raises(ConfigError, match="^th: "):
+        TrialConfig(th=0.6, alpha=1.0).validate()
+    search = GOOD.replace("grid: {th: [0.2, 0.8], alpha: [4]}", "search: {type: optuna, th: [0.1, 0.6]}")
+    for text, expected in ((GOOD, "grid.th[1]: 0.8 is outside"),
+                           (GOOD.replace("0.8", "0.4") + "th2: 0.6\n", "th2: 0.6 is outside"),
+                           (search, "search.th: [0.1, 0.6] is not a range")):
+        rc, _, err = validate(write(tmp_path, text), capsys)
+        assert rc == 2 and expected in err, err

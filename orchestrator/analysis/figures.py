@@ -232,8 +232,11 @@ def _tradeoff(summary, best, selection, a0: float):
 
 
 def distortion_label(attack: str, eps: float) -> str:
-    """The tradeoff panel's D: a corruption's "eps" is its severity (robustness rows name the attack "corruptions")."""
-    return f"severity D = {eps:g}" if attack == "corruptions" else f"D = {eps:g}"
+    """The tradeoff panel's D, named by what the attack's eps column holds (its record: a corruption's severity)."""
+    from pixelreg_core.attacks import eps_name
+
+    name = eps_name(attack)
+    return f"D = {eps:g}" if name == "eps" else f"{name} D = {eps:g}"
 
 
 def _panels(summary):

@@ -153,8 +153,8 @@ def add_statistics(best, values):
 
 def held_out_seeds(ok_trials, k: int) -> tuple[list[int], list[int]]:
     """(training seeds, held-out seeds): the K highest seed ids among the finished trials are held out. Only the
-    seeds of regularized trials and baselines count: the FGSM source model has a seed of its own (e.g. 1000) that is
-    not one of the study's seeds."""
+    seeds of regularized trials and baselines count: the source model of transferred attacks has a seed of its own
+    (e.g. 1000) that is not one of the study's seeds."""
     studied = ok_trials[ok_trials["role"].isin(["trial", "baseline"])]
     seeds = sorted({int(s) for s in studied["seed"].dropna()})
     if int(k) != k or k < 1 or k >= len(seeds):
@@ -185,7 +185,7 @@ def confirm_selection(best, ok_trials, k: int | None, choose):
     train, held = held_out_seeds(ok_trials, k)
     keys = SELECTION_KEYS + SETTING_KEYS
 
-    def rerun(seeds):  # the FGSM source trial plays no part in the selection, whichever side its seed falls on
+    def rerun(seeds):  # the source model's trial plays no part in the selection, whichever side its seed falls on
         return choose(ok_trials[ok_trials["seed"].isin(seeds)])
 
     on_train = rerun(train)[keys + ["chosen"]].rename(columns={"chosen": "train_chosen"})

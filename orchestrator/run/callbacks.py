@@ -45,21 +45,23 @@ class ProgressCallback(Callback):
         self.progress.running_since.setdefault(trial.trial_id, (time.monotonic(), self.units(trial)))
         self.progress.running += self.units(trial)
 
-    def _finish(self, trial, failed: bool) -> None:
+    def _finish(self, trial, failed: bool, failed_units: int | None = None) -> None:
+        """`failed_units`: how many of the trial's units failed when only some did (a seed pack)."""
         n = self.units(trial)
         self.progress.running = max(0, self.progress.running - n)
         started = self.progress.running_since.pop(trial.trial_id, None)
         if started is not None:
             self.progress.unit_seconds.extend([(time.monotonic() - started[0]) / n] * n)
-        if failed:
-            self.progress.failed += n
-        else:
-            self.progress.done += n
+        bad = n if failed else min(n, max(0, failed_units or 0))
+        self.progress.failed += bad
+        self.progress.done += n - bad
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         failed = result.get("ok") == 0.0  # the trainable retried it in-process and gave up (tune_trainable._run)
-        self._finish(trial, failed=failed)
+        # a seed pack reports ok 0 when any member failed, and how many did
+        self._finish(trial, failed=failed and "failed_units" not in result,
+                     failed_units=int(result.get("failed_units", 0)))
         if failed:
             self.progress.log(f"failed {trial} (retries used up): {result.get('error', '?')}"[:300])
 

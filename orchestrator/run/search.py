@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator.run.objective import evaluate_point
 from orchestrator.run.tune import Runner, asha_max_t, asha_scheduler, safe
 from orchestrator.spec.schema import Search, SweepSpec
-from orchestrator.sweepdir.tables import is_uri, read_table, trial_statuses
+from orchestrator.sweepdir.tables import absolute, is_uri, read_table, trial_statuses
 from pixelreg_core.config import TrialConfig
 
 
@@ -118,8 +118,8 @@ def run_study(runner: Runner, spec: SweepSpec, task: str, reg_data: str, baselin
         return
     searcher = OptunaSearch(space=optuna_space, metric=metric, mode=mode, seed=0, storage=storage,
                             study_name=name)
-    if not is_uri(spec.data_root):  # workers run in Tune's trial folders: no relative paths
-        spec = spec.model_copy(update={"data_root": str(Path(spec.data_root).resolve())})
+    # workers run in Tune's trial folders: no relative paths
+    spec = spec.model_copy(update={"data_root": absolute(spec.data_root)})
     trainable = tune.with_parameters(train_point, spec=spec, task=task, reg_data=reg_data, seeds=seeds,
                                      baselines=baselines, sweep_dir=runner.sweep_dir, threads=runner.threads,
                                      objective=search.objective, retries=runner.retries)

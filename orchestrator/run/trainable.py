@@ -18,6 +18,7 @@ from orchestrator.spec.expand import trial_from_params
 from orchestrator.spec.schema import Objective, SweepSpec
 from orchestrator.sweepdir.tables import join, record_failure, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.pack.key import packs
 from pixelreg_core.results import disk_full
 
 
@@ -41,12 +42,9 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
     after one error, every later trial ran in a single actor). Tune's FailureConfig still restarts trials whose
     worker process dies. A trial that fails every attempt has a `failed` trials row (written by run_trial).
     """
-    import torch
-
     from pixelreg_core.trial import run_trial
 
-    torch.set_num_threads(threads)
-    cfg = cfg.replace(num_threads=threads)
+    cfg = cfg.replace(num_threads=threads)  # run_trial sets torch's threads from it: the one place
     extra = extra or {}
     node = worker_node()
     for attempt in range(retries + 1):
@@ -102,6 +100,63 @@ def train_one(config: dict[str, Any], *, configs: dict[str, dict[str, Any]], swe
                  "ok": float(ok), **({} if ok else {"error": row["error"][:300]})})
 
 
+def train_unit(config: dict[str, Any], *, units: dict[str, list[dict[str, Any]]], sweep_dir: str, threads: int,
+               retries: int) -> None:
+    """Grid search with seed packs (`pack` > 1): the Tune trial `config["trial_id"]` is the unit of that name, one
+    trial (train_one's path) or a pack of trials trained as one grouped network (pixelreg_core.pack)."""
+    members = units[config["trial_id"]]
+    if len(members) == 1:
+        train_one(config, configs={config["trial_id"]: members[0]}, sweep_dir=sweep_dir, threads=threads,
+                  retries=retries)
+        return
+    try:
+        rows = _run_pack([TrialConfig.from_dict(m) for m in members], sweep_dir, threads, retries)
+    except DiskFull as exc:
+        tune.report({DISK_FULL: 1.0, "ok": 0.0, "error": str(exc)[:300]})
+        return
+    failed = [row for row in rows if row.get("status") != "ok"]
+    tune.report({"ok": float(not failed), "failed_units": float(len(failed)),
+                 **({"error": f"{len(failed)} of {len(rows)}: {failed[0]['error']}"[:300]} if failed else {})})
+
+
+def _run_pack(cfgs: list[TrialConfig], sweep_dir: str, threads: int, retries: int,
+              extras: list[dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """run_pack with Tune reporting (every member's epochs, tagged `pack_member` or with that member's `extras`);
+    returns each trial's row.
+
+    A member that fails with a config error is recorded as _run records it; one that fails otherwise gets its
+    remaining retries as a separate trial (_run), from its checkpoint. A worker that dies takes the whole pack
+    with it: Tune's FailureConfig restarts the pack, and every member resumes from its checkpoint."""
+    import torch
+
+    from pixelreg_core.pack.trial import run_pack
+
+    torch.set_num_threads(threads)
+    cfgs = [cfg.replace(num_threads=threads) for cfg in cfgs]
+    extras = extras or [{"pack_member": float(i)} for i in range(len(cfgs))]
+    by_id = {cfg.trial_id: extra for cfg, extra in zip(cfgs, extras, strict=True)}
+    outcomes = run_pack(cfgs, sweep_dir, cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True,
+                        node=worker_node(),
+                        on_epoch=lambda cfg, row: tune.report({**numeric(row), **by_id[cfg.trial_id]}))
+    rows = []
+    for outcome, extra in zip(outcomes, extras, strict=True):
+        exc = outcome.error
+        if exc is None:
+            rows.append(outcome.row)
+        elif disk_full(exc):
+            raise DiskFull(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+        elif isinstance(exc, ConfigError) or retries == 0:
+            suffix = " (not retried: a config error)" if isinstance(exc, ConfigError) else " (failed 1 attempt(s))"
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0] + suffix
+            record_failure(sweep_dir, outcome.cfg, error)
+            rows.append({"trial_id": outcome.cfg.trial_id, "status": "failed", "error": error})
+        else:
+            print(f"trial {outcome.cfg.trial_id} failed in its seed pack ({outcome.row['error']}); retried alone",
+                  flush=True)
+            rows.append(_run(outcome.cfg, sweep_dir, threads, retries - 1, extra=extra))
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------- optuna
 
 
@@ -116,20 +171,23 @@ def train_point(config: dict[str, Any], *, spec: SweepSpec, task: str, reg_data:
     """
     params = {"th": float(config["th"]), "alpha": float(config["alpha"])}
     statuses = trial_statuses(sweep_dir)
-    trial_ids = []
-    for index, seed in enumerate(seeds):
-        cfg = trial_from_params(spec, task, reg_data, seed, params, sweep_dir)
-        if statuses.get(cfg.trial_id) != "ok":
-            # OptunaSearch reads its metric from every intermediate result; the objective only exists at the
-            # end, so epochs carry its floor (the lowest score() can give) as a neutral placeholder.
-            try:
-                row = _run(cfg, sweep_dir, threads, retries,
-                           extra={"seed_index": index, "objective": FLOOR, **params})
-            except DiskFull as exc:
-                tune.report({DISK_FULL: 1.0, "ok": 0.0, "objective": FLOOR, "error": str(exc)[:300]})
-                return
+    cfgs = [trial_from_params(spec, task, reg_data, seed, params, sweep_dir) for seed in seeds]
+    trial_ids = [cfg.trial_id for cfg in cfgs]
+    # OptunaSearch reads its metric from every intermediate result; the objective only exists at the end, so
+    # epochs carry its floor (the lowest score() can give) as a neutral placeholder.
+    extra = {cfg.trial_id: {"seed_index": index, "objective": FLOOR, **params} for index, cfg in enumerate(cfgs)}
+    todo = [cfg for cfg in cfgs if statuses.get(cfg.trial_id) != "ok"]
+    for group in packs(todo):  # the point's seeds as seed packs (`pack` > 1), else one by one
+        try:
+            if len(group) > 1:
+                rows = _run_pack(group, sweep_dir, threads, retries, [extra[c.trial_id] for c in group])
+            else:
+                rows = [_run(group[0], sweep_dir, threads, retries, extra=extra[group[0].trial_id])]
+        except DiskFull as exc:
+            tune.report({DISK_FULL: 1.0, "ok": 0.0, "objective": FLOOR, "error": str(exc)[:300]})
+            return
+        for cfg, row in zip(group, rows, strict=True):
             if row.get("status") != "ok":
-                raise TrialFailed(f"trial {cfg.trial_id} (seed {seed}): {row['error']}")
-        trial_ids.append(cfg.trial_id)
+                raise TrialFailed(f"trial {cfg.trial_id} (seed {cfg.seed}): {row['error']}")
     point = evaluate_point(sweep_dir, trial_ids, [baselines[seed] for seed in seeds], objective)
     tune.report({**numeric(point), "objective": point["objective"], "ok": 1.0})

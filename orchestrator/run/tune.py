@@ -12,6 +12,7 @@ from typing import Any
 from orchestrator.errors import UserError
 from orchestrator.spec.schema import Scheduler
 from pixelreg_core.config import TrialConfig
+from pixelreg_core.pack.key import packs
 
 
 def asha_max_t(configs: list[TrialConfig], seeds_per_trial: int = 1) -> int:
@@ -101,6 +102,24 @@ class Runner:
         names = {p["trial_id"]: trial_name(p, varying(configs)) for p in points}
         trainable = tune.with_parameters(train_one, configs=by_id, sweep_dir=self.sweep_dir,
                                          threads=self.threads, retries=self.retries)
+        def units(trial) -> int:  # run_trial units per Tune trial (progress counts)
+            return 1
+
+        groups = packs(configs) if scheduler is None else []  # ASHA stops trials one by one: never packed
+        if any(len(group) > 1 for group in groups):
+            # Seed packs: one Tune trial per pack, named after its first trial (+ _packN); each member still
+            # writes its own rows under its own trial id.
+            from orchestrator.run.trainable import train_unit
+
+            members = {g[0].trial_id: [c.to_dict() for c in g] for g in groups}
+            points = [p for p in points if p["trial_id"] in members]
+            names = {tid: name + (f"_pack{len(members[tid])}" if len(members[tid]) > 1 else "")
+                     for tid, name in names.items() if tid in members}
+            trainable = tune.with_parameters(train_unit, units=members, sweep_dir=self.sweep_dir,
+                                             threads=self.threads, retries=self.retries)
+
+            def units(trial) -> int:
+                return len(members[trial.config["trial_id"]])
         # every key must be in the param space for Tune to accept a preset value; the domains list exactly
         # the preset values, so Tune never samples anything of its own
         space = {key: tune.choice(_distinct(p[key] for p in points)) for key in points[0]}
@@ -112,7 +131,8 @@ class Runner:
                 reuse_actors=True, scheduler=scheduler, max_concurrent_trials=self.max_concurrent,
                 trial_name_creator=lambda t: names[t.config["trial_id"]],
                 trial_dirname_creator=lambda t: f"{names[t.config['trial_id']]}_{t.config['trial_id']}"),
-            run_config=self.run_config(name, extra_callbacks=[StoppedRecorder(by_id, self.sweep_dir)]
+            run_config=self.run_config(name, units=units,
+                                       extra_callbacks=[StoppedRecorder(by_id, self.sweep_dir)]
                                        if scheduler is not None else []))
         tuner.fit()
         self.check_disk()

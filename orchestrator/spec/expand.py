@@ -23,14 +23,9 @@ from typing import Any
 from orchestrator.errors import UserError
 from orchestrator.spec.fields import GRID_FIELDS, source_attacks
 from orchestrator.spec.schema import SweepSpec
-from pixelreg_core.config import ROLES, ConfigError, TrialConfig
+from pixelreg_core.config import REGULARIZER_FIELDS, ROLES, ConfigError, TrialConfig
 from pixelreg_core.results import checkpoint_path
 
-# Fields that only matter when alpha > 0. An unregularized model gets their defaults, so a grid over, say,
-# sim_layer does not make one baseline per sim_layer value (they would be the same model under different ids).
-REGULARIZER_FIELDS = ("reg_data", "target", "range", "th", "th2", "arctanh", "exact_targets", "reg_images",
-                      "reg_augment", "reg_pairs", "pair_draw", "pair_bn", "sim_layer", "beta", "matrix",
-                      "matrix_images", "vgg_weights")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig) if f.default is not dataclasses.MISSING}
 
 

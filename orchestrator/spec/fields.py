@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.targets.ranges import inside_th_bounds
 
 # ---------------------------------------------------------------------------------------------------------------
 # Which TrialConfig fields may appear where
@@ -136,7 +137,7 @@ def _grid_points(points: Any, axes: set[str]) -> list[dict[str, Any]]:
 
 def _grid_value(path: tuple[str | int, ...], name: str, value: Any) -> Any:
     value = coerce_field(path, name, value)
-    if name == "th" and not 0 < value < 1:
+    if name == "th" and not inside_th_bounds(value):
         raise SpecFieldError(path, f"{value} is outside (0, 1); use values between 0 and 1")
     if name == "alpha" and not value >= 0:
         raise SpecFieldError(path, f"{value} is negative; use alpha >= 0 (0 trains an unregularized model)")

@@ -29,6 +29,7 @@ from orchestrator.spec.fields import (
     unknown_field_message,
 )
 from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
+from pixelreg_core.targets.ranges import inside_th_bounds
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ class Search(_Kinded):
             raise SpecFieldError(("search", "trials"), f"{self.trials} is not a budget; use an integer >= 1")
         self.th = [0.05, 0.95] if self.th is None else self.th
         self.alpha = [0.5, 20.0] if self.alpha is None else self.alpha
-        _check_range(("search", "th"), self.th, lo_ok=lambda lo: lo > 0, hi_ok=lambda hi: hi < 1,
+        _check_range(("search", "th"), self.th, lo_ok=inside_th_bounds, hi_ok=inside_th_bounds,
                      allowed="[lo, hi] with 0 < lo < hi < 1")
         _check_range(("search", "alpha"), self.alpha, lo_ok=lambda lo: lo >= 0, hi_ok=lambda hi: True,
                      allowed="[lo, hi] with 0 <= lo < hi")
@@ -176,7 +177,7 @@ class Scheduler(_Kinded):
 
 
 class SweepSpec(_Strict):
-    """A whole study: pairs x grid x seeds, plus baselines and FGSM sources (see orchestrator.spec.expand)."""
+    """A whole study: pairs x grid x seeds, plus baselines and source models (see orchestrator.spec.expand)."""
 
     name: str
     data_root: str = "data"
@@ -230,7 +231,7 @@ class SweepSpec(_Strict):
     @field_validator("th2")
     @classmethod
     def _th2_inside(cls, value: float | None) -> float | None:
-        if value is not None and not 0 < value < 1:
+        if value is not None and not inside_th_bounds(value):
             raise ValueError(f"{value} is outside (0, 1); use a value between 0 and 1, below every th")
         return value
 
@@ -322,7 +323,7 @@ class SweepSpec(_Strict):
 
     def _validate_attacks(self) -> None:
         """pixelreg_core.attacks knows the attack names and options (imported here: it pulls in torch)."""
-        from pixelreg_core.attacks import resolve, validate_attacks
+        from pixelreg_core.attacks import check_image_counts, resolve, validate_attacks
 
         transferred = source_attacks(self.attacks)
         for task in dict.fromkeys(p.task for p in self.pairs):
@@ -334,8 +335,9 @@ class SweepSpec(_Strict):
                 cfg.attacks.pop(name)
             try:
                 validate_attacks(cfg, test_count=cfg.test_images)
-                for name in transferred:
-                    resolve(name, self.attacks[name])
+                resolved = {name: resolve(name, self.attacks[name]) for name in transferred}
+                if cfg.test_images is not None:
+                    check_image_counts(resolved, cfg.test_images)
             except ConfigError as exc:
                 parts = tuple(exc.field.split("."))
                 path = parts if parts[0] == "attacks" else ("attacks", *parts)

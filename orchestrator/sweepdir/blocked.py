@@ -1,6 +1,6 @@
-"""Trials that cannot succeed are not run: those whose FGSM source model failed are recorded as `blocked`.
+"""Trials that cannot succeed are not run: those whose source model failed are recorded as `blocked`.
 
-A trial with the transferred-FGSM attack reads its source's checkpoint (`<sweep>/checkpoints/<source id>.pt`).
+A trial with a transferred attack reads its source's checkpoint (`<sweep>/checkpoints/<source id>.pt`).
 When the source failed, running the trial would only fail again after its whole training, as many times as it is
 retried. Instead it gets a trials row with status `blocked` and an error naming the source and the source's own
 error. `blocked` is not a complete status: a relaunch runs the source again, then the trials it unblocks.
@@ -10,24 +10,23 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from orchestrator.sweepdir.tables import read_table, record_status
+from orchestrator.sweepdir.tables import read_table, record_status, trial_values
 from pixelreg_core.config import TrialConfig
 
 BLOCKED = "blocked"
 
 
 def source_id(cfg: TrialConfig) -> str | None:
-    """The trial id of cfg's FGSM source (its checkpoint is named after it), or None."""
+    """The trial id of cfg's source model (its checkpoint is named after it), or None."""
     if not cfg.fgsm_source:
         return None
     return PurePosixPath(cfg.fgsm_source.split("?", 1)[0]).stem
 
 
 def skip_blocked(sweep_dir: str, *groups: list[TrialConfig], log=print) -> tuple[list[TrialConfig], ...]:
-    """Each group without the trials whose FGSM source has no `ok` row; those get a `blocked` row instead."""
+    """Each group without the trials whose source model has no `ok` row; those get a `blocked` row instead."""
     trials = read_table(sweep_dir, "trials")
-    status = dict(zip(trials["trial_id"], trials["status"], strict=True))
-    errors = dict(zip(trials["trial_id"], trials["error"], strict=True))
+    status, errors = trial_values(trials, "status"), trial_values(trials, "error")
     kept, blocked = [], 0
     for group in groups:
         runnable = []
@@ -37,11 +36,11 @@ def skip_blocked(sweep_dir: str, *groups: list[TrialConfig], log=print) -> tuple
                 runnable.append(cfg)
                 continue
             reason = errors.get(source) or f"status {status.get(source, 'missing')}"
-            record_status(sweep_dir, cfg, BLOCKED, f"not run: its FGSM source {source} failed ({reason})"[:2000])
+            record_status(sweep_dir, cfg, BLOCKED, f"not run: its source model {source} failed ({reason})"[:2000])
             blocked += 1
         kept.append(runnable)
     if blocked:
-        log(f"{blocked} trial(s) blocked, not run: their FGSM source failed (orchestrator status lists why)")
+        log(f"{blocked} trial(s) blocked, not run: their source model failed (orchestrator status lists why)")
     return tuple(kept)
 
 

@@ -26,6 +26,7 @@ from orchestrator.sweepdir.tables import (
     filesystem,
     has_rows,
     is_uri,
+    local_path,
     read_text,
     remove_trial,
     trial_statuses,
@@ -64,7 +65,7 @@ def check_writable(root: str | os.PathLike) -> None:
             raise UserError(f"--results {root}: cannot write there ({type(exc).__name__}: {exc}); "
                             "check the URI and its credentials, or pick another --results") from None
         return
-    path = Path(str(root).removeprefix("file://")).resolve()
+    path = Path(local_path(root))
     existing = path
     while not existing.exists():
         existing = existing.parent

@@ -29,10 +29,12 @@ from orchestrator.analysis.curves import nearest
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import (  # noqa: F401 - re-exported: the orchestrator reads results through here
     TABLES,
+    absolute,
     checkpoint_path,
     filesystem,
     is_uri,
     join,
+    local_path,
     read_bytes,
     read_table,
     read_trial,
@@ -52,9 +54,7 @@ COMPLETE_STATUSES = ("ok", "stopped")
 def sweep_dir_for(root: str | os.PathLike, name: str) -> str:
     """ROOT/<name>, absolute for a local root (Tune's workers do not share our working directory); a URI keeps
     its query (s3://bucket/prefix/<name>?endpoint_override=...)."""
-    if is_uri(root):
-        return join(root, name)
-    return str(Path(str(root).removeprefix("file://")).resolve() / name)
+    return join(root, name) if is_uri(root) else str(Path(local_path(root)) / name)
 
 
 def read_text(sweep_dir: str, name: str) -> str | None:
@@ -67,10 +67,14 @@ def write_text(sweep_dir: str, name: str, text: str) -> None:
     write_bytes(join(sweep_dir, name), text.encode())
 
 
+def trial_values(trials, column: str) -> dict:
+    """trial_id -> one column of a trials table (a DataFrame from read_table)."""
+    return dict(zip(trials["trial_id"], trials[column], strict=True))
+
+
 def trial_statuses(sweep_dir: str) -> dict[str, str]:
     """trial_id -> status of its trials row, for every trial that has one."""
-    trials = read_table(sweep_dir, "trials")
-    return dict(zip(trials["trial_id"], trials["status"], strict=True))
+    return trial_values(read_table(sweep_dir, "trials"), "status")
 
 
 def has_rows(sweep_dir: str, trial_id: str) -> bool:
@@ -81,14 +85,14 @@ def has_rows(sweep_dir: str, trial_id: str) -> bool:
 
 def record_status(sweep_dir: str, cfg: TrialConfig, status: str, error: str, **columns) -> None:
     """Write the trials row of a trial the orchestrator ended: `stopped` (ASHA), `failed` after its retries or
-    `blocked` (not run: its FGSM source failed; orchestrator.sweepdir.blocked)."""
+    `blocked` (not run: its source model failed; orchestrator.sweepdir.blocked)."""
     write_table(sweep_dir, "trials", cfg.trial_id, [status_row(cfg, status, error, **columns)])
 
 
 def record_failure(sweep_dir: str, cfg: TrialConfig, error: str) -> None:
     """A trial that failed every attempt: keep the failed row run_trial wrote (device, wall time) with `error`
-    saying how many attempts there were; a trial that failed before run_trial could write one (e.g. its FGSM
-    source checkpoint is unreadable) gets one here, so the sweep still counts and reports it as failed."""
+    saying how many attempts there were; a trial that failed before run_trial could write one (e.g. its source
+    model's checkpoint is unreadable) gets one here, so the sweep still counts and reports it as failed."""
     rows = read_trial(sweep_dir, "trials", cfg.trial_id)
     if rows:
         write_table(sweep_dir, "trials", cfg.trial_id, [{**rows[0], "error": error}])

@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {"demo": demo_attacks(), "paper"
                                                  "full": FULL_ATTACKS}
 
 __all__ = ["ATTACKS", "ATTACK_NAMES", "PAPER_ATTACKS", "PRESETS", "Attack", "AttackContext", "attack_preset",
-           "check_image_counts", "evaluate", "get", "load_source", "resolve", "source_attacks", "title",
+           "check_image_counts", "eps_name", "evaluate", "get", "load_source", "resolve", "source_attacks", "title",
            "validate_attacks"]
 
 
@@ -66,6 +66,11 @@ def get(name: str) -> Attack:
 def title(name: str) -> str:
     """A figure title for an attack name (the name itself for one the registry does not know)."""
     return ATTACKS[name].title if name in ATTACKS else name
+
+
+def eps_name(name: str) -> str:
+    """What an attack's eps column holds, for figure labels ("eps" for one the registry does not know)."""
+    return ATTACKS[name].eps_name if name in ATTACKS else "eps"
 
 
 def source_attacks(names: Iterable[str]) -> list[str]:

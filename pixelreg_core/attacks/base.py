@@ -8,6 +8,11 @@ builds every row in one place (common.row) and, with the option `spectrum`, the 
 perturbations `measure` returns. An attack without an eps axis (`eps=False`, the Boundary Attack) gets one row
 per repeat, its eps null.
 
+`clean(selected) -> (x, y)`, if an attack gives it, says that at eps 0 its images are exactly the clean ones (x
+plus noise times 0, x plus signs times 0 clamped to [0, 1]): the loop then takes the accuracy at eps 0 from
+`AttackContext.clean_accuracy`, which classifies those images once for every curve of the evaluation (the same
+value `measure` would compute, batch for batch). `clean` returns None where eps 0 would change the images.
+
 Options reach `select` and `measure` as arguments, never through the context.
 """
 
@@ -56,15 +61,21 @@ class Loop:
     measure: Callable[[nn.Module, Any, Point, dict[str, Any]], Measured]
     metric: str = "accuracy"
     eps: bool = True
+    clean: Callable[[Any], tuple[torch.Tensor, torch.Tensor] | None] | None = None
 
     def run(self, attack: Attack, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
             opts: dict[str, Any]) -> list[dict[str, Any]]:
         selected = self.select(model, x_all, y_all, ctx, opts)
         eps_values: list[float | None] = list(eps_list(attack, opts, ctx.cfg.task)) if self.eps else [None]
+        clean = self.clean(selected) if self.clean is not None and 0.0 in eps_values else None
         rows, perturbations = [], []
         for index, eps in enumerate(eps_values):
             for repeat in range(opts.get("repeats", 1)):
-                found = self.measure(model, selected, Point(eps, index, repeat, ctx.seed), opts)
+                if eps == 0 and clean is not None:
+                    x, y = clean
+                    found = Measured(ctx.clean_accuracy(model, x, y, opts["batch_size"]), len(y))
+                else:
+                    found = self.measure(model, selected, Point(eps, index, repeat, ctx.seed), opts)
                 rows.append(row(attack.name, found.value, found.images, eps=eps, metric=self.metric, repeat=repeat,
                                 failed=found.failed))
                 if found.perturbations is not None:

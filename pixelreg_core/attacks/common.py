@@ -24,6 +24,7 @@ from torch import nn
 
 from pixelreg_core.attacks.source import Source, test_set_sha256
 from pixelreg_core.config import TrialConfig
+from pixelreg_core.model import eval_logits
 
 INIT_STEPS = 50  # blending steps of the starting-point search (foolbox's own fallback uses 50)
 
@@ -72,7 +73,7 @@ def seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Predicted labels (CPU int64) for images on any device, in batches."""
     device = model_device(model)
-    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    out = [eval_logits(model, x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
@@ -89,7 +90,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         xb = x[start:start + batch_size]
         if perturb is not None:
             xb = perturb(xb, start)
-        correct += (model(xb.to(device)).argmax(1) == y[start:start + batch_size].to(device)).sum()
+        correct += (eval_logits(model, xb.to(device)).argmax(1) == y[start:start + batch_size].to(device)).sum()
     return int(correct) / len(y)  # exact ratio, like every attack row
 
 
@@ -175,7 +176,17 @@ class AttackContext:
         """sha256 of the whole test set (a cache key of source inputs), hashed once per evaluation."""
         return self.shared_input("test_sha256", lambda: test_set_sha256(x, y))
 
-    def shared_input(self, key: str, make: Callable[[], Any]) -> Any:
+    def shared_input(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self.shared:
             self.shared[key] = make()
         return self.shared[key]
+
+    def clean_accuracy(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+        """`accuracy(model, x, y, batch_size)`, computed once per evaluation for the same images and batch size.
+
+        Every eps curve starts at eps 0, where the perturbation is exactly zero (noise times 0, FGSM signs times
+        0; the clamps then return the image itself), so the four curves of the quickstart would classify the same
+        clean images four times. Keyed by the images' and labels' bytes and the batch size, the value is the one
+        each curve would compute itself, batch for batch (base.Loop uses it for attacks with `clean`)."""
+        key = ("clean_accuracy", test_set_sha256(x, y), batch_size)
+        return self.shared_input(key, lambda: accuracy(model, x, y, batch_size))

@@ -23,6 +23,7 @@ photometric changes mostly low frequencies. The four validation corruptions are 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 from collections.abc import Iterator
@@ -55,6 +56,9 @@ FREQUENCY_GROUP = {
 }
 SEEDED_BY_ARGUMENT = ("glass_blur", "impulse_noise")  # take a seed; the rest use numpy's global RNG
 FOLDER_FIELD = "attacks.corruptions.folder"
+# Generating corruptions needs imagecorruptions-imaug (448 MB with opencv, numba, scikit-image): an optional extra of
+# pyproject.toml, so the main install stays lean; a CIFAR-10-C folder needs nothing beyond numpy.
+LIBRARY, EXTRA = "imagecorruptions", "corruptions"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -169,6 +173,10 @@ def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackC
 def check(opts: dict[str, Any], cfg: TrialConfig, check_source: bool) -> None:
     if opts["folder"] is not None:
         check_folder(opts["folder"], opts["names"])
+    elif importlib.util.find_spec(LIBRARY) is None:  # found, not imported: the check stays cheap
+        raise ConfigError("attacks.corruptions", f"generating corruptions needs the {LIBRARY} package, which is not "
+                                                 f"installed; pip install -e '.[{EXTRA}]', or give folder: a "
+                                                 "CIFAR-10-C style folder")
 
 
 ATTACKS = [Attack("corruptions", "Corruptions", {
@@ -178,4 +186,4 @@ ATTACKS = [Attack("corruptions", "Corruptions", {
     "images": Option(100, None, "count_or_all", "test images corrupted (null: all)"),
     "folder": Option(None, None, "path_or_none", "CIFAR-10-C / CIFAR-100-C folder (null: generate)"),
     "batch_size": Option(500, 500, "count", "images per forward pass"),
-}, run, check=check, on_test_images=lambda opts: opts["folder"] is None)]
+}, run, check=check, on_test_images=lambda opts: opts["folder"] is None, eps_name="severity")]

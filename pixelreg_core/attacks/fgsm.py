@@ -68,5 +68,11 @@ def measure(model: nn.Module, selected: tuple[torch.Tensor, torch.Tensor, torch.
     return Measured(transfer_accuracy(model, x, y, signs, point.eps, opts["batch_size"]), len(y))
 
 
-ATTACKS = [Attack("fgsm_transfer", "Transferred FGSM", eps_options(), loop=Loop(select, measure),
-                source=UNREGULARIZED_SOURCE)]
+def clean(selected: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """At eps 0 the images are x itself (x + 0 * sign clamped to [0, 1]) when x is in [0, 1] (base.Loop)."""
+    x, y, _ = selected
+    return (x, y) if bool(((x >= 0) & (x <= 1)).all()) else None
+
+
+ATTACKS = [Attack("fgsm_transfer", "Transferred FGSM", eps_options(), loop=Loop(select, measure, clean=clean),
+                  source=UNREGULARIZED_SOURCE)]

@@ -72,7 +72,8 @@ def _salt_pepper_eps_max(record: Any) -> float:
 
 def _record(kind: str) -> Attack:
     options = {**eps_options(), "repeats": Option(1, 1, "count", "independent noise draws per eps")}
-    loop = Loop(functools.partial(select, kind), functools.partial(measure, kind))
+    # eps 0: x + 0 * noise, clamped to the image's own range, is x (base.Loop's `clean`)
+    loop = Loop(functools.partial(select, kind), functools.partial(measure, kind), clean=lambda images: images)
     return Attack(kind, TITLES[kind], options, loop=loop,
                   eps_max=_salt_pepper_eps_max if kind == "salt_pepper" else None)
 

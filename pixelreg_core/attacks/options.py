@@ -59,7 +59,7 @@ class Attack:
     and points the trial's `fgsm_source` field at its checkpoint, the spec checks keep its seed out of `seeds`, and
     the source is checked and loaded by pixelreg_core.attacks.source.
     `eps_max(dataset record)`: the top of the default eps range, when the attack's differs from the record's rule
-    (`Dataset.eps_top`).
+    (`Dataset.eps_top`). `eps_name`: what its rows' eps column holds (figures label it), e.g. "severity".
     """
 
     name: str
@@ -72,6 +72,7 @@ class Attack:
     presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     source: str | None = None
     eps_max: Callable[[datasets.Dataset], float] | None = None
+    eps_name: str = "eps"
 
     def resolve(self, raw: Any) -> dict[str, Any]:
         return resolve_options(self.name, self.options, raw, self.presets)

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from pixelreg_core.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-LI_CROP = (144, 256)  # Li et al. / the authors' code: centre crop of the ImageNet image at its native size ...
-LI_SIZE = (36, 64)  # ... then resized (4x down) to 36 x 64
+LI_CROP = (144, 256)  # Li et al. / the authors' code: centre crop of the ImageNet image at its native size, then
+# resized to the `folder` record's size (registry.FOLDER_SIZE, 36 x 64), which it binds to load_folder_split
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma: torchvision's Grayscale(), which the authors' code uses
 IDX_TEST_FRACTION = 0.2  # single-file IDX folders: the last 20% are the test split (2,000 of MNIST's 10,000)
 DIGITS_TEST_EVERY = 5  # digits: every 5th image is a test image
@@ -81,12 +81,13 @@ def load_idx_split(name: str, root: str, split: str, download: bool, *, limit: i
 
 
 def load_folder_split(name: str, root: str, split: str, download: bool, *, limit: int | None = None,
-                      field_name: str = "reg_data") -> tuple[torch.Tensor, torch.Tensor]:
-    """An image folder as the train split with labels -1; `folder:` applies Li et al.'s preprocessing."""
+                      field_name: str = "reg_data", size: tuple[int, int] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image folder as the train split with labels -1; with `size` (the `folder` record's), Li et al.'s
+    preprocessing to that size, else the images at their native size."""
     if split != "train":
         raise ConfigError(field_name, f"{name!r} is an unlabeled image folder; it has no {split} split")
-    x = load_image_folder(name.split(":", 1)[1], li_preprocess=name.startswith("folder:"), limit=limit,
-                          field_name=field_name)
+    x = load_image_folder(name.split(":", 1)[1], size=size, limit=limit, field_name=field_name)
     return x, torch.full((x.shape[0],), -1, dtype=torch.int64)
 
 
@@ -261,11 +262,11 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def li_preprocess(image: torch.Tensor) -> torch.Tensor:
-    """The authors' ImageNet preprocessing for one float [C, H, W] image -> RGB [3, 36, 64] in [0, 1].
+def li_preprocess(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The authors' ImageNet preprocessing for one float [C, H, W] image -> RGB [3, *size] in [0, 1].
 
     Centre crop 144 x 256 at the image's native size (zero-padded where the image is smaller, as torchvision's
-    CenterCrop does), then resize to 36 x 64 (bilinear, antialiased, like torchvision's Resize). The authors'
+    CenterCrop does), then resize to `size`, 36 x 64 (bilinear, antialiased, like torchvision's Resize). The authors'
     seeded horizontal flip between the two is applied per trial (`data.augment_regularization`; a flip commutes
     with the resize), and grayscale (luma) when a trial loads the images, as their Grayscale() comes last.
     """
@@ -278,11 +279,12 @@ def li_preprocess(image: torch.Tensor) -> torch.Tensor:
         height, width = rgb.shape[-2:]
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     crop = rgb[None, :, top:top + crop_h, left:left + crop_w]
-    return F.interpolate(crop, size=LI_SIZE, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0.0, 1.0)
+    return F.interpolate(crop, size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0.0, 1.0)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_image_folder(folder: str, li: bool, limit: int | None, field_name: str) -> torch.Tensor:
+def _load_image_folder(folder: str, size: tuple[int, int] | None, limit: int | None, field_name: str
+                       ) -> torch.Tensor:
     from PIL import Image
 
     path = Path(folder)
@@ -298,20 +300,20 @@ def _load_image_folder(folder: str, li: bool, limit: int | None, field_name: str
                 pixels = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
         except OSError as err:  # PIL's UnidentifiedImageError is an OSError
             raise ConfigError(field_name, f"cannot read image {file} ({err}); remove or replace it") from err
-        images.append(li_preprocess(pixels.float().div_(255.0)) if li else pixels)
+        images.append(li_preprocess(pixels.float().div_(255.0), size) if size else pixels)
     shapes = {tuple(img.shape) for img in images}
     if len(shapes) > 1:
         raise ConfigError(field_name, f"images below {path} differ in size {sorted(shapes)[:3]}; use folder:PATH "
                                       f"(crops and resizes to 36 x 64) or resize them to one size")
     stacked = torch.stack(images)
-    return (stacked * 255.0).round_().to(torch.uint8) if li else stacked  # uint8 keeps the cache small
+    return (stacked * 255.0).round_().to(torch.uint8) if size else stacked  # uint8 keeps the cache small
 
 
-def load_image_folder(folder: str | os.PathLike, *, li_preprocess: bool = True, limit: int | None = None,
+def load_image_folder(folder: str | os.PathLike, *, size: tuple[int, int] | None, limit: int | None = None,
                       field_name: str = "reg_data") -> torch.Tensor:
     """The first `limit` images below `folder` (sorted by path) as uint8 [n, C, H, W].
 
-    With `li_preprocess` (the default for `folder:` data) every image becomes RGB 36 x 64 (centre crop, resize);
-    without it images are kept as RGB at their native size, which must then be the same for all.
+    With a `size` (the `folder:` record's 36 x 64) every image becomes RGB of that size (centre crop, resize);
+    without one images are kept as RGB at their native size, which must then be the same for all.
     """
-    return _load_image_folder(normalise_path(folder), li_preprocess, limit, field_name)
+    return _load_image_folder(normalise_path(folder), size, limit, field_name)

