@@ -127,12 +127,9 @@ def _run_pack(cfgs: list[TrialConfig], sweep_dir: str, threads: int, retries: in
     A member that fails with a config error is recorded as _run records it; one that fails otherwise gets its
     remaining retries as a separate trial (_run), from its checkpoint. A worker that dies takes the whole pack
     with it: Tune's FailureConfig restarts the pack, and every member resumes from its checkpoint."""
-    import torch
-
     from pixelreg_core.pack.trial import run_pack
 
-    torch.set_num_threads(threads)
-    cfgs = [cfg.replace(num_threads=threads) for cfg in cfgs]
+    cfgs = [cfg.replace(num_threads=threads) for cfg in cfgs]  # trial.prepare_trial sets torch's threads from it
     extras = extras or [{"pack_member": float(i)} for i in range(len(cfgs))]
     by_id = {cfg.trial_id: extra for cfg, extra in zip(cfgs, extras, strict=True)}
     outcomes = run_pack(cfgs, sweep_dir, cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True,
