@@ -284,8 +284,11 @@ def test_a_lost_node_reruns_its_trials_on_the_head(workdir, env, cluster, capsys
         counts = read_table(sweep, table).groupby("trial_id").size()
         assert set(counts.index) == set(trials["trial_id"])
         assert per_trial is None or set(counts) == {per_trial}
-    retried = {m.group(1): t for t, line in lines if (m := re.search(r"retrying \w+?_([0-9a-f]+)", line))}
-    assert retried, out  # the kill hit a running trial
+    # the progress line names Tune's trial (trial_digits-digits_th0.3_a1_s1...); its Tune folder is <name>_<trial_id>
+    retried_names = {m.group(1): t for t, line in lines if (m := re.search(r"retrying (\S+) after", line))}
+    assert retried_names, out  # the kill hit a running trial
+    by_name = dict(p.parent.name.rsplit("_", 1) for p in Path(sweep, "tune").rglob("params.json"))
+    retried = {by_name[name]: t for name, t in retried_names.items()}
     node = dict(zip(trials["trial_id"], trials["node"], strict=True))
     assert {node[t] for t in retried} == {cluster.head}
     with capsys.disabled():  # what a node loss costs, for the README

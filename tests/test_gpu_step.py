@@ -5,6 +5,7 @@ every value at once, compact device images, the kernel options. Tests marked `gp
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -325,6 +326,63 @@ def test_compile_giving_up_is_one_warning(monkeypatch, capfd):
             fn(torch.ones(2, dtype=dtype))
     lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: compile:")]
     assert len(lines) == 1 and "ran the step eager" in lines[0]
+
+
+def test_channels_last_acts_on_cpu_only_away_from_the_shapes_that_crashed():
+    from pixelreg_core.train import smallest_feature_map, uses_channels_last
+
+    cpu, cuda_device, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert [smallest_feature_map(s) for s in (8, 16, 28, 32)] == [1, 2, 4, 4]
+    asked = tiny(channels_last=True)
+    assert uses_channels_last(asked.replace(width=8), cpu, 28)          # the quickstart's shape
+    assert uses_channels_last(asked.replace(width=16), cpu, 32)
+    assert not uses_channels_last(asked.replace(width=4), cpu, 28)      # crashed: width 4 on 28 x 28
+    assert not uses_channels_last(asked.replace(width=8), cpu, 8)       # crashed: width 8 on 8 x 8 (last map 1 x 1)
+    assert not uses_channels_last(asked.replace(width=8), cpu, None)    # shape unknown: off
+    assert not uses_channels_last(tiny(width=8), cpu, 28)               # not asked
+    assert uses_channels_last(asked, cuda_device) and not uses_channels_last(asked.replace(width=8), mps, 28)
+
+
+CPU_CHANNELS_LAST_RUN = """
+import sys, torch
+import torch.nn.functional as F
+sys.path.insert(0, {tests!r})
+from test_gpu_step import mnist_like, run_train, tiny
+from pixelreg_core.model import build_model
+torch.set_num_threads(1)
+data = mnist_like(n_train=192, n_test=64)
+plain, _ = run_train(tiny(width=8, epochs=1), data=data)
+cl, model = run_train(tiny(width=8, epochs=1, channels_last=True), data=data)
+assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)  # the layout really acted
+losses, grads = [], []
+for layout in (torch.contiguous_format, torch.channels_last):  # one step from the same weights
+    torch.manual_seed(0)
+    net = build_model(tiny(width=8), 1, 10).to(memory_format=layout).train()
+    loss = F.cross_entropy(net(data.train_x[:64].contiguous(memory_format=layout)), data.train_y[:64])
+    loss.backward()
+    losses.append(loss.item())
+    grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+grad_diff = ((grads[0] - grads[1]).norm() / grads[0].norm()).item()
+print(plain.epochs[0]["loss_cls"], cl.epochs[0]["loss_cls"], *losses, grad_diff)
+"""
+
+
+def test_channels_last_trains_on_cpu_at_the_quickstart_shape_with_the_plain_numbers():
+    """In its own process (a heap corruption would end it, not pytest, and MALLOC_CHECK_ makes glibc look): a
+    channels-last epoch at width 8 on 28 x 28 runs, and one step from the same weights gives the plain layout's
+    loss and gradient up to float reassociation (a ReLU whose input is within rounding of 0 may flip, which moves
+    the gradient's norm by about 1/sqrt(elements of the smallest map)). Over an epoch the differences grow, as any
+    reassociation's do in training, but stay small."""
+    from pathlib import Path
+
+    code = CPU_CHANNELS_LAST_RUN.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MALLOC_CHECK_": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    plain_epoch, cl_epoch, plain_step, cl_step, grad_diff = (float(v) for v in done.stdout.split())
+    assert cl_step == pytest.approx(plain_step, rel=1e-5)
+    assert grad_diff < 3e-2
+    assert cl_epoch == pytest.approx(plain_epoch, rel=2e-2)
 
 
 def test_kernel_flags_on_the_command_line(tmp_path):

@@ -217,7 +217,7 @@ def describe_epoch_spread(summary) -> list[str]:
     flagged = summary[summary["epoch_spread"]].drop_duplicates(GROUP_KEYS)
     lines = []
     for row in flagged.itertuples():
-        what = "baseline" if row.role == "baseline" else f"Th={row.th:g} alpha={row.alpha:g}"
+        what = f"Th={row.th:g} alpha={row.alpha:g}" if row.role == "trial" else row.role
         valid = "" if math.isnan(row.valid_images_min) else f" on {int(row.valid_images_min)} validation images"
         lines.append(f"{row.task} / {row.reg_data} / {what}: the seeds' chosen epochs range from "
                      f"{int(row.best_epoch_min)} to {int(row.best_epoch_max)} of {int(row.epochs_max)}{valid}; "
