@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import conftest
 import pandas as pd
 import pytest
 import torch
@@ -17,14 +18,12 @@ from pixelreg_core.pack.trial import run_pack
 from pixelreg_core.train import step_losses
 from pixelreg_core.trial import run_trial
 
-TINY = dict(task="digits", reg_data="digits", width=4, epochs=1, batch_size=32, train_images=256, test_images=128,
-            reg_images=200, valid_fraction=0.1, attacks={"gaussian": {"images": 64}}, device="cpu", num_threads=1)
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(**changes) -> TrialConfig:
-    return TrialConfig(**{**TINY, **changes})
+    """conftest's tiny trial, one epoch."""
+    return conftest.tiny(**{"epochs": 1, **changes})
 
 
 def _models(cfgs: list[TrialConfig], sim_layer=None) -> list:

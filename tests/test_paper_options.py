@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,13 +22,13 @@ from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import train
 from pixelreg_core.trial import run_trial
 
-TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, train_images=128, test_images=64,
-            reg_images=60, valid_fraction=0.1, device="cpu", num_threads=1, alpha=4, th=0.2,
-            attacks={"gaussian": {"images": 32, "num_eps": 2}})
+# a regularized tiny trial with fewer images than conftest's TINY
+CHANGES = dict(train_images=128, test_images=64, reg_images=60, alpha=4, th=0.2,
+               attacks={"gaussian": {"images": 32, "num_eps": 2}})
 
 
 def tiny(**changes) -> TrialConfig:
-    return TrialConfig(**{**TINY, **changes})
+    return conftest.tiny(**{**CHANGES, **changes})
 
 
 @pytest.fixture(autouse=True)

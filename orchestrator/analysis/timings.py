@@ -38,14 +38,16 @@ def time_breakdown(trials) -> Any:
     wall = float(timed["wall_s"].sum())
     n = len(timed)
     phases: dict[str, float] = {"training": float(timed["train_s"].sum())}
+    ran: dict[str, int] = {"training": n}  # an attack's mean is over the trials that ran it (sources skip FGSM)
     for text in timed["attack_s"]:
         for name, sec in _attack_seconds(text).items():
             phases[f"attack {name}"] = phases.get(f"attack {name}", 0.0) + sec
+            ran[f"attack {name}"] = ran.get(f"attack {name}", 0) + 1
     # the rest of wall_s: data and target, model build, moving the test set, checkpoint and table writes
     phases[OTHER] = wall - sum(phases.values())
     phases["trial total (wall_s)"] = wall
-    rows = [{"phase": k, "trials": n, "total_s": v, "mean_s": v / n, "share": v / wall if wall > 0 else None}
-            for k, v in phases.items()]
+    rows = [{"phase": k, "trials": ran.get(k, n), "total_s": v, "mean_s": v / ran.get(k, n),
+             "share": v / wall if wall > 0 else None} for k, v in phases.items()]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -81,8 +83,10 @@ def render_text(trials) -> list[str]:
             text += f", CPU seconds {span['cpu_s']:.0f} s ({share:.0%} of them; under 100%: waiting for a core)"
         lines.append(text)
     if len(table):
-        lines.append(f"  per ok trial ({int(table['trials'].iloc[0])} with timings):")
+        n = int(table["trials"].iloc[0])
+        lines.append(f"  {n} ok trials with timings; the mean is over the trials that ran the phase:")
         for r in table.itertuples():
             share = "" if r.share is None else f"  {r.share:5.1%}"
-            lines.append(f"    {r.phase:<42} mean {r.mean_s:8.1f} s  total {r.total_s:8.0f} s{share}")
+            lines.append(f"    {r.phase:<42} mean {r.mean_s:8.1f} s  total {r.total_s:8.0f} s{share}"
+                         f"  ({r.trials} trials)")
     return lines
