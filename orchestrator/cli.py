@@ -17,6 +17,8 @@ COMMANDS = {
     "validate": ("orchestrator.validate", "check a sweep spec and exit"),
     "plan": ("orchestrator.plan", "print the expanded trials and the work estimate; run nothing"),
     "launch": ("orchestrator.launch", "run (or resume) a sweep on Ray Tune"),
+    "evaluate": ("orchestrator.evaluate", "run new attacks on the models a sweep folder holds; trains nothing"),
+    "migrate": ("orchestrator.migrate", "convert a sweep folder written before models and evaluations were separate"),
     "status": ("orchestrator.status", "progress of a running or finished sweep, from its Parquet files"),
     "aggregate": ("orchestrator.analysis.aggregate", "write summary.parquet, best.parquet and figures/"),
     "report": ("orchestrator.analysis.report", "write a self-contained HTML report page"),

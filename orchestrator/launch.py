@@ -32,11 +32,19 @@ from orchestrator.spec.load import load_spec
 from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.blocked import exit_code, skip_blocked
 from orchestrator.sweepdir.lock import sweep_lock
-from orchestrator.sweepdir.resume import check_writable, prepare_sweep_dir, spec_fingerprint, split_done
+from orchestrator.sweepdir.resume import (
+    check_writable,
+    missing_evaluations,
+    prepare_sweep_dir,
+    spec_fingerprint,
+    split_done,
+    work,
+)
 from orchestrator.sweepdir.tables import (
     COMPLETE_STATUSES,
     DEFAULT_ROOT,
     absolute,
+    finished_evaluations,
     is_uri,
     sweep_dir_for,
     trial_statuses,
@@ -84,6 +92,7 @@ class Plan:
     configs: list[TrialConfig]              # all expanded configs (grid: the whole sweep; optuna: sources+baselines)
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
     mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
+    work: dict[str, list] | None = None     # resume.work: models to train, evaluations to run, models reused
 
 
 def localize(cfg: TrialConfig) -> TrialConfig:
@@ -122,12 +131,22 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 configs=configs, optuna_units=optuna_units, mps=mps_control)
 
 
-def claim(plan: Plan, fresh: bool, log) -> tuple[list[TrialConfig], list[TrialConfig]]:
+def claim(plan: Plan, fresh: bool, log, evaluate_only: bool = False) -> tuple[list[TrialConfig], list[TrialConfig]]:
     """Claim the sweep folder for the plan's spec (wiped first with --fresh) and split its trials into (complete,
     to run); the trials to run lose their stale rows. Call it holding the folder's lock."""
     prepare_sweep_dir(plan.sweep_dir, plan.spec_text, spec_fingerprint(plan.spec), fresh, log=log)
     clean_temp(plan.sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
-    return split_done(plan.configs, plan.sweep_dir)
+    plan.work = work(plan.configs, plan.sweep_dir)  # before split_done removes the stale rows of models to train
+    done, todo = split_done(plan.configs, plan.sweep_dir)
+    if evaluate_only:  # `orchestrator evaluate`: stored models only, nothing trained
+        untrained = {c.trial_id for c in plan.work["train"]}
+        skipped = [c for c in todo if c.trial_id in untrained]
+        todo = [c for c in todo if c.trial_id not in untrained]
+        plan.work["train"] = []
+        if skipped:
+            log(f"evaluate: {len(skipped)} model(s) of the spec are not trained yet and are left out "
+                f"(`orchestrator launch {plan.spec_path}` trains them)")
+    return done, todo
 
 
 # --------------------------------------------------------------------------------------------------- command
@@ -137,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     try:
         with sweep_lock(plan.sweep_dir) as lock:  # from before the folder's first write to the end of the launch
-            done, todo = claim(plan, args.fresh, print)
+            done, todo = claim(plan, args.fresh, print, evaluate_only=getattr(args, "evaluate_only", False))
             return _run(args, plan, done, todo, lock)
     except OSError as exc:
         if not disk_full(exc):
@@ -152,15 +171,20 @@ def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: li
     log(f"sweep {plan.spec.name}: {n_total} trials ({len(done)} complete from earlier launches, "
         f"{len(todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
         f"to run) -> {plan.sweep_dir}")
+    if plan.work is not None and (done or plan.work["evaluate"]):
+        log("  " + work_line(plan.work))
     if todo or plan.optuna_units:
         with mps.daemon(plan.mps, log):  # before Ray starts its workers; stopped when the launch ends
             run_on_ray(plan, todo, args, n_total, len(done), log, lock)
     failed = count_failed(plan)
+    missing = missing_after(plan)
     log(f"finished: {failed} trial(s) failed or blocked" if failed else "finished: every trial ok")
+    if missing:
+        log(f"  {len(missing)} evaluation(s) of trained models failed, e.g. {missing[0]} (a relaunch runs them)")
     if failed:
         log(f"  see their errors with: orchestrator status {plan.sweep_dir}")
     report_outputs(plan.sweep_dir, log)
-    return exit_code(trial_statuses(plan.sweep_dir))  # 1 after failed or blocked trials
+    return max(exit_code(trial_statuses(plan.sweep_dir)), 1 if missing else 0)  # 1 after failures
 
 
 def run_on_ray(plan: Plan, todo: list[TrialConfig], args: argparse.Namespace, n_total: int, n_done: int, log,
@@ -222,26 +246,87 @@ def make_runner(plan: Plan, args: argparse.Namespace, session, n_total: int, n_d
 
 
 def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None:
-    """The order of work: source models first (the trials' transferred attacks read them), then baselines and grid
-    trials (baselines never stopped early by ASHA: every ratio is taken against them), then the Optuna studies."""
+    """The order of work. With fifo and no seed packs: one phase, the FGSM source models first in line and every
+    other model training alongside (no slot idles while a source trains); a model whose source is not ready when
+    its own training ends leaves its transferred evaluations for the `evaluations` phase at the end (the
+    dependency is the evaluation's, not the training's). With ASHA or seed packs (a pack reads its source when it
+    starts): the sources first, then baselines and grid trials (baselines never stopped early by ASHA: every ratio
+    is taken against them). Then the Optuna studies, then the evaluations left for later."""
     sources = [c for c in todo if c.role == "fgsm_source"]
     baselines = [c for c in todo if c.role == "baseline"]
     trials = [c for c in todo if c.role not in ("fgsm_source", "baseline")]
-    runner.grid_phase("fgsm_sources", sources)
-    baselines, trials = skip_blocked(plan.sweep_dir, baselines, trials, log=log)  # their source failed
     scheduler = asha_scheduler(plan.spec.scheduler, asha_max_t(trials or plan.configs))
-    if scheduler is None:
-        runner.grid_phase("trials", baselines + trials)
+    packed = any(c.pack > 1 for c in todo)
+    if scheduler is None and not packed:
+        runner.grid_phase("trials", sources + baselines + trials)
     else:
-        runner.grid_phase("baselines", baselines)
-        runner.grid_phase("trials", trials, scheduler=scheduler)
+        runner.grid_phase("fgsm_sources", sources)
+        baselines, trials = skip_blocked(plan.sweep_dir, baselines, trials, log=log)  # their source failed
+        if scheduler is None:
+            runner.grid_phase("trials", baselines + trials)
+        else:
+            runner.grid_phase("baselines", baselines)
+            runner.grid_phase("trials", trials, scheduler=scheduler)
     if plan.spec.search.type == "optuna":
         run_studies(runner, plan.spec, plan.configs)
+    runner.grid_phase("evaluations", deferred_evaluations(plan, log))
+
+
+def deferred_evaluations(plan: Plan, log) -> list[TrialConfig]:
+    """Stored models of the spec still missing evaluations whose source model is ok now (run as evaluations of
+    stored models); those whose source failed are named in their model's `error` and not run."""
+    from orchestrator.sweepdir.blocked import source_id
+    from orchestrator.sweepdir.tables import read_trial, write_table
+
+    statuses = trial_statuses(plan.sweep_dir)
+    finished = finished_evaluations(plan.sweep_dir)
+    ready, blocked = [], 0
+    for cfg in plan.configs:
+        if statuses.get(cfg.trial_id) != "ok" or not missing_evaluations(plan.sweep_dir, cfg, finished):
+            continue
+        source = source_id(cfg)
+        if source is None or statuses.get(source) == "ok":
+            ready.append(cfg)
+            continue
+        rows = read_trial(plan.sweep_dir, "trials", cfg.trial_id)
+        if rows:
+            error = (rows[0].get("error") or "").split(" | ")[0]
+            note = f"transferred evaluation not run: its FGSM source {source} is {statuses.get(source, 'missing')}"
+            write_table(plan.sweep_dir, "trials", cfg.trial_id,
+                        [{**rows[0], "error": " | ".join(e for e in (error, note) if e)[:2000]}])
+        blocked += 1
+    if blocked:
+        log(f"{blocked} model(s) without their transferred evaluation: their FGSM source failed "
+            "(orchestrator status lists why; a relaunch trains the source again and runs them)")
+    return ready
+
+
+def work_line(todo: dict[str, list]) -> str:
+    """`to train: 2 models; to evaluate: 12 (model, attack) on 10 stored models (boundary 10, ...); reused: 8`."""
+    from collections import Counter
+
+    evaluations = todo["evaluate"]
+    per_attack = Counter(name for _, name in evaluations)
+    stored = len({cfg.trial_id for cfg, _ in evaluations})
+    attacks = ", ".join(f"{name} {n}" for name, n in per_attack.items())
+    return (f"to train: {len(todo['train'])} model(s); to evaluate: {len(evaluations)} (model, attack) on "
+            f"{stored} stored model(s){' (' + attacks + ')' if attacks else ''}; reused as they are: "
+            f"{len(todo['reused'])} model(s)")
 
 
 def count_failed(plan: Plan) -> int:
+    """Models that failed (or were blocked) plus ok models whose evaluations are still missing."""
     statuses = trial_statuses(plan.sweep_dir)
-    return sum(1 for status in statuses.values() if status not in COMPLETE_STATUSES)
+    failed = sum(1 for status in statuses.values() if status not in COMPLETE_STATUSES)
+    return failed + len(missing_after(plan))
+
+
+def missing_after(plan: Plan) -> list[str]:
+    """`<trial_id> <attack>` of the spec's ok models whose evaluation is still missing after the run."""
+    statuses = trial_statuses(plan.sweep_dir)
+    finished = finished_evaluations(plan.sweep_dir)
+    return [f"{c.trial_id} {name}" for c in plan.configs if statuses.get(c.trial_id) == "ok"
+            for name in missing_evaluations(plan.sweep_dir, c, finished)]
 
 
 def report_outputs(sweep_dir: str, log) -> None:

@@ -55,7 +55,26 @@ def run(args: argparse.Namespace) -> int:
     print()
     for line in estimate_lines(spec, trials, measure=not args.no_measure):
         print(line)
+    for line in folder_lines(trials, sweep_dir):
+        print(line)
     return 0
+
+
+def folder_lines(trials: list[TrialConfig], sweep_dir: str) -> list[str]:
+    """What a launch would train, evaluate and reuse, given what the sweep folder already holds."""
+    from orchestrator.launch import work_line
+    from orchestrator.sweepdir.resume import legacy_layout, refuse_legacy, work
+    from orchestrator.sweepdir.tables import read_text
+
+    if read_text(sweep_dir, "fingerprint") is None and not legacy_layout(sweep_dir):
+        return [f"{sweep_dir}/ holds nothing yet: launch trains and evaluates every model above"]
+    if legacy_layout(sweep_dir):
+        try:
+            refuse_legacy(sweep_dir)
+        except Exception as exc:  # noqa: BLE001 - the refusal's own line, shown as a note
+            return [f"note: {exc}"]
+    return [f"{sweep_dir}/ already holds part of this study; launch would do this: " + work_line(work(trials,
+                                                                                                      sweep_dir))]
 
 
 def extra_columns(spec: SweepSpec) -> list[str]:

@@ -22,6 +22,8 @@ COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_a
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep_dir", help="a sweep's results folder, e.g. results/quickstart")
     parser.add_argument("--all", action="store_true", help="list every trial (default: the first 50 and failures)")
+    parser.add_argument("--everything", action="store_true",
+                        help="every model the folder holds (default: those of its current spec)")
 
 
 def expected_total(sweep_dir: str) -> int | None:
@@ -39,9 +41,12 @@ def expected_total(sweep_dir: str) -> int | None:
     return total
 
 
-def summarize(sweep_dir: str) -> dict[str, Any]:
-    """Counts by status and by role, and the per-trial table (a DataFrame)."""
-    trials = read_table(sweep_dir, "trials")
+def summarize(sweep_dir: str, everything: bool = False) -> dict[str, Any]:
+    """Counts by status and by role, and the per-trial table (a DataFrame), of the current spec's models (all the
+    folder holds with `everything`)."""
+    from orchestrator.analysis.selection import current, restrict
+
+    trials = restrict(read_table(sweep_dir, "trials"), None if everything else current(sweep_dir), "trials")
     total = expected_total(sweep_dir)
     by_status = trials["status"].value_counts().to_dict()
     by_role = trials.groupby(["role", "status"]).size().to_dict() if len(trials) else {}
@@ -81,5 +86,5 @@ def run(args: argparse.Namespace) -> int:
     fs, base = filesystem(args.sweep_dir)  # a local folder or a URI prefix (s3://bucket/prefix/<name>?...)
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         raise UserError(f"{args.sweep_dir}: no such sweep folder; pass ROOT/<name>, e.g. results/quickstart")
-    print(render(summarize(args.sweep_dir), show_all=args.all))
+    print(render(summarize(args.sweep_dir, everything=args.everything), show_all=args.all))
     return 0

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from pixelreg_core.results import delete_file, join, read_bytes, write_bytes
+from pixelreg_core.results import delete_file, is_uri, join, read_bytes, write_bytes
 
 FORMAT = 2  # 2: the best state in its own file; a format-1 file (best state inside) is still read
 
@@ -54,7 +54,9 @@ class EpochCheckpoint:
         return cls(running_path(out_root, cfg.trial_id), cfg.trial_id, cfg.epochs)
 
     def best_path(self, epoch: int) -> str:
-        return self.path.removesuffix(".pt") + f".best-{epoch}.pt"
+        # a URI's ?query (endpoint, region) stays last, where pyarrow reads it: the name changes before it
+        text, sep, query = self.path.partition("?") if is_uri(self.path) else (self.path, "", "")
+        return text.removesuffix(".pt") + f".best-{epoch}.pt" + sep + query
 
     def save(self, *, epochs_done: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rows: list[dict[str, Any]], best_state: dict[str, torch.Tensor],

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,10 @@ NUM_SIM_LAYERS = 5  # stem output + the 4 stages (ref. code)
 KERNEL_FIELDS = ("amp", "channels_last", "fused_sgd", "cudnn_benchmark", "tf32", "compile")
 # `pack` too: a trial trained in a seed pack writes the rows a separate run of it writes (pixelreg_core/pack/).
 NON_IDENTITY_FIELDS = ("data_root", "download", "device", "num_threads", "fgsm_source", "pack", *KERNEL_FIELDS)
+# What evaluates a model, not what trains it: a model (its trial_id) is named by everything else, so adding an
+# attack to a finished sweep evaluates the stored models instead of training new ones. Each evaluation is named
+# by (model, attack, options, source model): TrialConfig.eval_id.
+EVALUATION_FIELDS = ("attacks",)
 
 # Fields that only matter when alpha > 0. A sweep's unregularized models get their defaults (spec.expand), so a grid
 # over, say, sim_layer does not make one baseline per sim_layer value (the same model under different ids).
@@ -181,16 +186,26 @@ class TrialConfig:
         return dataclasses.replace(self, **changes)
 
     def identity(self) -> dict[str, Any]:
+        """What trains the model: every field but where it runs (NON_IDENTITY_FIELDS) and its evaluation."""
         d = self.to_dict()
-        for name in NON_IDENTITY_FIELDS:
+        for name in (*NON_IDENTITY_FIELDS, *EVALUATION_FIELDS):
             d.pop(name)
         return d
 
     @property
     def trial_id(self) -> str:
-        """Stable across processes and machines: sha256 of the canonical JSON of the identity fields."""
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """The model's id, stable across processes and machines: sha256 of the canonical JSON of the identity
+        fields (the attacks are not among them)."""
+        return _digest(self.identity())
+
+    def eval_id(self, attack: str, transferred: bool = False) -> str:
+        """One evaluation's id: `<attack>-<hash>` of (model, attack, its options as given and, for a transferred
+        attack (pixelreg_core.attacks.source_attacks), the source model, named by its checkpoint file). The
+        options are those of `attacks`, not defaults filled in, so a new default in the code does not rename
+        finished evaluations."""
+        source = os.path.basename(self.fgsm_source or "").removesuffix(".pt") or None if transferred else None
+        return f"{attack}-" + _digest({"model": self.trial_id, "attack": attack,
+                                       "options": self.attacks.get(attack), "source": source})[:8]
 
     def validate(self) -> TrialConfig:
         """Raise ConfigError on the first value a user must fix. Cheap: touches no data."""
@@ -230,6 +245,11 @@ class TrialConfig:
                "more (trials trained as one grouped network)")
         _check(isinstance(self.attacks, dict), "attacks", "must map attack names to option mappings")
         return self
+
+
+def _digest(value: Any) -> str:
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _check(ok: bool, field_name: str, message: str) -> None:

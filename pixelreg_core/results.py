@@ -80,6 +80,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     # one row per (attack, variant, eps or severity, repeat, metric)
     "robustness": pa.schema(KEY_FIELDS + [
         pa.field("attack", pa.string()),          # gaussian, uniform, salt_pepper, fgsm_transfer, boundary, ...
+        pa.field("eval_id", pa.string()),         # the evaluation (model, attack, options): TrialConfig.eval_id
         pa.field("variant", pa.string()),         # corruption name; "" otherwise
         pa.field("group", pa.string()),           # corruption frequency group low|medium|high; "" otherwise
         pa.field("eps", pa.float64()),            # eps, or corruption severity
@@ -93,6 +94,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     # Fourier radial profile of the mean boundary perturbation, one row per radius bin
     "spectrum": pa.schema(KEY_FIELDS + [
         pa.field("attack", pa.string()),
+        pa.field("eval_id", pa.string()),
         pa.field("radius", pa.float64()),
         pa.field("power", pa.float64()),
     ]),
@@ -241,12 +243,17 @@ def status_row(cfg: TrialConfig, status: str, error: str | None, **columns: Any)
 
 
 def read_trial(root: str | os.PathLike, table: str, trial_id: str) -> list[dict[str, Any]] | None:
-    """One trial's rows of one table as dicts (nulls as None), or None when that trial has no file there."""
+    """One model's rows of one table as dicts (nulls as None), every evaluation's for robustness and spectrum,
+    or None when that model has no file there."""
     fs, base, _ = _filesystem(root)
-    path = f"{base}/{table}/{trial_id}.parquet"
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    return pq.read_table(path, filesystem=fs, schema=SCHEMAS[table]).to_pylist()
+    paths = [f"{base}/{table}/{trial_id}.parquet",
+             *(f"{base}/{table}/{trial_id}.{e}.parquet" for e in sorted(evaluation_files(root, table, trial_id)))]
+    rows, found = [], False
+    for path in paths:
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            found = True
+            rows += pq.read_table(path, filesystem=fs, schema=SCHEMAS[table]).to_pylist()
+    return rows if found else None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes | None:
@@ -326,11 +333,52 @@ def read_table(root: str | os.PathLike, table: str):
     return dataset.read().to_pandas() if dataset.files else SCHEMAS[table].empty_table().to_pandas()
 
 
-def remove_trial(root: str | os.PathLike, trial_id: str) -> None:
-    """Delete a trial's files from every table: the stale rows of a trial about to run again
-    (orchestrator.sweepdir.resume), and a failed run_trial's half-written rows."""
+def remove_trial(root: str | os.PathLike, trial_id: str, tables: tuple[str, ...] = TABLES) -> None:
+    """Delete a model's files from `tables` (its evaluations' files too): the stale rows of a model about to
+    train again (orchestrator.sweepdir.resume), and a failed training's half-written rows."""
     fs, base, _ = _filesystem(root)
-    for table in TABLES:
-        path = f"{base}/{table}/{trial_id}.parquet"
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.delete_file(path)
+    for table in tables:
+        for path in [f"{base}/{table}/{trial_id}.parquet",
+                     *(f"{base}/{table}/{trial_id}.{e}.parquet" for e in evaluation_files(root, table, trial_id))]:
+            if fs.get_file_info(path).type != pafs.FileType.NotFound:
+                fs.delete_file(path)
+
+
+# ------------------------------------------------------------------------------------- models and evaluations
+# A model's rows: trials/<trial_id>.parquet (one row), epochs/<trial_id>.parquet, checkpoints/<trial_id>.pt.
+# An evaluation's rows: spectrum/<trial_id>.<eval_id>.parquet, then robustness/<trial_id>.<eval_id>.parquet, last:
+# the robustness file of an evaluation marks it complete (resume looks for it).
+LAYOUT_FILE = "layout"  # "2": models and evaluations apart; absent in a folder written before (one file a trial)
+LAYOUT = "2"
+
+
+def eval_key(trial_id: str, eval_id: str) -> str:
+    return f"{trial_id}.{eval_id}"
+
+
+def evaluation_files(root: str | os.PathLike, table: str, trial_id: str | None = None) -> list[str]:
+    """The eval ids with a file in `table` (of one model, or `<trial_id>.<eval_id>` of all)."""
+    fs, base, _ = _filesystem(root)
+    directory = f"{base}/{table}"
+    if fs.get_file_info(directory).type != pafs.FileType.Directory:
+        return []
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(directory)):
+        stem = info.base_name.removesuffix(".parquet")
+        if info.type != pafs.FileType.File or "." not in stem or info.base_name == stem:
+            continue
+        model, _, eval_id = stem.partition(".")
+        if trial_id is None:
+            out.append(stem)
+        elif model == trial_id:
+            out.append(eval_id)
+    return out
+
+
+def finished_evaluations(root: str | os.PathLike) -> dict[str, set[str]]:
+    """trial_id -> the eval ids whose rows are complete (their robustness file exists); one listing."""
+    out: dict[str, set[str]] = {}
+    for stem in evaluation_files(root, "robustness"):
+        model, _, eval_id = stem.partition(".")
+        out.setdefault(model, set()).add(eval_id)
+    return out

@@ -1,9 +1,15 @@
 """One trial end to end: validate, load data, build the target, train, attack, write Parquet.
 
-Results appear all at once at the end (checkpoint, epochs, robustness, spectrum, and the trials row last), so a
-trial's `trials` row with status "ok" means every other table of that trial is complete: that row is what resume
-looks for. A failure leaves no partial tables; with `record_failure` (the orchestrator) it leaves one trials row
-with status "failed" and the error, so the sweep can report it and go on.
+A trial is a model and its evaluations, each with its own identity (TrialConfig.trial_id, TrialConfig.eval_id).
+A model trained now: its checkpoint and epochs, then each evaluation (its spectrum rows, then its robustness rows,
+which mark it complete), then the trials row, last: a `trials` row with status "ok" means the model and its
+evaluations are complete, and that row is what resume looks for. A failure leaves no partial tables; with
+`record_failure` (the orchestrator) it leaves one trials row with status "failed" and the error, so the sweep can
+report it and go on.
+A model the folder holds already (an ok trials row and its checkpoint) is not trained again: only the evaluations
+it lacks run, on its stored best weights (an edited spec with a new attack). Its rows stay as they are; a failed
+evaluation removes its own rows only and is named in the model's `error` (status stays ok: the model is fine), and
+a rerun runs just the missing ones.
 """
 
 from __future__ import annotations
@@ -21,10 +27,21 @@ import torch
 
 from pixelreg_core import attacks
 from pixelreg_core.checkpoint import EpochCheckpoint
-from pixelreg_core.config import TrialConfig
+from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data
-from pixelreg_core.model import build_model, save_checkpoint
-from pixelreg_core.results import checkpoint_path, delete_file, join, key_values, remove_trial, status_row, write_table
+from pixelreg_core.model import build_model, load_checkpoint, save_checkpoint
+from pixelreg_core.results import (
+    checkpoint_path,
+    delete_file,
+    eval_key,
+    evaluation_files,
+    join,
+    key_values,
+    read_trial,
+    remove_trial,
+    status_row,
+    write_table,
+)
 from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import TrainResult, resolve_device, train
 
@@ -84,11 +101,14 @@ def check_trial(cfg: TrialConfig) -> tuple[torch.device, Any]:
     return resolve_device(cfg.device), attack_options
 
 
-def prepare_trial(cfg: TrialConfig, device: torch.device, attack_options: Any) -> Prepared:
+def prepare_trial(cfg: TrialConfig, device: torch.device, attack_options: Any, defer_source: bool = False
+                  ) -> Prepared:
     """Load and build everything a trial trains from, seeded as every run of it is seeded (a seed pack prepares
     each of its trials with this too, so each model starts from the weights a separate run starts from).
     Sets torch's thread count (`num_threads`); the caller restores it."""
-    source = attacks.load_source(cfg, device)  # a transferred attack's source: read and checked once, now
+    # a transferred attack's source: read and checked once, now; with defer_source (the orchestrator: the source
+    # may still be training) just before its evaluations, which are left for later when it is not there yet
+    source = None if defer_source else attacks.load_source(cfg, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -102,25 +122,23 @@ def prepare_trial(cfg: TrialConfig, device: torch.device, attack_options: Any) -
 
 
 def finish_trial(cfg: TrialConfig, prepared: Prepared, result: TrainResult, out_root: str,
-                 cache_dir: str | os.PathLike | None, clock: Clock, node: str | None, train_s: float
-                 ) -> dict[str, Any]:
+                 cache_dir: str | os.PathLike | None, clock: Clock, node: str | None, train_s: float,
+                 defer_source: bool = False) -> dict[str, Any]:
     """Attack the best epoch's model and write the trial's rows, the trials row last; returns that row.
     `train_s`: this run's epochs only, when resumed (a seed pack's: the pack's)."""
     model = prepared.model
     model.load_state_dict(result.best_state)
     model.eval()
-    eval_started = time.perf_counter()
-    attack_s: dict[str, float] = {}
-    robustness, spectrum = attacks.evaluate(model, prepared.data, cfg, cache_dir or join(out_root, "fgsm_cache"),
-                                         prepared.attack_options, prepared.source, seconds=attack_s)
-    eval_s = time.perf_counter() - eval_started
-
+    remove_trial(out_root, cfg.trial_id)  # rows of an earlier, unfinished model of this id (its evaluations too)
     keys = key_values(cfg)
     ckpt = checkpoint_path(out_root, cfg.trial_id)
     save_checkpoint(model, cfg, ckpt)
     write_table(out_root, "epochs", cfg.trial_id, [{**keys, **row} for row in result.epochs])
-    write_table(out_root, "robustness", cfg.trial_id, [{**keys, **row} for row in robustness])
-    write_table(out_root, "spectrum", cfg.trial_id, [{**keys, **row} for row in spectrum])
+    eval_started = time.perf_counter()
+    attack_s: dict[str, float] = {}
+    run_evaluations(cfg, out_root, model, prepared.data, prepared.attack_options, cache_dir, prepared.source,
+                    list(cfg.attacks), attack_s, defer_source=defer_source)
+    eval_s = time.perf_counter() - eval_started
     best = result.best
     row = _row(cfg, "ok", None, str(prepared.device), clock.wall, clock.cpu, clean_acc=best["test_acc"],
                valid_acc=best["valid_acc"], valid_loss=best["valid_loss"], best_epoch=result.best_epoch,
@@ -148,7 +166,7 @@ def fail_trial(cfg: TrialConfig, exc: BaseException, out_root: str, record_failu
 def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
               on_epoch: Callable[[dict[str, Any]], None] | None = None,
               cache_dir: str | os.PathLike | None = None, record_failure: bool = False,
-              node: str | None = None) -> dict[str, Any]:
+              node: str | None = None, defer_source: bool = False) -> dict[str, Any]:
     """Run one trial and write its rows under `out_root`; returns its trials row.
 
     `node` names the machine in the trials row: the orchestrator passes the Ray node id of its worker; left out,
@@ -161,15 +179,103 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
     try:
         # Checks that can only fail at run time (a missing FGSM source, an absent GPU) are inside the try, so
         # that with `record_failure` they too leave a failed trials row.
+        stored = stored_row(cfg, out_root)
+        if stored is not None:  # a stored model: only its missing evaluations run; its rows stay as they are
+            return evaluate_stored(cfg, out_root, stored, cache_dir, record_failure, defer_source=defer_source)
         device, attack_options = check_trial(cfg)
-        prepared = prepare_trial(cfg, device, attack_options)
+        prepared = prepare_trial(cfg, device, attack_options, defer_source=defer_source)
         resume = EpochCheckpoint.for_trial(out_root, cfg)  # kept when the trial fails: a rerun resumes from it
         train_started = time.perf_counter()
         result = train(cfg, prepared.data, prepared.model, prepared.target, device, on_epoch, checkpoint=resume)
-        return finish_trial(cfg, prepared, result, out_root, cache_dir, clock, node,
+        return finish_trial(cfg, prepared, result, out_root, cache_dir, clock, node, defer_source=defer_source,
                             train_s=time.perf_counter() - train_started)
     except BaseException as exc:
-        fail_trial(cfg, exc, out_root, record_failure, device, clock, node)
+        if not isinstance(exc, EvaluationFailed):  # a stored model's failed evaluation leaves the model as it is
+            fail_trial(cfg, exc, out_root, record_failure, device, clock, node)
         raise
     finally:
         torch.set_num_threads(threads_before)  # a Ray worker runs many trials: leave its thread count as found
+
+
+class EvaluationFailed(RuntimeError):
+    """An evaluation of a stored model failed: its rows are removed, the model's stay (evaluate_stored)."""
+
+
+def stored_row(cfg: TrialConfig, out_root: str) -> dict[str, Any] | None:
+    """The model's trials row when `out_root` holds it finished (status ok and its checkpoint), else None."""
+    from pixelreg_core.results import read_bytes
+
+    rows = read_trial(out_root, "trials", cfg.trial_id)
+    if not rows or rows[0]["status"] != "ok" or read_bytes(checkpoint_path(out_root, cfg.trial_id)) is None:
+        return None
+    return rows[0]
+
+
+def missing_evaluations(cfg: TrialConfig, out_root: str | os.PathLike) -> list[str]:
+    """The attacks of cfg whose evaluation of this model `out_root` lacks."""
+    done = set(evaluation_files(out_root, "robustness", cfg.trial_id))
+    transferred = set(attacks.source_attacks(cfg.attacks))
+    return [name for name in cfg.attacks if cfg.eval_id(name, name in transferred) not in done]
+
+
+def run_evaluations(cfg: TrialConfig, out_root: str, model, data, attack_options: dict[str, dict[str, Any]],
+                    cache_dir, source, todo: list[str], attack_s: dict[str, float], defer_source: bool = False
+                    ) -> None:
+    """Run `todo`'s attacks on the model, each written as it finishes (its spectrum, then its robustness rows:
+    last, they mark it complete); a failure removes the rows of the evaluation it stopped, and only those."""
+    transferred = set(attacks.source_attacks(cfg.attacks))
+    keys = key_values(cfg)
+    name = None
+    try:
+        for name in todo:
+            if defer_source and name in transferred and source is None:
+                try:
+                    source = attacks.load_source(cfg, next(model.parameters()).device)
+                except ConfigError:  # not trained yet (or failed): the launch runs this evaluation later
+                    continue
+            eval_id = cfg.eval_id(name, name in transferred)
+            robustness, spectrum = attacks.evaluate(model, data, cfg, cache_dir or join(out_root, "fgsm_cache"),
+                                                 {name: attack_options[name]}, source, seconds=attack_s)
+            extra = {**keys, "eval_id": eval_id}
+            key = eval_key(cfg.trial_id, eval_id)
+            write_table(out_root, "spectrum", key, [{**extra, **r} for r in spectrum])
+            write_table(out_root, "robustness", key, [{**extra, **r} for r in robustness])
+    except BaseException:
+        if name is not None:
+            key = eval_key(cfg.trial_id, cfg.eval_id(name, name in transferred))
+            for table in ("robustness", "spectrum"):
+                delete_file(join(out_root, table, f"{key}.parquet"))
+        raise
+
+
+def evaluate_stored(cfg: TrialConfig, out_root: str, row: dict[str, Any], cache_dir, record_failure: bool,
+                    defer_source: bool = False) -> dict[str, Any]:
+    """The evaluations a stored model lacks, on its stored best weights. Its trials row stays as it is, but for
+    `error`: set when an evaluation failed (EvaluationFailed, whatever went wrong: the model's rows are never
+    removed here), cleared once they all ran."""
+    todo = missing_evaluations(cfg, out_root)
+    try:
+        if todo:
+            device, attack_options = check_trial(cfg)
+            model, _ = load_checkpoint(checkpoint_path(out_root, cfg.trial_id), map_location=device)
+            model = model.to(device).eval()
+            transferred = set(attacks.source_attacks(cfg.attacks))
+            source = attacks.load_source(cfg, device) if transferred & set(todo) and not defer_source else None
+            if cfg.num_threads:
+                torch.set_num_threads(cfg.num_threads)
+            torch.manual_seed(cfg.seed)
+            data = prepare_data(cfg)
+            attacks.check_image_counts({n: attack_options[n] for n in todo}, len(data.test_x))
+            run_evaluations(cfg, out_root, model, data, attack_options, cache_dir, source, todo, {},
+                            defer_source=defer_source)
+    except BaseException as exc:
+        if record_failure and not isinstance(exc, KeyboardInterrupt):
+            error = f"evaluation: {type(exc).__name__}: {exc}".splitlines()[0][:2000]
+            write_table(out_root, "trials", cfg.trial_id, [{**row, "error": error}])
+        if isinstance(exc, Exception):
+            raise EvaluationFailed(f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise
+    if row.get("error") and not missing_evaluations(cfg, out_root):  # every evaluation is there now
+        row = {**row, "error": None}
+        write_table(out_root, "trials", cfg.trial_id, [row])
+    return row

@@ -113,6 +113,25 @@ def test_the_shortcuts_give_the_rows_the_plain_loops_give(setup, monkeypatch):
     assert [(r["attack"], r["eps"], r["repeat"], r["value"]) for r in rows] == want
 
 
+def test_the_starting_point_search_finds_foolboxs_points(setup):
+    """blended_uniform_starts classifies only undecided images; the points are foolbox's own, value for value,
+    on images where every draw fails too (the labels below include classes noise is never read as)."""
+    import foolbox as fb
+
+    from pixelreg_core.attacks import common
+
+    model, data = setup["model"], setup["data"]
+    x, y = data.test_x[:40], common.predict(setup["model"], data.test_x[:40])
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=torch.device("cpu"))
+    with common.seeded_torch(7, torch.device("cpu")):
+        theirs = fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=30, steps=20).run(
+            fmodel, x, fb.criteria.Misclassification(y))
+    with common.seeded_torch(7, torch.device("cpu")):
+        ours = common.blended_uniform_starts(fmodel, x, y, steps=20, directions=30)
+    assert torch.equal(ours, theirs)
+    assert not torch.equal(ours, x)
+
+
 def test_gaussian_accuracy_falls_and_repeats_exactly(setup):
     cfg = _cfg(setup, gaussian={"eps": [0.0, 0.3, 0.6, 1.2]})
     rows, _ = attacks.evaluate(setup["model"], setup["data"], cfg, None)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import tiny
 
-from pixelreg_core.checkpoint import running_path
+from pixelreg_core.checkpoint import EpochCheckpoint, running_path
 from pixelreg_core.hooks import faults
 from pixelreg_core.results import TIMING_COLUMNS
 from pixelreg_core.trial import run_trial
@@ -145,3 +145,13 @@ def test_the_best_state_is_written_only_when_it_changes_and_a_crash_between_the_
     assert EpochCheckpoint(ckpt.path, "t1", epochs=4).load() is None
     ckpt.remove()
     assert not list(Path(ckpt.path).parent.iterdir())
+
+
+def test_the_best_file_of_a_uri_keeps_the_query_last():
+    """On an object store the checkpoint path ends with pyarrow's ?query (endpoint, region): the best file's name
+    changes before it (appended after it, the region read `us-east-1.best-3.pt` and every S3 trial failed)."""
+    uri = "s3://bucket/runs/sweep/checkpoints/running/abc.pt?endpoint_override=127.0.0.1:9000&region=us-east-1"
+    assert EpochCheckpoint(uri, "abc", 2).best_path(3) == (
+        "s3://bucket/runs/sweep/checkpoints/running/abc.best-3.pt?endpoint_override=127.0.0.1:9000&region=us-east-1")
+    local = EpochCheckpoint("/r/checkpoints/running/abc.pt", "abc", 2)
+    assert local.best_path(3) == "/r/checkpoints/running/abc.best-3.pt"

@@ -110,13 +110,10 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert "ok 4; pending 0 of 4" in status
     assert "baseline" in status and "trial" in status
 
-    # another spec under the same name is refused, one line, the folder untouched; --fresh starts it over
+    # --fresh starts the folder over (another spec under the same name grows the study instead:
+    # test_a_study_grows_by_seeds_points_pairs_and_attacks_and_evaluate_trains_nothing)
     old_ids = set(trials["trial_id"])
     second = write_spec(tmp_path, seeds=[0], baseline=False, grid={"th": [0.5], "alpha": [2.0]})
-    assert launch(second, root) == 2
-    err = capsys.readouterr().err
-    assert "holds sweep spec" in err and "--fresh" in err and err.count("\n") == 1
-    assert set(pd.read_parquet(sweep / "trials")["trial_id"]) == old_ids  # untouched
     assert launch(second, root, "--fresh") == 0
     trials = pd.read_parquet(sweep / "trials")
     assert len(trials) == 1 and not set(trials["trial_id"]) & old_ids
@@ -145,6 +142,67 @@ def test_seed_packs_write_each_trial_as_an_unpacked_launch_does(ray_session, tmp
     assert trials.groupby("role")["train_s"].nunique().to_dict() == {"baseline": 1, "trial": 1}  # one per pack
     names = sorted(Path(p).parent.name for p in (tmp_path / "packed" / "tiny" / "tune").rglob("params.json"))
     assert len(names) == 2 and sum("_pack4_" in n for n in names) == 1 and sum("_pack2_" in n for n in names) == 1
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_study_grows_by_seeds_points_pairs_and_attacks_and_evaluate_trains_nothing(ray_session, tmp_path, capsys):
+    """A finished tiny sweep, then its spec with one more seed, (th, alpha) point, pair and attack: the relaunch
+    trains only the new models (the old models' files untouched) and evaluates the new attack on every model;
+    `evaluate` then adds a third attack without a training step."""
+    root = tmp_path / "results"
+    sweep = root / "grow"
+    point = {"th": 0.3, "alpha": 1.0}
+    first = write_spec(tmp_path, name="grow", seeds=[0], grid={"points": [point]})
+    assert launch(first, root) == 0
+    old = {folder: mtimes(sweep / folder) for folder in ("trials", "epochs", "checkpoints", "robustness")}
+    old_ids = set(pd.read_parquet(sweep / "trials")["trial_id"])
+    assert len(old_ids) == 2 and len(old["robustness"]) == 2
+
+    gaussian = {"images": 20, "num_eps": 2}
+    grown = write_spec(tmp_path, name="grow", seeds=[0, 1], grid={"points": [point, {"th": 0.5, "alpha": 2.0}]},
+                       pairs=[{"task": "digits", "reg_data": "digits"}, {"task": "mnist5k", "reg_data": "mnist5k"}],
+                       attacks={"gaussian": gaussian, "uniform": {"images": 20, "num_eps": 2}})
+    capsys.readouterr()
+    assert main(["plan", str(grown), "--results", str(root), "--no-measure"]) == 0
+    assert ("to train: 10 model(s); to evaluate: 2 (model, attack) on 2 stored model(s) (uniform 2); reused as "
+            "they are: 0 model(s)") in capsys.readouterr().out
+    assert launch(grown, root) == 0
+    out = capsys.readouterr().out
+    assert "the spec changed since the last launch" in out and "every trial ok" in out
+    trials = pd.read_parquet(sweep / "trials")
+    assert len(trials) == 12 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    assert old_ids < set(trials["trial_id"])
+    for folder in ("trials", "epochs", "checkpoints"):  # the old models were not trained or rewritten
+        now = mtimes(sweep / folder)
+        assert {name: now[name] for name in old[folder]} == old[folder], folder
+    now = mtimes(sweep / "robustness")
+    assert {name: now[name] for name in old["robustness"]} == old["robustness"]  # old evaluations untouched
+    epochs = pd.read_parquet(sweep / "epochs")
+    assert len(epochs) == 12 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    robustness = pd.read_parquet(sweep / "robustness")
+    per_model = robustness.groupby("trial_id")["attack"].agg(lambda a: tuple(sorted(set(a))))
+    assert len(per_model) == 12 and set(per_model) == {("gaussian", "uniform")}  # old models got uniform too
+    assert not robustness.duplicated(["trial_id", "attack", "eps", "repeat", "metric"]).any()
+    assert sorted(p.name.split("-")[0] for p in (sweep / "specs").iterdir()) == ["1", "2"]  # both versions kept
+    summary = pd.read_parquet(sweep / "summary.parquet")
+    assert {("digits", "gaussian"), ("digits", "uniform"), ("mnist5k", "uniform")} <= set(
+        zip(summary["task"], summary["attack"], strict=True))
+
+    third = write_spec(tmp_path, name="grow", seeds=[0, 1], grid={"points": [point, {"th": 0.5, "alpha": 2.0}]},
+                       pairs=[{"task": "digits", "reg_data": "digits"}, {"task": "mnist5k", "reg_data": "mnist5k"}],
+                       attacks={"gaussian": gaussian, "uniform": {"images": 20, "num_eps": 2},
+                                "salt_pepper": {"images": 20, "num_eps": 2}})
+    before = {folder: mtimes(sweep / folder) for folder in ("trials", "epochs", "checkpoints")}
+    assert main(["evaluate", str(third), "--results", str(root), "--progress-every", "2"]) == 0
+    for folder, files in before.items():  # no training step: no epochs, checkpoint or trials file written
+        assert mtimes(sweep / folder) == files, folder
+    assert not (sweep / "checkpoints" / "running").exists() or not list((sweep / "checkpoints" / "running").iterdir())
+    robustness = pd.read_parquet(sweep / "robustness")
+    assert robustness.loc[robustness["attack"] == "salt_pepper", "trial_id"].nunique() == 12
 
 
 def test_injected_faults_are_retried_from_the_last_epoch_or_fail_at_once(ray_session, tmp_path, inject, capsys):
@@ -179,25 +237,44 @@ def test_injected_faults_are_retried_from_the_last_epoch_or_fail_at_once(ray_ses
     assert set(trials["status"]) == {"ok"} and trials.loc[ids["trial/2"], "resumed_from_epoch"] == 1
 
 
-def test_trials_of_a_failed_fgsm_source_are_blocked_not_run(ray_session, tmp_path, inject, capsys):
+def test_models_train_while_their_fgsm_source_trains_and_a_failed_source_blocks_only_its_evaluations(
+        ray_session, tmp_path, inject, capsys):
+    """No idle slot (issue 18): the source trains alongside the other models; a transferred evaluation waits for
+    the source's checkpoint. A source that fails blocks only the evaluations that need it: the models train, their
+    other attacks run, their trials rows say why fgsm_transfer is missing, the launch exits 1; a relaunch trains
+    the source and runs just those evaluations."""
     spec = write_spec(tmp_path, name="blocked", seeds=[0], max_failures=0,
                       attacks={"gaussian": {"images": 20, "num_eps": 2}, "fgsm_transfer": {"num_eps": 2}})
     root = tmp_path / "results"
+    sweep = root / "blocked"
     ids = trial_ids(spec, root)
     inject({"trial": ids["fgsm_source/1000"], "epoch": 1, "kind": "raise"})
     assert launch(spec, root) == 1
-    trials = pd.read_parquet(root / "blocked" / "trials").set_index("trial_id")
+    out = capsys.readouterr().out
+    assert "without their transferred evaluation" in out and "evaluation(s) of trained models failed" in out
+    trials = pd.read_parquet(sweep / "trials").set_index("trial_id")
     assert trials.loc[ids["fgsm_source/1000"], "status"] == "failed"
+    robustness = pd.read_parquet(sweep / "robustness")
     for key in ("baseline/0", "trial/0"):
         row = trials.loc[ids[key]]
-        assert row["status"] == "blocked"
-        assert ids["fgsm_source/1000"] in row["error"] and "InjectedFault" in row["error"]
-    assert not (root / "blocked" / "epochs").exists()  # nothing of them ran
-    capsys.readouterr()
-    assert main(["status", str(root / "blocked")]) == 0
-    assert "blocked " + ids["trial/0"] in capsys.readouterr().out
+        assert row["status"] == "ok" and ids["fgsm_source/1000"] in row["error"] and "FGSM source" in row["error"]
+        assert set(robustness.loc[robustness["trial_id"] == ids[key], "attack"]) == {"gaussian"}
+    epochs_before = mtimes(sweep / "epochs")
+    assert main(["status", str(sweep)]) == 0
+    assert ids["fgsm_source/1000"] in capsys.readouterr().out
+
+    inject()  # the source trains now; only the missing evaluations run
+    assert launch(spec, root) == 0
+    trials = pd.read_parquet(sweep / "trials").set_index("trial_id")
+    assert set(trials["status"]) == {"ok"} and trials["error"].isna().all()
+    now = mtimes(sweep / "epochs")
+    assert {name: now[name] for name in epochs_before} == epochs_before  # the models were not trained again
+    robustness = pd.read_parquet(sweep / "robustness")
+    for key in ("baseline/0", "trial/0"):
+        assert set(robustness.loc[robustness["trial_id"] == ids[key], "attack"]) == {"gaussian", "fgsm_transfer"}
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_sweep_ends_with_one_line_and_a_relaunch_completes(ray_session, tmp_path, capsys, inject):
     """ENOSPC injected at the write layer (PIXELREG_FAULTS kind enospc): the disk fills while trial/1 saves its
     first epoch and stays full. No table holds a partial file, the launch ends with one line naming the folder,
@@ -218,7 +295,7 @@ def test_a_full_disk_mid_sweep_ends_with_one_line_and_a_relaunch_completes(ray_s
     finished = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").glob("*.parquet")}
     for table in TABLES:  # every file in a table is whole, and only finished trials have any
         for path in (sweep / table).glob("*"):
-            assert path.name in finished and pq.read_table(path) is not None, path
+            assert f"{path.name.split('.')[0]}.parquet" in finished and pq.read_table(path) is not None, path
     assert f"{ids['trial/1']}.parquet" not in finished
     assert set(pd.read_parquet(sweep / "trials")["status"]) <= {"ok"}
 

@@ -37,7 +37,7 @@ STAGES = [
     ["orchestrator.run"],
     ["orchestrator.localray"],
     ["orchestrator.cli", "orchestrator.launch", "orchestrator.plan", "orchestrator.validate", "orchestrator.status",
-     "orchestrator"],
+     "orchestrator.evaluate", "orchestrator.migrate", "orchestrator"],
 ]
 
 

@@ -28,6 +28,7 @@ from conftest import TINY_TRAIN, write_spec
 from orchestrator import cli
 from orchestrator.localray import processes as local_ray
 from orchestrator.sweepdir.lock import LOCK_FILE
+from pixelreg_core.results import read_table
 
 # three epochs of longer steps: a trial still runs when the test kills the launch
 TRAIN = {**TINY_TRAIN, "epochs": 3, "train_images": 200, "batch_size": 16}
@@ -169,3 +170,41 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
     # what A finished, B never ran again: the same files, the same finish times
     assert {name: finished(sweep)[name] for name in done_by_a} == done_by_a
     assert trials.set_index("trial_id").loc[rows_by_a.index, "finished_at"].tolist() == rows_by_a.tolist()
+
+
+@pytest.mark.slow
+def test_a_driver_sigkill_while_a_study_grows_loses_nothing_and_repeats_nothing(tmp_path):
+    """A finished sweep; its spec with two more seeds and one more attack is launched and the driver SIGKILLed
+    once a new model is finished; the relaunch completes: old models untouched, every model has both attacks'
+    rows, no row twice."""
+    root = tmp_path / "results"
+    sweep = root / "grows"
+    gaussian = {"images": 20, "num_eps": 2}
+    first = write_spec(tmp_path, name="grows", seeds=[0], baseline=False, max_failures=0,
+                       attacks={"gaussian": gaussian})
+    assert cli.main(["launch", str(first), "--results", str(root), "--no-dashboard"]) == 0
+    old = {p.name: p.stat().st_mtime_ns for folder in ("trials", "epochs", "checkpoints", "robustness")
+           for p in (sweep / folder).glob("*") if p.is_file()}
+    grown = write_spec(tmp_path, name="grows", seeds=[0, 1, 2], baseline=False, max_failures=0,
+                       attacks={"gaussian": gaussian, "uniform": gaussian})
+    driver = start(grown, root, tmp_path / "grown.log")
+    seen: list[dict] = []
+    try:
+        wait_for(lambda: len(finished(sweep)) >= 2, driver, tmp_path / "grown.log", "a new model")
+        seen = lock_record(sweep).get("ray", [])
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray: the relaunch takes over the lock
+        driver.wait()
+        assert cli.main(["launch", str(grown), "--results", str(root), "--no-dashboard"]) == 0
+    finally:
+        local_ray.stop(seen)
+
+    trials = read_table(sweep, "trials")
+    assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    now = {p.name: p.stat().st_mtime_ns for folder in ("trials", "epochs", "checkpoints", "robustness")
+           for p in (sweep / folder).glob("*") if p.is_file()}
+    assert {name: now[name] for name in old} == old  # the old model and its evaluation: untouched
+    epochs = read_table(sweep, "epochs")
+    assert len(epochs) == 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    robustness = read_table(sweep, "robustness")
+    assert not robustness.duplicated(["trial_id", "attack", "eps", "repeat", "metric"]).any()
+    assert robustness.groupby("trial_id")["attack"].nunique().tolist() == [2, 2, 2]

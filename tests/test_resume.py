@@ -10,16 +10,25 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import write_spec
 
+from orchestrator import cli
 from orchestrator.sweepdir.resume import split_done
 from pixelreg_core.config import TrialConfig
-from pixelreg_core.results import key_values, read_table, write_table
+from pixelreg_core.results import eval_key, key_values, read_table, write_table
 
 
 def test_split_done_keeps_ok_trials_and_clears_stale_rows_of_the_rest(tmp_path):
     ok, failed, partial, fresh = (TrialConfig(task="digits", seed=s, alpha=1.0) for s in range(4))
     for cfg, status in ((ok, "ok"), (failed, "failed")):
         write_table(tmp_path, "trials", cfg.trial_id, [{**key_values(cfg), "status": status}])
+    for attack in ok.attacks:  # ok: its model and every evaluation of it are there
+        write_table(tmp_path, "robustness", eval_key(ok.trial_id, ok.eval_id(attack)), [])
+    assert split_done([ok], str(tmp_path))[0] == [ok]
+    (tmp_path / "robustness" / f"{eval_key(ok.trial_id, ok.eval_id('uniform'))}.parquet").unlink()
+    done, todo = split_done([ok], str(tmp_path))  # one evaluation missing: run again, its model's rows kept
+    assert (done, todo) == ([], [ok]) and (tmp_path / "trials" / f"{ok.trial_id}.parquet").is_file()
+    write_table(tmp_path, "robustness", eval_key(ok.trial_id, ok.eval_id("uniform")), [])
     for cfg in (ok, partial):  # partial: epochs written, no trials row (killed before its end)
         write_table(tmp_path, "epochs", cfg.trial_id, [{**key_values(cfg), "epoch": 1}])
     done, todo = split_done([ok, failed, partial, fresh], str(tmp_path))
@@ -51,3 +60,55 @@ def test_orchestrator_rows_for_failed_and_stopped_trials(tmp_path):
     assert rows.loc[stopped.trial_id, "epochs"] == 2 and rows.loc[stopped.trial_id, "role"] == "trial"
     with pytest.raises(ValueError, match="no trials row"):
         clean_accuracy(str(tmp_path), "0" * 16)
+
+
+def test_a_folder_of_the_old_layout_is_refused_in_one_line_and_migrate_converts_it(tmp_path, capsys):
+    """A sweep folder as it was written before models and evaluations were separate: the trial id included the
+    attacks, one file per trial per table, no `layout` file. Launch refuses it (exit 2, one line, nothing
+    written); `orchestrator migrate` converts it without training; the relaunch then has nothing to do."""
+    import hashlib
+
+    from orchestrator.spec.expand import expand
+    from orchestrator.spec.load import load_spec
+    from orchestrator.sweepdir.resume import spec_fingerprint
+
+    spec_path = write_spec(tmp_path, name="old", seeds=[0], baseline=False,
+                           attacks={"gaussian": {"images": 20, "num_eps": 2}, "uniform": {"images": 20, "num_eps": 2}})
+    root = tmp_path / "results"
+    sweep = root / "old"
+    spec = load_spec(spec_path)
+    (cfg,) = expand(spec, str(sweep))
+    blob = json.dumps({**cfg.identity(), "attacks": cfg.attacks}, sort_keys=True, separators=(",", ":"), default=str)
+    old_id = hashlib.sha256(blob.encode()).hexdigest()[:16]  # the old trial id: the attacks were part of it
+    keys = {**key_values(cfg), "trial_id": old_id}
+    write_table(sweep, "trials", old_id, [{**keys, "role": "trial", "status": "ok", "clean_acc": 0.9,
+                                           "config": json.dumps(cfg.to_dict(), sort_keys=True),
+                                           "checkpoint": str(sweep / "checkpoints" / f"{old_id}.pt")}])
+    write_table(sweep, "epochs", old_id, [{**keys, "epoch": 1, "valid_loss": 0.5}])
+    write_table(sweep, "robustness", old_id, [{**keys, "attack": a, "eps": e, "repeat": 0, "metric": "accuracy",
+                                               "value": 0.5} for a in ("gaussian", "uniform") for e in (0.0, 0.5)])
+    write_table(sweep, "spectrum", old_id, [])
+    (sweep / "checkpoints").mkdir()
+    (sweep / "checkpoints" / f"{old_id}.pt").write_bytes(b"weights")
+    (sweep / "spec.yaml").write_text(spec_path.read_text())
+    (sweep / "fingerprint").write_text(spec_fingerprint(spec) + "\n")
+    before = sorted(str(p.relative_to(sweep)) for p in sweep.rglob("*"))
+
+    assert cli.main(["launch", str(spec_path), "--results", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "orchestrator migrate" in err and "--fresh" in err
+    assert sorted(str(p.relative_to(sweep)) for p in sweep.rglob("*")) == before  # nothing written
+
+    assert cli.main(["migrate", str(sweep)]) == 0
+    assert "migrated 1 model(s) and 2 evaluation(s)" in capsys.readouterr().out
+    assert (sweep / "layout").read_text().strip() == "2"
+    trials = read_table(sweep, "trials")
+    assert trials["trial_id"].tolist() == [cfg.trial_id] and trials["clean_acc"].tolist() == [0.9]
+    assert (sweep / "checkpoints" / f"{cfg.trial_id}.pt").read_bytes() == b"weights"
+    assert not list(sweep.rglob(f"{old_id}*"))
+    robustness = read_table(sweep, "robustness")
+    assert len(robustness) == 4 and set(robustness["trial_id"]) == {cfg.trial_id}
+    assert set(robustness["eval_id"]) == {cfg.eval_id("gaussian"), cfg.eval_id("uniform")}
+    assert split_done([cfg], str(sweep)) == ([cfg], [])  # nothing to train or evaluate again
+    assert cli.main(["migrate", str(sweep)]) == 0 and "already" in capsys.readouterr().out
+

@@ -54,12 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="choose (Th, alpha) on all but the K highest seed ids and report the choice's ratios "
                              "on those K held-out seeds (confirmed_* columns of best.parquet)")
     parser.add_argument("--no-figures", action="store_true", help="write the Parquet files only")
+    parser.add_argument("--everything", action="store_true",
+                        help="every model and evaluation the folder holds (default: those of its current spec)")
 
 
 def run(args: argparse.Namespace) -> int:
     distortions = parse_distortions(args.distortion)
     out = aggregate_sweep(args.sweep_dir, a0=args.a0, distortions=distortions, figures=not args.no_figures,
-                          confirm_seeds=args.confirm_seeds)
+                          confirm_seeds=args.confirm_seeds, everything=args.everything)
     print(f"{out['trials_ok']} ok trial(s), {out['trials_failed']} failed (left out)")
     for trial_id, error in out["failed"].items():
         print(f"  failed {trial_id}: {error}")
@@ -97,7 +99,8 @@ def parse_distortions(items: list[str] | None) -> dict[str, float]:
 
 
 def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distortions: dict[str, float] | None = None,
-                    figures: bool = True, confirm_seeds: int | None = None) -> dict[str, Any]:
+                    figures: bool = True, confirm_seeds: int | None = None,
+                    everything: bool = False) -> dict[str, Any]:
     """Write summary.parquet and best.parquet (and figures/ unless figures=False) for one sweep folder.
 
     Returns what was written: paths, row counts, ok/failed trial counts, failed trial errors, chosen settings and
@@ -107,6 +110,7 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     """
     import pyarrow.fs as pafs
 
+    from orchestrator.analysis.selection import current, restrict
     from pixelreg_core.results import compact_tables, filesystem, is_uri, join, read_table
 
     root = str(sweep_dir) if is_uri(sweep_dir) else Path(sweep_dir)
@@ -115,8 +119,9 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
         raise UserError(f"{root}: no trials/ folder here; pass a sweep's results folder such as results/mnist_grid")
     if not math.isfinite(a0) or a0 <= 0:
         raise UserError(f"--a0 {a0}: must be a positive ratio such as 0.9")
-    trials = read_table(root, "trials")
-    robustness = read_table(root, "robustness")
+    selection = None if everything else current(str(root))  # the current spec's models and evaluations
+    trials = restrict(read_table(root, "trials"), selection, "trials")
+    robustness = restrict(read_table(root, "robustness"), selection, "robustness")
     ok, failed = split_trials(trials)
     summary = summarize(ok, robustness, failed)
     best = select_best(summary, a0=a0, distortions=distortions or {})
@@ -146,7 +151,8 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
         from orchestrator.analysis import figures as figs
 
         written, skipped = figs.write_figures(root, summary=summary, best=best, trials=ok,
-                                              robustness=robustness, spectrum=read_table(root, "spectrum"), a0=a0)
+                                              robustness=robustness, a0=a0,
+                                              spectrum=restrict(read_table(root, "spectrum"), selection, "spectrum"))
         result["figures"], result["skipped_figures"] = written, skipped
     return result
 

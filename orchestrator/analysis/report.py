@@ -69,11 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-aggregate with this distortion D for an attack (repeatable)")
     parser.add_argument("--confirm-seeds", type=int, default=None, metavar="K",
                         help="re-aggregate choosing on all but the K highest seeds, confirming on those K")
+    parser.add_argument("--everything", action="store_true",
+                        help="every model and evaluation the folder holds (default: those of its current spec)")
 
 
 def run(args: argparse.Namespace) -> int:
     path = build_report(args.sweep_dir, out=args.out, a0=args.a0, distortions=parse_distortions(args.distortion),
-                        confirm_seeds=args.confirm_seeds)
+                        confirm_seeds=args.confirm_seeds, everything=args.everything)
     print(f"wrote {path}")
     return 0
 
@@ -89,19 +91,21 @@ def needs_aggregate(root: Path) -> bool:
 
 
 def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None, a0: float | None = None,
-                 distortions: dict[str, float] | None = None, confirm_seeds: int | None = None) -> str:
+                 distortions: dict[str, float] | None = None, confirm_seeds: int | None = None,
+                 everything: bool = False) -> str:
     """Aggregate if needed, then write the HTML page (atomically). Returns its path."""
     import pandas as pd
 
+    from orchestrator.analysis.selection import current, restrict
     from pixelreg_core.results import read_table
 
     root = Path(sweep_dir)
     if not (root / "trials").is_dir():
         raise UserError(f"{root}: no trials/ folder here; pass a sweep's results folder such as results/mnist_grid")
-    if a0 is not None or distortions or confirm_seeds is not None or needs_aggregate(root):
+    if a0 is not None or distortions or confirm_seeds is not None or everything or needs_aggregate(root):
         aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions,
-                        confirm_seeds=confirm_seeds)
-    trials = read_table(root, "trials")
+                        confirm_seeds=confirm_seeds, everything=everything)
+    trials = restrict(read_table(root, "trials"), None if everything else current(str(root)), "trials")
     summary = pd.read_parquet(root / "summary.parquet")
     best = pd.read_parquet(root / "best.parquet")
     page = render(root, trials, summary, best)

@@ -49,7 +49,9 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
     node = worker_node()
     for attempt in range(retries + 1):
         try:
-            return run_trial(cfg, sweep_dir, on_epoch=lambda row: tune.report({**numeric(row), **extra}),
+            # defer_source: the FGSM source may train alongside (launch.run_phases); its evaluations wait
+            return run_trial(cfg, sweep_dir, defer_source=True,
+                             on_epoch=lambda row: tune.report({**numeric(row), **extra}),
                              cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True, node=node)
         except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep, but a full disk
             if disk_full(exc):  # every retry and every other trial would fail too: the launch stops (DiskFull)

@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.spec.schema import Scheduler
+from orchestrator.sweepdir.tables import trial_statuses
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.pack.key import packs
 
@@ -105,7 +106,12 @@ class Runner:
         def units(trial) -> int:  # run_trial units per Tune trial (progress counts)
             return 1
 
-        groups = packs(configs) if scheduler is None else []  # ASHA stops trials one by one: never packed
+        groups = []
+        if scheduler is None:  # ASHA stops trials one by one: never packed
+            # a stored model only runs its missing evaluations (run_trial): only models to train are packed
+            stored = {k for k, v in trial_statuses(self.sweep_dir).items() if v == "ok"}
+            groups = (packs([c for c in configs if c.trial_id not in stored])
+                      + [[c] for c in configs if c.trial_id in stored])
         if any(len(group) > 1 for group in groups):
             # Seed packs: one Tune trial per pack, named after its first trial (+ _packN); each member still
             # writes its own rows under its own trial id.

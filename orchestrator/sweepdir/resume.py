@@ -1,8 +1,11 @@
-"""The sweep directory as the only state of a sweep: which spec it belongs to, what is done, what is left.
+"""The sweep directory as the only state of a sweep: the specs it ran, what is done, what is left.
 
-Nothing lives in the driver. A trial is complete when its `trials` Parquet row says so (run_trial writes that row
-last, atomically), so a driver killed with SIGKILL loses only the trials that were running; a relaunch reads the
-rows again and runs the rest. Works for local paths and pyarrow URIs (s3://...) alike (orchestrator.sweepdir.tables).
+Nothing lives in the driver. A model is complete when its `trials` Parquet row says so (run_trial writes that row
+last, atomically), an evaluation when its robustness file is there (written last), so a driver killed with SIGKILL
+loses only the work that was running; a relaunch reads the files again and runs the rest. A folder holds a study
+that grows: a relaunch of an edited spec (more seeds, points, pairs, attacks) trains only the models the folder
+lacks and runs only the evaluations it lacks; every spec version is kept in `specs/`. Works for local paths and
+pyarrow URIs (s3://...) alike (orchestrator.sweepdir.tables).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from orchestrator.errors import UserError
 from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.lock import LOCK_FILE
 from orchestrator.sweepdir.tables import (
-    COMPLETE_STATUSES,
     FINGERPRINT_FILE,
+    LAYOUT,
+    LAYOUT_FILE,
     SPEC_FILE,
     filesystem,
+    finished_evaluations,
     has_rows,
     is_uri,
     local_path,
@@ -88,10 +93,42 @@ def saved_fingerprint(sweep_dir: str) -> str | None:
     return text.strip() if text else None
 
 
+SPECS_DIR = "specs"  # every spec version the folder ran: specs/<n>-<fingerprint>.yaml, n from 1
+
+
+def legacy_layout(sweep_dir: str) -> bool:
+    """Whether the folder was written before models and evaluations were separate (one file per trial, the
+    attacks part of the id): it has a trials/ folder and no `layout` file."""
+    fs, base = filesystem(sweep_dir)
+    if fs.get_file_info(f"{base}/trials").type != pafs.FileType.Directory:
+        return False
+    return read_text(sweep_dir, LAYOUT_FILE) is None
+
+
+def refuse_legacy(sweep_dir: str) -> None:
+    if legacy_layout(sweep_dir):
+        raise UserError(f"{sweep_dir} was written before models and evaluations were separate (no {LAYOUT_FILE} "
+                        f"file); convert it in place with `orchestrator migrate {sweep_dir}` (cheap: renames and "
+                        "splits the Parquet files, trains nothing), or start over with --fresh")
+
+
+def spec_versions(sweep_dir: str) -> list[str]:
+    """The spec versions kept in the folder, oldest first (file names)."""
+    fs, base = filesystem(sweep_dir)
+    folder = f"{base}/{SPECS_DIR}"
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.base_name.endswith(".yaml")]
+    return sorted(names, key=lambda n: int(n.split("-", 1)[0]))
+
+
 def prepare_sweep_dir(sweep_dir: str, spec_text: str, fingerprint: str, fresh: bool, log=print) -> None:
-    """Claim ROOT/<name> for this spec: refuse another spec's results, wipe them only when --fresh says so."""
+    """Claim ROOT/<name> for this spec: wipe earlier results only when --fresh says so; an edited spec grows the
+    study (its version is kept in specs/); a folder of the old layout is refused with how to convert it."""
     fs, base = filesystem(sweep_dir)
     held = saved_fingerprint(sweep_dir)
+    if not fresh:
+        refuse_legacy(sweep_dir)
     if fresh and fs.get_file_info(base).type == pafs.FileType.Directory:
         log(f"--fresh: deleting the earlier results in {sweep_dir}")
         for info in fs.get_file_info(pafs.FileSelector(base)):
@@ -101,23 +138,63 @@ def prepare_sweep_dir(sweep_dir: str, spec_text: str, fingerprint: str, fresh: b
                 fs.delete_dir(info.path)
             else:
                 fs.delete_file(info.path)
+        held = None
     elif held is not None and held != fingerprint:
-        raise UserError(f"{sweep_dir} holds sweep spec {held[:12]} (its {SPEC_FILE} is there), not this spec "
-                        f"({fingerprint[:12]}); use --fresh to start over or a different --results")
+        log(f"{sweep_dir}: the spec changed since the last launch (was {held[:12]}, now {fingerprint[:12]}): "
+            "training only the models the folder lacks, running only the evaluations it lacks")
     fs.create_dir(base, recursive=True)
+    versions = spec_versions(sweep_dir)
+    if not versions or not versions[-1].removesuffix(".yaml").endswith(fingerprint):
+        write_text(sweep_dir, f"{SPECS_DIR}/{len(versions) + 1}-{fingerprint}.yaml", spec_text)
     write_text(sweep_dir, SPEC_FILE, spec_text)
     write_text(sweep_dir, FINGERPRINT_FILE, fingerprint + "\n")
+    write_text(sweep_dir, LAYOUT_FILE, LAYOUT + "\n")
 
 
 def split_done(configs: Iterable[TrialConfig], sweep_dir: str) -> tuple[list[TrialConfig], list[TrialConfig]]:
-    """(complete, to run). Trials to run lose their stale rows first, so a rerun never adds a second row."""
+    """(complete, to run). Complete: the model's row is ok (or `stopped` by ASHA, which has no evaluations) and
+    every evaluation of its attacks is there. To run: a model to train (its stale rows removed first, so a rerun
+    never adds a second row) or a stored model with evaluations missing (its rows stay)."""
     statuses = trial_statuses(sweep_dir)
+    finished = finished_evaluations(sweep_dir)  # one listing for every config
     done, todo = [], []
     for cfg in configs:
-        if statuses.get(cfg.trial_id) in COMPLETE_STATUSES:
+        status = statuses.get(cfg.trial_id)
+        if status == "stopped" or (status == "ok" and not missing_evaluations(sweep_dir, cfg, finished)):
             done.append(cfg)
-        else:
-            if cfg.trial_id in statuses or has_rows(sweep_dir, cfg.trial_id):
-                remove_trial(sweep_dir, cfg.trial_id)
-            todo.append(cfg)
+            continue
+        if status != "ok" and (cfg.trial_id in statuses or has_rows(sweep_dir, cfg.trial_id)):
+            remove_trial(sweep_dir, cfg.trial_id)
+        todo.append(cfg)
     return done, todo
+
+
+def missing_evaluations(sweep_dir: str, cfg: TrialConfig, finished: dict[str, set[str]] | None = None) -> list[str]:
+    """The attacks of cfg whose evaluation of its model the folder lacks (`finished`: finished_evaluations, to
+    list the folder once for many configs)."""
+    from pixelreg_core.attacks import source_attacks
+
+    finished = finished_evaluations(sweep_dir) if finished is None else finished
+    done = finished.get(cfg.trial_id, set())
+    transferred = set(source_attacks(cfg.attacks))
+    return [name for name in cfg.attacks if cfg.eval_id(name, name in transferred) not in done]
+
+
+def work(configs: list[TrialConfig], sweep_dir: str) -> dict[str, list]:
+    """What a launch of these configs will do: models to train, (model, attack) evaluations to run on stored
+    models, models reused whole. For `plan` and the launch's first line."""
+    statuses = trial_statuses(sweep_dir)
+    finished = finished_evaluations(sweep_dir)
+    out: dict[str, list] = {"train": [], "evaluate": [], "reused": []}
+    for cfg in configs:
+        status = statuses.get(cfg.trial_id)
+        if status == "stopped":
+            out["reused"].append(cfg)
+        elif status != "ok":
+            out["train"].append(cfg)
+        else:
+            missing = missing_evaluations(sweep_dir, cfg, finished)
+            out["evaluate"] += [(cfg, name) for name in missing]
+            if not missing:
+                out["reused"].append(cfg)
+    return out

@@ -28,10 +28,16 @@ import pyarrow.fs as pafs
 from orchestrator.analysis.curves import nearest
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import (  # noqa: F401 - re-exported: the orchestrator reads results through here
+    LAYOUT,
+    LAYOUT_FILE,
     TABLES,
     absolute,
     checkpoint_path,
+    delete_file,
+    eval_key,
+    evaluation_files,
     filesystem,
+    finished_evaluations,
     is_uri,
     join,
     local_path,
@@ -78,9 +84,11 @@ def trial_statuses(sweep_dir: str) -> dict[str, str]:
 
 
 def has_rows(sweep_dir: str, trial_id: str) -> bool:
-    """Whether any table holds a file of this trial (a trial that died half-way leaves some)."""
+    """Whether any table holds a file of this model or of one of its evaluations (a trial that died half-way
+    leaves some)."""
     fs, base = filesystem(sweep_dir)
-    return any(fs.get_file_info(f"{base}/{table}/{trial_id}.parquet").type == pafs.FileType.File for table in TABLES)
+    return any(fs.get_file_info(f"{base}/{table}/{trial_id}.parquet").type == pafs.FileType.File
+               or evaluation_files(sweep_dir, table, trial_id) for table in TABLES)
 
 
 def record_status(sweep_dir: str, cfg: TrialConfig, status: str, error: str, **columns) -> None:
@@ -131,8 +139,10 @@ class SweepResults(NamedTuple):
     best: object
 
 
-def load(sweep_dir: str | os.PathLike, aggregate: bool = False, confirm_seeds: int | None = None) -> SweepResults:
-    """Read every table of a sweep folder (a local path or a pyarrow URI such as s3://bucket/prefix/<name>).
+def load(sweep_dir: str | os.PathLike, aggregate: bool = False, confirm_seeds: int | None = None,
+         everything: bool = False) -> SweepResults:
+    """Read every table of a sweep folder (a local path or a pyarrow URI such as s3://bucket/prefix/<name>): the
+    rows of its current spec's models and evaluations, or every row it holds with everything=True.
     aggregate=True (re)writes summary and best first; confirm_seeds=K (with aggregate=True) chooses (Th, alpha) on
     all but the K highest seeds and fills best's confirmed_* columns from those K."""
     import io
@@ -142,12 +152,15 @@ def load(sweep_dir: str | os.PathLike, aggregate: bool = False, confirm_seeds: i
     if aggregate:
         from orchestrator.analysis.aggregate import aggregate_sweep
 
-        aggregate_sweep(sweep_dir, figures=False, confirm_seeds=confirm_seeds)
+        aggregate_sweep(sweep_dir, figures=False, confirm_seeds=confirm_seeds, everything=everything)
     elif confirm_seeds is not None:
         from orchestrator.errors import UserError
 
         raise UserError("orchestrator.load(confirm_seeds=K) re-aggregates: pass aggregate=True as well")
-    per_trial = {table: read_table(sweep_dir, table) for table in TABLES}
+    from orchestrator.analysis.selection import current, restrict
+
+    selection = None if everything else current(str(sweep_dir))
+    per_trial = {table: restrict(read_table(sweep_dir, table), selection, table) for table in TABLES}
     derived = {}
     for name in ("summary", "best"):
         data = read_bytes(join(sweep_dir, f"{name}.parquet"))

@@ -1,0 +1,54 @@
+"""Which of a sweep folder's rows belong to its current spec.
+
+A folder holds a study that grows (orchestrator.sweepdir.resume): models and evaluations of earlier spec versions
+stay on disk (a model whose epochs or width changed is simply another model). `status`, `aggregate`, `report` and
+`orchestrator.load` work on the models and evaluations of the spec the folder was last launched with
+(`spec.yaml`); their `--everything` option (load(everything=True)) takes every row the folder holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from orchestrator.spec.expand import expand
+from orchestrator.spec.load import parse_spec, parse_yaml
+from pixelreg_core.results import join, read_bytes
+
+
+class Selection(NamedTuple):
+    models: set[str] | None     # trial ids; None: every model (search optuna samples its own)
+    evaluations: set[str]        # eval ids (TrialConfig.eval_id)
+    attacks: set[str]            # the spec's attack names
+
+
+def current(sweep_dir: str) -> Selection | None:
+    """The current spec's models and evaluations; None when the folder has no readable spec.yaml."""
+    from pixelreg_core.attacks import source_attacks
+
+    data = read_bytes(join(sweep_dir, "spec.yaml"))
+    if data is None:
+        return None
+    try:
+        spec = parse_spec(parse_yaml(data.decode(), "spec.yaml"), "spec.yaml")
+        configs = expand(spec, sweep_dir)
+    except Exception:  # noqa: BLE001 - an unreadable spec selects nothing away
+        return None
+    evaluations = set()
+    for cfg in configs:
+        transferred = set(source_attacks(cfg.attacks))
+        evaluations |= {cfg.eval_id(name, name in transferred) for name in cfg.attacks}
+    models = None if spec.search.type == "optuna" else {cfg.trial_id for cfg in configs}
+    return Selection(models, evaluations, set(spec.attacks))
+
+
+def restrict(frame: Any, selection: Selection | None, table: str) -> Any:
+    """The rows of one table (a DataFrame) that belong to the selection; all of them for None."""
+    if selection is None or not len(frame):
+        return frame
+    keep = frame["trial_id"].isin(selection.models) if selection.models is not None else frame["trial_id"].notna()
+    if table in ("robustness", "spectrum"):
+        if selection.models is None:  # searched models: their evaluations of the spec's attacks
+            keep &= frame["attack"].isin(selection.attacks)
+        else:
+            keep &= frame["eval_id"].isin(selection.evaluations)
+    return frame[keep].reset_index(drop=True)
