@@ -269,7 +269,7 @@ def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None
             runner.grid_phase("trials", trials, scheduler=scheduler)
     if plan.spec.search.type == "optuna":
         run_studies(runner, plan.spec, plan.configs)
-    runner.grid_phase("evaluations", deferred_evaluations(plan, log))
+    runner.grid_phase("evaluations", deferred_evaluations(plan, log), counted=False)
 
 
 def deferred_evaluations(plan: Plan, log) -> list[TrialConfig]:

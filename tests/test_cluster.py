@@ -222,8 +222,8 @@ def test_a_trial_run_without_ray_names_this_machine(tmp_path):
     run_trial(cfg, tmp_path)
     assert torch.get_num_threads() == threads
     assert list(read_table(tmp_path, "trials")["node"]) == [platform.node() or None]
-    run_trial(cfg, tmp_path, node="ray-node-id")
-    assert list(read_table(tmp_path, "trials")["node"]) == ["ray-node-id"]
+    run_trial(cfg, tmp_path / "again", node="ray-node-id")  # (tmp_path holds this model now: not trained again)
+    assert list(read_table(tmp_path / "again", "trials")["node"]) == ["ray-node-id"]
 
 
 def test_join_error_names_the_token_only_when_auth_is_off():

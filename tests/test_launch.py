@@ -265,6 +265,7 @@ def test_models_train_while_their_fgsm_source_trains_and_a_failed_source_blocks_
 
     inject()  # the source trains now; only the missing evaluations run
     assert launch(spec, root) == 0
+    assert "done 3/3" in capsys.readouterr().out  # the deferred evaluations are not counted as more trials
     trials = pd.read_parquet(sweep / "trials").set_index("trial_id")
     assert set(trials["status"]) == {"ok"} and trials["error"].isna().all()
     now = mtimes(sweep / "epochs")

@@ -50,7 +50,7 @@ class ProgressCallback(Callback):
         n = self.units(trial)
         self.progress.running = max(0, self.progress.running - n)
         started = self.progress.running_since.pop(trial.trial_id, None)
-        if started is not None:
+        if started is not None and n:  # n 0: a Tune trial that is no trial of the count (deferred evaluations)
             self.progress.unit_seconds.extend([(time.monotonic() - started[0]) / n] * n)
         bad = n if failed else min(n, max(0, failed_units or 0))
         self.progress.failed += bad

@@ -83,8 +83,9 @@ class Runner:
 
         return tune.with_resources(trainable, {"cpu": self.cpu, "gpu": self.gpu})
 
-    def grid_phase(self, name: str, configs: list[TrialConfig], scheduler=None) -> None:
-        """One Tuner over a fixed list of trials, in order.
+    def grid_phase(self, name: str, configs: list[TrialConfig], scheduler=None, counted: bool = True) -> None:
+        """One Tuner over a fixed list of trials, in order. `counted=False`: the progress lines do not count
+        them as trials done (the launch's last phase: evaluations of models already counted).
 
         Each Tune trial's config holds the trial's real fields (tune_params), not a hash, so the dashboard's trial
         table, TensorBoard's HParams, Tune's params.json and ResultGrid.get_dataframe() show task, th, alpha,
@@ -137,7 +138,7 @@ class Runner:
                 reuse_actors=True, scheduler=scheduler, max_concurrent_trials=self.max_concurrent,
                 trial_name_creator=lambda t: names[t.config["trial_id"]],
                 trial_dirname_creator=lambda t: f"{names[t.config['trial_id']]}_{t.config['trial_id']}"),
-            run_config=self.run_config(name, units=units,
+            run_config=self.run_config(name, units=units if counted else (lambda trial: 0),
                                        extra_callbacks=[StoppedRecorder(by_id, self.sweep_dir)]
                                        if scheduler is not None else []))
         tuner.fit()
