@@ -545,9 +545,11 @@ def c_trials(folder: Path, smoke: bool, train_images: int, kernels: dict[str, An
                   num_threads=threads, device="cuda" if gpu else "cpu",
                   attacks={"gaussian": {"images": 50 if smoke else 1000, "num_eps": 3}},
                   **({"pack": pack} if pack else {}))
-    configs = [TrialConfig(**common, alpha=0.0, seed=seed) for seed in range(seeds)]
-    configs += [TrialConfig(**common, th=th, alpha=alpha, seed=seed) for th in grid["th"] for alpha in grid["alpha"]
-                for seed in range(seeds)]
+    # regularized trials first, baselines last: a capped level (--c-rounds) is then N regularized trials, which
+    # make one seed pack of N (a baseline never shares a pack with a regularized trial)
+    configs = [TrialConfig(**common, th=th, alpha=alpha, seed=seed) for th in grid["th"] for alpha in grid["alpha"]
+               for seed in range(seeds)]
+    configs += [TrialConfig(**common, alpha=0.0, seed=seed) for seed in range(seeds)]
     return configs[:cap] if cap else configs
 
 
