@@ -24,21 +24,8 @@ from pixelreg_core.attacks import source as attack_source
 from pixelreg_core.attacks.common import accuracy, correct_subset
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.data.bundle import prepare_data
-from pixelreg_core.model import build_model, save_checkpoint
-
-
-def train_quick(cfg: TrialConfig, data, steps: int):
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.in_channels, data.num_classes, data.input_scale, data.input_shift)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(data.train_y), (64,), generator=gen)
-        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+from pixelreg_core.model import save_checkpoint
+from pixelreg_core.train import quick_fit
 
 
 def cached_signs(ckpt, cfg, x, y, cache_dir):
@@ -78,9 +65,9 @@ def main() -> None:
 
     cfg = TrialConfig(task=args.task, width=args.width, seed=0, alpha=0.0, device="cpu", test_images=args.images)
     data = prepare_data(cfg)
-    model = train_quick(cfg, data, args.train_steps)
+    model = quick_fit(cfg, data, args.train_steps)
     source_cfg = cfg.replace(seed=1, role="fgsm_source")
-    source = train_quick(source_cfg, data, args.train_steps)
+    source = quick_fit(source_cfg, data, args.train_steps)
     x, y = data.test_x, data.test_y
     eps_values = [0.5 * i / 9 for i in range(10)]
     print(f"task {args.task}: {len(y)} test images {tuple(x.shape[1:])}, ResNet18 width {args.width}, "

@@ -39,7 +39,7 @@ from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import DataBundle, augment_batch
 from pixelreg_core.data.placement import DeviceImages, images_for
 from pixelreg_core.hooks import faults
-from pixelreg_core.model import PairResNet, eval_logits
+from pixelreg_core.model import PairResNet, build_model, eval_logits
 from pixelreg_core.targets.builders import similarity_loss
 
 
@@ -458,3 +458,19 @@ def train_epoch(cfg: TrialConfig, placed: PlacedData, augment: bool, model: Pair
         loss.backward()
         optimizer.step()
     return per_step, pairs
+
+
+def quick_fit(cfg: TrialConfig, data: DataBundle, steps: int) -> PairResNet:
+    """A model worth attacking in seconds, for tests and benchmarks: `steps` plain SGD steps (lr 0.05, momentum 0.9)
+    on random batches of 64, seeded by cfg.seed; no pair loss, schedule or validation (that is `train`)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.in_channels, data.num_classes, data.input_scale, data.input_shift)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.train_y), (64,), generator=gen)
+        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

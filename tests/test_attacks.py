@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pixelreg_core import attacks
 from pixelreg_core.attacks import boundary, corruptions, fgsm, minimal, noise, resolve
@@ -16,22 +15,9 @@ from pixelreg_core.attacks.options import eps_list, eps_options
 from pixelreg_core.attacks.spectrum import spectrum_rows
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data
-from pixelreg_core.model import build_model, save_checkpoint
+from pixelreg_core.model import save_checkpoint
 from pixelreg_core.results import SCHEMAS, key_values, to_arrow
-
-
-def _train(cfg: TrialConfig, data, steps: int = 150):
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.in_channels, data.num_classes, data.input_scale, data.input_shift)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(data.train_y), (64,), generator=gen)
-        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+from pixelreg_core.train import quick_fit
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +25,9 @@ def setup(tmp_path_factory):
     torch.set_num_threads(1)
     cfg = TrialConfig(task="digits", width=4, seed=0, alpha=0.0, device="cpu", attacks={})
     data = prepare_data(cfg)
-    model = _train(cfg, data)
+    model = quick_fit(cfg, data, 150)
     source_cfg = TrialConfig(task="digits", width=4, seed=1, alpha=0.0, role="fgsm_source", device="cpu")
-    source = _train(source_cfg, data)
+    source = quick_fit(source_cfg, data, 150)
     ckpt = tmp_path_factory.mktemp("ckpt") / "source.pt"
     save_checkpoint(source, source_cfg, str(ckpt))
     own = tmp_path_factory.mktemp("own") / "own.pt"
@@ -222,7 +208,7 @@ def test_boundary_authors_protocol_is_the_default_and_shares_images_across_model
     assert (minimal_opts["steps"], minimal_opts["criterion"], minimal_opts["images"]) == (25000, "label", 1000)
     data = setup["data"]
     other_cfg = setup["cfg"].replace(seed=5)
-    other = _train(other_cfg, data, steps=20)  # a different, weaker model and another trial seed
+    other = quick_fit(other_cfg, data, 20)  # a different, weaker model and another trial seed
     opts = resolve("boundary", {"images": 40})
     idx_a, labels_a = boundary.attacked_images(setup["model"], data.test_x, data.test_y, opts)
     idx_b, labels_b = boundary.attacked_images(other, data.test_x, data.test_y, opts)
