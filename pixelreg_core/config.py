@@ -203,7 +203,9 @@ class TrialConfig:
         attack (pixelreg_core.attacks.source_attacks), the source model, named by its checkpoint file). The
         options are those of `attacks`, not defaults filled in, so a new default in the code does not rename
         finished evaluations."""
-        source = os.path.basename(self.fgsm_source or "").removesuffix(".pt") or None if transferred else None
+        # the source's file name only: not where the folder lives, nor a URI's ?query (endpoint, region)
+        path = (self.fgsm_source or "").split("?", 1)[0]
+        source = os.path.basename(path).removesuffix(".pt") or None if transferred else None
         return f"{attack}-" + _digest({"model": self.trial_id, "attack": attack,
                                        "options": self.attacks.get(attack), "source": source})[:8]
 

@@ -41,6 +41,19 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def trunk_layers(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The stem then each stage on the shifted, scaled input: the last output and the K = 5 layer outputs.
+
+    One place for PairResNet and the grouped pack (pixelreg_core/pack/model.py), which differ only in their head.
+    """
+    h = model.stem((x - model.input_shift) * model.input_scale)
+    layers = [h]
+    for stage in model.stages:
+        h = stage(h)
+        layers.append(h)
+    return h, layers
+
+
 class PairResNet(nn.Module):
     def __init__(self, arch: str, width: int, in_channels: int, num_classes: int, *, input_scale: float = 1.0,
                  input_shift: float = 0.0, sim_layer: int | None = None, beta: float = 0.9, pair_bn: str = "split"):
@@ -74,11 +87,7 @@ class PairResNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and the K = 5 layer outputs the pair pathway reads."""
-        h = self.stem((x - self.input_shift) * self.input_scale)
-        layers = [h]
-        for stage in self.stages:
-            h = stage(h)
-            layers.append(h)
+        h, layers = trunk_layers(self, x)
         logits = self.head(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
         return logits, layers
 

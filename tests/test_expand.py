@@ -197,3 +197,13 @@ def test_plan_of_a_paper_sweep_mentions_the_gpu(tmp_path, capsys):
     [time_line] = [line for line in out.splitlines() if line.startswith("time: ")]
     assert time_line.endswith("on 0.25 GPU each")
     assert not results.exists()
+
+
+def test_an_evaluation_is_named_by_its_source_model_not_where_the_folder_lives():
+    spec = make_spec(attacks={"gaussian": {}, "fgsm_transfer": {}})
+    local = [c for c in expand(spec, SWEEP_DIR) if c.role == "trial"][0]
+    on_s3 = [c for c in expand(spec, "s3://bucket/runs/grid?endpoint_override=127.0.0.1:9000&region=us-east-1")
+             if c.role == "trial"][0]
+    assert local.trial_id == on_s3.trial_id and local.fgsm_source != on_s3.fgsm_source
+    assert local.eval_id("fgsm_transfer", True) == on_s3.eval_id("fgsm_transfer", True)
+    assert local.eval_id("fgsm_transfer", True) != local.eval_id("fgsm_transfer", False)  # the source is in it

@@ -75,10 +75,8 @@ def pair_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(6, 1, 8, 8, generator=g), torch.rand(6, 1, 8, 8, generator=g)
 
 
-def joint_reference(model, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-    """The pair pathway as it was before `pair_bn` (one pass over all 2k images), written out."""
-    k = xa.shape[0]
-    _, layers = model.features(torch.cat([xa, xb]))
+def centred_similarity(model, layers: list[torch.Tensor], k: int) -> torch.Tensor:
+    """The pair pathway's centring and weighted cosine, written out, on layer outputs of the 2k images."""
     sims = []
     for i, h in enumerate(layers):
         mean = getattr(model, f"feature_mean_{i}")
@@ -87,6 +85,11 @@ def joint_reference(model, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         centred = (h - mean[None, :, None, None]).flatten(1)
         sims.append(F.cosine_similarity(centred[:k], centred[k:], dim=1, eps=1e-8))
     return torch.stack(sims, dim=1) @ model.layer_weights()
+
+
+def joint_reference(model, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    """The pair pathway as it was before `pair_bn` (one pass over all 2k images), written out."""
+    return centred_similarity(model, model.features(torch.cat([xa, xb]))[1], xa.shape[0])
 
 
 def test_pair_bn_joint_is_bit_identical_to_the_single_pass():
@@ -109,14 +112,7 @@ def test_pair_bn_split_normalises_each_half_on_its_own():
     s_split, s_joint = split.pair_similarity(xa, xb), joint.pair_similarity(xa, xb)
     # Each half alone through the network (train-mode BatchNorm over k images), then the same centring.
     layers = [torch.cat(p) for p in zip(manual.features(xa)[1], manual.features(xb)[1], strict=True)]
-    sims = []
-    for i, h in enumerate(layers):
-        mean = getattr(manual, f"feature_mean_{i}")
-        with torch.no_grad():
-            mean.mul_(manual.beta).add_(h.mean(dim=(0, 2, 3)), alpha=1 - manual.beta)
-        centred = (h - mean[None, :, None, None]).flatten(1)
-        sims.append(F.cosine_similarity(centred[:6], centred[6:], dim=1, eps=1e-8))
-    assert torch.allclose(s_split, torch.stack(sims, 1) @ manual.layer_weights(), atol=1e-6)
+    assert torch.allclose(s_split, centred_similarity(manual, layers, len(xa)), atol=1e-6)
     assert not torch.allclose(s_split, s_joint, atol=1e-4)  # shared batch statistics give other feature maps
     # two passes update a BatchNorm's running statistics twice
     assert split.stem[1].num_batches_tracked.item() == 2 and joint.stem[1].num_batches_tracked.item() == 1

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelreg_core.config import NUM_SIM_LAYERS
-from pixelreg_core.model import STAGE_BLOCKS, PairResNet
+from pixelreg_core.model import STAGE_BLOCKS, PairResNet, trunk_layers
 
 
 def pack_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -107,11 +107,7 @@ class GroupedPairResNet(nn.Module):
         return unpack_state(self.state_dict(), n, self.n)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h = self.stem((x - self.input_shift) * self.input_scale)
-        layers = [h]
-        for stage in self.stages:
-            h = stage(h)
-            layers.append(h)
+        h, layers = trunk_layers(self, x)
         pooled = F.adaptive_avg_pool2d(h, 1)  # [B, N*C, 1, 1]
         logits = F.conv2d(pooled, self.head.weight[:, :, None, None], self.head.bias, groups=self.n)
         return logits.view(len(x), self.n, self.num_classes), layers
