@@ -789,6 +789,27 @@ def part_d(b: dict[str, Any], c: dict[str, Any] | None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------- main
+# Each size option's default for a full run and for --smoke: the one place that main() and the help text read.
+SIZE_DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "threads": (2, 1),
+    "widths": ("16,64", "4"),
+    "attack_epochs": (3, 1),
+    "levels": ("1,4,8,16", "1,2"),
+    "level_timeout_s": (1800.0, 600.0),
+}
+
+
+def size_help(name: str) -> str:
+    full, smoke = SIZE_DEFAULTS[name]
+    return f"default {full}; --smoke: {smoke}"
+
+
+def sized(args: argparse.Namespace, name: str) -> Any:
+    """The option as given, else its default for this run's size (an unset or zero value takes the default)."""
+    full, smoke = SIZE_DEFAULTS[name]
+    return getattr(args, name) or (smoke if args.smoke else full)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the figures as JSON here (rewritten after every figure)")
@@ -796,17 +817,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="every part at a tiny size (CI; about a minute)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default 2, the CPU target's; --smoke: 1)")
-    parser.add_argument("--widths", default=None, help="(a) model widths, e.g. 16,64 (default; smoke: 4)")
+                        help=f"torch CPU threads ({size_help('threads')}; 2 is the CPU target's)")
+    parser.add_argument("--widths", default=None, help=f"(a) model widths ({size_help('widths')})")
     parser.add_argument("--steps", type=int, default=None, help="(a) timed steps per figure (default 50 on CUDA)")
     parser.add_argument("--attack-epochs", type=int, default=None,
-                        help="(b) epochs the attacked model is trained first (default 3; smoke: 1)")
-    parser.add_argument("--levels", default=None, help="trials per GPU in (c), e.g. 1,4,8,16 (default; smoke: 1,2)")
+                        help=f"(b) epochs the attacked model is trained first ({size_help('attack_epochs')})")
+    parser.add_argument("--levels", default=None, help=f"trials per GPU in (c) ({size_help('levels')})")
     parser.add_argument("--runner", choices=("auto", "ray", "processes"), default="auto",
                         help="(c): the real orchestrator launch on Ray, or plain processes (no Ray); auto: ray "
                              "where it is installed")
     parser.add_argument("--level-timeout-s", type=float, default=None,
-                        help="(c) time limit per packing level (default 1800; smoke 600)")
+                        help=f"(c) time limit per packing level, seconds ({size_help('level_timeout_s')})")
     parser.add_argument("--part-budget-s", type=float, default=None,
                         help="each part skips (and marks) its remaining rows once it has run this long")
     parser.add_argument("--mps", action="store_true", help="(c) also under CUDA MPS (run --parts c on its own)")
@@ -835,12 +856,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --mps: run part (c) on its own (--parts c): parts (a), (b) and (d) leave this process "
               "holding a CUDA context outside MPS while (c)'s trials run under it", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads or (1 if args.smoke else 2))
+    torch.set_num_threads(sized(args, "threads"))
     device = resolve_device(args.device)
     kernels = {name: _parse_kernel(name, getattr(args, name)) for name in KERNEL_FIELDS
                if getattr(args, name) is not None}
-    levels = [int(v) for v in args.levels.split(",")] if args.levels else ([1, 2] if args.smoke else [1, 4, 8, 16])
-    widths = [int(v) for v in args.widths.split(",")] if args.widths else ([4] if args.smoke else [16, 64])
+    levels = [int(v) for v in sized(args, "levels").split(",")]
+    widths = [int(v) for v in sized(args, "widths").split(",")]
     runner = args.runner
     if runner == "auto":
         import importlib.util
@@ -856,12 +877,12 @@ def main(argv: list[str] | None = None) -> int:
     if "a" in args.parts:
         _print_a(part_a(device, args.smoke, report, widths, args.steps, Budget(args.part_budget_s)))
     if "b" in args.parts or ("d" in args.parts and "b_epoch" not in report):
-        attack_epochs = args.attack_epochs or (1 if args.smoke else 3)
+        attack_epochs = sized(args, "attack_epochs")
         _print_b(part_b(device, args.smoke, kernels, report, Budget(args.part_budget_s), attack_epochs,
                         args.b_steps, args.b_test_images))
     if "c" in args.parts:
         C_ROUNDS[0] = args.c_rounds
-        timeout = args.level_timeout_s or (600.0 if args.smoke else 1800.0)
+        timeout = sized(args, "level_timeout_s")
         _print_c(part_c(device, args.smoke, levels, args.mps, args.sweep_train_images, kernels, report, runner,
                         timeout, Budget(args.part_budget_s)))
     if "d" in args.parts:
