@@ -22,7 +22,7 @@ from orchestrator.spec.expand import expand, role_counts
 from orchestrator.spec.load import load_spec
 from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.tables import DEFAULT_ROOT
-from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.config import TrialConfig
 from pixelreg_core.data import registry as datasets
 from pixelreg_core.pack.key import packs
 
@@ -172,12 +172,8 @@ def machine_resources(spec: SweepSpec) -> tuple[int, int]:
 
 
 def dataset_record(name: str) -> datasets.Dataset:
-    """The dataset's record (pixelreg_core.data.registry); for a name it does not know (a baseline's reg_data
-    "none") the idx: record, guessed MNIST-sized."""
-    try:
-        return datasets.get(name)
-    except ConfigError:
-        return datasets.REGISTRY["idx"]
+    """The dataset's record; for a name the registry does not know (a baseline's reg_data "none") its guess."""
+    return datasets.get_or_guess(name)
 
 
 def dataset_size(name: str) -> tuple[int, int, int]:

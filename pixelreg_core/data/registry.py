@@ -88,6 +88,15 @@ def names_help() -> str:
     return ", ".join(d.name + (":PATH" if d.prefix else "") for d in REGISTRY.values())
 
 
+def get_or_guess(name: str) -> Dataset:
+    """`get(name)`, or for a name no record knows (a baseline's reg_data "none") the MNIST-sized `idx` record:
+    a work estimate needs some size, and a guess there loads nothing."""
+    try:
+        return get(name)
+    except ConfigError:
+        return REGISTRY["idx"]
+
+
 def get(name: str, field_name: str = "task", *, allow_unlabelled: bool = True) -> Dataset:
     """The record of a dataset name or `prefix:PATH`; cheap (touches no files). Raises ConfigError naming
     `field_name` for unknown names, a prefix without a path, and (with allow_unlabelled=False) image folders."""
