@@ -24,6 +24,7 @@ from typing import Any
 from orchestrator.errors import UserError
 from orchestrator.localray import mps
 from orchestrator.run.preflight import preflight
+from orchestrator.run.progress import print_line
 from orchestrator.run.resources import check_resources, concurrent_slots
 from orchestrator.run.search import run_studies
 from orchestrator.run.tune import Runner, asha_max_t, asha_scheduler
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: list[TrialConfig], lock) -> int:
-    log = print
+    log = print_line
     n_total = len(plan.configs) + plan.optuna_units
     log(f"sweep {plan.spec.name}: {n_total} trials ({len(done)} complete from earlier launches, "
         f"{len(todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "

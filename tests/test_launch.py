@@ -465,6 +465,19 @@ def test_security_warnings_only_when_auth_off_or_dashboard_exposed():
     assert "ray get-auth-token" not in " ".join(access_lines("127.0.0.1:8265", "disabled"))
 
 
+def test_the_progress_log_pickles_after_print_is_replaced(monkeypatch):
+    """Tune pickles its callbacks, and so the progress log, with every Tuner; after a node loss Ray has replaced
+    builtins.print in the driver, and a launch's last phase (deferred evaluations) failed to start."""
+    import builtins
+    import pickle
+
+    from orchestrator.run.progress import Progress
+
+    progress = Progress(total=3, already_done=0, slots=1)
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
+    assert pickle.loads(pickle.dumps(progress)).total == 3
+
+
 def test_progress_eta_is_mean_time_times_remaining_over_slots():
     lines = []
     progress = Progress(total=10, already_done=2, slots=2, log=lines.append)

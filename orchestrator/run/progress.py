@@ -22,10 +22,17 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def print_line(message: str) -> None:
+    """The launch's log: prints at call time. Not `print` itself: Tune pickles its callbacks (and so this log)
+    with every Tuner, and after a node loss Ray has replaced `builtins.print` in the driver, so a reference to the
+    original no longer pickles ("not the same object as builtins.print") and the next phase could not start."""
+    print(message, flush=True)
+
+
 class Progress:
     """Sweep-wide counters, shared by the Tune phases of one launch."""
 
-    def __init__(self, total: int, already_done: int, slots: int, log: Callable[[str], None] = print):
+    def __init__(self, total: int, already_done: int, slots: int, log: Callable[[str], None] = print_line):
         self.total = total
         self.already_done = already_done
         self.slots = max(1, slots)
