@@ -276,7 +276,6 @@ def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None
 def deferred_evaluations(plan: Plan, log) -> list[TrialConfig]:
     """Stored models of the spec still missing evaluations whose source model is ok now (run as evaluations of
     stored models); those whose source failed are named in their model's `error` and not run."""
-    from orchestrator.sweepdir.blocked import source_id
     from orchestrator.sweepdir.tables import read_trial, write_table
 
     statuses = trial_statuses(plan.sweep_dir)
@@ -285,7 +284,7 @@ def deferred_evaluations(plan: Plan, log) -> list[TrialConfig]:
     for cfg in plan.configs:
         if statuses.get(cfg.trial_id) != "ok" or not missing_evaluations(plan.sweep_dir, cfg, finished):
             continue
-        source = source_id(cfg)
+        source = cfg.source_model
         if source is None or statuses.get(source) == "ok":
             ready.append(cfg)
             continue

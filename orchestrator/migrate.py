@@ -82,7 +82,7 @@ def migrate(sweep_dir: str) -> dict[str, int]:
             counts["dropped"] += 1
             continue
         if cfg.fgsm_source:  # the source's checkpoint is renamed to its model id as well
-            stem = cfg.fgsm_source.split("?", 1)[0].rsplit("/", 1)[-1].removesuffix(".pt")
+            stem = cfg.source_model
             cfg = cfg.replace(fgsm_source=cfg.fgsm_source.replace(f"{stem}.pt", f"{new_id.get(stem, stem)}.pt"))
         model = cfg.trial_id
         ckpt = checkpoint_path(sweep_dir, model)

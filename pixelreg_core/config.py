@@ -198,14 +198,19 @@ class TrialConfig:
         fields (the attacks are not among them)."""
         return _digest(self.identity())
 
+    @property
+    def source_model(self) -> str | None:
+        """The trial id of the source model, from its checkpoint's file name: not where the folder lives, nor a
+        URI's ?query (endpoint, region). None without a source."""
+        path = (self.fgsm_source or "").split("?", 1)[0]
+        return os.path.basename(path).removesuffix(".pt") or None
+
     def eval_id(self, attack: str, transferred: bool = False) -> str:
         """One evaluation's id: `<attack>-<hash>` of (model, attack, its options as given and, for a transferred
         attack (pixelreg_core.attacks.source_attacks), the source model, named by its checkpoint file). The
         options are those of `attacks`, not defaults filled in, so a new default in the code does not rename
         finished evaluations."""
-        # the source's file name only: not where the folder lives, nor a URI's ?query (endpoint, region)
-        path = (self.fgsm_source or "").split("?", 1)[0]
-        source = os.path.basename(path).removesuffix(".pt") or None if transferred else None
+        source = self.source_model if transferred else None
         return f"{attack}-" + _digest({"model": self.trial_id, "attack": attack,
                                        "options": self.attacks.get(attack), "source": source})[:8]
 

@@ -8,19 +8,10 @@ error. `blocked` is not a complete status: a relaunch runs the source again, the
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 from orchestrator.sweepdir.tables import read_table, record_status, trial_values
 from pixelreg_core.config import TrialConfig
 
 BLOCKED = "blocked"
-
-
-def source_id(cfg: TrialConfig) -> str | None:
-    """The trial id of cfg's source model (its checkpoint is named after it), or None."""
-    if not cfg.fgsm_source:
-        return None
-    return PurePosixPath(cfg.fgsm_source.split("?", 1)[0]).stem
 
 
 def skip_blocked(sweep_dir: str, *groups: list[TrialConfig], log=print) -> tuple[list[TrialConfig], ...]:
@@ -31,7 +22,7 @@ def skip_blocked(sweep_dir: str, *groups: list[TrialConfig], log=print) -> tuple
     for group in groups:
         runnable = []
         for cfg in group:
-            source = source_id(cfg)
+            source = cfg.source_model
             if source is None or status.get(source) == "ok":
                 runnable.append(cfg)
                 continue
