@@ -96,7 +96,9 @@ def test_the_shortcuts_give_the_rows_the_plain_loops_give(setup, monkeypatch):
                 seed = common.derive_seed(cfg.seed, name, i, r)
                 want.append((name, eps, r, noise.noise_accuracy(model, name, x, y, eps, seed, 100)))
     want += [("fgsm_transfer", eps, 0, fgsm.transfer_accuracy(model, x, y, signs, eps, 100)) for eps in opts["eps"]]
-    assert [(r["attack"], r["eps"], r["repeat"], r["value"]) for r in rows] == want
+    assert [(r["attack"], r["eps"], r["repeat"]) for r in rows] == [w[:3] for w in want]
+    # chunked and whole-batch forwards may round differently on another CPU: at most one near-tie image flips
+    assert [r["value"] for r in rows] == pytest.approx([w[3] for w in want], abs=1.0 / len(y) + 1e-12)
 
 
 def test_the_starting_point_search_finds_foolboxs_points(setup):
