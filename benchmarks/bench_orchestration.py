@@ -37,7 +37,7 @@ def main() -> None:
              logging_level="ERROR")
     ray_start = time.perf_counter() - started
 
-    from orchestrator import launch
+    from orchestrator.commands import launch
 
     # Time the scheduling alone: the aggregation (summary + figures) after the sweep is reported apart.
     phases: dict[str, float] = {}

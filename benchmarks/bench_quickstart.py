@@ -28,9 +28,10 @@ from orchestrator.spec.expand import expand
 from orchestrator.spec.load import load_spec
 from pixelreg_core import attacks
 from pixelreg_core.data.bundle import prepare_data
+from pixelreg_core.kernels import make_optimizer
 from pixelreg_core.model import build_model
 from pixelreg_core.targets.registry import build_target
-from pixelreg_core.train import batch_starts, make_optimizer, step_losses, train
+from pixelreg_core.train import batch_starts, step_losses, train
 from pixelreg_core.trial import run_trial
 
 

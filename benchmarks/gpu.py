@@ -52,20 +52,17 @@ import torch  # noqa: E402
 from pixelreg_core import attacks  # noqa: E402
 from pixelreg_core.config import KERNEL_FIELDS, TrialConfig  # noqa: E402
 from pixelreg_core.data.bundle import DataBundle  # noqa: E402
+from pixelreg_core.kernels import compile_session, kernel_settings, make_optimizer, uses_channels_last  # noqa: E402
 from pixelreg_core.model import build_model, save_checkpoint  # noqa: E402
 from pixelreg_core.targets.registry import build_target  # noqa: E402
 from pixelreg_core.train import (  # noqa: E402
     PlacedData,
     batch_starts,
-    compile_session,
     compiled_step,
     evaluate_split,
-    kernel_settings,
     learning_rate,
-    make_optimizer,
     resolve_device,
     train_epoch,
-    uses_channels_last,
 )
 
 CPU_TARGET_S = 0.76  # issue 8: today's regularized step on the 2-core development machine

@@ -12,17 +12,18 @@ import sys
 from orchestrator.errors import UserError
 from pixelreg_core.config import ConfigError
 
-# subcommand -> (module, one-line help). Modules are imported lazily: `plan` must not pay for importing Ray.
+# subcommand -> (module in orchestrator/commands/, one-line help). Modules are imported lazily: `plan` must not pay
+# for importing Ray.
 COMMANDS = {
-    "validate": ("orchestrator.validate", "check a sweep spec and exit"),
-    "plan": ("orchestrator.plan", "print the expanded trials and the work estimate; run nothing"),
-    "launch": ("orchestrator.launch", "run (or resume) a sweep on Ray Tune"),
-    "evaluate": ("orchestrator.evaluate", "run new attacks on the models a sweep folder holds; trains nothing"),
-    "migrate": ("orchestrator.migrate", "convert a sweep folder written before models and evaluations were separate"),
-    "status": ("orchestrator.status", "progress of a running or finished sweep, from its Parquet files"),
-    "aggregate": ("orchestrator.analysis.aggregate", "write summary.parquet, best.parquet and figures/"),
-    "report": ("orchestrator.analysis.report", "write a self-contained HTML report page"),
-    "analyze-targets": ("orchestrator.analysis.targets", "correlate a similarity matrix with pixel similarities"),
+    "validate": ("validate", "check a sweep spec and exit"),
+    "plan": ("plan", "print the expanded trials and the work estimate; run nothing"),
+    "launch": ("launch", "run (or resume) a sweep on Ray Tune"),
+    "evaluate": ("evaluate", "run new attacks on the models a sweep folder holds; trains nothing"),
+    "migrate": ("migrate", "convert a sweep folder written before models and evaluations were separate"),
+    "status": ("status", "progress of a running or finished sweep, from its Parquet files"),
+    "aggregate": ("aggregate", "write summary.parquet, best.parquet and figures/"),
+    "report": ("report", "write a self-contained HTML report page"),
+    "analyze-targets": ("analyze_targets", "correlate a similarity matrix with pixel similarities"),
 }
 
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(f"orchestrator.commands.{module_name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_module=module)

@@ -275,7 +275,7 @@ def test_fused_sgd_and_the_cuda_only_options_train_on_cpu():
 @pytest.mark.parametrize("tf32", [False, True])
 def test_tf32_is_an_explicit_kernel_option_and_off_is_plain_float32_on_cuda(tf32):
     # The flags are process-wide and settable without a GPU; the device only says which backend they are for.
-    from pixelreg_core.train import kernel_settings
+    from pixelreg_core.kernels import kernel_settings
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     cfg = tiny(tf32=tf32)
@@ -317,7 +317,7 @@ def test_compile_keeps_one_graph_per_trial_despite_the_short_last_batch_and_earl
 def test_compile_giving_up_is_one_warning(monkeypatch, capfd):
     import torch._dynamo
 
-    from pixelreg_core.train import compile_session
+    from pixelreg_core.kernels import compile_session
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     fn = torch.compile(lambda x: x * 2, backend="eager")
@@ -329,7 +329,7 @@ def test_compile_giving_up_is_one_warning(monkeypatch, capfd):
 
 
 def test_channels_last_acts_on_cpu_only_away_from_the_shapes_that_crashed():
-    from pixelreg_core.train import smallest_feature_map, uses_channels_last
+    from pixelreg_core.kernels import smallest_feature_map, uses_channels_last
 
     cpu, cuda_device, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert [smallest_feature_map(s) for s in (8, 16, 28, 32)] == [1, 2, 4, 4]

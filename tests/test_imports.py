@@ -42,7 +42,7 @@ def test_the_blocker_blocks(tmp_path):
 def test_a_trial_with_noise_attacks_runs_without_ray_optuna_or_foolbox(tmp_path):
     done = run_blocked(f"""
         import torch
-        import orchestrator.run.progress, orchestrator.run.resources, orchestrator.localray.mps
+        import orchestrator.run.progress, orchestrator.plan.resources, orchestrator.localray.mps
         import orchestrator.spec.load, orchestrator.spec.expand
         from pixelreg_core.config import TrialConfig
         from pixelreg_core.trial import run_trial

@@ -19,9 +19,9 @@ from conftest import TINY_TRAIN, local_ray, write_spec
 
 from orchestrator import cli
 from orchestrator.localray.start import access_lines, security_warnings
+from orchestrator.plan.resources import concurrent_slots
 from orchestrator.run.objective import score
 from orchestrator.run.progress import Progress
-from orchestrator.run.resources import concurrent_slots
 from pixelreg_core.hooks import faults
 
 
@@ -404,7 +404,7 @@ def test_a_gpu_sweep_that_ray_cannot_place_stops_at_once_with_exit_2(ray_session
     # thread only to bound the wait if that regresses.
     import threading
 
-    from orchestrator.run import resources
+    from orchestrator.plan import resources
 
     monkeypatch.setattr(resources, "local_gpus", lambda: 1)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -426,7 +426,7 @@ def test_the_local_ray_is_told_the_gpus_torch_sees(tmp_path):
     import sys
 
     code = """
-from orchestrator.run import resources
+from orchestrator.plan import resources
 resources.local_gpus = lambda: 2
 from orchestrator.localray.start import start_ray, stop_ray
 session = start_ray(None, "127.0.0.1", False, log=lambda line: None)

@@ -17,7 +17,8 @@ PACKAGES = ("pixelreg_core", "orchestrator")
 # trial's data (bundle, placement) is built from a config; model and training; the attacks use the trained model;
 # the trial runs everything. orchestrator: the spec, the analysis of finished rows (curves are also what the
 # search optimises), the local Ray's processes, the sweep folder as state (its lock stops a dead holder's Ray), the
-# running of trials, starting the local Ray (it is told the GPUs run.resources sees), and the commands on top.
+# plan (what to run, preflight, resources, the estimate), the running of trials, starting the local Ray (it is told
+# the GPUs plan.resources sees), and the commands on top.
 # Every orchestrator stage sits above all of pixelreg_core.
 STAGES = [
     ["pixelreg_core.errors", "pixelreg_core.hooks"],
@@ -25,6 +26,7 @@ STAGES = [
     ["pixelreg_core.config"],
     ["pixelreg_core.results", "pixelreg_core.checkpoint"],
     ["pixelreg_core.data", "pixelreg_core.model"],
+    ["pixelreg_core.kernels"],
     ["pixelreg_core.train"],
     ["pixelreg_core.attacks"],
     ["pixelreg_core.trial", "pixelreg_core.cli", "pixelreg_core.__main__", "pixelreg_core"],
@@ -32,12 +34,12 @@ STAGES = [
     ["orchestrator.errors"],
     ["orchestrator.spec"],
     ["orchestrator.analysis"],
-    ["orchestrator.localray.processes"],
+    ["orchestrator.localray.processes", "orchestrator.localray.mps"],
     ["orchestrator.sweepdir"],
+    ["orchestrator.plan"],
     ["orchestrator.run"],
     ["orchestrator.localray"],
-    ["orchestrator.cli", "orchestrator.launch", "orchestrator.plan", "orchestrator.validate", "orchestrator.status",
-     "orchestrator.evaluate", "orchestrator.migrate", "orchestrator"],
+    ["orchestrator.commands", "orchestrator.cli", "orchestrator"],
 ]
 
 
@@ -129,8 +131,8 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_function_level_and_type_only_imports_are_in_the_graph(tmp_path):
     graph = import_graph()
-    # orchestrator.launch imports the aggregator only inside report_outputs
-    assert "orchestrator.analysis.aggregate" in graph["orchestrator.launch"]
+    # orchestrator.commands.launch imports the aggregator only inside report_outputs
+    assert "orchestrator.analysis.aggregate" in graph["orchestrator.commands.launch"]
     path = tmp_path / "m.py"
     path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pixelreg_core.config import X\n")
     assert "pixelreg_core.config" in imported_names("pixelreg_core.m", path, project_modules())
@@ -138,7 +140,7 @@ def test_function_level_and_type_only_imports_are_in_the_graph(tmp_path):
 
 def test_the_stage_check_finds_an_upward_import():
     assert stage_violations({"pixelreg_core.config": {"pixelreg_core.trial"}, "pixelreg_core.trial": set()}) == [
-        "pixelreg_core.config (stage 2) imports pixelreg_core.trial (stage 7)"]
+        "pixelreg_core.config (stage 2) imports pixelreg_core.trial (stage 8)"]
     assert stage_of("orchestrator.spec.expand") < stage_of("orchestrator.sweepdir.tables") < stage_of("orchestrator")
 
 

@@ -12,7 +12,7 @@ import yaml
 from orchestrator import cli
 from orchestrator.errors import UserError
 from orchestrator.localray import start as dashboard
-from orchestrator.run.preflight import check_dataset, preflight
+from orchestrator.plan.preflight import check_dataset, preflight
 from pixelreg_core.config import ConfigError, TrialConfig
 
 REPO = Path(__file__).resolve().parents[1]

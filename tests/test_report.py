@@ -14,8 +14,8 @@ import pytest
 from conftest import make_results
 
 from orchestrator.analysis import aggregate, report
-from orchestrator.analysis import targets as analyze_targets
 from orchestrator.cli import main
+from orchestrator.commands import analyze_targets as analyze_targets
 from orchestrator.errors import UserError
 from orchestrator.sweepdir import tables as results
 

@@ -11,7 +11,7 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.errors import UserError
-from orchestrator.run.resources import check_resources
+from orchestrator.plan.resources import check_resources
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import load_spec, parse_spec
 from orchestrator.spec.schema import SweepSpec

@@ -19,7 +19,7 @@ import torch
 from conftest import tiny
 
 from orchestrator.errors import UserError
-from orchestrator.run.preflight import preflight
+from orchestrator.plan.preflight import preflight
 from pixelreg_core.data import bundle as D
 from pixelreg_core.data import registry as datasets
 from pixelreg_core.trial import run_trial

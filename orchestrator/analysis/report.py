@@ -7,7 +7,6 @@ aggregate files are missing or older than the newest trial file, so the page nev
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import html
@@ -19,7 +18,6 @@ from orchestrator.analysis.aggregate import (
     SELECTION_KEYS,
     aggregate_sweep,
     describe_epoch_spread,
-    parse_distortions,
 )
 from orchestrator.errors import UserError
 
@@ -58,26 +56,6 @@ figcaption { color: #555; font-size: 0.9em; margin-top: 4px; }
 details summary { cursor: pointer; font-weight: 600; margin: 8px 0; }
 .failed { color: #b00020; } .note { background: #f6f8fa; padding: 8px 12px; border-left: 4px solid #8ab; }
 """
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sweep_dir", help="results folder of one sweep, e.g. results/mnist_grid")
-    parser.add_argument("--out", default=None, help="HTML file to write (default: <sweep_dir>/report.html)")
-    parser.add_argument("--a0", type=float, default=None,
-                        help=f"re-aggregate with this A0 (default: {DEFAULT_A0}, or the last aggregate's)")
-    parser.add_argument("--distortion", action="append", default=[], metavar="ATTACK=EPS",
-                        help="re-aggregate with this distortion D for an attack (repeatable)")
-    parser.add_argument("--confirm-seeds", type=int, default=None, metavar="K",
-                        help="re-aggregate choosing on all but the K highest seeds, confirming on those K")
-    parser.add_argument("--everything", action="store_true",
-                        help="every model and evaluation the folder holds (default: those of its current spec)")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = build_report(args.sweep_dir, out=args.out, a0=args.a0, distortions=parse_distortions(args.distortion),
-                        confirm_seeds=args.confirm_seeds, everything=args.everything)
-    print(f"wrote {path}")
-    return 0
 
 
 def needs_aggregate(root: Path) -> bool:

@@ -87,7 +87,7 @@ def start_ray(address: str | None, dashboard_host: str, dashboard: bool,
         started_here = False
     else:
         from orchestrator.localray.processes import loopback
-        from orchestrator.run.resources import local_gpus
+        from orchestrator.plan.resources import local_gpus
 
         # Ray is told the GPUs torch sees (CUDA_VISIBLE_DEVICES included), not left to find them itself: where
         # its own detection finds none (a container without the NVIDIA management library, say) while torch sees

@@ -4,7 +4,7 @@ and the cheap checks that those files are there.
 `pixelreg_core.data.registry` names one of the `load_*_split` functions per dataset (one call shape:
 `(name, root, split, download, *, limit, field_name)`); `pixelreg_core.data.bundle.load_split` is the one caller.
 Each record's `check` is one of the `check_*` functions (`(name, root, download, field_name)`, raising
-ConfigError); orchestrator.run.preflight calls them before Ray starts.
+ConfigError); orchestrator.plan.preflight calls them before Ray starts.
 Decoded splits are cached per process (`functools.lru_cache`) as compact uint8, because a sweep worker runs many
 trials on the same data. This module imports nothing from the registry, so the registry can name its functions.
 """

@@ -25,6 +25,7 @@ from pixelreg_core.checkpoint import EpochCheckpoint
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.data.bundle import DataBundle, augment_batch
 from pixelreg_core.hooks import faults
+from pixelreg_core.kernels import autocast, kernel_settings, make_optimizer, uses_channels_last
 from pixelreg_core.model import PairResNet
 from pixelreg_core.pack.key import check_pack
 from pixelreg_core.pack.model import GroupedPairResNet, pack_state, unpack_state
@@ -32,16 +33,12 @@ from pixelreg_core.targets.builders import similarity_loss
 from pixelreg_core.train import (
     PlacedData,
     TrainResult,
-    autocast,
     batch_starts,
     check_finite,
     epoch_row,
     initial_result,
     keep_if_best,
-    kernel_settings,
     learning_rate,
-    make_optimizer,
-    uses_channels_last,
 )
 
 

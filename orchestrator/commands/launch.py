@@ -17,41 +17,29 @@ import argparse
 import datetime as dt
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.localray import mps
-from orchestrator.run.preflight import preflight
+from orchestrator.plan.make import Plan, claim, make_plan
+from orchestrator.plan.resources import check_resources, concurrent_slots
 from orchestrator.run.progress import print_line
-from orchestrator.run.resources import check_resources, concurrent_slots
 from orchestrator.run.search import run_studies
 from orchestrator.run.tune import Runner, asha_max_t, asha_scheduler
-from orchestrator.spec.expand import expand
-from orchestrator.spec.load import load_spec
-from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.blocked import exit_code, skip_blocked
 from orchestrator.sweepdir.lock import sweep_lock
 from orchestrator.sweepdir.resume import (
-    check_writable,
     missing_evaluations,
-    prepare_sweep_dir,
-    spec_fingerprint,
-    split_done,
-    work,
 )
 from orchestrator.sweepdir.tables import (
     COMPLETE_STATUSES,
     DEFAULT_ROOT,
-    absolute,
     finished_evaluations,
     is_uri,
-    sweep_dir_for,
     trial_statuses,
 )
 from pixelreg_core.config import TrialConfig
-from pixelreg_core.results import clean_temp, disk_full
+from pixelreg_core.results import disk_full
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,74 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- the plan
-
-
-@dataclass
-class Plan:
-    """What a launch will run, computed and checked; nothing is written and no lock is taken to make it."""
-
-    spec: SweepSpec
-    spec_path: Path
-    spec_text: str                          # as read with the spec: what the claimed folder's spec.yaml holds
-    sweep_dir: str
-    configs: list[TrialConfig]              # all expanded configs (grid: the whole sweep; optuna: sources+baselines)
-    optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
-    mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
-    work: dict[str, list] | None = None     # resume.work: models to train, evaluations to run, models reused
-
-
-def localize(cfg: TrialConfig) -> TrialConfig:
-    """Absolute data paths: Tune workers may run in another working directory (or on another machine with the
-    same shared layout). Only non-identity fields change, so trial ids stay the same."""
-    changes: dict[str, Any] = {}
-    if cfg.data_root:
-        changes["data_root"] = absolute(cfg.data_root)
-    if cfg.fgsm_source:
-        changes["fgsm_source"] = absolute(cfg.fgsm_source)
-    return cfg.replace(**changes) if changes else cfg
-
-
-def on_cluster(args: argparse.Namespace) -> bool:
-    return bool(args.address or os.environ.get("RAY_ADDRESS"))
-
-
-def make_plan(args: argparse.Namespace) -> Plan:
-    """Load, check, expand and preflight the spec: a UserError for anything a user can get wrong, before the sweep
-    folder is touched or Ray starts. Reads only (the spec, the inputs preflight checks)."""
-    spec_path = Path(args.spec)
-    spec = load_spec(spec_path)
-    if not on_cluster(args):
-        check_resources(spec)  # this machine's GPUs, before Ray starts; run_on_ray checks Ray's once it runs
-    check_writable(args.results)
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
-    mps_control = mps.check(getattr(args, "mps", False), address=args.address, gpu_per_trial=spec.resources.gpu)
-    sweep_dir = sweep_dir_for(args.results, spec.name)
-    # No second validation here: load_spec validated every grid point x pair as a TrialConfig, and its attacks
-    # (spec.schema); a baseline or source differs from its point only in neutral regularizer fields.
-    configs = [localize(c) for c in expand(spec, sweep_dir)]
-    preflight(configs, spec_path)  # datasets, matrices, checkpoints, GPUs: present before Ray starts
-    optuna_units = spec.search.trials * len(spec.pairs) * len(spec.seed_list) if spec.search.type == "optuna" else 0
-    return Plan(spec=spec, spec_path=spec_path, spec_text=spec_path.read_text(), sweep_dir=sweep_dir,
-                configs=configs, optuna_units=optuna_units, mps=mps_control)
-
-
-def claim(plan: Plan, fresh: bool, log, evaluate_only: bool = False) -> tuple[list[TrialConfig], list[TrialConfig]]:
-    """Claim the sweep folder for the plan's spec (wiped first with --fresh) and split its trials into (complete,
-    to run); the trials to run lose their stale rows. Call it holding the folder's lock."""
-    prepare_sweep_dir(plan.sweep_dir, plan.spec_text, spec_fingerprint(plan.spec), fresh, log=log)
-    clean_temp(plan.sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
-    plan.work = work(plan.configs, plan.sweep_dir)  # before split_done removes the stale rows of models to train
-    done, todo = split_done(plan.configs, plan.sweep_dir)
-    if evaluate_only:  # `orchestrator evaluate`: stored models only, nothing trained
-        untrained = {c.trial_id for c in plan.work["train"]}
-        skipped = [c for c in todo if c.trial_id in untrained]
-        todo = [c for c in todo if c.trial_id not in untrained]
-        plan.work["train"] = []
-        if skipped:
-            log(f"evaluate: {len(skipped)} model(s) of the spec are not trained yet and are left out "
-                f"(`orchestrator launch {plan.spec_path}` trains them)")
-    return done, todo
 
 
 # --------------------------------------------------------------------------------------------------- command

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator import launch
+from orchestrator.commands import launch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

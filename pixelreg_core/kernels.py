@@ -1,0 +1,130 @@
+"""The kernel options of a trial (amp, channels_last, cudnn_benchmark, tf32, fused_sgd, compile): how each is
+switched on and scoped to the trial. None changes what is computed beyond float rounding; train.py calls them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.model import PairResNet
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` when enabled (`amp`); otherwise no context at all, so off is exactly float32."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# channels_last on CPU: the narrowest stage (`width` channels) and the smallest feature map (the input side after
+# the three stride-2 stages) it is allowed at. A CPU channels-last backward corrupted the heap once at width 4 on
+# 28 x 28 ("corrupted double-linked list") and at width 8 on 8 x 8 digits, whose last stage is 1 x 1; with torch
+# 2.14.1 neither crashed in 30 probe runs (widths 2-16, 8 x 8 and 28 x 28, 1 and 2 threads, MALLOC_CHECK_=3), and
+# the gradients differ from the plain layout's by float reassociation only (docs/performance.md). The layout is
+# allowed only away from both reported shapes; the quickstart's (width 8, 28 x 28: last map 4 x 4) is 0.8x the
+# plain step time there.
+CPU_CHANNELS_LAST_MIN_WIDTH = 8
+
+
+CPU_CHANNELS_LAST_MIN_MAP = 2
+
+
+def smallest_feature_map(side: int) -> int:
+    """The side of the last stage's feature map for an input side (three stride-2 3 x 3 convolutions, padding 1)."""
+    for _ in range(3):
+        side = (side + 1) // 2
+    return side
+
+
+def uses_channels_last(cfg: TrialConfig, device: torch.device, image_side: int | None = None) -> bool:
+    """Whether `channels_last` acts: on CUDA whenever asked; on CPU only at widths >= CPU_CHANNELS_LAST_MIN_WIDTH
+    with a last feature map of at least CPU_CHANNELS_LAST_MIN_MAP (`image_side`: the input's smaller side; None
+    keeps it off on CPU); elsewhere never. Where it does not act the numbers are exactly the plain ones."""
+    if not cfg.channels_last:
+        return False
+    if device.type == "cuda":
+        return True
+    return bool(device.type == "cpu" and image_side is not None and cfg.width >= CPU_CHANNELS_LAST_MIN_WIDTH
+                and smallest_feature_map(image_side) >= CPU_CHANNELS_LAST_MIN_MAP)
+
+
+@contextlib.contextmanager
+def kernel_settings(cfg: TrialConfig, device: torch.device) -> Iterator[None]:
+    """The process-wide kernel flags for the trial only (a Ray worker runs many trials and must find them as they
+    were): cudnn.benchmark, and TF32 for convolutions and matmuls. On CUDA `tf32` sets both TF32 flags, so off is
+    plain float32 everywhere: torch's own defaults are TF32 on for cuDNN convolutions and off for matmuls. The
+    flags act on CUDA only; on other devices they are left as they are."""
+    flags = (("cudnn", "benchmark"), ("cudnn", "allow_tf32"), ("matmul", "allow_tf32"))
+    owners = {"cudnn": torch.backends.cudnn, "matmul": torch.backends.cuda.matmul}
+    before = [getattr(owners[owner], name) for owner, name in flags]
+    torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
+    try:
+        yield
+    finally:
+        for (owner, name), value in zip(flags, before, strict=True):
+            setattr(owners[owner], name, value)
+
+
+def make_optimizer(cfg: TrialConfig, model: PairResNet, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum; `fused_sgd` asks for torch's single fused kernel (off: torch's default, which is the
+    multi-tensor `foreach` kernels on CUDA and a per-parameter loop on CPU; both compute the same update)."""
+    extra: dict[str, Any] = {"fused": True} if cfg.fused_sgd else {}
+    try:
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0, **extra)
+    except RuntimeError as err:
+        raise ConfigError("fused_sgd", f"torch has no fused SGD for {device.type} ({err}); set fused_sgd false"
+                          ) from err
+
+
+class _FallbackWatch(logging.Handler):
+    """Catches dynamo's own warning that it hit a recompile limit (after which that code runs eager, silently)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "recompile_limit" in message or "cache_size_limit" in message:
+            self.hits.append(message.splitlines()[0])
+
+
+@contextlib.contextmanager
+def compile_session(cfg: TrialConfig) -> Iterator[None]:
+    """One trial's torch.compile state: fresh at its start, freed at its end, and a one-line warning if dynamo
+    gave up compiling.
+
+    dynamo keeps every compiled graph of a function, guarded on the values it was traced with (`xa is None`,
+    `sim_layer`, `amp`, `arctanh`, the model object): a Ray worker that runs trial after trial (`reuse_actors`)
+    would add entries until dynamo's recompile limit (8), then run the step eager without a word, and would keep
+    every finished trial's graphs and CUDA-graph memory pools. `torch._dynamo.reset()` before and after the trial
+    gives each trial one compile of its own. Within a trial the step's shapes are fixed: train_epoch runs the one
+    batch of another size (the epoch's last, 59,400 % 64 = 8 images on MNIST) eager instead of compiling a second
+    graph (and a second CUDA graph) for it."""
+    if cfg.compile == "none":
+        yield
+        return
+    import torch._dynamo
+
+    watch = _FallbackWatch()
+    dynamo_log = logging.getLogger("torch._dynamo")
+    torch._dynamo.reset()
+    dynamo_log.addHandler(watch)
+    try:
+        yield
+    finally:
+        dynamo_log.removeHandler(watch)
+        torch._dynamo.reset()
+        if watch.hits:
+            print(f"warning: compile: trial {cfg.trial_id}: torch.compile gave up and ran the step eager from then "
+                  f"on ({watch.hits[0][:200]}); the numbers are right, the speed is not compile's",
+                  file=sys.stderr, flush=True)
