@@ -3,7 +3,7 @@
 On a GPU every dispatched operator costs a few microseconds of host time to launch whatever its size, so a step
 that dispatches thousands of tiny operators is bound by Python and the launcher, not by the GPU. The count is the
 same on every device and CPU (it depends on the code path, not on rounding), so a CPU test can bound it.
-`benchmarks/bench_ops.py` prints the counts per regularized step; tests/test_targets.py bounds the pair draw's.
+`benchmarks/bench_ops.py` prints the counts per regularized step; tests/test_paper_options.py bounds the draw's.
 
     with OpCount() as ops:
         with ops.section("draw"):
