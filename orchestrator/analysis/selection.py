@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec, parse_yaml
 from orchestrator.spec.overrides import changes
+from orchestrator.spec.schema import SweepSpec
 from pixelreg_core.results import filesystem, join, read_bytes
 
 SPECS_DIR = "specs"  # every spec version the folder ran: specs/<n>-<fingerprint>.yaml, n from 1
@@ -24,15 +25,25 @@ class Selection(NamedTuple):
     attacks: set[str]            # the spec's attack names
 
 
-def current(sweep_dir: str) -> Selection | None:
-    """The current spec's models and evaluations; None when the folder has no readable spec.yaml."""
-    from pixelreg_core.attacks import source_attacks
-
+def current_spec(sweep_dir: str) -> SweepSpec | None:
+    """The spec the folder was last launched with (spec.yaml); None when there is none or it does not parse."""
     data = read_bytes(join(sweep_dir, "spec.yaml"))
     if data is None:
         return None
     try:
-        spec = parse_spec(parse_yaml(data.decode(), "spec.yaml"), "spec.yaml")
+        return parse_spec(parse_yaml(data.decode(), "spec.yaml"), "spec.yaml")
+    except Exception:  # noqa: BLE001 - an unreadable spec selects nothing away
+        return None
+
+
+def current(sweep_dir: str) -> Selection | None:
+    """The current spec's models and evaluations; None when the folder has no readable spec.yaml."""
+    from pixelreg_core.attacks import source_attacks
+
+    spec = current_spec(sweep_dir)
+    if spec is None:
+        return None
+    try:
         configs = expand(spec, sweep_dir)
     except Exception:  # noqa: BLE001 - an unreadable spec selects nothing away
         return None

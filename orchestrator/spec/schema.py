@@ -31,6 +31,9 @@ from orchestrator.spec.fields import (
 from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
 from pixelreg_core.targets.ranges import inside_th_bounds
 
+# A choice of (Th, alpha) is `decided` when the rule picks it in at least this share of the seeds' resamplings
+# (orchestrator.analysis.confidence): the spec's `confidence`, `aggregate --confidence`.
+DEFAULT_CONFIDENCE = 0.9
 
 # ---------------------------------------------------------------------------------------------------------------
 # The models
@@ -196,6 +199,8 @@ class SweepSpec(_Strict):
     scheduler: Scheduler = Field(default_factory=Scheduler)
     max_failures: int = Field(default=2, ge=0)
     fgsm_source_seed: int = Field(default=1000, ge=0)
+    # P(chosen) at or above which a choice of (Th, alpha) counts as decided (best.parquet `decided`)
+    confidence: float = Field(default=DEFAULT_CONFIDENCE, gt=0, lt=1)
 
     _source: str = PrivateAttr(default="<spec>")
     _text: str = PrivateAttr(default="")  # the spec that runs, as YAML text (load_spec: the file, or with overrides)
