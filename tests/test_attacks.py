@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.fit import quick_fit
 from pixelreg_core import attacks
 from pixelreg_core.attacks import boundary, corruptions, fgsm, minimal, noise, resolve
 from pixelreg_core.attacks.common import accuracy, predict
@@ -17,7 +18,6 @@ from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import save_checkpoint
 from pixelreg_core.results import SCHEMAS, key_values, to_arrow
-from pixelreg_core.train import quick_fit
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from orchestrator.spec.expand import trial_from_params
 from orchestrator.spec.schema import Objective, SweepSpec
 from orchestrator.sweepdir.tables import join, record_failure, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.errors import error_line
 from pixelreg_core.pack.key import packs
 from pixelreg_core.results import disk_full
 
@@ -55,11 +56,11 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
                              cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True, node=node)
         except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep, but a full disk
             if disk_full(exc):  # every retry and every other trial would fail too: the launch stops (DiskFull)
-                raise DiskFull(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+                raise DiskFull(error_line(exc)) from None
             if isinstance(exc, ConfigError):  # a value the user must change fails the same way every time
-                error = f"{type(exc).__name__}: {exc}".splitlines()[0] + " (not retried: a config error)"
+                error = error_line(exc) + " (not retried: a config error)"
                 break
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            error = error_line(exc)
             if attempt < retries:
                 print(f"trial {cfg.trial_id} failed ({error}); retry {attempt + 1} of {retries}", flush=True)
             else:
@@ -143,10 +144,10 @@ def _run_pack(cfgs: list[TrialConfig], sweep_dir: str, threads: int, retries: in
         if exc is None:
             rows.append(outcome.row)
         elif disk_full(exc):
-            raise DiskFull(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+            raise DiskFull(error_line(exc)) from None
         elif isinstance(exc, ConfigError) or retries == 0:
             suffix = " (not retried: a config error)" if isinstance(exc, ConfigError) else " (failed 1 attempt(s))"
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0] + suffix
+            error = error_line(exc) + suffix
             record_failure(sweep_dir, outcome.cfg, error)
             rows.append({"trial_id": outcome.cfg.trial_id, "status": "failed", "error": error})
         else:
