@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator.analysis.timings import render_text as timing_lines
 from orchestrator.errors import UserError
-from orchestrator.spec.expand import expand
+from orchestrator.spec.expand import expand, searched_runs
 from orchestrator.spec.load import parse_spec, parse_yaml
 from orchestrator.sweepdir.tables import SPEC_FILE, filesystem, read_table, read_text
 
@@ -36,9 +36,7 @@ def expected_total(sweep_dir: str) -> int | None:
         total = len(expand(spec, sweep_dir))
     except Exception:  # noqa: BLE001 - status must work even with an unreadable spec
         return None
-    if spec.search.type == "optuna":
-        total += spec.search.trials * len(spec.pairs) * len(spec.seed_list)
-    return total
+    return total + searched_runs(spec)
 
 
 def summarize(sweep_dir: str, everything: bool = False) -> dict[str, Any]:

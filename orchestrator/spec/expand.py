@@ -110,6 +110,12 @@ def trial_from_params(spec: SweepSpec, task: str, reg_data: str, seed: int, para
     return attach_source(spec, cfg, sweep_dir)
 
 
+def searched_runs(spec: SweepSpec) -> int:
+    """The trials the Optuna studies add at most (search optuna; 0 otherwise): its budget of points per pair, each
+    trained for every seed. They are not in `expand`: the launcher makes them as the studies sample."""
+    return spec.search.trials * len(spec.pairs) * len(spec.seed_list) if spec.search.type == "optuna" else 0
+
+
 def role_counts(trials: list[TrialConfig]) -> dict[str, int]:
     """Trials per role in the order sources, baselines, trials (roles with none are left out)."""
     counts = Counter(cfg.role for cfg in trials)
