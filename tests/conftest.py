@@ -139,8 +139,21 @@ def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
 
 
 # =================================================================================================================
-# core: torch on one thread
+# core: torch on one thread; the `gpu` marker
 # =================================================================================================================
+def pytest_collection_modifyitems(config, items):
+    """The `gpu` marker's promise (pyproject.toml): a test marked gpu is skipped where no CUDA device is visible,
+    so no test file writes its own skip."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 @pytest.fixture()
 def one_thread():
     """Torch on one thread for the test, restored after: the numbers of the core tests do not depend on the

@@ -26,8 +26,6 @@ from pixelreg_core.train import PlacedData, batch_starts, evaluate_split, learni
 # a regularized tiny trial with half the images of conftest's TINY
 CHANGES = dict(train_images=128, test_images=64, reg_images=100, alpha=4, th=0.2, attacks={"gaussian": {"images": 32}})
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
 
 def tiny(**changes) -> TrialConfig:
     return conftest.tiny(**{**CHANGES, **changes})
@@ -474,7 +472,6 @@ def mnist_like(n_train: int = 512, n_test: int = 256, seed: int = 0) -> DataBund
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_data_placement_keeps_8_bit_images_as_uint8_on_the_gpu():
     data = mnist_like()
     placed = PlacedData.of(data, data.reg_x, torch.device("cuda"))
@@ -485,7 +482,6 @@ def test_cuda_data_placement_keeps_8_bit_images_as_uint8_on_the_gpu():
 
 
 @pytest.mark.gpu
-@cuda
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 def test_cuda_epoch_never_synchronises_with_the_host(amp):
     cfg = tiny(task="MNIST", width=8, batch_size=64, amp=amp, device="cuda")
@@ -510,7 +506,6 @@ def test_cuda_epoch_never_synchronises_with_the_host(amp):
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_trial_with_every_kernel_option(tmp_path):
     from pixelreg_core.trial import run_trial
 
@@ -520,7 +515,6 @@ def test_cuda_trial_with_every_kernel_option(tmp_path):
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_compiled_step_matches_the_eager_step_closely(tmp_path):
     eager, _ = run_train(tiny(device="cuda", epochs=1), device="cuda")
     compiled, _ = run_train(tiny(device="cuda", epochs=1, compile="default"), device="cuda")
@@ -528,7 +522,6 @@ def test_cuda_compiled_step_matches_the_eager_step_closely(tmp_path):
 
 
 @pytest.mark.gpu
-@cuda
 def test_two_trials_packed_on_one_gpu(tmp_path):
     """Two trials at once on the one GPU, as two processes (what Ray's fractional `gpu: 0.5` does)."""
     procs = [subprocess.Popen([sys.executable, "-m", "pixelreg_core", "train", "--task", "digits", "--reg-data",
@@ -547,7 +540,6 @@ def test_two_trials_packed_on_one_gpu(tmp_path):
 
 
 @pytest.mark.gpu
-@cuda
 def test_two_trials_share_one_gpu_through_ray_fractional_gpus(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed here (the GPU check runs without it)")
     import pandas as pd
@@ -618,7 +610,6 @@ def test_an_accuracy_attack_reads_once_however_many_batches():
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_attacks_run_on_the_device(tmp_path):
     from pixelreg_core import attacks
     from pixelreg_core.model import save_checkpoint
