@@ -34,6 +34,7 @@ from pixelreg_core.checkpoint import EpochCheckpoint
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import DataBundle, prepare_data
 from pixelreg_core.errors import error_line
+from pixelreg_core.kernels import kernel_settings
 from pixelreg_core.model import build_model, load_checkpoint, save_checkpoint
 from pixelreg_core.results import (
     checkpoint_path,
@@ -134,11 +135,12 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
         if stored is not None:  # a stored model: only its missing evaluations run; its rows stay as they are
             return evaluate_stored(run, stored)
         device, attack_options = check_trial(cfg)
-        prepared = prepare_trial(cfg, device, attack_options, load_source=not defer_source)
-        resume = EpochCheckpoint.for_trial(run.out_root, cfg)  # kept when the trial fails: a rerun resumes from it
-        train_started = time.perf_counter()
-        result = train(cfg, prepared.data, prepared.model, prepared.target, device, on_epoch, checkpoint=resume)
-        return finish_trial(run, prepared, result, train_s=time.perf_counter() - train_started)
+        with kernel_settings(cfg, device):  # tf32 etc. for all of it: epoch 0, the epochs, every attack
+            prepared = prepare_trial(cfg, device, attack_options, load_source=not defer_source)
+            resume = EpochCheckpoint.for_trial(run.out_root, cfg)  # kept when the trial fails: a rerun resumes
+            train_started = time.perf_counter()
+            result = train(cfg, prepared.data, prepared.model, prepared.target, device, on_epoch, checkpoint=resume)
+            return finish_trial(run, prepared, result, train_s=time.perf_counter() - train_started)
     except BaseException as exc:
         if not isinstance(exc, EvaluationFailed):  # a stored model's failed evaluation leaves the model as it is
             fail_trial(run, exc, device)
@@ -271,7 +273,8 @@ def evaluate_stored(run: TrialRun, row: dict[str, Any]) -> dict[str, Any]:
             needs_source = run.transferred & set(todo) and not run.defer_source
             source = attacks.load_source(cfg, device) if needs_source else None
             data = load_data(cfg, {name: attack_options[name] for name in todo})
-            run_evaluations(run, model, data, attack_options, source, todo, {})
+            with kernel_settings(cfg, device):  # as the trial ran its evaluations (tf32)
+                run_evaluations(run, model, data, attack_options, source, todo, {})
     except BaseException as exc:
         if run.record_failure and not isinstance(exc, KeyboardInterrupt):
             write_table(run.out_root, "trials", cfg.trial_id, [{**row, "error": f"evaluation: {error_line(exc)}"}])

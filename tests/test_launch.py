@@ -469,6 +469,27 @@ stop_ray(session)
     assert "gpus 2.0" in done.stdout
 
 
+def test_a_cpu_trial_stays_on_the_cpu_where_torch_sees_a_gpu(ray_session):
+    # Ray 2.60 shows a task that asked for no GPU every GPU of the machine; a CPU trial under `device: auto` must
+    # still run on the CPU. The worker's torch is made to see a GPU at the seam `auto` reads (is_available).
+    from orchestrator.run.trainable import with_gpu_share
+    from pixelreg_core.config import TrialConfig
+
+    @ray_session.remote(num_cpus=1, num_gpus=0)
+    def device_of(cfg: TrialConfig, fake_gpu: bool) -> tuple[str, str]:
+        import torch
+
+        from pixelreg_core.train import resolve_device
+
+        torch.cuda.is_available = lambda: fake_gpu
+        return str(resolve_device(cfg.device)), str(resolve_device(with_gpu_share(cfg).device))
+
+    auto = TrialConfig(device="auto")
+    assert ray_session.get(device_of.remote(auto, True)) == ("cuda", "cpu")  # torch alone would pick the GPU
+    assert ray_session.get(device_of.remote(auto, False)) == ("cpu", "cpu")
+    assert with_gpu_share(TrialConfig(device="cpu")).device == "cpu"  # a named device is left as it is
+
+
 def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nope")]) == 2
     assert "no such sweep folder" in capsys.readouterr().err

@@ -9,6 +9,7 @@ failure of the shared training (out of memory, say) fails every trial still trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -21,6 +22,7 @@ import torch
 from pixelreg_core.checkpoint import EpochCheckpoint
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.errors import error_line
+from pixelreg_core.kernels import kernel_settings
 from pixelreg_core.pack.key import check_pack
 from pixelreg_core.pack.train import Member, train_pack
 from pixelreg_core.trial import Clock, TrialRun, check_trial, fail_trial, finish_trial, prepare_trial
@@ -55,6 +57,7 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
         outcomes[cfg.trial_id] = Outcome(cfg, {"trial_id": cfg.trial_id, "status": "failed",
                                                "error": error_line(exc)}, exc)
 
+    settings = contextlib.ExitStack()  # the kernel options (tf32) over the pack's training and every evaluation
     try:
         for cfg in cfgs:
             device: Any = cfg.device
@@ -71,9 +74,11 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
             devices = {prepared[m.cfg.trial_id].device for m in members}
             if len(devices) > 1:
                 raise ValueError(f"the trials of a pack resolve to different devices {sorted(map(str, devices))}")
+            device = devices.pop()
+            settings.enter_context(kernel_settings(members[0].cfg, device))  # check_pack: one set of options
             train_started = time.perf_counter()
             try:
-                train_pack(members, devices.pop())
+                train_pack(members, device)
             except BaseException as exc:  # the shared training failed: every trial still in it failed
                 for m in members:
                     if m.error is None:
@@ -96,5 +101,6 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
                 fail_trial(dataclasses.replace(runs[m.cfg.trial_id], record_failure=False), exc, m.cfg.device)
         raise
     finally:
+        settings.close()
         torch.set_num_threads(threads_before)
     return [outcomes[cfg.trial_id] for cfg in cfgs]
