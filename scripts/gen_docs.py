@@ -81,7 +81,8 @@ def render(text: str, blocks: dict[str, Callable[[], str]], page: str) -> str:
         pattern = re.compile(re.escape(begin) + r"\n.*?" + re.escape(end), re.S)
         if not pattern.search(text):
             raise SystemExit(f"{page}: no block {name!r}; add the lines\n{begin}\n{end}")
-        text = pattern.sub(lambda _: f"{begin}\n{make()}\n{end}", text)
+        block = f"{begin}\n{make()}\n{end}"
+        text = pattern.sub(lambda _, block=block: block, text)
     return text
 
 

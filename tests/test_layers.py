@@ -19,8 +19,9 @@ PACKAGES = ("pixelreg_core", "orchestrator")
 # stops a dead holder's Ray through localray.processes, and the plan's --mps check asks localray.mps, so those two
 # come before it); the plan (what to run, preflight, resources, the estimate); starting the local Ray (it is told
 # the GPUs plan.resources sees); the run on Ray (it starts Ray); the analysis of finished rows (its `load` reads the
-# sweep folder); the commands on top. One module of the analysis stands earlier: analysis.curves, the arithmetic of
-# an accuracy curve (nearest eps, ratios), which the search's objective (run) shares with the aggregate.
+# sweep folder); the commands on top. Two modules of the analysis stand earlier: analysis.curves, the arithmetic of
+# an accuracy curve (nearest eps, ratios), which the search's objective (run) shares with the aggregate; and
+# analysis.selection, which rows belong to the folder's current spec and its spec versions, which resume reads.
 # Every orchestrator stage sits above all of pixelreg_core.
 STAGES = [
     ["pixelreg_core.errors", "pixelreg_core.hooks"],
@@ -35,7 +36,7 @@ STAGES = [
     ["pixelreg_core.pack"],  # the seed pack: several trials' training and writing, on top of trial.py
     ["orchestrator.errors"],
     ["orchestrator.spec"],
-    ["orchestrator.analysis.curves"],
+    ["orchestrator.analysis.curves", "orchestrator.analysis.selection"],
     ["orchestrator.localray.processes", "orchestrator.localray.mps"],
     ["orchestrator.sweepdir"],
     ["orchestrator.plan"],
