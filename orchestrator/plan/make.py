@@ -17,6 +17,7 @@ from orchestrator.spec.expand import expand
 from orchestrator.spec.load import load_spec
 from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.resume import (
+    check_files,
     check_writable,
     prepare_sweep_dir,
     spec_fingerprint,
@@ -93,6 +94,7 @@ def claim(plan: Plan, fresh: bool, log, evaluate_only: bool = False) -> tuple[li
     to run); the trials to run lose their stale rows. Call it holding the folder's lock."""
     prepare_sweep_dir(plan.sweep_dir, plan.spec_text, spec_fingerprint(plan.spec), fresh, log=log)
     clean_temp(plan.sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
+    check_files(plan.sweep_dir)  # a damaged file is quarantined now, so the split below redoes what it held
     plan.work = work(plan.configs, plan.sweep_dir)  # before split_done removes the stale rows of models to train
     done, todo = split_done(plan.configs, plan.sweep_dir)
     if evaluate_only:  # `orchestrator evaluate`: stored models only, nothing trained
