@@ -15,7 +15,7 @@ from orchestrator.plan.preflight import preflight
 from orchestrator.plan.resources import check_resources
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import load_spec
-from orchestrator.spec.schema import SweepSpec
+from orchestrator.spec.schema import MAX_TRIALS, SweepSpec
 from orchestrator.sweepdir.resume import (
     check_files,
     check_writable,
@@ -72,7 +72,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     folder is touched or Ray starts. Reads only (the spec, the inputs preflight checks)."""
     spec_path = Path(args.spec)
     overrides = tuple(getattr(args, "overrides", None) or ())
-    spec = load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides, getattr(args, "max_trials", MAX_TRIALS))
     if not on_cluster(args):
         check_resources(spec)  # this machine's GPUs, before Ray starts; run_on_ray checks Ray's once it runs
     check_writable(args.results)
