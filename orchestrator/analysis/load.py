@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from orchestrator.sweepdir.tables import TABLES, join, read_bytes, read_table
+from orchestrator.sweepdir.tables import TABLES, read_table
 
 
 class SweepResults(NamedTuple):
@@ -36,8 +36,6 @@ def load(sweep_dir: str | os.PathLike, aggregate: bool = False, confirm_seeds: i
     rows of its current spec's models and evaluations, or every row it holds with everything=True.
     aggregate=True (re)writes summary and best first; confirm_seeds=K (with aggregate=True) chooses (Th, alpha) on
     all but the K highest seeds and fills best's confirmed_* columns from those K."""
-    import io
-
     import pandas as pd
 
     if aggregate:
@@ -48,12 +46,13 @@ def load(sweep_dir: str | os.PathLike, aggregate: bool = False, confirm_seeds: i
         from orchestrator.errors import UserError
 
         raise UserError("orchestrator.load(confirm_seeds=K) re-aggregates: pass aggregate=True as well")
+    from orchestrator.analysis.aggregate import read_derived
     from orchestrator.analysis.selection import current, restrict
 
     selection = None if everything else current(str(sweep_dir))
     per_trial = {table: restrict(read_table(sweep_dir, table), selection, table) for table in TABLES}
     derived = {}
     for name in ("summary", "best"):
-        data = read_bytes(join(sweep_dir, f"{name}.parquet"))
-        derived[name] = pd.read_parquet(io.BytesIO(data)) if data is not None else pd.DataFrame()
+        frame = read_derived(sweep_dir, f"{name}.parquet")
+        derived[name] = frame if frame is not None else pd.DataFrame()
     return SweepResults(**per_trial, **derived)

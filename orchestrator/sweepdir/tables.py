@@ -30,8 +30,10 @@ from pixelreg_core.results import (  # noqa: F401 - re-exported: the orchestrato
     is_uri,
     join,
     local_path,
+    quarantined,
     read_bytes,
     read_table,
+    read_text,
     read_trial,
     remove_trial,
     status_row,
@@ -50,12 +52,6 @@ def sweep_dir_for(root: str | os.PathLike, name: str) -> str:
     """ROOT/<name>, absolute for a local root (Tune's workers do not share our working directory); a URI keeps
     its query (s3://bucket/prefix/<name>?endpoint_override=...)."""
     return join(root, name) if is_uri(root) else str(Path(local_path(root)) / name)
-
-
-def read_text(sweep_dir: str, name: str) -> str | None:
-    """A small text file of the sweep folder (spec.yaml, fingerprint), or None when it is not there."""
-    data = read_bytes(join(sweep_dir, name))
-    return None if data is None else data.decode()
 
 
 def write_text(sweep_dir: str, name: str, text: str) -> None:
