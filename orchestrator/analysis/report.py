@@ -107,7 +107,8 @@ def render(root: Path, trials, summary, best) -> str:
         f"<title>pixelreg report: {name}</title><style>{STYLE}</style></head><body>",
         f"<h1>pixelreg sweep report: {name}</h1>",
         f'<p class="meta">{html.escape(str(root.resolve()))} &middot; generated {now}</p>',
-        "<h2>Sweep status</h2>", status_section(trials), epoch_spread_section(summary), timing_section(trials),
+        "<h2>Sweep status</h2>", status_section(trials), race_section(root), epoch_spread_section(summary),
+        timing_section(trials),
         "<h2>Best (Th, α) per task, regularization set and attack</h2>", chosen_section(best, a0),
         "<h2>Figures</h2>", figures_section(root / "figures"),
         "<h2>Tables</h2>",
@@ -147,6 +148,17 @@ def status_section(trials) -> str:
         body += (f'<p class="failed">{len(failed)} failed trial(s), left out of every number below:</p>'
                  + table_html(failed[columns]))
     return body
+
+
+def race_section(root) -> str:
+    """A race's rounds, why it stopped and its final verdicts (race.json); "" for a sweep with a fixed seed count."""
+    from orchestrator.analysis import racelog
+
+    lines = racelog.describe(racelog.read(str(root)))
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:])
+    return f"<p>{html.escape(lines[0])}</p>" + (f"<ul>{items}</ul>" if items else "")
 
 
 def epoch_spread_section(summary) -> str:
