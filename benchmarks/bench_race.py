@@ -18,6 +18,7 @@ benchmarks/results/race_replay.txt.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections import Counter
 
@@ -27,6 +28,8 @@ from orchestrator.analysis import race
 from orchestrator.analysis.aggregate import DEFAULT_A0, split_trials
 from orchestrator.analysis.selection import current, restrict
 from pixelreg_core.results import read_table
+
+print = functools.partial(print, flush=True)  # noqa: A001 - the figures appear as they come (a long replay)
 
 
 def load_selections(sweep_dir: str, a0: float, attacks: list[str] | None) -> list[race.Selection]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from orchestrator.analysis import confidence_standin as confidence  # TODO: confidence.py (h22stats)
+from orchestrator.analysis import confidence
 
 BASELINE = "baseline"  # the key of a selection's baseline arm among its settings' keys
 EPSILON = 0.02  # below this p_chosen a setting is clearly out: no more seeds

@@ -91,9 +91,13 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: list[TrialConfig], lock) -> int:
     log = print_line
     n_total = len(plan.configs) + plan.optuna_units
-    log(f"sweep {plan.spec.name}: {n_total} trials ({len(done)} complete from earlier launches, "
-        f"{len(todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
-        f"to run) -> {plan.sweep_dir}")
+    if plan.spec.race is None:
+        log(f"sweep {plan.spec.name}: {n_total} trials ({len(done)} complete from earlier launches, "
+            f"{len(todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
+            f"to run) -> {plan.sweep_dir}")
+    else:  # how many a race runs is its decisions' to say
+        log(f"sweep {plan.spec.name}: a race of up to {n_total} trials ({len(done)} complete from earlier "
+            f"launches) -> {plan.sweep_dir}")
     if plan.work is not None and (done or plan.work["evaluate"]) and plan.spec.race is None:
         log("  " + work_line(plan.work))
     if plan.spec.race is not None:
