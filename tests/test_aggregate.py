@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from conftest import CORRUPTIONS, EPS, REPEAT_STEP, SEEDS, SETTINGS, accuracy, config_of, write_trial
 
-from orchestrator.analysis import aggregate
+from orchestrator.analysis import aggregate, stats
+from orchestrator.analysis.confidence import choice_confidence
 from orchestrator.cli import main
 from orchestrator.run.objective import FLOOR, evaluate_point
 from orchestrator.spec.schema import Objective
@@ -175,9 +176,9 @@ def test_search_objective_at_a_zero_baseline_is_the_floor_like_nan_in_best(tmp_p
 def test_statistics_columns_and_confirm_seeds_flag(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every best row has the statistics columns; without --confirm-seeds the confirmation columns are empty."""
     best = pd.read_parquet(aggregate.aggregate_sweep(sweep, figures=False)["best"])
-    assert list(best.columns[-10:]) == ["diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
+    assert list(best.columns[-18:]) == ["diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
                                         "held_out_seeds", "train_chosen", "confirmed_r0_over_u0",
-                                        "confirmed_rd_over_ud"]
+                                        "confirmed_rd_over_ud", *stats.CONFIDENCE_COLUMNS]
     a = best[(best["attack"] == "gaussian") & (best["th"] == 0.2)].iloc[0]
     # the seeds of A and of the baseline share the same per-seed shift, so the spread of RD - UD is known
     per_seed = [accuracy("A", "gaussian", 0.5, s) - accuracy("baseline", "gaussian", 0.5, s) for s in SEEDS]
@@ -192,6 +193,46 @@ def test_statistics_columns_and_confirm_seeds_flag(sweep: Path, capsys: pytest.C
     assert main(["aggregate", str(sweep), "--no-figures", "--confirm-seeds", "3"]) == 2
     err = capsys.readouterr().err
     assert "--confirm-seeds 3: " in err and "3 finished seed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_confidence_columns(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """best.parquet's intervals and probabilities are choice_confidence's on the per-seed values (repeats averaged;
+    settings in select_best's tie order: smaller alpha, then smaller Th); D's single seed leaves the selection
+    without p_chosen; `confidence` comes from the flag, else the folder's spec, else 0.9."""
+    import yaml
+    from conftest import tiny_spec
+
+    best = pd.read_parquet(aggregate.aggregate_sweep(sweep, figures=False)["best"])
+    gauss = best[best["attack"] == "gaussian"].set_index(["th", "alpha"])
+    assert gauss["p_chosen"].isna().all() and not gauss["decided"].any()  # D has one seed
+    assert gauss.loc[(0.2, 4.0), "rd_over_ud_low"] < gauss.loc[(0.2, 4.0), "rd_over_ud"] \
+        < gauss.loc[(0.2, 4.0), "rd_over_ud_high"]
+    assert math.isnan(gauss.loc[(0.6, 4.0), "rd_over_ud_low"])
+
+    for seed in (1, 2):  # D gets the other two seeds: now every group has three
+        write_trial(sweep, config_of("D", seed), "D", SETTINGS["D"][2] + 0.01 * (seed - 1), 0.015)
+    best = pd.read_parquet(aggregate.aggregate_sweep(sweep, figures=False)["best"])
+    gauss = best[best["attack"] == "gaussian"].set_index(["th", "alpha"])
+
+    def pairs(name):
+        clean = SETTINGS[name][2]
+        return [[clean + 0.01 * (s - 1), accuracy(name, "gaussian", 0.5, s) + REPEAT_STEP / 2] for s in SEEDS]
+
+    order = [(0.4, 1.0), (0.2, 4.0), (0.6, 4.0), (0.8, 10.0)]  # C, A, D, B
+    expected = choice_confidence([pairs(n) for n in "CADB"], pairs("baseline"), a0=0.9)
+    assert gauss.loc[order, "p_chosen"].to_numpy() == pytest.approx(expected.p_chosen)
+    assert gauss.loc[order, "rd_over_ud_high"].to_numpy() == pytest.approx(expected.rdud_high)
+    assert gauss.loc[(0.2, 4.0), "chosen"] and gauss.loc[(0.2, 4.0), "p_chosen"] > 0.99
+    assert gauss["decided"].all() and (best["confidence"] == 0.9).all()
+
+    best = pd.read_parquet(aggregate.aggregate_sweep(sweep, figures=False, confidence=0.9999)["best"])
+    assert not best.loc[best["attack"] == "gaussian", "decided"].any() and (best["confidence"] == 0.9999).all()
+    (sweep / "spec.yaml").write_text(yaml.safe_dump(tiny_spec("toy", confidence=0.8)))
+    best = pd.read_parquet(aggregate.aggregate_sweep(sweep, figures=False, everything=True)["best"])
+    assert (best["confidence"] == 0.8).all()
+    assert main(["aggregate", str(sweep), "--no-figures", "--confidence", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--confidence 1.5: " in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_group_whose_seeds_chose_far_apart_epochs_is_flagged(sweep: Path, capsys: pytest.CaptureFixture[str]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from pathlib import Path
 
 import pandas as pd
@@ -118,6 +119,36 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     trials = pd.read_parquet(sweep / "trials")
     assert len(trials) == 1 and not set(trials["trial_id"]) & old_ids
     assert trials["th"].tolist() == [0.5] and trials["status"].tolist() == ["ok"]
+
+
+def test_a_command_line_override_grows_the_study_and_is_the_spec_status_shows(ray_session, tmp_path, capsys):
+    """`launch SPEC --results R seeds=2` after a finished one-seed launch trains only seed 1's models; the folder
+    records the spec with the override applied, and status names it as the current spec."""
+    spec = write_spec(tmp_path, name="grow", seeds=1)
+    root = tmp_path / "results"
+    sweep = root / "grow"
+    assert launch(spec, root) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
+    assert len(first) == 2
+    capsys.readouterr()
+    assert launch(spec, root, "seeds=2") == 0
+    out = capsys.readouterr().out
+    assert "2 complete from earlier launches, 2 to run" in out and "every trial ok" in out
+    trials = pd.read_parquet(sweep / "trials")
+    assert sorted(trials["seed"]) == [0, 0, 1, 1] and set(trials["status"]) == {"ok"}
+    now = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
+    assert {name: now[name] for name in first} == first  # seed 0's models were not trained again
+    recorded = (sweep / "spec.yaml").read_text()
+    assert recorded.startswith(f"# {spec} with overrides: seeds=2\n") and "\nseeds: 2\n" in recorded
+    versions = sorted((sweep / "specs").iterdir())
+    assert len(versions) == 2 and versions[-1].read_text() == recorded
+    assert main(["status", str(sweep)]) == 0
+    status = capsys.readouterr().out
+    assert status.startswith(f"spec: version 2 of 2 (specs/{versions[-1].name}); since version 1: seeds: 2 (was 1)")
+    assert "ok 4; pending 0 of 4" in status
+    assert launch(spec, root, "seeds=2") == 0  # the same override again: nothing to run, no third version
+    assert "4 complete from earlier launches, 0 to run" in capsys.readouterr().out
+    assert len(list((sweep / "specs").iterdir())) == 2
 
 
 def test_seed_packs_write_each_trial_as_an_unpacked_launch_does(ray_session, tmp_path, capsys):
@@ -437,6 +468,81 @@ stop_ray(session)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "gpus 2.0" in done.stdout
+
+
+def test_a_cpu_trial_stays_on_the_cpu_where_torch_sees_a_gpu(ray_session):
+    # Ray 2.60 shows a task that asked for no GPU every GPU of the machine; a CPU trial under `device: auto` must
+    # still run on the CPU. The worker's torch is made to see a GPU at the seam `auto` reads (is_available).
+    from orchestrator.run.trainable import with_gpu_share
+    from pixelreg_core.config import TrialConfig
+
+    @ray_session.remote(num_cpus=1, num_gpus=0)
+    def device_of(cfg: TrialConfig, fake_gpu: bool) -> tuple[str, str]:
+        import torch
+
+        from pixelreg_core.train import resolve_device
+
+        torch.cuda.is_available = lambda: fake_gpu
+        return str(resolve_device(cfg.device)), str(resolve_device(with_gpu_share(cfg).device))
+
+    auto = TrialConfig(device="auto")
+    assert ray_session.get(device_of.remote(auto, True)) == ("cuda", "cpu")  # torch alone would pick the GPU
+    assert ray_session.get(device_of.remote(auto, False)) == ("cpu", "cpu")
+    assert with_gpu_share(TrialConfig(device="cpu")).device == "cpu"  # a named device is left as it is
+
+
+class _Held:
+    """Stands for what a failed attempt's frames hold (model, optimizer, graph): it sits in a reference cycle, as
+    modules with hooks and autograd graphs do, so only a collection frees it."""
+
+    def __init__(self):
+        self.me = self
+
+
+def _failing_attempt(held: list) -> None:
+    model = _Held()  # a local of the failing frame, as train()'s model is
+    held.append(weakref.ref(model))
+    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_retried_trial_starts_without_the_failed_attempts_objects(tmp_path, monkeypatch):
+    from orchestrator.run import trainable
+    from pixelreg_core import trial
+    from pixelreg_core.config import TrialConfig
+
+    held, alive = [], []
+
+    def run_trial(cfg, *args, **kwargs):
+        if not held:
+            _failing_attempt(held)
+        alive.append(held[0]() is not None)
+        return {"trial_id": cfg.trial_id, "status": "ok"}
+
+    monkeypatch.setattr(trial, "run_trial", run_trial)
+    assert trainable._run(TrialConfig(), str(tmp_path), 1, retries=1)["status"] == "ok"
+    assert alive == [False]  # freed before the retry ran
+
+
+def test_a_sticky_cuda_error_ends_the_worker_instead_of_failing_every_later_trial(tmp_path, monkeypatch):
+    from orchestrator.run import trainable
+    from pixelreg_core import trial
+    from pixelreg_core.config import TrialConfig
+
+    class Ended(BaseException):
+        pass
+
+    def end(status):
+        raise Ended(status)
+
+    def run_trial(cfg, *args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(trial, "run_trial", run_trial)
+    monkeypatch.setattr(trainable.os, "_exit", end)
+    with pytest.raises(Ended):
+        trainable._run(TrialConfig(), str(tmp_path), 1, retries=2)
+    monkeypatch.setattr(trial, "run_trial", lambda cfg, *a, **k: _failing_attempt([]))  # out of memory: retried
+    assert trainable._run(TrialConfig(), str(tmp_path), 1, retries=1)["status"] == "failed"
 
 
 def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):

@@ -62,17 +62,19 @@ def parse_distortions(items: list[str] | None) -> dict[str, float]:
 
 def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distortions: dict[str, float] | None = None,
                     figures: bool = True, confirm_seeds: int | None = None,
-                    everything: bool = False) -> dict[str, Any]:
+                    everything: bool = False, confidence: float | None = None) -> dict[str, Any]:
     """Write summary.parquet and best.parquet (and figures/ unless figures=False) for one sweep folder.
 
     Returns what was written: paths, row counts, ok/failed trial counts, failed trial errors, chosen settings and
     the figures written or skipped (with the reason). Statistics columns come from orchestrator.analysis.stats; with
-    confirm_seeds=K the choice is re-made on all but the K highest seeds and scored on those K. Safe to run while a
+    confirm_seeds=K the choice is re-made on all but the K highest seeds and scored on those K. `confidence` (the
+    P(chosen) a decided choice needs) defaults to the folder's current spec's, else 0.9. Safe to run while a
     sweep is still writing: it reads the finished trials only, and every output is replaced atomically.
     """
     import pyarrow.fs as pafs
 
-    from orchestrator.analysis.selection import current, restrict
+    from orchestrator.analysis.selection import current, current_spec, restrict
+    from orchestrator.spec.schema import DEFAULT_CONFIDENCE
     from pixelreg_core.results import compact_tables, filesystem, is_uri, join, read_table
 
     root = str(sweep_dir) if is_uri(sweep_dir) else Path(sweep_dir)
@@ -81,18 +83,25 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
         raise UserError(f"{root}: no trials/ folder here; pass a sweep's results folder such as results/mnist_grid")
     if not math.isfinite(a0) or a0 <= 0:
         raise UserError(f"--a0 {a0}: must be a positive ratio such as 0.9")
+    if confidence is None:
+        spec = current_spec(str(root))
+        confidence = DEFAULT_CONFIDENCE if spec is None else spec.confidence
+    elif not 0 < confidence < 1:
+        raise UserError(f"--confidence {confidence}: must be a probability between 0 and 1 (exclusive), such as 0.9")
     selection = None if everything else current(str(root))  # the current spec's models and evaluations
     trials = restrict(read_table(root, "trials"), selection, "trials")
     robustness = restrict(read_table(root, "robustness"), selection, "robustness")
     ok, failed = split_trials(trials)
     summary = summarize(ok, robustness, failed)
     best = select_best(summary, a0=a0, distortions=distortions or {})
-    best = stats.add_statistics(best, stats.per_seed_values(ok, robustness))
+    seed_values = stats.per_seed_values(ok, robustness)
+    best = stats.add_statistics(best, seed_values)
 
     def choose(trials):  # the paper's rule on a subset of the trials (the seeds --confirm-seeds keeps or holds out)
         return select_best(summarize(trials, robustness, trials.iloc[0:0]), a0=a0, distortions=distortions or {})
 
     best = stats.confirm_selection(best, ok, confirm_seeds, choose)
+    best = stats.add_confidence(best, seed_values, confidence)
 
     summary_path = write_parquet(summary, join(root, "summary.parquet"))
     best_path = write_parquet(best, join(root, "best.parquet"))
@@ -117,6 +126,25 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
                                               spectrum=restrict(read_table(root, "spectrum"), selection, "spectrum"))
         result["figures"], result["skipped_figures"] = written, skipped
     return result
+
+
+def read_derived(sweep_dir: str | os.PathLike, name: str):
+    """summary.parquet or best.parquet (`name`) as a DataFrame; None when it is not there or cannot be read (then
+    it is quarantined: `orchestrator aggregate` writes it again from the tables)."""
+    import io
+
+    import pandas as pd
+
+    from pixelreg_core.results import DAMAGED, join, quarantine, read_bytes
+
+    data = read_bytes(join(str(sweep_dir), name))
+    if data is None:
+        return None
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except DAMAGED as exc:
+        quarantine(sweep_dir, name, exc, "the aggregated results", "`orchestrator aggregate` writes it again")
+        return None
 
 
 # --------------------------------------------------------------------------------------------------- summary

@@ -18,6 +18,7 @@ from orchestrator.analysis.aggregate import (
     SELECTION_KEYS,
     aggregate_sweep,
     describe_epoch_spread,
+    read_derived,
 )
 from orchestrator.errors import UserError
 
@@ -72,8 +73,6 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
                  distortions: dict[str, float] | None = None, confirm_seeds: int | None = None,
                  everything: bool = False) -> str:
     """Aggregate if needed, then write the HTML page (atomically). Returns its path."""
-    import pandas as pd
-
     from orchestrator.analysis.selection import current, restrict
     from pixelreg_core.results import read_table
 
@@ -84,8 +83,11 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
         aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions,
                         confirm_seeds=confirm_seeds, everything=everything)
     trials = restrict(read_table(root, "trials"), None if everything else current(str(root)), "trials")
-    summary = pd.read_parquet(root / "summary.parquet")
-    best = pd.read_parquet(root / "best.parquet")
+    summary, best = read_derived(root, "summary.parquet"), read_derived(root, "best.parquet")
+    if summary is None or best is None:  # damaged (now quarantined): aggregate writes them again
+        aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions,
+                        confirm_seeds=confirm_seeds, everything=everything)
+        summary, best = read_derived(root, "summary.parquet"), read_derived(root, "best.parquet")
     page = render(root, trials, summary, best)
     path = Path(out) if out else root / "report.html"
     from pixelreg_core.results import atomic_path
@@ -107,8 +109,8 @@ def render(root: Path, trials, summary, best) -> str:
         f"<title>pixelreg report: {name}</title><style>{STYLE}</style></head><body>",
         f"<h1>pixelreg sweep report: {name}</h1>",
         f'<p class="meta">{html.escape(str(root.resolve()))} &middot; generated {now}</p>',
-        "<h2>Sweep status</h2>", status_section(trials), race_section(root), epoch_spread_section(summary),
-        timing_section(trials),
+        "<h2>Sweep status</h2>", spec_section(root), status_section(trials), race_section(root),
+        epoch_spread_section(summary), timing_section(trials),
         "<h2>Best (Th, α) per task, regularization set and attack</h2>", chosen_section(best, a0),
         "<h2>Figures</h2>", figures_section(root / "figures"),
         "<h2>Tables</h2>",
@@ -132,6 +134,20 @@ def table_html(frame) -> str:
         frame = frame.head(MAX_TABLE_ROWS)
     frame = frame.astype({c: "float64" for c, t in frame.dtypes.items() if str(t) == "Int64"})  # <NA> -> dash
     return note + frame.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}", border=0)
+
+
+def spec_section(root: Path) -> str:
+    """Which spec the page is of (its version, what changed from the one before) and its text, as it ran (with
+    any command-line overrides applied)."""
+    from orchestrator.analysis.selection import spec_line
+
+    line = spec_line(str(root))
+    path = root / "spec.yaml"
+    text = path.read_text(encoding="utf-8") if path.is_file() else None
+    out = f"<p>{html.escape(line)}</p>" if line else ""
+    if text is not None:
+        out += details("The spec that ran (spec.yaml)", f"<pre>{html.escape(text)}</pre>")
+    return out
 
 
 def status_section(trials) -> str:

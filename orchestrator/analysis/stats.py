@@ -27,6 +27,8 @@ from orchestrator.errors import UserError
 LEVEL = 0.95  # two-sided confidence level of ci_low / ci_high
 ALPHA_SIGNIFICANT = 0.05  # p_holm below this is `significant`; also the curve markers' threshold
 STAT_COLUMNS = ["diff", "ci_low", "ci_high", "p_value", "p_holm", "significant"]
+CONFIDENCE_COLUMNS = ["r0_over_u0_low", "r0_over_u0_high", "rd_over_ud_low", "rd_over_ud_high", "p_acceptable",
+                      "p_chosen", "confidence", "decided"]
 CONFIRM_COLUMNS = ["held_out_seeds", "train_chosen", "confirmed_r0_over_u0", "confirmed_rd_over_ud"]
 
 
@@ -113,6 +115,11 @@ def _key(values) -> tuple:
     return tuple(None if pd.isna(v) else v for v in values)
 
 
+# The group of a setting's seeds and of its baseline's, each with the curve point (eps last).
+_SETTING_COLS = ["sweep", "task", "reg_data", "arch"] + SETTING_KEYS + ["attack", "metric", "eps"]
+_BASE_COLS = ["sweep", "task", "arch", "attack", "metric", "eps"]
+
+
 def add_statistics(best, values):
     """best.parquet plus diff, ci_low, ci_high, p_value, p_holm, significant at each row's d_used.
 
@@ -124,8 +131,7 @@ def add_statistics(best, values):
 
     best = best.copy()
     samples: dict[tuple, list[float]] = {}
-    setting_cols = ["sweep", "task", "reg_data", "arch"] + SETTING_KEYS + ["attack", "metric", "eps"]
-    base_cols = ["sweep", "task", "arch", "attack", "metric", "eps"]
+    setting_cols, base_cols = _SETTING_COLS, _BASE_COLS
     for role, cols in (("trial", setting_cols), ("baseline", base_cols)):
         part = values[values["role"] == role]
         for key, group in part.groupby(cols, dropna=False, sort=False):
@@ -145,6 +151,61 @@ def add_statistics(best, values):
     for _, idx in best.groupby(SELECTION_KEYS, dropna=False).groups.items():
         best.loc[idx, "p_holm"] = holm(best.loc[idx, "p_value"].to_numpy())
     best["significant"] = (best["p_holm"] < ALPHA_SIGNIFICANT).astype(bool)
+    return best
+
+
+def seed_pairs(values) -> dict[tuple, object]:
+    """{(role, *group key, attack, metric, eps): (n, 2) array}: per trial of the group, its clean accuracy and its
+    value at that attack, metric and eps; only trials that have both; in seed order. The group key is the one
+    add_statistics uses (a setting: sweep, task, reg_data, arch, target, range, th, alpha; the baseline: sweep,
+    task, arch)."""
+    import numpy as np
+
+    clean = values[values["attack"] == CLEAN].drop_duplicates("trial_id").set_index("trial_id")["value"]
+    attacked = values[values["attack"] != CLEAN].sort_values("seed", kind="stable")  # not the files' order
+    pairs: dict[tuple, object] = {}
+    for role, cols in (("trial", _SETTING_COLS), ("baseline", _BASE_COLS)):
+        part = attacked[attacked["role"] == role]
+        for key, group in part.groupby(cols, dropna=False, sort=False):
+            both = np.column_stack([clean.reindex(group["trial_id"]).to_numpy(dtype=float),
+                                    group["value"].to_numpy(dtype=float)])
+            pairs[(role,) + _key(key)] = both[np.isfinite(both).all(axis=1)]
+    return pairs
+
+
+def add_confidence(best, values, confidence: float):
+    """best.parquet plus CONFIDENCE_COLUMNS: per setting the 90% intervals of R0/U0 and RD/UD, P(acceptable) and
+    P(chosen) from orchestrator.analysis.confidence, the `confidence` asked for, and `decided` (the same on every
+    row of a selection): the chosen setting's p_chosen >= confidence, or where nothing is chosen, P(no setting
+    acceptable) >= confidence. A selection with a setting or baseline of fewer than 2 seeds is never decided."""
+    import numpy as np
+
+    from orchestrator.analysis.confidence import choice_confidence
+
+    best = best.copy()
+    for column in CONFIDENCE_COLUMNS[:6]:
+        best[column] = np.nan
+    best["confidence"] = float(confidence)
+    best["decided"] = False
+    pairs = seed_pairs(values)
+    empty = np.empty((0, 2))
+    for _, idx in best.groupby(SELECTION_KEYS, dropna=False, sort=False).groups.items():
+        # select_best's last tie-breaks: smaller alpha, then smaller Th (then best's own order)
+        part = best.loc[idx].sort_values(["alpha", "th"], kind="stable")
+        d_used = part["d_used"].unique()
+        if part["attack"].iloc[0] == CLEAN or len(d_used) != 1:
+            continue  # settings at different D (eps grids of several spec versions) share no one baseline value
+        settings = [pairs.get(("trial",) + _key([row[c] for c in _SETTING_COLS[:-1]] + [d_used[0]]), empty)
+                    for row in part.to_dict("records")]
+        first = part.iloc[0]
+        baseline = pairs.get(("baseline",) + _key([first[c] for c in _BASE_COLS[:-1]] + [d_used[0]]), empty)
+        c = choice_confidence(settings, baseline, a0=float(part["a0"].iloc[0]))
+        for column, got in zip(CONFIDENCE_COLUMNS[:6], (c.r0u0_low, c.r0u0_high, c.rdud_low, c.rdud_high,
+                                                        c.p_acceptable, c.p_chosen), strict=True):
+            best.loc[part.index, column] = got
+        chosen = part["chosen"].to_numpy()
+        sure = c.p_chosen[chosen][0] if chosen.any() else c.p_none
+        best.loc[part.index, "decided"] = bool(sure >= confidence)  # NaN: not decided
     return best
 
 

@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confirm-seeds", type=int, default=None, metavar="K",
                         help="choose (Th, alpha) on all but the K highest seed ids and report the choice's ratios "
                              "on those K held-out seeds (confirmed_* columns of best.parquet)")
+    parser.add_argument("--confidence", type=float, default=None, metavar="P",
+                        help="the p_chosen at or above which a choice counts as decided (default: the spec's "
+                             "`confidence`, 0.9 when it has none)")
     parser.add_argument("--no-figures", action="store_true", help="write the Parquet files only")
     parser.add_argument("--everything", action="store_true",
                         help="every model and evaluation the folder holds (default: those of its current spec)")
@@ -26,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     distortions = parse_distortions(args.distortion)
     out = aggregate_sweep(args.sweep_dir, a0=args.a0, distortions=distortions, figures=not args.no_figures,
-                          confirm_seeds=args.confirm_seeds, everything=args.everything)
+                          confirm_seeds=args.confirm_seeds, everything=args.everything,
+                          confidence=args.confidence)
     print(f"{out['trials_ok']} ok trial(s), {out['trials_failed']} failed (left out)")
     for trial_id, error in out["failed"].items():
         print(f"  failed {trial_id}: {error}")
