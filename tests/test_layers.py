@@ -18,9 +18,9 @@ PACKAGES = ("pixelreg_core", "orchestrator")
 # the trial runs everything. orchestrator, in the pipeline's order: the spec; the sweep folder as state (its lock
 # stops a dead holder's Ray through localray.processes, and the plan's --mps check asks localray.mps, so those two
 # come before it); the plan (what to run, preflight, resources, the estimate); starting the local Ray (it is told
-# the GPUs plan.resources sees); the run on Ray (it starts Ray); the analysis of finished rows (its `load` reads the
-# sweep folder); the commands on top. Two modules of the analysis stand earlier: analysis.curves, the arithmetic of
-# an accuracy curve (nearest eps, ratios), which the search's objective (run) shares with the aggregate; and
+# the GPUs plan.resources sees); the analysis of finished rows (its `load` reads the sweep folder), before the run
+# because a race (run.race) decides its next seeds from the aggregate; the run on Ray; the commands on top. Two
+# modules of the analysis stand earlier still: analysis.curves, the arithmetic of an accuracy curve, and
 # analysis.selection, which rows belong to the folder's current spec and its spec versions, which resume reads.
 # Every orchestrator stage sits above all of pixelreg_core.
 STAGES = [
@@ -41,8 +41,8 @@ STAGES = [
     ["orchestrator.sweepdir"],
     ["orchestrator.plan"],
     ["orchestrator.localray"],
-    ["orchestrator.run"],
     ["orchestrator.analysis"],
+    ["orchestrator.run"],
     ["orchestrator.commands", "orchestrator.cli", "orchestrator"],
 ]
 

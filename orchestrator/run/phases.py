@@ -90,6 +90,12 @@ def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None
     dependency is the evaluation's, not the training's). With ASHA or seed packs (a pack reads its source when it
     starts): the sources first, then baselines and grid trials (baselines never stopped early by ASHA: every ratio
     is taken against them). Then the Optuna studies, then the evaluations left for later."""
+    if plan.race is not None:  # seeds: {start, max}: one Tuner the race keeps fed (run.race)
+        from orchestrator.run.race import run_race
+
+        run_race(runner, plan.race)
+        runner.grid_phase("evaluations", deferred_evaluations(plan, log), counted=False)
+        return
     sources = [c for c in todo if c.role == "fgsm_source"]
     baselines = [c for c in todo if c.role == "baseline"]
     trials = [c for c in todo if c.role not in ("fgsm_source", "baseline")]
