@@ -215,7 +215,7 @@ def chosen_section(best, a0: float) -> str:
             table[column] = [_with_interval(*v) for v in table[[column, f"{column}_low", f"{column}_high"]].values]
             table = table.drop(columns=[f"{column}_low", f"{column}_high"]).rename(
                 columns={column: f"{column} [90%]"})
-XX
+    return (note + choice_lines(best) + f'<div class="scroll">{table_html(table, classes="nowrap")}</div>'
             + "<p>A row of dashes: no acceptable setting for that attack.</p>" + confirm_section(best))
 
 
