@@ -13,19 +13,23 @@ Usage: .venv/bin/python benchmarks/bench_attacks.py [--task digits|idx:PATH] [--
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from pixelreg_core.attacks import boundary, fgsm
-from pixelreg_core.attacks import source as attack_source
-from pixelreg_core.attacks.common import accuracy, correct_subset
-from pixelreg_core.config import TrialConfig
-from pixelreg_core.data.bundle import prepare_data
-from pixelreg_core.model import save_checkpoint
-from pixelreg_core.train import quick_fit
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.fit, also when run as a script
+
+from benchmarks.fit import quick_fit  # noqa: E402
+from pixelreg_core.attacks import boundary, fgsm  # noqa: E402
+from pixelreg_core.attacks import source as attack_source  # noqa: E402
+from pixelreg_core.attacks.common import accuracy, correct_subset  # noqa: E402
+from pixelreg_core.config import TrialConfig  # noqa: E402
+from pixelreg_core.data.bundle import prepare_data  # noqa: E402
+from pixelreg_core.model import save_checkpoint  # noqa: E402
 
 
 def cached_signs(ckpt, cfg, x, y, cache_dir):

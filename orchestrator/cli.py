@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from orchestrator.errors import UserError
+from orchestrator.spec.overrides import is_override
 from pixelreg_core.config import ConfigError
 
 # subcommand -> (module in orchestrator/commands/, one-line help). Modules are imported lazily: `plan` must not pay
@@ -39,7 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may also follow the options (`launch SPEC --results R seeds=5`); argparse leaves those
+    # over, and they join the ones it took
+    args, rest = parser.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and all(is_override(word) for word in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args._module.run(args) or 0)
     except (UserError, ConfigError) as exc:

@@ -54,24 +54,42 @@ def uses_channels_last(cfg: TrialConfig, device: torch.device, image_side: int |
                 and smallest_feature_map(image_side) >= CPU_CHANNELS_LAST_MIN_MAP)
 
 
+def tf32_switches() -> list[tuple[Any, str, Any, Any]]:
+    """Where TF32 is switched, as (owner, attribute, value for on, value for off): cuDNN's convolutions and cuBLAS
+    matmuls. torch >= 2.9 has the `fp32_precision` API; there, reading the legacy `allow_tf32` after
+    anything (torch, a library, a user) set the new one raises ("a mix of the legacy and new APIs"), so the new
+    API is used wherever torch offers it and the legacy flags only where it does not."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision") and hasattr(matmul, "fp32_precision"):
+        return [(cudnn.conv, "fp32_precision", "tf32", "ieee"), (matmul, "fp32_precision", "tf32", "ieee")]
+    return [(cudnn, "allow_tf32", True, False), (matmul, "allow_tf32", True, False)]
+
+
+def tf32_enabled() -> tuple[bool, bool]:
+    """(convolutions, matmuls) run in TF32 on CUDA now, read through the API `tf32_switches` uses."""
+    return tuple(getattr(owner, name) == on for owner, name, on, _ in tf32_switches())
+
+
 @contextlib.contextmanager
 def kernel_settings(cfg: TrialConfig, device: torch.device) -> Iterator[None]:
     """The process-wide kernel flags for the trial only (a Ray worker runs many trials and must find them as they
-    were): cudnn.benchmark, and TF32 for convolutions and matmuls. On CUDA `tf32` sets both TF32 flags, so off is
-    plain float32 everywhere: torch's own defaults are TF32 on for cuDNN convolutions and off for matmuls. The
-    flags act on CUDA only; on other devices they are left as they are."""
-    flags = (("cudnn", "benchmark"), ("cudnn", "allow_tf32"), ("matmul", "allow_tf32"))
-    owners = {"cudnn": torch.backends.cudnn, "matmul": torch.backends.cuda.matmul}
-    before = [getattr(owners[owner], name) for owner, name in flags]
+    were): cudnn.benchmark, and TF32 for convolutions and matmuls. On CUDA `tf32` sets every TF32 switch, so off
+    is plain float32 everywhere: torch's own defaults are TF32 on for cuDNN convolutions and off for matmuls. The
+    flags act on CUDA only; on other devices they are left as they are. trial.py and pack/trial.py hold them for
+    the whole trial (the untrained model's evaluation, the epochs, every attack and the FGSM cache), so a trial's
+    accuracies are all of one arithmetic; train() holds them too, for callers that train without a trial."""
+    switches = tf32_switches() if device.type == "cuda" else []
+    before = [getattr(owner, name) for owner, name, _, _ in switches]
+    benchmark_before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark and device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
-        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
+    for owner, name, on, off in switches:
+        setattr(owner, name, on if cfg.tf32 else off)
     try:
         yield
     finally:
-        for (owner, name), value in zip(flags, before, strict=True):
-            setattr(owners[owner], name, value)
+        torch.backends.cudnn.benchmark = benchmark_before
+        for (owner, name, _, _), value in zip(switches, before, strict=True):
+            setattr(owner, name, value)
 
 
 def make_optimizer(cfg: TrialConfig, model: PairResNet, device: torch.device) -> torch.optim.SGD:

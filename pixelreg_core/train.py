@@ -37,49 +37,63 @@ from pixelreg_core.data.bundle import DataBundle, augment_batch
 from pixelreg_core.data.placement import DeviceImages, images_for
 from pixelreg_core.hooks import faults
 from pixelreg_core.kernels import autocast, compile_session, kernel_settings, make_optimizer, uses_channels_last
-from pixelreg_core.model import PairResNet, build_model, eval_logits
+from pixelreg_core.model import PairResNet, eval_logits
 from pixelreg_core.targets.builders import similarity_loss
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto picks cuda, then mps, then cpu; asking for a device that is absent is a user error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda was asked for but no GPU is visible; use device cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device", "mps was asked for but is not available; use device cpu or auto")
-    return torch.device(name)
+def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | None, device: torch.device,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          checkpoint: EpochCheckpoint | None = None) -> TrainResult:
+    """Train `model` on `data`; `target` (from targets.registry.build_target) is None for an unregularized model.
+    With `checkpoint`, training resumes after the last epoch saved there and saves after every epoch.
 
+    Everything random draws from one generator on `device`; on CPU that is the generator the numbers always came
+    from. Build the target from images on `device` too (trial.py does), so that its pairs are drawn there.
+    """
+    regularized = cfg.regularized
+    if regularized and target is None:
+        raise ValueError(f"alpha is {cfg.alpha} but no target was given; build one with targets.registry.build_target")
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    reg_x = getattr(target, "images", None)
+    placed = PlacedData.of(data, reg_x if reg_x is not None else data.reg_x, device)
+    channels_last = uses_channels_last(cfg, device, min(data.train_x.shape[-2:]))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model, device)
+    step_fn = compiled_step(cfg)
+    saved = checkpoint.restore(model, optimizer, generator, target) if checkpoint is not None else None
+    result, best_valid = initial_result(cfg, model, placed, saved)
+    with kernel_settings(cfg, device), compile_session(cfg):
+        for epoch in range(result.resumed_from_epoch, cfg.epochs):
+            started = time.perf_counter()
+            lr = learning_rate(cfg, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            per_step, pairs = train_epoch(cfg, placed, data.augment, model, target, optimizer, step_fn, generator,
+                                          channels_last)
+            # The epoch's one read of its step numbers (a device synchronisation); a non-finite loss stops the
+            # trial here, before this epoch's weights are validated or kept.
+            rows = torch.stack(per_step).tolist()
+            check_finite(cfg, rows, epoch, lr)
+            pair_values = torch.cat(pairs, dim=1).cpu() if regularized else None
 
-def batch_starts(n: int, batch_size: int) -> list[int]:
-    """Start indices of the classification batches of one epoch: all batches full but the last, except that a
-    last batch of a single image is folded into the one before it. BatchNorm cannot train on one image whose
-    feature map has shrunk to 1 x 1 (8 x 8 digits after three stride-2 stages): it would stop the trial."""
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
-    return starts
-
-
-def learning_rate(cfg: TrialConfig, epoch: int) -> float:
-    """Cycles of `cycle_phases` phases of `phase_epochs` epochs; lr * decay**phase, restarting each cycle."""
-    phase = (epoch // cfg.phase_epochs) % cfg.cycle_phases
-    return cfg.lr * cfg.lr_decay**phase
-
-
-def selection_score(row: dict[str, Any], select: str) -> float:
-    """The `select` rule as one number, lower is better: the validation loss, minus the validation accuracy, or
-    minus the epoch (`last`). Ties keep the earlier epoch (the comparison is strict)."""
-    if select == "valid_loss":
-        return row["valid_loss"]
-    if select == "valid_acc":
-        return -row["valid_acc"]
-    return -float(row["epoch"])
+            # Evaluation in float32 whatever `amp` says, as every attack runs: clean_acc (the best epoch's
+            # test_acc) and the attacks' accuracies are then numbers of the same model, and the validation loss
+            # that picks the best epoch is not rounded to bf16.
+            valid = evaluate_split(model, placed.valid_x, placed.valid_y)
+            _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
+            row = epoch_row(cfg, epoch, lr, rows, pair_values, valid, test_acc, len(placed.train_x), started)
+            result.epochs.append(row)
+            best_valid = keep_if_best(cfg, result, row, best_valid, model)
+            if checkpoint is not None:
+                checkpoint.save(epochs_done=epoch + 1, model=model, optimizer=optimizer, generator=generator,
+                                rows=result.epochs, best_state=result.best_state, best_epoch=result.best_epoch,
+                                best_valid=best_valid, untrained=result.untrained, target=target)
+            if on_epoch is not None:
+                on_epoch(dict(row))
+            faults.after_epoch(cfg.trial_id, epoch + 1, model)  # test-only, off unless PIXELREG_FAULTS is set
+    return result
 
 
 @dataclass
@@ -97,29 +111,50 @@ class TrainResult:
         return self.epochs[self.best_epoch - 1]
 
 
-@torch.no_grad()
-def evaluate_split(model: PairResNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, *,
-                   amp: bool = False) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) in eval mode; one host read for the whole split."""
-    model.eval()
-    parts = []
-    for start in range(0, len(x), batch_size):
-        with autocast(x.device, amp):
-            logits = eval_logits(model, x[start:start + batch_size])  # CPU: in cache-sized pieces, same logits
-        target = y[start:start + batch_size]
-        loss = F.cross_entropy(logits.float(), target, reduction="sum")
-        parts.append(torch.stack([loss.double(), (logits.argmax(1) == target).sum().double()]))
-    loss_sum, correct = 0.0, 0
-    for batch_loss, batch_correct in (torch.stack(parts).tolist() if parts else []):
-        loss_sum += batch_loss  # float32 sums added in Python floats, batch by batch
-        correct += int(batch_correct)
-    return loss_sum / max(len(x), 1), correct / max(len(x), 1)
+def train_epoch(cfg: TrialConfig, placed: PlacedData, augment: bool, model: PairResNet, target: Any | None,
+                optimizer: torch.optim.Optimizer, step_fn: Callable[..., tuple[torch.Tensor, ...]],
+                generator: torch.Generator, channels_last: bool = False
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One epoch of steps with no read back to the host.
 
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    if len(a) < 2 or a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    Returns per step a device tensor (loss, loss_cls, loss_sim, correct) in float64 (exact for float32 values
+    and counts), and per regularized step a [2, k] tensor (S_cnn, S_target): the caller reads them once.
+    """
+    device = placed.train_y.device
+    order = torch.randperm(len(placed.train_x), generator=generator, device=generator.device)
+    starts = batch_starts(len(order), cfg.batch_size)
+    graphs = cfg.compile in ("reduce-overhead", "max-autotune") and device.type == "cuda"  # both capture graphs
+    per_step, pairs = [], []
+    for step, start in enumerate(starts):
+        idx = order[start:starts[step + 1] if step + 1 < len(starts) else len(order)]
+        x, y = placed.train_x.take(idx), placed.train_y[idx.to(device)]
+        if augment:
+            x = augment_batch(x, generator)
+        xa = xb = s_target = None
+        if target is not None:
+            i, j, s_target = target.sample(cfg.reg_pairs, generator)
+            xa, xb = placed.reg_x.take(i), placed.reg_x.take(j)
+            s_target = s_target.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            if xa is not None:
+                xa, xb = (t.contiguous(memory_format=torch.channels_last) for t in (xa, xb))
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        # a batch of another size (the epoch's last) runs eager: compiling it would add a second graph per trial
+        run_step = step_fn if len(idx) == cfg.batch_size else step_losses
+        loss, loss_cls, loss_sim, correct, s_cnn = run_step(model, x, y, xa, xb, s_target, cfg.alpha, cfg.arctanh,
+                                                            cfg.amp)
+        # Copies taken before backward: with CUDA graphs the next replay reuses the outputs' memory.
+        per_step.append(torch.stack([loss.detach(), loss_cls.detach(),
+                                     (loss_cls if loss_sim is None else loss_sim).detach(),
+                                     correct.to(loss.dtype)]).double())
+        if s_cnn is not None:
+            pairs.append(torch.stack([s_cnn.detach(), s_target.to(s_cnn.dtype)]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return per_step, pairs
 
 
 def step_losses(model: PairResNet, x: torch.Tensor, y: torch.Tensor, xa: torch.Tensor | None,
@@ -149,6 +184,25 @@ def compiled_step(cfg: TrialConfig) -> Callable[..., tuple[torch.Tensor, ...]]:
     if cfg.compile == "none":
         return step_losses
     return torch.compile(step_losses, mode=None if cfg.compile == "default" else cfg.compile)
+
+
+@torch.no_grad()
+def evaluate_split(model: PairResNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, *,
+                   amp: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in eval mode; one host read for the whole split."""
+    model.eval()
+    parts = []
+    for start in range(0, len(x), batch_size):
+        with autocast(x.device, amp):
+            logits = eval_logits(model, x[start:start + batch_size])  # CPU: in cache-sized pieces, same logits
+        target = y[start:start + batch_size]
+        loss = F.cross_entropy(logits.float(), target, reduction="sum")
+        parts.append(torch.stack([loss.double(), (logits.argmax(1) == target).sum().double()]))
+    loss_sum, correct = 0.0, 0
+    for batch_loss, batch_correct in (torch.stack(parts).tolist() if parts else []):
+        loss_sum += batch_loss  # float32 sums added in Python floats, batch by batch
+        correct += int(batch_correct)
+    return loss_sum / max(len(x), 1), correct / max(len(x), 1)
 
 
 @dataclass
@@ -198,6 +252,22 @@ def initial_result(cfg: TrialConfig, model: PairResNet, placed: PlacedData, save
     return result, best_valid
 
 
+def learning_rate(cfg: TrialConfig, epoch: int) -> float:
+    """Cycles of `cycle_phases` phases of `phase_epochs` epochs; lr * decay**phase, restarting each cycle."""
+    phase = (epoch // cfg.phase_epochs) % cfg.cycle_phases
+    return cfg.lr * cfg.lr_decay**phase
+
+
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Start indices of the classification batches of one epoch: all batches full but the last, except that a
+    last batch of a single image is folded into the one before it. BatchNorm cannot train on one image whose
+    feature map has shrunk to 1 x 1 (8 x 8 digits after three stride-2 stages): it would stop the trial."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return starts
+
+
 def check_finite(cfg: TrialConfig, rows: list[list[float]], epoch: int, lr: float) -> None:
     """A non-finite loss in the epoch's step rows stops the trial, naming the first bad step."""
     for step, (loss, _, _, _) in enumerate(rows):
@@ -232,6 +302,16 @@ def epoch_row(cfg: TrialConfig, epoch: int, lr: float, rows: list[list[float]], 
     }
 
 
+def selection_score(row: dict[str, Any], select: str) -> float:
+    """The `select` rule as one number, lower is better: the validation loss, minus the validation accuracy, or
+    minus the epoch (`last`). Ties keep the earlier epoch (the comparison is strict)."""
+    if select == "valid_loss":
+        return row["valid_loss"]
+    if select == "valid_acc":
+        return -row["valid_acc"]
+    return -float(row["epoch"])
+
+
 def keep_if_best(cfg: TrialConfig, result: TrainResult, row: dict[str, Any], best: float, model: PairResNet
                  ) -> float:
     """Keep the epoch's weights when `select` scores it better than the best so far (ties keep the earlier
@@ -244,118 +324,23 @@ def keep_if_best(cfg: TrialConfig, result: TrainResult, row: dict[str, Any], bes
     return best
 
 
-def train(cfg: TrialConfig, data: DataBundle, model: PairResNet, target: Any | None, device: torch.device,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          checkpoint: EpochCheckpoint | None = None) -> TrainResult:
-    """Train `model` on `data`; `target` (from target_kinds.build_target) is None for an unregularized model.
-    With `checkpoint`, training resumes after the last epoch saved there and saves after every epoch.
-
-    Everything random draws from one generator on `device`; on CPU that is the generator the numbers always came
-    from. Build the target from images on `device` too (trial.py does), so that its pairs are drawn there.
-    """
-    regularized = cfg.regularized
-    if regularized and target is None:
-        raise ValueError(f"alpha is {cfg.alpha} but no target was given; build one with target_kinds.build_target")
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    reg_x = getattr(target, "images", None)
-    placed = PlacedData.of(data, reg_x if reg_x is not None else data.reg_x, device)
-    channels_last = uses_channels_last(cfg, device, min(data.train_x.shape[-2:]))
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model, device)
-    step_fn = compiled_step(cfg)
-    saved = checkpoint.restore(model, optimizer, generator, target) if checkpoint is not None else None
-    result, best_valid = initial_result(cfg, model, placed, saved)
-    with kernel_settings(cfg, device), compile_session(cfg):
-        for epoch in range(result.resumed_from_epoch, cfg.epochs):
-            started = time.perf_counter()
-            lr = learning_rate(cfg, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.train()
-            per_step, pairs = train_epoch(cfg, placed, data.augment, model, target, optimizer, step_fn, generator,
-                                          channels_last)
-            # The epoch's one read of its step numbers (a device synchronisation); a non-finite loss stops the
-            # trial here, before this epoch's weights are validated or kept.
-            rows = torch.stack(per_step).tolist()
-            check_finite(cfg, rows, epoch, lr)
-            pair_values = torch.cat(pairs, dim=1).cpu() if regularized else None
-
-            # Evaluation in float32 whatever `amp` says, as every attack runs: clean_acc (the best epoch's
-            # test_acc) and the attacks' accuracies are then numbers of the same model, and the validation loss
-            # that picks the best epoch is not rounded to bf16.
-            valid = evaluate_split(model, placed.valid_x, placed.valid_y)
-            _, test_acc = evaluate_split(model, placed.test_x, placed.test_y)
-            row = epoch_row(cfg, epoch, lr, rows, pair_values, valid, test_acc, len(placed.train_x), started)
-            result.epochs.append(row)
-            best_valid = keep_if_best(cfg, result, row, best_valid, model)
-            if checkpoint is not None:
-                checkpoint.save(epochs_done=epoch + 1, model=model, optimizer=optimizer, generator=generator,
-                                rows=result.epochs, best_state=result.best_state, best_epoch=result.best_epoch,
-                                best_valid=best_valid, untrained=result.untrained, target=target)
-            if on_epoch is not None:
-                on_epoch(dict(row))
-            faults.after_epoch(cfg.trial_id, epoch + 1, model)  # test-only, off unless PIXELREG_FAULTS is set
-    return result
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
-def train_epoch(cfg: TrialConfig, placed: PlacedData, augment: bool, model: PairResNet, target: Any | None,
-                optimizer: torch.optim.Optimizer, step_fn: Callable[..., tuple[torch.Tensor, ...]],
-                generator: torch.Generator, channels_last: bool = False
-                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """One epoch of steps with no read back to the host.
+def resolve_device(name: str) -> torch.device:
+    """auto picks cuda, then mps, then cpu; asking for a device that is absent is a user error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for but no GPU is visible; use device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device", "mps was asked for but is not available; use device cpu or auto")
+    return torch.device(name)
 
-    Returns per step a device tensor (loss, loss_cls, loss_sim, correct) in float64 (exact for float32 values
-    and counts), and per regularized step a [2, k] tensor (S_cnn, S_target): the caller reads them once.
-    """
-    device = placed.train_y.device
-    order = torch.randperm(len(placed.train_x), generator=generator, device=generator.device)
-    starts = batch_starts(len(order), cfg.batch_size)
-    graphs = cfg.compile in ("reduce-overhead", "max-autotune") and device.type == "cuda"  # both capture graphs
-    per_step, pairs = [], []
-    for step, start in enumerate(starts):
-        idx = order[start:starts[step + 1] if step + 1 < len(starts) else len(order)]
-        x, y = placed.train_x.take(idx), placed.train_y[idx.to(device)]
-        if augment:
-            x = augment_batch(x, generator)
-        xa = xb = s_target = None
-        if target is not None:
-            i, j, s_target = target.sample(cfg.reg_pairs, generator)
-            xa, xb = placed.reg_x.take(i), placed.reg_x.take(j)
-            s_target = s_target.to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-            if xa is not None:
-                xa, xb = (t.contiguous(memory_format=torch.channels_last) for t in (xa, xb))
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        # a batch of another size (the epoch's last) runs eager: compiling it would add a second graph per trial
-        run_step = step_fn if len(idx) == cfg.batch_size else step_losses
-        loss, loss_cls, loss_sim, correct, s_cnn = run_step(model, x, y, xa, xb, s_target, cfg.alpha, cfg.arctanh,
-                                                            cfg.amp)
-        # Copies taken before backward: with CUDA graphs the next replay reuses the outputs' memory.
-        per_step.append(torch.stack([loss.detach(), loss_cls.detach(),
-                                     (loss_cls if loss_sim is None else loss_sim).detach(),
-                                     correct.to(loss.dtype)]).double())
-        if s_cnn is not None:
-            pairs.append(torch.stack([s_cnn.detach(), s_target.to(s_cnn.dtype)]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return per_step, pairs
-
-
-def quick_fit(cfg: TrialConfig, data: DataBundle, steps: int) -> PairResNet:
-    """A model worth attacking in seconds, for tests and benchmarks: `steps` plain SGD steps (lr 0.05, momentum 0.9)
-    on random batches of 64, seeded by cfg.seed; no pair loss, schedule or validation (that is `train`)."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.in_channels, data.num_classes, data.input_scale, data.input_shift)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(data.train_y), (64,), generator=gen)
-        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.fit import quick_fit
 from pixelreg_core import attacks
 from pixelreg_core.attacks import boundary, corruptions, fgsm, minimal, noise, resolve
 from pixelreg_core.attacks.common import accuracy, predict
@@ -17,7 +18,6 @@ from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import save_checkpoint
 from pixelreg_core.results import SCHEMAS, key_values, to_arrow
-from pixelreg_core.train import quick_fit
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ def test_eps_zero_equals_clean_accuracy(setup):
         assert len(at_zero) == 1 and at_zero[0]["value"] == clean and at_zero[0]["images"] == len(data.test_y)
 
 
+@pytest.mark.float
 def test_the_shortcuts_give_the_rows_the_plain_loops_give(setup, monkeypatch):
     """CPU forwards in cache-sized chunks and one clean accuracy shared by every eps-0 point: the same rows, value
     for value, as each curve running every eps itself in whole batches; the clean images are classified once."""

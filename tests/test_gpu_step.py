@@ -275,16 +275,82 @@ def test_fused_sgd_and_the_cuda_only_options_train_on_cpu():
 @pytest.mark.parametrize("tf32", [False, True])
 def test_tf32_is_an_explicit_kernel_option_and_off_is_plain_float32_on_cuda(tf32):
     # The flags are process-wide and settable without a GPU; the device only says which backend they are for.
-    from pixelreg_core.kernels import kernel_settings
+    from pixelreg_core.kernels import kernel_settings, tf32_enabled
 
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    before = tf32_enabled()
     cfg = tiny(tf32=tf32)
     assert cfg.trial_id == tiny().trial_id  # a kernel option: not part of the trial id
     with kernel_settings(cfg, torch.device("cuda")):
-        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
-    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before  # restored
+        assert tf32_enabled() == (tf32, tf32)
+    assert tf32_enabled() == before  # restored
     with kernel_settings(cfg, torch.device("cpu")):  # no CUDA kernels run: left as they are
-        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+        assert tf32_enabled() == before
+
+
+def test_tf32_never_reads_the_legacy_flags_once_the_new_api_was_used():
+    # torch >= 2.9: reading cudnn.allow_tf32 after anything set the new fp32_precision API raises ("a mix of the
+    # legacy and new APIs"); the trial must neither read it nor leave the switches otherwise than it found them.
+    from pixelreg_core.kernels import kernel_settings, tf32_enabled
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if not hasattr(conv, "fp32_precision"):
+        pytest.skip("this torch has no fp32_precision API")
+    found = (conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision)
+    try:
+        conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision = "tf32", "ieee"  # as a library might
+        with pytest.raises(RuntimeError):
+            torch.backends.cudnn.allow_tf32  # noqa: B018 - the read that must not happen
+        with kernel_settings(tiny(tf32=False), torch.device("cuda")):
+            assert tf32_enabled() == (False, False)
+        assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision = found
+
+
+def test_the_kernel_settings_hold_for_the_whole_trial(tmp_path, monkeypatch):
+    # On CUDA the settings (tf32) must cover the untrained model's evaluation, the epochs and every attack, so
+    # clean_acc and the attacks' accuracies are of one arithmetic. On a CPU the flags do nothing, so the scope is
+    # shown at its seam: how deep in kernel_settings each evaluation and attack runs.
+    import contextlib
+
+    from pixelreg_core import attacks, kernels, train, trial
+
+    depth, seen = [0], []
+    real = kernels.kernel_settings
+
+    @contextlib.contextmanager
+    def counted(cfg, device):
+        with real(cfg, device):
+            depth[0] += 1
+            try:
+                yield
+            finally:
+                depth[0] -= 1
+
+    def spy(name, fn):
+        def wrapper(*args, **kwargs):
+            seen.append((name, depth[0]))
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(trial, "kernel_settings", counted)
+    monkeypatch.setattr(train, "evaluate_split", spy("evaluate_split", train.evaluate_split))
+    monkeypatch.setattr(attacks, "evaluate", spy("attacks", attacks.evaluate))
+    cfg = tiny(epochs=1, select_untrained=True)
+    assert trial.run_trial(cfg, tmp_path)["status"] == "ok"
+    assert {name for name, _ in seen} == {"evaluate_split", "attacks"}
+    assert all(d >= 1 for _, d in seen), seen
+    (tmp_path / "robustness").rename(tmp_path / "gone")  # the stored model's evaluations run again
+    seen.clear()
+    trial.run_trial(cfg.replace(attacks={"uniform": {"images": 32}}), tmp_path)
+    assert seen and all(d >= 1 for _, d in seen), seen
+    from pixelreg_core.pack import trial as pack_trial
+
+    monkeypatch.setattr(pack_trial, "kernel_settings", counted)
+    seen.clear()
+    outcomes = pack_trial.run_pack([cfg.replace(seed=s, pack=2) for s in (1, 2)], tmp_path / "pack")
+    assert [o.row["status"] for o in outcomes] == ["ok", "ok"]
+    assert {name for name, _ in seen} == {"evaluate_split", "attacks"} and all(d >= 1 for _, d in seen), seen
 
 
 def eager_backend_compile(monkeypatch) -> None:

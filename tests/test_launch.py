@@ -125,6 +125,36 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert trials["th"].tolist() == [0.5] and trials["status"].tolist() == ["ok"]
 
 
+def test_a_command_line_override_grows_the_study_and_is_the_spec_status_shows(ray_session, tmp_path, capsys):
+    """`launch SPEC --results R seeds=2` after a finished one-seed launch trains only seed 1's models; the folder
+    records the spec with the override applied, and status names it as the current spec."""
+    spec = write_spec(tmp_path, name="grow", seeds=1)
+    root = tmp_path / "results"
+    sweep = root / "grow"
+    assert launch(spec, root) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
+    assert len(first) == 2
+    capsys.readouterr()
+    assert launch(spec, root, "seeds=2") == 0
+    out = capsys.readouterr().out
+    assert "2 complete from earlier launches, 2 to run" in out and "every trial ok" in out
+    trials = pd.read_parquet(sweep / "trials")
+    assert sorted(trials["seed"]) == [0, 0, 1, 1] and set(trials["status"]) == {"ok"}
+    now = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
+    assert {name: now[name] for name in first} == first  # seed 0's models were not trained again
+    recorded = (sweep / "spec.yaml").read_text()
+    assert recorded.startswith(f"# {spec} with overrides: seeds=2\n") and "\nseeds: 2\n" in recorded
+    versions = sorted((sweep / "specs").iterdir())
+    assert len(versions) == 2 and versions[-1].read_text() == recorded
+    assert main(["status", str(sweep)]) == 0
+    status = capsys.readouterr().out
+    assert status.startswith(f"spec: version 2 of 2 (specs/{versions[-1].name}); since version 1: seeds: 2 (was 1)")
+    assert "ok 4; pending 0 of 4" in status
+    assert launch(spec, root, "seeds=2") == 0  # the same override again: nothing to run, no third version
+    assert "4 complete from earlier launches, 0 to run" in capsys.readouterr().out
+    assert len(list((sweep / "specs").iterdir())) == 2
+
+
 def test_seed_packs_write_each_trial_as_an_unpacked_launch_does(ray_session, tmp_path, capsys):
     """`pack: 4`: the 4 regularized trials (2 th x 2 seeds) train as one Tune trial, the 2 baselines as another;
     every trial has its own trials and epochs rows under the id an unpacked launch gives it."""
@@ -442,6 +472,27 @@ stop_ray(session)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "gpus 2.0" in done.stdout
+
+
+def test_a_cpu_trial_stays_on_the_cpu_where_torch_sees_a_gpu(ray_session):
+    # Ray 2.60 shows a task that asked for no GPU every GPU of the machine; a CPU trial under `device: auto` must
+    # still run on the CPU. The worker's torch is made to see a GPU at the seam `auto` reads (is_available).
+    from orchestrator.run.trainable import with_gpu_share
+    from pixelreg_core.config import TrialConfig
+
+    @ray_session.remote(num_cpus=1, num_gpus=0)
+    def device_of(cfg: TrialConfig, fake_gpu: bool) -> tuple[str, str]:
+        import torch
+
+        from pixelreg_core.train import resolve_device
+
+        torch.cuda.is_available = lambda: fake_gpu
+        return str(resolve_device(cfg.device)), str(resolve_device(with_gpu_share(cfg).device))
+
+    auto = TrialConfig(device="auto")
+    assert ray_session.get(device_of.remote(auto, True)) == ("cuda", "cpu")  # torch alone would pick the GPU
+    assert ray_session.get(device_of.remote(auto, False)) == ("cpu", "cpu")
+    assert with_gpu_share(TrialConfig(device="cpu")).device == "cpu"  # a named device is left as it is
 
 
 def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):

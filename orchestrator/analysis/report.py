@@ -112,7 +112,8 @@ def render(root: Path, trials, summary, best) -> str:
         f"<title>pixelreg report: {name}</title><style>{STYLE}</style></head><body>",
         f"<h1>pixelreg sweep report: {name}</h1>",
         f'<p class="meta">{html.escape(str(root.resolve()))} &middot; generated {now}</p>',
-        "<h2>Sweep status</h2>", status_section(trials), epoch_spread_section(summary), timing_section(trials),
+        "<h2>Sweep status</h2>", spec_section(root), status_section(trials), epoch_spread_section(summary),
+        timing_section(trials),
         "<h2>Best (Th, α) per task, regularization set and attack</h2>", chosen_section(best, a0),
         "<h2>Figures</h2>", figures_section(root / "figures"),
         "<h2>Tables</h2>",
@@ -137,6 +138,20 @@ def table_html(frame, classes: str | None = None) -> str:
     frame = frame.astype({c: "float64" for c, t in frame.dtypes.items() if str(t) == "Int64"})  # <NA> -> dash
     return note + frame.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}", border=0,
                                 classes=classes)
+
+
+def spec_section(root: Path) -> str:
+    """Which spec the page is of (its version, what changed from the one before) and its text, as it ran (with
+    any command-line overrides applied)."""
+    from orchestrator.analysis.selection import spec_line
+
+    line = spec_line(str(root))
+    path = root / "spec.yaml"
+    text = path.read_text(encoding="utf-8") if path.is_file() else None
+    out = f"<p>{html.escape(line)}</p>" if line else ""
+    if text is not None:
+        out += details("The spec that ran (spec.yaml)", f"<pre>{html.escape(text)}</pre>")
+    return out
 
 
 def status_section(trials) -> str:

@@ -12,8 +12,11 @@ from typing import Any, NamedTuple
 
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec, parse_yaml
+from orchestrator.spec.overrides import changes
 from orchestrator.spec.schema import SweepSpec
-from pixelreg_core.results import join, read_bytes
+from pixelreg_core.results import filesystem, join, read_bytes
+
+SPECS_DIR = "specs"  # every spec version the folder ran: specs/<n>-<fingerprint>.yaml, n from 1
 
 
 class Selection(NamedTuple):
@@ -63,3 +66,34 @@ def restrict(frame: Any, selection: Selection | None, table: str) -> Any:
         else:
             keep &= frame["eval_id"].isin(selection.evaluations)
     return frame[keep].reset_index(drop=True)
+
+
+def spec_versions(sweep_dir: str) -> list[str]:
+    """The spec versions kept in the folder, oldest first (file names)."""
+    import pyarrow.fs as pafs
+
+    fs, base = filesystem(sweep_dir)
+    folder = f"{base}/{SPECS_DIR}"
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.base_name.endswith(".yaml")]
+    return sorted(names, key=lambda n: int(n.split("-", 1)[0]))
+
+
+def spec_line(sweep_dir: str) -> str | None:
+    """`spec: version 2 of 2 (specs/2-<fingerprint>.yaml); since version 1: seeds: 4 (was 3)`: which spec the
+    folder's current rows belong to and what changed from the version before (an edit or command-line overrides,
+    orchestrator.spec.overrides). None when the folder keeps no spec versions."""
+    versions = spec_versions(sweep_dir)
+    if not versions:
+        return None
+    line = f"spec: version {len(versions)} of {len(versions)} ({SPECS_DIR}/{versions[-1]})"
+    if len(versions) < 2:
+        return line
+    texts = [read_bytes(join(sweep_dir, SPECS_DIR, name)) for name in versions[-2:]]
+    try:
+        before, after = (parse_yaml(t.decode(), name) for t, name in zip(texts, versions[-2:], strict=True))
+    except Exception:  # noqa: BLE001 - an unreadable version: say which one is current, not what changed
+        return line
+    changed = changes(before, after)
+    return f"{line}; since version {len(versions) - 1}: {'; '.join(changed) if changed else 'only comments or form'}"

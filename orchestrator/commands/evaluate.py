@@ -4,7 +4,8 @@ Add an attack to a finished sweep's spec (or change an attack's options) and run
 weights (`checkpoints/<trial_id>.pt`) are evaluated by every (model, attack) the folder lacks, through Ray like
 training trials (packed, resumable, under the sweep's lock), one row set per (model, attack). Models of the spec
 that are not trained yet are left out and named; `orchestrator launch SPEC` trains them (and evaluates them too).
-It is `launch` with training switched off: the same flags, the same folder, the same resume.
+It is `launch` with training switched off: the same flags (but --fresh: it never deletes), the same folder, the same
+resume.
 """
 
 from __future__ import annotations
@@ -15,14 +16,9 @@ from orchestrator.commands import launch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    launch.add_arguments(parser)
+    launch.add_arguments(parser, fresh=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.fresh:
-        from orchestrator.errors import UserError
-
-        raise UserError("evaluate --fresh: evaluate only adds to a sweep's stored models; "
-                        "use `orchestrator launch --fresh` to start over")
     args.evaluate_only = True
     return launch.run(args)

@@ -42,16 +42,27 @@ from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import disk_full
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """The KEY=VALUE overrides after the spec (validate, plan, launch, evaluate): orchestrator.spec.overrides."""
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="change the spec for this run: a dotted key and a YAML value, e.g. seeds=5 "
+                             "train.epochs=2 grid.alpha=[1,4] attacks.boundary.images=200; the sweep folder "
+                             "records the spec with them applied")
+
+
+def add_arguments(parser: argparse.ArgumentParser, fresh: bool = True) -> None:
+    """launch's arguments; `fresh=False`: without --fresh (evaluate only adds to stored models)."""
     parser.add_argument("spec", help="sweep spec YAML, e.g. sweeps/quickstart.yaml")
+    add_overrides(parser)
     parser.add_argument("--results", default=DEFAULT_ROOT, metavar="ROOT",
                         help="output root (default results/); the sweep writes ROOT/<name>/. "
                              "A pyarrow URI such as s3://bucket/prefix works where credentials exist")
     parser.add_argument("--address", default=None,
                         help="join an existing Ray cluster (e.g. auto or HOST:6379; default: RAY_ADDRESS, "
                              "else start a local Ray)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="delete this sweep's earlier results under ROOT/<name>/ and start over")
+    if fresh:
+        parser.add_argument("--fresh", action="store_true",
+                            help="delete this sweep's earlier results under ROOT/<name>/ and start over")
     parser.add_argument("--dashboard-host", default="127.0.0.1",
                         help="interface the local Ray dashboard binds (default 127.0.0.1: this machine only)")
     parser.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
@@ -77,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     try:
         with sweep_lock(plan.sweep_dir) as lock:  # from before the folder's first write to the end of the launch
-            done, todo = claim(plan, args.fresh, print, evaluate_only=getattr(args, "evaluate_only", False))
+            done, todo = claim(plan, getattr(args, "fresh", False), print,
+                               evaluate_only=getattr(args, "evaluate_only", False))
             return _run(args, plan, done, todo, lock)
     except OSError as exc:
         if not disk_full(exc):

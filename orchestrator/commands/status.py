@@ -103,5 +103,10 @@ def run(args: argparse.Namespace) -> int:
     fs, base = filesystem(args.sweep_dir)  # a local folder or a URI prefix (s3://bucket/prefix/<name>?...)
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         raise UserError(f"{args.sweep_dir}: no such sweep folder; pass ROOT/<name>, e.g. results/quickstart")
+    from orchestrator.analysis.selection import spec_line
+
+    line = spec_line(args.sweep_dir)  # which spec the counts below are of, and what changed from the one before
+    if line:
+        print(line)
     print(render(summarize(args.sweep_dir, everything=args.everything), show_all=args.all))
     return 0

@@ -9,16 +9,28 @@ import argparse
 
 from orchestrator.spec.expand import expand, role_counts
 from orchestrator.spec.load import load_spec
+from orchestrator.spec.overrides import is_override
 from orchestrator.sweepdir.tables import DEFAULT_ROOT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", nargs="+", help="sweep spec YAML file(s), e.g. sweeps/quickstart.yaml")
+    parser.add_argument("spec", nargs="+", metavar="SPEC [KEY=VALUE ...]",
+                        help="sweep spec YAML file(s), e.g. sweeps/quickstart.yaml, and overrides applied to each, "
+                             "e.g. seeds=5 train.epochs=2 (a dotted key and a YAML value)")
+    parser.set_defaults(overrides=[])
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in args.spec:
-        spec = load_spec(path)
+    items = [*args.spec, *args.overrides]
+    overrides = [item for item in items if is_override(item)]
+    paths = [item for item in items if not is_override(item)]
+    if not paths:
+        from orchestrator.errors import UserError
+
+        raise UserError(f"no spec file among {' '.join(items)}; give the spec first, e.g. "
+                        "orchestrator validate sweeps/quickstart.yaml seeds=5")
+    for path in paths:
+        spec = load_spec(path, overrides)
         trials = expand(spec, f"{DEFAULT_ROOT}/{spec.name}")
         counts = ", ".join(f"{n} {role}" for role, n in role_counts(trials).items())
         searched = (f" + {spec.search.trials} searched per pair (optuna)" if spec.search.type == "optuna" else "")

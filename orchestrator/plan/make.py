@@ -37,12 +37,18 @@ class Plan:
 
     spec: SweepSpec
     spec_path: Path
-    spec_text: str                          # as read with the spec: what the claimed folder's spec.yaml holds
+    spec_text: str                          # the spec that runs (overrides applied): the claimed folder's spec.yaml
     sweep_dir: str
     configs: list[TrialConfig]              # all expanded configs (grid: the whole sweep; optuna: sources+baselines)
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
     mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
     work: dict[str, list] | None = None     # resume.work: models to train, evaluations to run, models reused
+    overrides: tuple[str, ...] = ()         # the command line's KEY=VALUE overrides (orchestrator.spec.overrides)
+
+    @property
+    def command_spec(self) -> str:
+        """The spec as the command line gave it: `sweeps/x.yaml seeds=5`."""
+        return " ".join([str(self.spec_path), *self.overrides])
 
 
 def localize(cfg: TrialConfig) -> TrialConfig:
@@ -64,7 +70,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     """Load, check, expand and preflight the spec: a UserError for anything a user can get wrong, before the sweep
     folder is touched or Ray starts. Reads only (the spec, the inputs preflight checks)."""
     spec_path = Path(args.spec)
-    spec = load_spec(spec_path)
+    overrides = tuple(getattr(args, "overrides", None) or ())
+    spec = load_spec(spec_path, overrides)
     if not on_cluster(args):
         check_resources(spec)  # this machine's GPUs, before Ray starts; run_on_ray checks Ray's once it runs
     check_writable(args.results)
@@ -77,8 +84,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     configs = [localize(c) for c in expand(spec, sweep_dir)]
     preflight(configs, spec_path)  # datasets, matrices, checkpoints, GPUs: present before Ray starts
     optuna_units = spec.search.trials * len(spec.pairs) * len(spec.seed_list) if spec.search.type == "optuna" else 0
-    return Plan(spec=spec, spec_path=spec_path, spec_text=spec_path.read_text(), sweep_dir=sweep_dir,
-                configs=configs, optuna_units=optuna_units, mps=mps_control)
+    return Plan(spec=spec, spec_path=spec_path, spec_text=spec.text, sweep_dir=sweep_dir,
+                configs=configs, optuna_units=optuna_units, mps=mps_control, overrides=overrides)
 
 
 def claim(plan: Plan, fresh: bool, log, evaluate_only: bool = False) -> tuple[list[TrialConfig], list[TrialConfig]]:
@@ -95,5 +102,5 @@ def claim(plan: Plan, fresh: bool, log, evaluate_only: bool = False) -> tuple[li
         plan.work["train"] = []
         if skipped:
             log(f"evaluate: {len(skipped)} model(s) of the spec are not trained yet and are left out "
-                f"(`orchestrator launch {plan.spec_path}` trains them)")
+                f"(`orchestrator launch {plan.command_spec}` trains them)")
     return done, todo

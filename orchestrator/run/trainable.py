@@ -18,6 +18,7 @@ from orchestrator.spec.expand import trial_from_params
 from orchestrator.spec.schema import Objective, SweepSpec
 from orchestrator.sweepdir.tables import join, record_failure, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
+from pixelreg_core.errors import error_line
 from pixelreg_core.pack.key import packs
 from pixelreg_core.results import disk_full
 
@@ -44,7 +45,7 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
     """
     from pixelreg_core.trial import run_trial
 
-    cfg = cfg.replace(num_threads=threads)  # run_trial sets torch's threads from it: the one place
+    cfg = with_gpu_share(cfg.replace(num_threads=threads))  # run_trial sets torch's threads from it: one place
     extra = extra or {}
     node = worker_node()
     for attempt in range(retries + 1):
@@ -55,17 +56,31 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
                              cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True, node=node)
         except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep, but a full disk
             if disk_full(exc):  # every retry and every other trial would fail too: the launch stops (DiskFull)
-                raise DiskFull(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+                raise DiskFull(error_line(exc)) from None
             if isinstance(exc, ConfigError):  # a value the user must change fails the same way every time
-                error = f"{type(exc).__name__}: {exc}".splitlines()[0] + " (not retried: a config error)"
+                error = error_line(exc) + " (not retried: a config error)"
                 break
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            error = error_line(exc)
             if attempt < retries:
                 print(f"trial {cfg.trial_id} failed ({error}); retry {attempt + 1} of {retries}", flush=True)
             else:
                 error = f"{error} (failed {retries + 1} attempt(s))"
     record_failure(sweep_dir, cfg, error)
     return {"trial_id": cfg.trial_id, "status": "failed", "error": error}
+
+
+def with_gpu_share(cfg: TrialConfig) -> TrialConfig:
+    """`device: auto` in a Ray worker that holds no GPU share is the CPU.
+
+    Ray 2.60 no longer hides the GPUs from a task that asked for none (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO is off by
+    default), so torch in a CPU trial sees every GPU of the machine and `auto` would put the trial on cuda:0: a CPU
+    sweep (`resources.gpu: 0`) on a GPU machine would open one CUDA context per CPU slot, none of it known to Ray.
+    A trial that asked for a GPU share (or names its device) is left as it is."""
+    import ray
+
+    if cfg.device == "auto" and ray.is_initialized() and not ray.get_gpu_ids():
+        return cfg.replace(device="cpu")
+    return cfg
 
 
 def worker_node() -> str | None:
@@ -131,7 +146,7 @@ def _run_pack(cfgs: list[TrialConfig], sweep_dir: str, threads: int, retries: in
     with it: Tune's FailureConfig restarts the pack, and every member resumes from its checkpoint."""
     from pixelreg_core.pack.trial import run_pack
 
-    cfgs = [cfg.replace(num_threads=threads) for cfg in cfgs]  # trial.prepare_trial sets torch's threads from it
+    cfgs = [with_gpu_share(cfg.replace(num_threads=threads)) for cfg in cfgs]  # prepare_trial sets the threads
     extras = extras or [{"pack_member": float(i)} for i in range(len(cfgs))]
     by_id = {cfg.trial_id: extra for cfg, extra in zip(cfgs, extras, strict=True)}
     outcomes = run_pack(cfgs, sweep_dir, cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True,
@@ -143,10 +158,10 @@ def _run_pack(cfgs: list[TrialConfig], sweep_dir: str, threads: int, retries: in
         if exc is None:
             rows.append(outcome.row)
         elif disk_full(exc):
-            raise DiskFull(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+            raise DiskFull(error_line(exc)) from None
         elif isinstance(exc, ConfigError) or retries == 0:
             suffix = " (not retried: a config error)" if isinstance(exc, ConfigError) else " (failed 1 attempt(s))"
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0] + suffix
+            error = error_line(exc) + suffix
             record_failure(sweep_dir, outcome.cfg, error)
             rows.append({"trial_id": outcome.cfg.trial_id, "status": "failed", "error": error})
         else:

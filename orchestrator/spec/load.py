@@ -17,7 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import UserError
 from orchestrator.spec.fields import SpecFieldError, format_path, short
-from orchestrator.spec.schema import SweepSpec
+from orchestrator.spec.overrides import Override, apply_overrides, effective_text, parse_overrides
+from orchestrator.spec.schema import SweepSpec, _Kinded
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -52,8 +53,9 @@ def parse_yaml(text: str, source: str) -> Any:
         raise UserError(f"{source}: {where}invalid YAML ({problem}); fix the syntax there") from None
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
-    """A parsed YAML document (or any mapping) -> SweepSpec, or UserError naming source + field path."""
+def parse_spec(data: Any, source: str = "<spec>", overrides: list[Override] | tuple[Override, ...] = ()) -> SweepSpec:
+    """A parsed YAML document (or any mapping) -> SweepSpec, or UserError naming source + field path. With
+    `overrides` (already applied to `data`), an error under an override's key names that override instead."""
     if data is None:
         raise UserError(f"{source}: is empty; a spec is a mapping with at least name, pairs and grid")
     if not isinstance(data, dict):
@@ -62,15 +64,29 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(data)
     except SpecFieldError as exc:
-        raise UserError(f"{source}: {exc}") from None
+        raise UserError(f"{_where(source, overrides, exc.path)}: {exc}") from None
     except ValidationError as exc:
-        raise UserError(f"{source}: {_pydantic_message(exc)}") from None
+        loc, message = _pydantic_message(exc)
+        raise UserError(f"{_where(source, overrides, loc)}: {message}") from None
     spec._source = source
     return spec
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep spec file. Every mistake is one UserError line naming the file and field."""
+def _where(source: str, overrides: list[Override] | tuple[Override, ...], loc: tuple[str | int, ...]) -> str:
+    """What an error at `loc` is blamed on: the last override under whose key it lies, else the file (and the
+    overrides applied to it)."""
+    blamed = next((o for o in reversed(overrides) if o.touches(loc)), None)
+    if blamed is not None:
+        return f"override {blamed.text}"
+    if overrides:
+        return f"{source} (with overrides {' '.join(o.text for o in overrides)})"
+    return source
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """Read and validate a sweep spec file, with command-line overrides (`train.epochs=2`) applied. Every mistake is
+    one UserError line naming the file (or the override) and the field. `spec.text` is the spec that runs: the
+    file's text, or with overrides the effective spec written out (orchestrator.spec.overrides)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -80,11 +96,38 @@ def load_spec(path: str | Path) -> SweepSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{source}: cannot read it ({exc.__class__.__name__}: {exc}); give a readable "
                         "UTF-8 YAML file") from None
-    return parse_spec(parse_yaml(text, source), source)
+    data = parse_yaml(text, source)
+    if overrides:
+        if data is not None and not isinstance(data, dict):
+            parse_spec(data, source)  # the file's own refusal
+        parsed = parse_overrides(overrides, parse_yaml)
+        data = apply_overrides(data or {}, parsed, section_defaults(), shorthand=_kinded_sections())
+        text = effective_text(data, source, parsed)
+        spec = parse_spec(data, source, parsed)
+    else:
+        spec = parse_spec(data, source)
+    spec._text = text
+    return spec
 
 
-def _pydantic_message(exc: ValidationError) -> str:
-    """The first pydantic error as '<path>: <what is wrong>; <what is allowed>'."""
+def section_defaults() -> dict[str, Any]:
+    """The spec sections whose default is a non-empty mapping (attacks: the demo set), for overrides into them."""
+    out = {}
+    for name, field in SweepSpec.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, dict) and default:
+            out[name] = default
+    return out
+
+
+def _kinded_sections() -> tuple[str, ...]:
+    """The sections a bare string may stand for (`search: grid` is `search: {type: grid}`)."""
+    return tuple(name for name, field in SweepSpec.model_fields.items()
+                 if isinstance(field.annotation, type) and issubclass(field.annotation, _Kinded))
+
+
+def _pydantic_message(exc: ValidationError) -> tuple[tuple[str | int, ...], str]:
+    """The first pydantic error: its field path, and '<path>: <what is wrong>; <what is allowed>'."""
     errors = exc.errors()
     # a misspelt key also makes the right one "missing": the unknown key is the cause, so it is reported first
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
@@ -95,14 +138,14 @@ def _pydantic_message(exc: ValidationError) -> str:
     if kind == "extra_forbidden":
         allowed = _model_at(loc[:-1])
         names = ", ".join(allowed.model_fields) if allowed else "see docs/spec.md"
-        return f"{path}: unknown key; allowed keys: {names}"
+        return loc, f"{path}: unknown key; allowed keys: {names}"
     if kind == "missing":
-        return f"{path}: is required; {_REQUIRED_HINTS.get(loc[-1], 'add it')}"
+        return loc, f"{path}: is required; {_REQUIRED_HINTS.get(loc[-1], 'add it')}"
     if kind == "value_error":
-        return f"{path}: {msg}"
+        return loc, f"{path}: {msg}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"{path}: got {short(err.get('input'))}; should be a mapping"
-    return f"{path}: got {short(err.get('input'))}; {msg}"
+        return loc, f"{path}: got {short(err.get('input'))}; should be a mapping"
+    return loc, f"{path}: got {short(err.get('input'))}; {msg}"
 
 
 _REQUIRED_HINTS = {

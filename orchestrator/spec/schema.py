@@ -203,6 +203,7 @@ class SweepSpec(_Strict):
     confidence: float = Field(default=DEFAULT_CONFIDENCE, gt=0, lt=1)
 
     _source: str = PrivateAttr(default="<spec>")
+    _text: str = PrivateAttr(default="")  # the spec that runs, as YAML text (load_spec: the file, or with overrides)
 
     # --- single fields ----------------------------------------------------------------------------------------
     @field_validator("name")
@@ -357,6 +358,11 @@ class SweepSpec(_Strict):
     def source(self) -> str:
         """The file this spec was loaded from (for error messages)."""
         return self._source
+
+    @property
+    def text(self) -> str:
+        """The spec that runs as YAML text, as the sweep folder records it (spec.yaml, specs/)."""
+        return self._text
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every grid point in a stable order: the cartesian product of the list fields (in the order written),

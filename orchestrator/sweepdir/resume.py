@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from orchestrator.analysis.selection import SPECS_DIR, spec_versions
 from orchestrator.errors import UserError
 from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.lock import LOCK_FILE
@@ -94,9 +95,6 @@ def saved_fingerprint(sweep_dir: str) -> str | None:
     return text.strip() if text else None
 
 
-SPECS_DIR = "specs"  # every spec version the folder ran: specs/<n>-<fingerprint>.yaml, n from 1
-
-
 def legacy_layout(sweep_dir: str) -> bool:
     """Whether the folder was written before models and evaluations were separate (one file per trial, the
     attacks part of the id): it has a trials/ folder and no `layout` file."""
@@ -111,16 +109,6 @@ def refuse_legacy(sweep_dir: str) -> None:
         raise UserError(f"{sweep_dir} was written before models and evaluations were separate (no {LAYOUT_FILE} "
                         f"file); convert it in place with `orchestrator migrate {sweep_dir}` (cheap: renames and "
                         "splits the Parquet files, trains nothing), or start over with --fresh")
-
-
-def spec_versions(sweep_dir: str) -> list[str]:
-    """The spec versions kept in the folder, oldest first (file names)."""
-    fs, base = filesystem(sweep_dir)
-    folder = f"{base}/{SPECS_DIR}"
-    if fs.get_file_info(folder).type != pafs.FileType.Directory:
-        return []
-    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.base_name.endswith(".yaml")]
-    return sorted(names, key=lambda n: int(n.split("-", 1)[0]))
 
 
 def prepare_sweep_dir(sweep_dir: str, spec_text: str, fingerprint: str, fresh: bool, log=print) -> None:

@@ -1,1 +1,1 @@
-"""Test hooks: host-read counting and fault injection (`PIXELREG_FAULTS`)."""
+"""Test hooks: host-read and operator counting, and fault injection (`PIXELREG_FAULTS`)."""

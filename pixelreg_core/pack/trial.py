@@ -9,8 +9,9 @@ failure of the shared training (out of memory, say) fails every trial still trai
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ import torch
 
 from pixelreg_core.checkpoint import EpochCheckpoint
 from pixelreg_core.config import TrialConfig
+from pixelreg_core.errors import error_line
+from pixelreg_core.kernels import kernel_settings
 from pixelreg_core.pack.key import check_pack
 from pixelreg_core.pack.train import Member, train_pack
-from pixelreg_core.trial import Clock, check_trial, fail_trial, finish_trial, prepare_trial
+from pixelreg_core.trial import Clock, TrialRun, check_trial, fail_trial, finish_trial, prepare_trial
 
 
 @dataclass
@@ -42,18 +45,19 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
     `on_epoch(cfg, row)` is called for every trial's every epoch."""
     check_pack(cfgs)
     clock = Clock.now()  # the pack's: each trial's wall_s and cpu_s are the whole pack's
+    runs = {cfg.trial_id: TrialRun.of(cfg, out_root, cache_dir, record_failure=record_failure, node=node, clock=clock)
+            for cfg in cfgs}
     train_s = 0.0
-    out_root = str(out_root)
-    node = node or platform.node() or None
     threads_before = torch.get_num_threads()
     outcomes: dict[str, Outcome] = {}
     members, prepared = [], {}
 
     def failed(cfg: TrialConfig, exc: BaseException, device: Any) -> None:
-        fail_trial(cfg, exc, out_root, record_failure, device, clock, node)
-        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
-        outcomes[cfg.trial_id] = Outcome(cfg, {"trial_id": cfg.trial_id, "status": "failed", "error": error}, exc)
+        fail_trial(runs[cfg.trial_id], exc, device)
+        outcomes[cfg.trial_id] = Outcome(cfg, {"trial_id": cfg.trial_id, "status": "failed",
+                                               "error": error_line(exc)}, exc)
 
+    settings = contextlib.ExitStack()  # the kernel options (tf32) over the pack's training and every evaluation
     try:
         for cfg in cfgs:
             device: Any = cfg.device
@@ -63,15 +67,18 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
             except Exception as exc:  # noqa: BLE001 - bad input of one trial is that trial's failure
                 failed(cfg, exc, device)
                 continue
-            members.append(Member(cfg, p.data, p.model, p.target, EpochCheckpoint.for_trial(out_root, cfg),
+            resume = EpochCheckpoint.for_trial(runs[cfg.trial_id].out_root, cfg)
+            members.append(Member(cfg, p.data, p.model, p.target, resume,
                                   on_epoch=None if on_epoch is None else (lambda row, c=cfg: on_epoch(c, row))))
         if members:
             devices = {prepared[m.cfg.trial_id].device for m in members}
             if len(devices) > 1:
                 raise ValueError(f"the trials of a pack resolve to different devices {sorted(map(str, devices))}")
+            device = devices.pop()
+            settings.enter_context(kernel_settings(members[0].cfg, device))  # check_pack: one set of options
             train_started = time.perf_counter()
             try:
-                train_pack(members, devices.pop())
+                train_pack(members, device)
             except BaseException as exc:  # the shared training failed: every trial still in it failed
                 for m in members:
                     if m.error is None:
@@ -85,15 +92,15 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
                 failed(m.cfg, m.error, p.device)
                 continue
             try:  # each trial attacked as the plain model a separate run would have
-                outcomes[m.cfg.trial_id] = Outcome(m.cfg, finish_trial(m.cfg, p, m.result, out_root, cache_dir,
-                                                                       clock, node, train_s))
+                outcomes[m.cfg.trial_id] = Outcome(m.cfg, finish_trial(runs[m.cfg.trial_id], p, m.result, train_s))
             except Exception as exc:  # noqa: BLE001 - one trial's failing attack is that trial's
                 failed(m.cfg, exc, p.device)
     except BaseException as exc:
         for m in members:  # interrupted: leave no half-written trial behind
             if m.cfg.trial_id not in outcomes:
-                fail_trial(m.cfg, exc, out_root, False, m.cfg.device, clock, node)
+                fail_trial(dataclasses.replace(runs[m.cfg.trial_id], record_failure=False), exc, m.cfg.device)
         raise
     finally:
+        settings.close()
         torch.set_num_threads(threads_before)
     return [outcomes[cfg.trial_id] for cfg in cfgs]

@@ -123,22 +123,52 @@ def triangle_pair(x: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return i, x - start(i) + i + 1
 
 
+WINDOW_STEPS = 256  # draws whose positions are computed at once: shuffled_index's ~1,400 operators once per 256
+WINDOW_MAX = 1 << 18  # but at most this many positions (2 MB of int64) where a draw takes many (rare ranges)
+
+
 class PairOrder:
     """Where a trial stands in its passes over a shuffled order of M items (pair indices): the position is a
     device tensor, advanced on the device, so drawing from it never reads back to the host. The one piece of
-    state a without-replacement draw has; `state_dict` saves it in the per-epoch checkpoint."""
+    state a without-replacement draw has; `state_dict` saves it in the per-epoch checkpoint.
+
+    `shuffled_index` costs ~1,400 small operators (24 rounds) whatever the number of positions, each one a kernel
+    launch on a GPU, which made it half of a regularized step's operators (benchmarks/bench_ops.py). The positions
+    a trial will draw are known ahead (they follow the position), so the order is evaluated once for a window of
+    the next `WINDOW_STEPS` draws and each draw slices it: the same indices, a few operators per draw. The window
+    is a cache only: the position alone is the state, and a restored position starts a fresh window."""
 
     def __init__(self, count: int, seed: int, device: torch.device):
         self.count, self.seed = int(count), int(seed)
         self.position = torch.zeros((), dtype=torch.int64, device=device)
+        self._forget_window()
+
+    def _forget_window(self) -> None:
+        self._start: Tensor | None = None  # the position where the window starts (device)
+        self._indices: Tensor | None = None  # the order at positions _start, _start + 1, ...
+        self._used = 0  # positions drawn since _start: exact, or an upper bound once an advance was a tensor
+        self._exact = True  # whether _used is exact (then a draw is a slice, else a gather at the position)
 
     def window(self, m: int) -> Tensor:
         """The next m indices of the order (the position does not move: `advance` does)."""
-        g = self.position + torch.arange(m, device=self.position.device)
-        return shuffled_index(g, self.count, self.seed)
+        if self._indices is None or self._used + m > self._indices.numel():
+            self._start = self.position
+            g = self.position + torch.arange(max(m, min(m * WINDOW_STEPS, WINDOW_MAX)), device=self.position.device)
+            self._indices, self._used, self._exact = shuffled_index(g, self.count, self.seed), 0, True
+        if self._exact:
+            return self._indices[self._used:self._used + m]
+        offsets = (self.position - self._start) + torch.arange(m, device=self.position.device)
+        return self._indices[offsets]
 
-    def advance(self, steps: Tensor | int) -> None:
+    def advance(self, steps: Tensor | int, at_most: int | None = None) -> None:
+        """Move the position by `steps`: an int, or a device tensor of at most `at_most` (read on no host)."""
         self.position = self.position + steps
+        if isinstance(steps, Tensor):
+            if at_most is None:
+                raise ValueError("a tensor advance needs its bound (at_most)")
+            self._used, self._exact = self._used + at_most, False
+        else:
+            self._used += steps
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"position": self.position.detach().cpu().clone()}
@@ -146,6 +176,7 @@ class PairOrder:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if "position" in state:
             self.position = state["position"].to(self.position.device, torch.int64).reshape(())
+            self._forget_window()
 
 
 class PairSampler:
@@ -299,7 +330,7 @@ class PairSampler:
         first = torch.sort((~keep).to(torch.uint8), stable=True).indices  # qualifying positions first, in order
         hits = keep.sum()
         pick = first[torch.arange(k, device=i.device) % hits.clamp(min=1)]
-        order.advance(torch.where(hits >= k, first[k - 1] + 1, torch.full_like(hits, m)))
+        order.advance(torch.where(hits >= k, first[k - 1] + 1, torch.full_like(hits, m)), at_most=m)
         return i[pick], j[pick]
 
     def state_dict(self) -> dict[str, Tensor]:
