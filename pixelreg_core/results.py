@@ -11,6 +11,8 @@ in one of them.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -244,16 +246,13 @@ def status_row(cfg: TrialConfig, status: str, error: str | None, **columns: Any)
 
 def read_trial(root: str | os.PathLike, table: str, trial_id: str) -> list[dict[str, Any]] | None:
     """One model's rows of one table as dicts (nulls as None), every evaluation's for robustness and spectrum,
-    or None when that model has no file there."""
+    or None when that model has no readable file there."""
     fs, base, _ = _filesystem(root)
-    paths = [f"{base}/{table}/{trial_id}.parquet",
-             *(f"{base}/{table}/{trial_id}.{e}.parquet" for e in sorted(evaluation_files(root, table, trial_id)))]
-    rows, found = [], False
-    for path in paths:
-        if fs.get_file_info(path).type == pafs.FileType.File:
-            found = True
-            rows += pq.read_table(path, filesystem=fs, schema=SCHEMAS[table]).to_pylist()
-    return rows if found else None
+    names = [f"{trial_id}.parquet", *(f"{eval_key(trial_id, e)}.parquet"
+                                      for e in sorted(evaluation_files(root, table, trial_id)))]
+    names = [n for n in names if fs.get_file_info(f"{base}/{table}/{n}").type == pafs.FileType.File]
+    data, read = read_files(root, table, names)
+    return data.to_pylist() if read else None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes | None:
@@ -263,6 +262,19 @@ def read_bytes(path: str | os.PathLike) -> bytes | None:
         return None
     with fs.open_input_stream(p) as stream:
         return stream.read()
+
+
+def read_text(root: str | os.PathLike, name: str) -> str | None:
+    """A small text file of a sweep folder (spec.yaml, fingerprint, layout, specs/<n>-<fingerprint>.yaml), or None
+    when it is not there or is not text (damaged: then it is quarantined; the next launch writes it again)."""
+    data = read_bytes(join(root, name))
+    if data is None:
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        quarantine(root, name, exc, f"the folder's {name}", "the next launch writes it again")
+        return None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -312,25 +324,123 @@ def compact_tables(root: str | os.PathLike) -> dict[str, str]:
     fs, base, _ = _filesystem(root)
     out = {}
     for table in TABLES:
-        directory = f"{base}/{table}"
-        data = SCHEMAS[table].empty_table()
-        if fs.get_file_info(directory).type == pafs.FileType.Directory:
-            dataset = pq.ParquetDataset(directory, filesystem=fs, schema=SCHEMAS[table])
-            if dataset.files:
-                data = dataset.read()
+        data, _ = read_files(root, table, own_files(root, table))
         out[table] = _write_parquet(root, COMPACT_DIR, f"{table}.parquet", data)
     return out
 
 
 def read_table(root: str | os.PathLike, table: str):
-    """A table as a pandas DataFrame with the schema's columns; empty (not an error) when nothing is written."""
+    """A table as a pandas DataFrame with the schema's columns; empty (not an error) when nothing is written.
+    Only the table's own files (`own_files`); a damaged one is quarantined and left out (`read_files`)."""
+    data, _ = read_files(root, table, own_files(root, table))
+    return data.to_pandas()
+
+
+# ------------------------------------------------------------------------- the one reader of a table's files
+# A sweep folder is read by people, copied between machines and synced from clusters: a table folder may hold a
+# file that is not ours (notes.txt, a sync tool's leftovers) and one of ours may be damaged (random bytes, zero
+# length). Every reader of a table goes through `own_files` and `read_files`: only the names the trainer writes
+# are read, and a file that does not parse is moved to ROOT/quarantine/ (never deleted), named in one line with
+# what it held, and counted as missing, so the next launch or evaluate redoes exactly that (docs/reliability.md).
+QUARANTINE_DIR = "quarantine"
+# <trial_id>.parquet (a model's rows) or <trial_id>.<eval_id>.parquet (an evaluation's): TrialConfig's ids
+OWN_FILE = re.compile(r"[0-9a-f]{16}(\.[A-Za-z0-9_]+-[0-9a-f]{8})?\.parquet")
+# what a damaged file's content errors look like; an OSError (a network error on an object store, a permission)
+# says nothing about the file and is raised as it is: a good file must never be moved aside for it
+DAMAGED = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowKeyError)
+
+
+def own_files(root: str | os.PathLike, table: str) -> list[str]:
+    """The names of the files in ROOT/<table>/ that the trainer writes (OWN_FILE), sorted; [] without the
+    folder."""
     fs, base, _ = _filesystem(root)
     directory = f"{base}/{table}"
-    info = fs.get_file_info(directory)
-    if info.type == pafs.FileType.NotFound:
-        return SCHEMAS[table].empty_table().to_pandas()
-    dataset = pq.ParquetDataset(directory, filesystem=fs, schema=SCHEMAS[table])
-    return dataset.read().to_pandas() if dataset.files else SCHEMAS[table].empty_table().to_pandas()
+    if fs.get_file_info(directory).type != pafs.FileType.Directory:
+        return []
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(directory))
+                  if i.type == pafs.FileType.File and OWN_FILE.fullmatch(i.base_name))
+
+
+def read_files(root: str | os.PathLike, table: str, names: list[str]) -> tuple[pa.Table, list[str]]:
+    """(the rows of ROOT/<table>/<name> for these names as one Table of the schema, the names read). All at once
+    first (the usual case); when that fails on a damaged file, one at a time: each damaged one is quarantined
+    and left out. A file removed meanwhile (a rerun replacing its model's rows) is left out too."""
+    fs, base, _ = _filesystem(root)
+    schema = SCHEMAS[table]
+    if not names:
+        return schema.empty_table(), []
+    try:
+        return pq.ParquetDataset([f"{base}/{table}/{n}" for n in names], filesystem=fs, schema=schema).read(), names
+    except (*DAMAGED, FileNotFoundError):
+        pass
+    parts, read = [], []
+    for name in names:
+        try:
+            parts.append(pq.read_table(f"{base}/{table}/{name}", filesystem=fs, schema=schema))
+            read.append(name)
+        except FileNotFoundError:
+            continue
+        except DAMAGED as exc:
+            quarantine_table_file(root, table, name, exc)
+    return (pa.concat_tables(parts) if parts else schema.empty_table()), read
+
+
+def quarantine_table_file(root: str | os.PathLike, table: str, name: str, error: BaseException) -> None:
+    """Quarantine a damaged table file with the file that marks its unit complete, so the unit counts as missing:
+    a model is complete by its trials row (an epochs file goes with it: the model trains again), an evaluation by
+    its robustness file (a spectrum file goes with it: the evaluation runs again)."""
+    stem = name.removesuffix(".parquet")
+    model, _, eval_id = stem.partition(".")
+    if eval_id:
+        held, redo = f"evaluation {eval_id} of model {model}", "the next launch or evaluate runs it again"
+    else:
+        held, redo = f"model {model}", "the next launch trains it again"
+    marker = {"epochs": "trials", "spectrum": "robustness"}.get(table)
+    also = [f"{marker}/{name}"] if marker and file_exists(join(root, marker, name)) else []
+    quarantine(root, f"{table}/{name}", error, f"the {table} rows of {held}", redo, also)
+
+
+def quarantine(root: str | os.PathLike, relative: str, error: BaseException | str, held: str, redo: str,
+               also: list[str] | tuple[str, ...] = ()) -> None:
+    """Move ROOT/<relative> (and the files `also` names) into ROOT/quarantine/ under the same relative path
+    (`.1`, `.2`, ... when that name is taken) and say so in one line on stderr: the file, why it cannot be read,
+    what it held, and what redoes it. Never deletes; on a folder that cannot be written the file stays where it
+    is (the line says so) and is still counted as missing."""
+    moved = [_move_aside(root, path) for path in (relative, *also)]
+    reason = " ".join(str(error).split())[:160] or type(error).__name__
+    where = f"moved to {moved[0]}" if moved[0].startswith(QUARANTINE_DIR) else moved[0]
+    if also:
+        where += f" (with {', '.join(moved[1:])}, so that it counts as missing)"
+    print(f"{relative}: unreadable ({reason}); it held {held}; {where}; {redo}", file=sys.stderr, flush=True)
+
+
+def _move_aside(root: str | os.PathLike, relative: str) -> str:
+    fs, base, _ = _filesystem(root)
+    target, n = f"{QUARANTINE_DIR}/{relative}", 0
+    while fs.get_file_info(f"{base}/{target}").type != pafs.FileType.NotFound:
+        n += 1
+        target = f"{QUARANTINE_DIR}/{relative}.{n}"
+    try:
+        fs.create_dir(f"{base}/{target}".rsplit("/", 1)[0], recursive=True)
+        fs.move(f"{base}/{relative}", f"{base}/{target}")
+    except OSError as exc:
+        return f"left in place (cannot move it: {exc})"
+    return target
+
+
+def quarantined(root: str | os.PathLike) -> list[str]:
+    """The files in ROOT/quarantine/, relative to it, sorted: what `status` lists."""
+    fs, base, _ = _filesystem(root)
+    folder = f"{base}/{QUARANTINE_DIR}"
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+    return sorted(i.path[len(folder) + 1:] for i in infos if i.type == pafs.FileType.File)
+
+
+def file_exists(path: str | os.PathLike) -> bool:
+    fs, p, _ = _filesystem(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
 
 
 def remove_trial(root: str | os.PathLike, trial_id: str, tables: tuple[str, ...] = TABLES) -> None:
@@ -365,7 +475,7 @@ def evaluation_files(root: str | os.PathLike, table: str, trial_id: str | None =
     out = []
     for info in fs.get_file_info(pafs.FileSelector(directory)):
         stem = info.base_name.removesuffix(".parquet")
-        if info.type != pafs.FileType.File or "." not in stem or info.base_name == stem:
+        if info.type != pafs.FileType.File or "." not in stem or not OWN_FILE.fullmatch(info.base_name):
             continue
         model, _, eval_id = stem.partition(".")
         if trial_id is None:

@@ -128,6 +128,25 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     return result
 
 
+def read_derived(sweep_dir: str | os.PathLike, name: str):
+    """summary.parquet or best.parquet (`name`) as a DataFrame; None when it is not there or cannot be read (then
+    it is quarantined: `orchestrator aggregate` writes it again from the tables)."""
+    import io
+
+    import pandas as pd
+
+    from pixelreg_core.results import DAMAGED, join, quarantine, read_bytes
+
+    data = read_bytes(join(str(sweep_dir), name))
+    if data is None:
+        return None
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except DAMAGED as exc:
+        quarantine(sweep_dir, name, exc, "the aggregated results", "`orchestrator aggregate` writes it again")
+        return None
+
+
 # --------------------------------------------------------------------------------------------------- summary
 
 

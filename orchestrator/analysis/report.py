@@ -19,6 +19,7 @@ from orchestrator.analysis.aggregate import (
     aggregate_sweep,
     describe_chosen,
     describe_epoch_spread,
+    read_derived,
 )
 from orchestrator.errors import UserError
 from orchestrator.spec.schema import DEFAULT_CONFIDENCE
@@ -77,8 +78,6 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
                  distortions: dict[str, float] | None = None, confirm_seeds: int | None = None,
                  everything: bool = False) -> str:
     """Aggregate if needed, then write the HTML page (atomically). Returns its path."""
-    import pandas as pd
-
     from orchestrator.analysis.selection import current, restrict
     from pixelreg_core.results import read_table
 
@@ -89,8 +88,11 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
         aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions,
                         confirm_seeds=confirm_seeds, everything=everything)
     trials = restrict(read_table(root, "trials"), None if everything else current(str(root)), "trials")
-    summary = pd.read_parquet(root / "summary.parquet")
-    best = pd.read_parquet(root / "best.parquet")
+    summary, best = read_derived(root, "summary.parquet"), read_derived(root, "best.parquet")
+    if summary is None or best is None:  # damaged (now quarantined): aggregate writes them again
+        aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions,
+                        confirm_seeds=confirm_seeds, everything=everything)
+        summary, best = read_derived(root, "summary.parquet"), read_derived(root, "best.parquet")
     page = render(root, trials, summary, best)
     path = Path(out) if out else root / "report.html"
     from pixelreg_core.results import atomic_path

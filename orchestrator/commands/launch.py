@@ -50,10 +50,21 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
                              "records the spec with them applied")
 
 
+def add_max_trials(parser: argparse.ArgumentParser) -> None:
+    """--max-trials (validate, plan, launch, evaluate): the size a spec is refused beyond, counted before expanding."""
+    from orchestrator.spec.schema import MAX_TRIALS
+
+    parser.add_argument("--max-trials", type=int, default=MAX_TRIALS, metavar="N",
+                        help=f"refuse a spec of more than N trials, counted before anything is expanded (default "
+                             f"{MAX_TRIALS:,}: far above any real study, so a typo such as seeds: 100000000 "
+                             "stops at once)")
+
+
 def add_arguments(parser: argparse.ArgumentParser, fresh: bool = True) -> None:
     """launch's arguments; `fresh=False`: without --fresh (evaluate only adds to stored models)."""
     parser.add_argument("spec", help="sweep spec YAML, e.g. sweeps/quickstart.yaml")
     add_overrides(parser)
+    add_max_trials(parser)
     parser.add_argument("--results", default=DEFAULT_ROOT, metavar="ROOT",
                         help="output root (default results/); the sweep writes ROOT/<name>/. "
                              "A pyarrow URI such as s3://bucket/prefix works where credentials exist")

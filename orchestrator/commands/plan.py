@@ -24,10 +24,11 @@ from pixelreg_core.config import TrialConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from orchestrator.commands.launch import add_overrides
+    from orchestrator.commands.launch import add_max_trials, add_overrides
 
     parser.add_argument("spec", help="sweep spec YAML, e.g. sweeps/mnist_grid.yaml")
     add_overrides(parser)
+    add_max_trials(parser)
     parser.add_argument("--results", default=DEFAULT_ROOT,
                         help="output root the sweep would write under (ROOT/<name>/); nothing is written")
     parser.add_argument("--no-measure", action="store_true",
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides, args.max_trials)
     sweep_dir = f"{str(args.results).rstrip('/')}/{spec.name}"
     trials = expand(spec, sweep_dir)
     print(f"sweep {spec.name} ({spec.source}) -> {sweep_dir}/")

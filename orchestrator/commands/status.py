@@ -13,7 +13,7 @@ from orchestrator.analysis.timings import render_text as timing_lines
 from orchestrator.errors import UserError
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec, parse_yaml
-from orchestrator.sweepdir.tables import SPEC_FILE, filesystem, read_table, read_text
+from orchestrator.sweepdir.tables import SPEC_FILE, filesystem, quarantined, read_table, read_text
 
 NOT_OK = ("failed", "blocked")  # listed with their errors; blocked: not run because its source model failed
 COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_acc", "wall_s", "train_s", "eval_s"]
@@ -109,4 +109,9 @@ def run(args: argparse.Namespace) -> int:
     if line:
         print(line)
     print(render(summarize(args.sweep_dir, everything=args.everything), show_all=args.all))
+    aside = quarantined(args.sweep_dir)  # after the reads above, which may have added to it
+    if aside:
+        print(f"quarantined: {len(aside)} unreadable file(s) moved to quarantine/ (what each held is redone by the "
+              "next launch or evaluate; delete them once you no longer need them):")
+        print("\n".join(f"  {name}" for name in aside))
     return 0

@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sweep spec YAML file(s), e.g. sweeps/quickstart.yaml, and overrides applied to each, "
                              "e.g. seeds=5 train.epochs=2 (a dotted key and a YAML value)")
     parser.set_defaults(overrides=[])
+    from orchestrator.commands.launch import add_max_trials
+
+    add_max_trials(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no spec file among {' '.join(items)}; give the spec first, e.g. "
                         "orchestrator validate sweeps/quickstart.yaml seeds=5")
     for path in paths:
-        spec = load_spec(path, overrides)
+        spec = load_spec(path, overrides, args.max_trials)
         trials = expand(spec, f"{DEFAULT_ROOT}/{spec.name}")
         counts = ", ".join(f"{n} {role}" for role, n in role_counts(trials).items())
         searched = (f" + {spec.search.trials} searched per pair (optuna)" if spec.search.type == "optuna" else "")

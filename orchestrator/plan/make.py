@@ -15,8 +15,9 @@ from orchestrator.plan.preflight import preflight
 from orchestrator.plan.resources import check_resources
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import load_spec
-from orchestrator.spec.schema import SweepSpec
+from orchestrator.spec.schema import MAX_TRIALS, SweepSpec
 from orchestrator.sweepdir.resume import (
+    check_files,
     check_writable,
     prepare_sweep_dir,
     spec_fingerprint,
@@ -71,7 +72,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     folder is touched or Ray starts. Reads only (the spec, the inputs preflight checks)."""
     spec_path = Path(args.spec)
     overrides = tuple(getattr(args, "overrides", None) or ())
-    spec = load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides, getattr(args, "max_trials", MAX_TRIALS))
     if not on_cluster(args):
         check_resources(spec)  # this machine's GPUs, before Ray starts; run_on_ray checks Ray's once it runs
     check_writable(args.results)
@@ -93,6 +94,7 @@ def claim(plan: Plan, fresh: bool, log, evaluate_only: bool = False) -> tuple[li
     to run); the trials to run lose their stale rows. Call it holding the folder's lock."""
     prepare_sweep_dir(plan.sweep_dir, plan.spec_text, spec_fingerprint(plan.spec), fresh, log=log)
     clean_temp(plan.sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
+    check_files(plan.sweep_dir)  # a damaged file is quarantined now, so the split below redoes what it held
     plan.work = work(plan.configs, plan.sweep_dir)  # before split_done removes the stale rows of models to train
     done, todo = split_done(plan.configs, plan.sweep_dir)
     if evaluate_only:  # `orchestrator evaluate`: stored models only, nothing trained

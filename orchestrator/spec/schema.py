@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
@@ -30,6 +31,10 @@ from orchestrator.spec.fields import (
 )
 from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
 from pixelreg_core.targets.ranges import inside_th_bounds
+
+# The most trials a spec may expand to unless --max-trials raises it: no real study comes near it (the papers' full
+# grid is a few thousand), while a typo such as `seeds: 100000000` would take hours and hundreds of GB to expand.
+MAX_TRIALS = 100_000
 
 # A choice of (Th, alpha) is `decided` when the rule picks it in at least this share of the seeds' resamplings
 # (orchestrator.analysis.confidence): the spec's `confidence`, `aggregate --confidence`.
@@ -250,11 +255,13 @@ class SweepSpec(_Strict):
             return value
         if not isinstance(value, list) or not value:
             raise ValueError(f"got {short(value)}; use a count > 0 or a non-empty list of distinct integers >= 0")
+        seen: set[int] = set()  # a set: a long list is checked in linear time
         for i, seed in enumerate(value):
             if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
                 raise SpecFieldError(("seeds", i), f"got {short(seed)}; a seed is an integer >= 0")
-            if seed in value[:i]:
+            if seed in seen:
                 raise SpecFieldError(("seeds", i), f"seed {seed} is listed twice; seeds must be distinct")
+            seen.add(seed)
         return value
 
     @field_validator("grid", mode="before")
@@ -283,9 +290,10 @@ class SweepSpec(_Strict):
 
     # --- the whole spec ---------------------------------------------------------------------------------------
     @model_validator(mode="after")
-    def _whole(self) -> SweepSpec:
+    def _whole(self, info: ValidationInfo) -> SweepSpec:
         if self.search.type == "grid" and self.grid is None:
             raise SpecFieldError(("grid",), "is required for search grid; e.g. grid: {th: [0.2, 0.8], alpha: [4, 10]}")
+        self._check_size((info.context or {}).get("max_trials", MAX_TRIALS))  # before anything per trial
         if self.search.type == "optuna":
             if self.grid is not None:
                 raise SpecFieldError(("grid",), "search optuna draws th and alpha from search.th and search.alpha; "
@@ -310,6 +318,34 @@ class SweepSpec(_Strict):
                                                                     f"{longest} epochs a trial trains; lower it")
         self._validate_attacks()
         return self
+
+    def size(self) -> tuple[int, dict[str, int]]:
+        """(at most how many trials the spec expands to, the factors: pairs, grid points, seeds), counted without
+        expanding anything: pairs x grid points x seeds, twice with baselines (a baseline per seed may be shared),
+        plus optuna's budget."""
+        if self.grid:
+            axes = [len(v) for k, v in self.grid.items() if k != "points"]
+            points = math.prod(axes) * max(1, len(self.grid.get("points") or []))
+        else:
+            points = 1
+        seeds = self.seeds if isinstance(self.seeds, int) else len(self.seeds)
+        factors = {"pairs": len(self.pairs), "grid": points, "seeds": seeds}
+        per_seed = (self.search.trials if self.search.type == "optuna" else points) + (1 if self.baseline else 0)
+        return len(self.pairs) * seeds * per_seed + len(self.pairs) * points, factors
+
+    def _check_size(self, limit: int) -> None:
+        """Refuse a spec beyond `limit` trials (MAX_TRIALS unless --max-trials says otherwise), naming the field
+        with the largest count: a typo such as seeds: 100000000 would otherwise take hours and hundreds of GB just
+        to expand (about 80 us and 3 KB per trial)."""
+        count, factors = self.size()
+        if count <= limit:
+            return
+        field_name = max(factors, key=lambda k: factors[k])
+        what = {"pairs": "pairs", "grid": "grid points", "seeds": "seeds"}
+        raise SpecFieldError((field_name,), f"{factors[field_name]:,} {what[field_name]} make up to {count:,} trials "
+                                            f"({factors['pairs']:,} pairs x {factors['grid']:,} grid points x "
+                                            f"{factors['seeds']:,} seeds), more than the limit of {limit:,}; "
+                                            f"lower it, or pass --max-trials {count} if you mean it")
 
     def _validate_trial(self, pair: Pair, point: dict[str, Any]) -> None:
         """A grid point as a real TrialConfig: its own validate() is the one source of the trainer's rules."""

@@ -41,8 +41,10 @@ from pixelreg_core.results import (  # noqa: F401 - re-exported: the orchestrato
     is_uri,
     join,
     local_path,
+    quarantined,
     read_bytes,
     read_table,
+    read_text,
     read_trial,
     remove_trial,
     status_row,
@@ -61,12 +63,6 @@ def sweep_dir_for(root: str | os.PathLike, name: str) -> str:
     """ROOT/<name>, absolute for a local root (Tune's workers do not share our working directory); a URI keeps
     its query (s3://bucket/prefix/<name>?endpoint_override=...)."""
     return join(root, name) if is_uri(root) else str(Path(local_path(root)) / name)
-
-
-def read_text(sweep_dir: str, name: str) -> str | None:
-    """A small text file of the sweep folder (spec.yaml, fingerprint), or None when it is not there."""
-    data = read_bytes(join(sweep_dir, name))
-    return None if data is None else data.decode()
 
 
 def write_text(sweep_dir: str, name: str, text: str) -> None:
@@ -145,8 +141,6 @@ def load(sweep_dir: str | os.PathLike, aggregate: bool = False, confirm_seeds: i
     rows of its current spec's models and evaluations, or every row it holds with everything=True.
     aggregate=True (re)writes summary and best first; confirm_seeds=K (with aggregate=True) chooses (Th, alpha) on
     all but the K highest seeds and fills best's confirmed_* columns from those K."""
-    import io
-
     import pandas as pd
 
     if aggregate:
@@ -161,8 +155,10 @@ def load(sweep_dir: str | os.PathLike, aggregate: bool = False, confirm_seeds: i
 
     selection = None if everything else current(str(sweep_dir))
     per_trial = {table: restrict(read_table(sweep_dir, table), selection, table) for table in TABLES}
+    from orchestrator.analysis.aggregate import read_derived
+
     derived = {}
     for name in ("summary", "best"):
-        data = read_bytes(join(sweep_dir, f"{name}.parquet"))
-        derived[name] = pd.read_parquet(io.BytesIO(data)) if data is not None else pd.DataFrame()
+        frame = read_derived(sweep_dir, f"{name}.parquet")
+        derived[name] = frame if frame is not None else pd.DataFrame()
     return SweepResults(**per_trial, **derived)
