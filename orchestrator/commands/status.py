@@ -56,16 +56,12 @@ def summarize(sweep_dir: str, everything: bool = False) -> dict[str, Any]:
 
 
 def chosen_lines(sweep_dir: str) -> list[str]:
-    """The choice per pair and attack with how sure it is, from best.parquet (none before the first aggregate)."""
-    import io
+    """The choice per pair and attack with how sure it is, from best.parquet (none before the first aggregate, or
+    when it cannot be read)."""
+    from orchestrator.analysis.aggregate import describe_chosen, read_derived
 
-    import pandas as pd
-
-    from orchestrator.analysis.aggregate import describe_chosen
-    from pixelreg_core.results import join, read_bytes
-
-    data = read_bytes(join(sweep_dir, "best.parquet"))
-    return describe_chosen(pd.read_parquet(io.BytesIO(data))) if data else []
+    best = read_derived(sweep_dir, "best.parquet")
+    return describe_chosen(best) if best is not None else []
 
 
 def render(info: dict[str, Any], show_all: bool = False) -> str:
