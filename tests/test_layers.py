@@ -21,7 +21,7 @@ PACKAGES = ("pixelreg_core", "orchestrator")
 # the GPUs plan.resources sees), and the commands on top.
 # Every orchestrator stage sits above all of pixelreg_core.
 STAGES = [
-    ["pixelreg_core.errors", "pixelreg_core.hooks"],
+    ["pixelreg_core.errors", "pixelreg_core.failures", "pixelreg_core.hooks"],
     ["pixelreg_core.data.loaders", "pixelreg_core.data.registry", "pixelreg_core.targets"],
     ["pixelreg_core.config"],
     ["pixelreg_core.results", "pixelreg_core.checkpoint"],

@@ -53,13 +53,15 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24
 h1 { font-size: 1.7em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 4px;
 margin-top: 1.8em; }
 .meta { color: #666; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0; }
+.wide { overflow-x: auto; max-width: 100%; margin: 8px 0; }  /* a table wider than the page scrolls, not the page */
+.wide td { white-space: nowrap; }
+pre { background: #f6f8fa; padding: 8px 12px; overflow-x: auto; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 18px 0 30px; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; margin-top: 4px; }
 details summary { cursor: pointer; font-weight: 600; margin: 8px 0; }
-.scroll { overflow-x: auto; } .nowrap td, .nowrap th { white-space: nowrap; }
 .failed { color: #b00020; } .note { background: #f6f8fa; padding: 8px 12px; border-left: 4px solid #8ab; }
 """
 
@@ -114,8 +116,8 @@ def render(root: Path, trials, summary, best) -> str:
         f"<title>pixelreg report: {name}</title><style>{STYLE}</style></head><body>",
         f"<h1>pixelreg sweep report: {name}</h1>",
         f'<p class="meta">{html.escape(str(root.resolve()))} &middot; generated {now}</p>',
-        "<h2>Sweep status</h2>", spec_section(root), status_section(trials), epoch_spread_section(summary),
-        timing_section(trials),
+        "<h2>Sweep status</h2>", spec_section(root), status_section(trials), race_section(root),
+        epoch_spread_section(summary), timing_section(trials),
         "<h2>Best (Th, α) per task, regularization set and attack</h2>", chosen_section(best, a0),
         "<h2>Figures</h2>", figures_section(root / "figures"),
         "<h2>Tables</h2>",
@@ -130,7 +132,7 @@ def details(title: str, body: str) -> str:
     return f"<details><summary>{html.escape(title)}</summary>{body}</details>"
 
 
-def table_html(frame, classes: str | None = None) -> str:
+def table_html(frame) -> str:
     if not len(frame):
         return "<p>(empty)</p>"
     note = ""
@@ -138,8 +140,8 @@ def table_html(frame, classes: str | None = None) -> str:
         note = f"<p>first {MAX_TABLE_ROWS} of {len(frame)} rows; the Parquet file has them all.</p>"
         frame = frame.head(MAX_TABLE_ROWS)
     frame = frame.astype({c: "float64" for c, t in frame.dtypes.items() if str(t) == "Int64"})  # <NA> -> dash
-    return note + frame.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}", border=0,
-                                classes=classes)
+    table = frame.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}", border=0)
+    return f'{note}<div class="wide">{table}</div>'  # scrolls sideways inside the page when wider than it
 
 
 def spec_section(root: Path) -> str:
@@ -170,6 +172,17 @@ def status_section(trials) -> str:
         body += (f'<p class="failed">{len(failed)} failed trial(s), left out of every number below:</p>'
                  + table_html(failed[columns]))
     return body
+
+
+def race_section(root) -> str:
+    """A race's rounds, why it stopped and its final verdicts (race.json); "" for a sweep with a fixed seed count."""
+    from orchestrator.analysis import racelog
+
+    lines = racelog.describe(racelog.read(str(root)))
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:])
+    return f"<p>{html.escape(lines[0])}</p>" + (f"<ul>{items}</ul>" if items else "")
 
 
 def epoch_spread_section(summary) -> str:
@@ -227,12 +240,12 @@ def chosen_section(best, a0: float) -> str:
     for column in ("significant", "decided"):
         if column in table:
             table[column] = table[column].map({True: "yes", False: "no"})
-    for column in ("r0_over_u0", "rd_over_ud"):  # one cell "value [low, high]": the table fits the page
+    for column in ("r0_over_u0", "rd_over_ud"):  # one cell "value [low, high]": a narrower table
         if f"{column}_low" in table:
             table[column] = [_with_interval(*v) for v in table[[column, f"{column}_low", f"{column}_high"]].values]
             table = table.drop(columns=[f"{column}_low", f"{column}_high"]).rename(
                 columns={column: f"{column} [90%]"})
-    return (note + choice_lines(best) + f'<div class="scroll">{table_html(table, classes="nowrap")}</div>'
+    return (note + choice_lines(best) + table_html(table)
             + "<p>A row of dashes: no acceptable setting for that attack.</p>" + confirm_section(best))
 
 

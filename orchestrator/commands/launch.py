@@ -19,6 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from orchestrator.analysis import racelog
 from orchestrator.errors import UserError
 from orchestrator.localray import mps
 from orchestrator.plan.make import Plan, claim, make_plan
@@ -26,6 +27,7 @@ from orchestrator.plan.resources import check_resources, concurrent_slots
 from orchestrator.run.progress import print_line
 from orchestrator.run.search import run_studies
 from orchestrator.run.tune import Runner, asha_max_t, asha_scheduler
+from orchestrator.spec.expand import race_line
 from orchestrator.sweepdir.blocked import exit_code, skip_blocked
 from orchestrator.sweepdir.lock import sweep_lock
 from orchestrator.sweepdir.resume import (
@@ -112,11 +114,17 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: list[TrialConfig], lock) -> int:
     log = print_line
     n_total = len(plan.configs) + plan.optuna_units
-    log(f"sweep {plan.spec.name}: {n_total} trials ({len(done)} complete from earlier launches, "
-        f"{len(todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
-        f"to run) -> {plan.sweep_dir}")
-    if plan.work is not None and (done or plan.work["evaluate"]):
+    if plan.spec.race is None:
+        log(f"sweep {plan.spec.name}: {n_total} trials ({len(done)} complete from earlier launches, "
+            f"{len(todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
+            f"to run) -> {plan.sweep_dir}")
+    else:  # how many a race runs is its decisions' to say
+        log(f"sweep {plan.spec.name}: a race of up to {n_total} trials ({len(done)} complete from earlier "
+            f"launches) -> {plan.sweep_dir}")
+    if plan.work is not None and (done or plan.work["evaluate"]) and plan.spec.race is None:
         log("  " + work_line(plan.work))
+    if plan.spec.race is not None:
+        todo = start_race(plan, todo, log)
     if todo or plan.optuna_units:
         with mps.daemon(plan.mps, log):  # before Ray starts its workers; stopped when the launch ends
             run_on_ray(plan, todo, args, n_total, len(done), log, lock)
@@ -128,7 +136,22 @@ def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: li
     if failed:
         log(f"  see their errors with: orchestrator status {plan.sweep_dir}")
     report_outputs(plan.sweep_dir, log)
+    for line in racelog.describe(racelog.read(plan.sweep_dir)):
+        log(line)
     return max(exit_code(trial_statuses(plan.sweep_dir)), 1 if missing else 0)  # 1 after failures
+
+
+def start_race(plan: Plan, todo: list[TrialConfig], log) -> list[TrialConfig]:
+    """A race's state (plan.race) and the trials it asks for now: what its recorded rounds asked for and did not
+    finish, or, when all of them finished, what a new decision asks for; none once it has stopped."""
+    from orchestrator.run.race import Race
+
+    log(f"  {race_line(plan.spec, plan.configs)}")
+    plan.race = Race(plan.spec, plan.configs, plan.sweep_dir, todo, log)
+    if plan.race.done():
+        log(f"race: stopped ({plan.race.stopped}); nothing more to train")
+        return []
+    return list(plan.race.queue)
 
 
 def run_on_ray(plan: Plan, todo: list[TrialConfig], args: argparse.Namespace, n_total: int, n_done: int, log,
@@ -196,6 +219,12 @@ def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None
     dependency is the evaluation's, not the training's). With ASHA or seed packs (a pack reads its source when it
     starts): the sources first, then baselines and grid trials (baselines never stopped early by ASHA: every ratio
     is taken against them). Then the Optuna studies, then the evaluations left for later."""
+    if plan.race is not None:  # seeds: {start, max}: one Tuner the race keeps fed (run.race)
+        from orchestrator.run.race import run_race
+
+        run_race(runner, plan.race)
+        runner.grid_phase("evaluations", deferred_evaluations(plan, log), counted=False)
+        return
     sources = [c for c in todo if c.role == "fgsm_source"]
     baselines = [c for c in todo if c.role == "baseline"]
     trials = [c for c in todo if c.role not in ("fgsm_source", "baseline")]

@@ -16,7 +16,7 @@ import argparse
 from typing import Any
 
 from orchestrator.plan.estimate import estimate_lines
-from orchestrator.spec.expand import expand
+from orchestrator.spec.expand import expand, race_line
 from orchestrator.spec.load import load_spec
 from orchestrator.spec.schema import SweepSpec
 from orchestrator.sweepdir.tables import DEFAULT_ROOT
@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     for line in estimate_lines(spec, trials, measure=not args.no_measure):
         print(line)
+    if spec.race is not None:  # the estimate above is the race's most: every seed up to max
+        print(f"{race_line(spec, trials)}; the estimate above is for all {len(trials)}")
     for line in folder_lines(trials, sweep_dir):
         print(line)
     return 0

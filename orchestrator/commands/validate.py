@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.spec.expand import expand, role_counts
+from orchestrator.spec.expand import expand, race_line, role_counts
 from orchestrator.spec.load import load_spec
 from orchestrator.spec.overrides import is_override
 from orchestrator.sweepdir.tables import DEFAULT_ROOT
@@ -38,4 +38,6 @@ def run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{n} {role}" for role, n in role_counts(trials).items())
         searched = (f" + {spec.search.trials} searched per pair (optuna)" if spec.search.type == "optuna" else "")
         print(f"ok: {len(trials)} trials ({counts}){searched} in {spec.source}")
+        if spec.race is not None:
+            print(f"  {race_line(spec, trials)}")
     return 0

@@ -44,6 +44,7 @@ class Plan:
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
     mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
     work: dict[str, list] | None = None     # resume.work: models to train, evaluations to run, models reused
+    race: Any = None                        # run.race.Race of a spec with seeds: {start, max}, made by the launch
     overrides: tuple[str, ...] = ()         # the command line's KEY=VALUE overrides (orchestrator.spec.overrides)
 
     @property

@@ -121,3 +121,24 @@ def _unique(trials: list[TrialConfig]) -> list[TrialConfig]:
     for cfg in trials:
         seen.setdefault(cfg.trial_id, cfg)
     return list(seen.values())
+
+
+def race_start(spec: SweepSpec, configs: list[TrialConfig]) -> list[TrialConfig]:
+    """A race's first round (seeds: {start, max}): the source models and the first `start` seeds of every setting
+    and baseline; every config for a spec without a race. The race adds the rest only where it decides."""
+    race = spec.race
+    if race is None:
+        return list(configs)
+    first = set(spec.seed_list[:race.start])
+    return [c for c in configs if c.role == "fgsm_source" or c.seed in first]
+
+
+def race_line(spec: SweepSpec, configs: list[TrialConfig]) -> str:
+    """`a race: 7 to 15 trials (seeds 2 at the start, up to 5 per setting; decides gaussian at confidence 0.9)`;
+    "" without a race."""
+    race = spec.race
+    if race is None:
+        return ""
+    return (f"a race: {len(race_start(spec, configs))} to {len(configs)} trials ({race.start} seeds per setting "
+            f"and baseline at the start, up to {race.max}; decides {', '.join(spec.race_attacks())} at "
+            f"confidence {spec.confidence:g})")

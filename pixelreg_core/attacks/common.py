@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import sys
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,8 +35,10 @@ def import_foolbox() -> Any:
     when one of them runs: a trial with noise attacks only never loads it, nor a machine without it.
 
     foolbox imports GitPython (its model zoo), which fails at import where no `git` executable exists unless
-    GIT_PYTHON_REFRESH=quiet; and `scipy.ndimage.filters` (gone in SciPy 2.0), which is given scipy.ndimage's
-    own namespace where it no longer exists. foolbox's deprecation warnings at import are silenced."""
+    GIT_PYTHON_REFRESH=quiet; `requests` (the zoo's downloads), which a machine may lack (the GPU image does):
+    nothing here uses the zoo, so an absent `requests` is a stand-in module that fails only if called; and
+    `scipy.ndimage.filters` (gone in SciPy 2.0), which is given scipy.ndimage's own namespace where it no longer
+    exists. foolbox's deprecation warnings at import are silenced."""
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -45,8 +48,26 @@ def import_foolbox() -> Any:
             import scipy.ndimage
 
             sys.modules["scipy.ndimage.filters"] = scipy.ndimage
+        try:
+            import requests  # noqa: F401 - foolbox's model zoo only
+        except ImportError:
+            sys.modules["requests"] = _AbsentModule("requests", "foolbox's model zoo (unused by pixelreg)")
         import foolbox
     return foolbox
+
+
+class _AbsentModule(types.ModuleType):
+    """A module that is not installed, standing in so that importing a package that names it succeeds; any use
+    of it raises ImportError naming the module."""
+
+    def __init__(self, name: str, used_by: str):
+        super().__init__(name)
+        self.__used_by = used_by
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        raise ImportError(f"{self.__name__} is not installed (needed by {self.__used_by} only)")
 
 
 def model_device(model: nn.Module) -> torch.device:
