@@ -12,7 +12,7 @@ from typing import Any
 from orchestrator.analysis import racelog
 from orchestrator.analysis.timings import render_text as timing_lines
 from orchestrator.errors import UserError
-from orchestrator.spec.expand import expand, race_start
+from orchestrator.spec.expand import expand, race_start, searched_runs
 from orchestrator.spec.load import parse_spec, parse_yaml
 from orchestrator.sweepdir.tables import SPEC_FILE, filesystem, quarantined, read_table, read_text
 
@@ -41,9 +41,7 @@ def expected_total(sweep_dir: str) -> int | None:
     if spec.race is not None:  # a race: the trials its rounds asked for so far (round 0 before it starts)
         record = racelog.read(sweep_dir)
         total = len(racelog.asked(record)) if record else len(race_start(spec, configs))
-    if spec.search.type == "optuna":
-        total += spec.search.trials * len(spec.pairs) * len(spec.seed_list)
-    return total
+    return total + searched_runs(spec)
 
 
 def summarize(sweep_dir: str, everything: bool = False) -> dict[str, Any]:

@@ -62,8 +62,8 @@ def unregularized(spec: SweepSpec, task: str, seed: int, point: dict[str, Any], 
     """The alpha-0 model of a task x seed with the point's non-regularizer fields (e.g. width) kept."""
     keep = {k: v for k, v in point.items() if k not in REGULARIZER_FIELDS}
     cfg = spec.trial_config(task, "none", seed, {**keep, "alpha": 0.0})
-    # replace() re-runs __post_init__, which sets the neutral values of BASELINE_NEUTRAL on top of these defaults
-    return cfg.replace(role=role, **{name: _DEFAULTS[name] for name in REGULARIZER_FIELDS})
+    # the regularizer fields' defaults, then BASELINE_NEUTRAL's values on top (TrialConfig.unregularized)
+    return cfg.replace(**{name: _DEFAULTS[name] for name in REGULARIZER_FIELDS}).unregularized(role)
 
 
 def source_trial(spec: SweepSpec, task: str, point: dict[str, Any]) -> TrialConfig:
@@ -108,6 +108,12 @@ def trial_from_params(spec: SweepSpec, task: str, reg_data: str, seed: int, para
     except ConfigError as exc:
         raise UserError(f"{spec.source}: search: {exc}") from None
     return attach_source(spec, cfg, sweep_dir)
+
+
+def searched_runs(spec: SweepSpec) -> int:
+    """The trials the Optuna studies add at most (search optuna; 0 otherwise): its budget of points per pair, each
+    trained for every seed. They are not in `expand`: the launcher makes them as the studies sample."""
+    return spec.search.trials * len(spec.pairs) * len(spec.seed_list) if spec.search.type == "optuna" else 0
 
 
 def role_counts(trials: list[TrialConfig]) -> dict[str, int]:
