@@ -422,7 +422,7 @@ def time_attacks(cfg: TrialConfig, data: DataBundle, device: torch.device, smoke
     n_test = len(data.test_y)
     n_train = len(data.train_x)
     with tempfile.TemporaryDirectory() as tmp:
-        source_cfg = cfg.replace(alpha=0.0, seed=1000, role="fgsm_source")
+        source_cfg = cfg.replace(seed=1000).unregularized("fgsm_source")
         source_path = os.path.join(tmp, "source.pt")
         with compile_session(source_cfg):
             source = Stepper(source_cfg, data, device)
@@ -585,7 +585,7 @@ def c_trials(folder: Path, smoke: bool, train_images: int, kernels: dict[str, An
     # make one seed pack of N (a baseline never shares a pack with a regularized trial)
     configs = [TrialConfig(**common, th=th, alpha=alpha, seed=seed) for th in grid["th"] for alpha in grid["alpha"]
                for seed in range(seeds)]
-    configs += [TrialConfig(**common, alpha=0.0, seed=seed) for seed in range(seeds)]
+    configs += [TrialConfig(**common, seed=seed).unregularized() for seed in range(seeds)]
     return configs[:cap] if cap else configs
 
 

@@ -25,82 +25,93 @@ import pyarrow.parquet as pq
 
 from pixelreg_core.config import TrialConfig
 
-KEY_FIELDS: list[pa.Field] = [
-    pa.field("trial_id", pa.string()),
-    pa.field("sweep", pa.string()),
-    pa.field("task", pa.string()),
-    pa.field("reg_data", pa.string()),
-    pa.field("target", pa.string()),
-    pa.field("range", pa.string()),
-    pa.field("th", pa.float64()),
-    pa.field("alpha", pa.float64()),
-    pa.field("seed", pa.int64()),
-    pa.field("arch", pa.string()),
+# Every column of the per-trial tables, once: (name, type, what it holds). The schemas below are built from these
+# and docs/results.md's column tables are generated from them (scripts/gen_docs.py).
+KEY_COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("trial_id", pa.string(), "the model's id: a hash of what trains it (TrialConfig.trial_id)"),
+    ("sweep", pa.string(), "the sweep's name"),
+    ("task", pa.string(), "the classification dataset"),
+    ("reg_data", pa.string(), "the regularization dataset; \"none\" for an unregularized model"),
+    ("target", pa.string(), "the similarity target; \"none\" unregularized"),
+    ("range", pa.string(), "which pairs are regularized; \"none\" unregularized"),
+    ("th", pa.float64(), "the threshold Th; 0 unregularized"),
+    ("alpha", pa.float64(), "the regularization strength; 0 unregularized"),
+    ("seed", pa.int64(), "the trial's seed"),
+    ("arch", pa.string(), "ResNet18 or ResNet34"),
 ]
-
-SCHEMAS: dict[str, pa.Schema] = {
-    # one row per trial
-    "trials": pa.schema(KEY_FIELDS + [
-        pa.field("role", pa.string()),            # trial | baseline | fgsm_source
-        pa.field("status", pa.string()),          # ok | failed | stopped | blocked
-        pa.field("error", pa.string()),           # one line, null when ok
-        pa.field("clean_acc", pa.float64()),      # test accuracy of the selected epoch
-        pa.field("valid_acc", pa.float64()),
-        pa.field("valid_loss", pa.float64()),
-        pa.field("best_epoch", pa.int64()),       # the epoch `select` chose: 1..epochs, 0 = the untrained model
-        pa.field("valid_images", pa.int64()),     # size of the validation set that chose it
-        pa.field("epochs", pa.int64()),
-        pa.field("layer_weights", pa.list_(pa.float64())),  # softmax(gamma) of best_epoch, stem first
-        pa.field("sim_layer", pa.int64()),        # null: learned weights
-        pa.field("width", pa.int64()),
-        pa.field("wall_s", pa.float64()),         # the whole trial: data, training, attacks, writes
-        pa.field("cpu_s", pa.float64()),          # process CPU seconds over wall_s (unaffected by a shared machine)
-        pa.field("train_s", pa.float64()),        # training (this run's epochs, when resumed)
-        pa.field("eval_s", pa.float64()),         # every attack, spectrum included
-        pa.field("attack_s", pa.string()),        # JSON: seconds per attack, e.g. {"gaussian": 1.2, ...}
-        pa.field("device", pa.string()),
-        pa.field("node", pa.string()),            # Ray node id of the worker; hostname without Ray; may be null
-        pa.field("versions", pa.string()),        # JSON: python, torch, torchvision, foolbox, pyarrow
-        pa.field("config", pa.string()),          # JSON of the full TrialConfig
-        pa.field("checkpoint", pa.string()),      # path of the selected model's state_dict
-        pa.field("finished_at", pa.string()),     # ISO 8601 UTC
-        pa.field("resumed_from_epoch", pa.int64()),  # epochs restored from a per-epoch checkpoint (0: none)
-    ]),
+COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
+    # one row per model
+    "trials": [
+        ("role", pa.string(), "trial, baseline or fgsm_source (a transferred attack's source model)"),
+        ("status", pa.string(), "ok; failed; stopped (ended early by ASHA); blocked (not run: its FGSM source "
+                                "failed)"),
+        ("error", pa.string(), "one line, null when ok; for an ok model an evaluation that failed or was not run"),
+        ("clean_acc", pa.float64(), "test accuracy of the selected epoch"),
+        ("valid_acc", pa.float64(), "validation accuracy of the selected epoch"),
+        ("valid_loss", pa.float64(), "validation loss of the selected epoch"),
+        ("best_epoch", pa.int64(), "the epoch `select` chose: 1..epochs, 0 = the untrained model"),
+        ("valid_images", pa.int64(), "size of the validation set that chose it"),
+        ("epochs", pa.int64(), "epochs configured"),
+        ("layer_weights", pa.list_(pa.float64()), "softmax(gamma) of the selected epoch, stem first"),
+        ("sim_layer", pa.int64(), "the one layer compared; null: learned weights"),
+        ("width", pa.int64(), "base channels"),
+        ("wall_s", pa.float64(), "the whole trial: data, training, attacks, writes"),
+        ("cpu_s", pa.float64(), "process CPU seconds over wall_s (on a shared machine wall_s grows, cpu_s does "
+                                "not)"),
+        ("train_s", pa.float64(), "training (this run's epochs, when resumed); null for a failed trial"),
+        ("eval_s", pa.float64(), "every attack, spectrum included; null for a failed trial"),
+        ("attack_s", pa.string(), "JSON: seconds per attack, e.g. {\"gaussian\": 1.2}; null for a failed trial"),
+        ("device", pa.string(), "the device it trained on"),
+        ("node", pa.string(), "Ray node id of the worker; the hostname without Ray; null for a trial ASHA stopped"),
+        ("versions", pa.string(), "JSON: python, torch, torchvision, foolbox, pyarrow"),
+        ("config", pa.string(), "JSON of the full TrialConfig"),
+        ("checkpoint", pa.string(), "path of the selected model's state_dict"),
+        ("finished_at", pa.string(), "ISO 8601 UTC"),
+        ("resumed_from_epoch", pa.int64(), "epochs restored from a per-epoch checkpoint (0: trained from the "
+                                           "start)"),
+    ],
     # one row per epoch
-    "epochs": pa.schema(KEY_FIELDS + [
-        pa.field("epoch", pa.int64()),            # 1-based
-        pa.field("lr", pa.float64()),
-        pa.field("loss_cls", pa.float64()),       # mean over the epoch's steps
-        pa.field("loss_sim", pa.float64()),       # mean L_sim (before alpha); null when unregularized
-        pa.field("sim_corr", pa.float64()),       # Pearson r of S_cnn vs target over the epoch's pairs
-        pa.field("train_acc", pa.float64()),
-        pa.field("valid_loss", pa.float64()),
-        pa.field("valid_acc", pa.float64()),
-        pa.field("test_acc", pa.float64()),
-        pa.field("seconds", pa.float64()),
-    ]),
+    "epochs": [
+        ("epoch", pa.int64(), "1-based"),
+        ("lr", pa.float64(), "the epoch's learning rate"),
+        ("loss_cls", pa.float64(), "mean cross-entropy over the epoch's steps"),
+        ("loss_sim", pa.float64(), "mean L_sim (before alpha); null when unregularized"),
+        ("sim_corr", pa.float64(), "Pearson r of S_cnn vs target over the epoch's pairs"),
+        ("train_acc", pa.float64(), "accuracy on the epoch's training batches"),
+        ("valid_loss", pa.float64(), "validation loss after the epoch"),
+        ("valid_acc", pa.float64(), "validation accuracy after the epoch"),
+        ("test_acc", pa.float64(), "test accuracy after the epoch"),
+        ("seconds", pa.float64(), "the epoch's wall seconds"),
+    ],
     # one row per (attack, variant, eps or severity, repeat, metric)
-    "robustness": pa.schema(KEY_FIELDS + [
-        pa.field("attack", pa.string()),          # gaussian, uniform, salt_pepper, fgsm_transfer, boundary, ...
-        pa.field("eval_id", pa.string()),         # the evaluation (model, attack, options): TrialConfig.eval_id
-        pa.field("variant", pa.string()),         # corruption name; "" otherwise
-        pa.field("group", pa.string()),           # corruption frequency group low|medium|high; "" otherwise
-        pa.field("eps", pa.float64()),            # eps, or corruption severity
-        pa.field("repeat", pa.int64()),
-        pa.field("metric", pa.string()),          # accuracy | boundary_score | min_l2 | min_linf
-        pa.field("value", pa.float64()),
-        pa.field("images", pa.int64()),           # images the value is computed on
-        pa.field("failed", pa.int64()),           # images where the attack found no adversarial
-        pa.field("whitebox", pa.bool_()),         # true only for the minimal-perturbation attacks
-    ]),
+    "robustness": [
+        ("attack", pa.string(), "the attack's name (docs/attacks.md)"),
+        ("eval_id", pa.string(), "the evaluation: `<attack>-<hash>` of model, options and source "
+                                 "(TrialConfig.eval_id)"),
+        ("variant", pa.string(), "corruption name; \"\" otherwise"),
+        ("group", pa.string(), "corruption frequency group low, medium or high; \"\" otherwise"),
+        ("eps", pa.float64(), "eps, or corruption severity; null for an attack without an eps axis"),
+        ("repeat", pa.int64(), "the repeat, from 0"),
+        ("metric", pa.string(), "accuracy, boundary_score, min_l2 or min_linf (skipped: a corruption that could "
+                                "not run)"),
+        ("value", pa.float64(), "the metric's value"),
+        ("images", pa.int64(), "images the value is computed on"),
+        ("failed", pa.int64(), "images where the attack found no adversarial"),
+        ("whitebox", pa.bool_(), "true only for the minimal-perturbation attacks"),
+    ],
     # Fourier radial profile of the mean boundary perturbation, one row per radius bin
-    "spectrum": pa.schema(KEY_FIELDS + [
-        pa.field("attack", pa.string()),
-        pa.field("eval_id", pa.string()),
-        pa.field("radius", pa.float64()),
-        pa.field("power", pa.float64()),
-    ]),
+    "spectrum": [
+        ("attack", pa.string(), "the attack whose perturbations these are"),
+        ("eval_id", pa.string(), "the evaluation (as in robustness)"),
+        ("radius", pa.float64(), "the radius bin"),
+        ("power", pa.float64(), "radial Fourier power of the mean perturbation"),
+    ],
 }
+ROW_IS = {"trials": "model", "epochs": "epoch", "robustness": "(model, attack) x variant x eps x repeat x metric",
+          "spectrum": "(model, attack) x radius bin"}
+KEY_FIELDS: list[pa.Field] = [pa.field(name, kind) for name, kind, _ in KEY_COLUMNS]
+SCHEMAS: dict[str, pa.Schema] = {table: pa.schema(KEY_FIELDS + [pa.field(name, kind) for name, kind, _ in columns])
+                                 for table, columns in COLUMNS.items()}
 TABLES = tuple(SCHEMAS)
 # Columns that measure how long things took (or when, or where): they differ between two runs of the same trial,
 # every other column is deterministic on CPU. Tests that compare two runs drop these.

@@ -27,8 +27,6 @@ from pixelreg_core.train import PlacedData, batch_starts, evaluate_split, learni
 # a regularized tiny trial with half the images of conftest's TINY
 CHANGES = dict(train_images=128, test_images=64, reg_images=100, alpha=4, th=0.2, attacks={"gaussian": {"images": 32}})
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
 
 def tiny(**changes) -> TrialConfig:
     return conftest.tiny(**{**CHANGES, **changes})
@@ -550,7 +548,6 @@ def cuda_tiny(tmp_path: Path, **changes) -> TrialConfig:
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_data_placement_keeps_8_bit_images_as_uint8_on_the_gpu():
     data = mnist_like()
     placed = PlacedData.of(data, data.reg_x, torch.device("cuda"))
@@ -628,7 +625,6 @@ def epoch_twice_without_sync(cfg: TrialConfig, data: DataBundle, device: torch.d
 
 
 @pytest.mark.gpu
-@cuda
 @pytest.mark.parametrize("case", list(SYNC_CASES))
 def test_cuda_epoch_never_synchronises_with_the_host(case, tmp_path):
     from test_targets import save_matrix_files
@@ -644,7 +640,6 @@ def test_cuda_epoch_never_synchronises_with_the_host(case, tmp_path):
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_trial_with_every_kernel_option(tmp_path):
     from pixelreg_core.trial import run_trial
 
@@ -654,7 +649,6 @@ def test_cuda_trial_with_every_kernel_option(tmp_path):
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_compiled_step_matches_the_eager_step_closely(tmp_path):
     eager, _ = run_train(cuda_tiny(tmp_path, epochs=1), device="cuda")
     compiled, _ = run_train(cuda_tiny(tmp_path, epochs=1, compile="default"), device="cuda")
@@ -662,7 +656,6 @@ def test_cuda_compiled_step_matches_the_eager_step_closely(tmp_path):
 
 
 @pytest.mark.gpu
-@cuda
 def test_two_trials_packed_on_one_gpu(tmp_path):
     """Two trials at once on the one GPU, as two processes (what Ray's fractional `gpu: 0.5` does)."""
     task = cuda_tiny(tmp_path).task
@@ -682,7 +675,6 @@ def test_two_trials_packed_on_one_gpu(tmp_path):
 
 
 @pytest.mark.gpu
-@cuda
 def test_two_trials_share_one_gpu_through_ray_fractional_gpus(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed here (the GPU check runs without it)")
     import pandas as pd
@@ -753,7 +745,6 @@ def test_an_accuracy_attack_reads_once_however_many_batches():
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_attacks_run_on_the_device(tmp_path):
     from pixelreg_core import attacks
     from pixelreg_core.model import save_checkpoint

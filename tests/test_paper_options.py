@@ -32,12 +32,7 @@ def tiny(**changes) -> TrialConfig:
     return conftest.tiny(**{**CHANGES, **changes})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------------ the defaults

@@ -13,8 +13,8 @@ from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec
 from pixelreg_core import attacks
 from pixelreg_core.attacks import pgd
-from pixelreg_core.attacks.common import accuracy
-from pixelreg_core.attacks.options import eps_list
+from pixelreg_core.attacks.accuracy import accuracy
+from pixelreg_core.attacks.base import eps_list
 from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import load_checkpoint
 from pixelreg_core.results import checkpoint_path

@@ -49,7 +49,10 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24
 h1 { font-size: 1.7em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 4px;
 margin-top: 1.8em; }
 .meta { color: #666; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0; }
+.wide { overflow-x: auto; max-width: 100%; margin: 8px 0; }  /* a table wider than the page scrolls, not the page */
+.wide td { white-space: nowrap; }
+pre { background: #f6f8fa; padding: 8px 12px; overflow-x: auto; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 18px 0 30px; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -109,8 +112,8 @@ def render(root: Path, trials, summary, best) -> str:
         f"<title>pixelreg report: {name}</title><style>{STYLE}</style></head><body>",
         f"<h1>pixelreg sweep report: {name}</h1>",
         f'<p class="meta">{html.escape(str(root.resolve()))} &middot; generated {now}</p>',
-        "<h2>Sweep status</h2>", spec_section(root), status_section(trials), epoch_spread_section(summary),
-        timing_section(trials),
+        "<h2>Sweep status</h2>", spec_section(root), status_section(trials), race_section(root),
+        epoch_spread_section(summary), timing_section(trials),
         "<h2>Best (Th, α) per task, regularization set and attack</h2>", chosen_section(best, a0),
         "<h2>Figures</h2>", figures_section(root / "figures"),
         "<h2>Tables</h2>",
@@ -133,7 +136,8 @@ def table_html(frame) -> str:
         note = f"<p>first {MAX_TABLE_ROWS} of {len(frame)} rows; the Parquet file has them all.</p>"
         frame = frame.head(MAX_TABLE_ROWS)
     frame = frame.astype({c: "float64" for c, t in frame.dtypes.items() if str(t) == "Int64"})  # <NA> -> dash
-    return note + frame.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}", border=0)
+    table = frame.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}", border=0)
+    return f'{note}<div class="wide">{table}</div>'  # scrolls sideways inside the page when wider than it
 
 
 def spec_section(root: Path) -> str:
@@ -164,6 +168,17 @@ def status_section(trials) -> str:
         body += (f'<p class="failed">{len(failed)} failed trial(s), left out of every number below:</p>'
                  + table_html(failed[columns]))
     return body
+
+
+def race_section(root) -> str:
+    """A race's rounds, why it stopped and its final verdicts (race.json); "" for a sweep with a fixed seed count."""
+    from orchestrator.analysis import racelog
+
+    lines = racelog.describe(racelog.read(str(root)))
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:])
+    return f"<p>{html.escape(lines[0])}</p>" + (f"<ul>{items}</ul>" if items else "")
 
 
 def epoch_spread_section(summary) -> str:

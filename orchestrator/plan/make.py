@@ -13,7 +13,7 @@ from orchestrator.errors import UserError
 from orchestrator.localray import mps
 from orchestrator.plan.preflight import preflight
 from orchestrator.plan.resources import check_resources
-from orchestrator.spec.expand import expand
+from orchestrator.spec.expand import expand, searched_runs
 from orchestrator.spec.load import load_spec
 from orchestrator.spec.schema import MAX_TRIALS, SweepSpec
 from orchestrator.sweepdir.resume import (
@@ -44,6 +44,7 @@ class Plan:
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
     mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
     work: dict[str, list] | None = None     # resume.work: models to train, evaluations to run, models reused
+    race: Any = None                        # run.race.Race of a spec with seeds: {start, max}, made by the launch
     overrides: tuple[str, ...] = ()         # the command line's KEY=VALUE overrides (orchestrator.spec.overrides)
 
     @property
@@ -84,7 +85,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     # (spec.schema); a baseline or source differs from its point only in neutral regularizer fields.
     configs = [localize(c) for c in expand(spec, sweep_dir)]
     preflight(configs, spec_path)  # datasets, matrices, checkpoints, GPUs: present before Ray starts
-    optuna_units = spec.search.trials * len(spec.pairs) * len(spec.seed_list) if spec.search.type == "optuna" else 0
+    optuna_units = searched_runs(spec)
     return Plan(spec=spec, spec_path=spec_path, spec_text=spec.text, sweep_dir=sweep_dir,
                 configs=configs, optuna_units=optuna_units, mps=mps_control, overrides=overrides)
 

@@ -184,6 +184,29 @@ class Scheduler(_Kinded):
         return self
 
 
+class Race(_Strict):
+    """`seeds: {start: 3, max: 10}`: a race (orchestrator.run.race). Every setting and baseline trains `start` seeds;
+    then, one decision after each finished trial, only the settings whose acceptability or rank is still open (and
+    the baselines they are compared with) get one more seed, up to `max` seeds each, until every selection of
+    `decide` (attack names; default every attack of the spec) is decided at the spec's `confidence`."""
+
+    start: int = 3
+    max: int = 10
+    decide: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Race:
+        if self.start < 2:
+            raise SpecFieldError(("seeds", "start"), f"{self.start}; a race starts with at least 2 seeds per "
+                                                     "setting (one seed has no spread to judge)")
+        if self.max <= self.start:
+            raise SpecFieldError(("seeds", "max"), f"{self.max} is not above seeds.start {self.start}; raise it, "
+                                                   f"or write seeds: {self.start} for a fixed count")
+        if self.decide is not None and not self.decide:
+            raise SpecFieldError(("seeds", "decide"), "is empty; name attacks of the spec, or leave it out for all")
+        return self
+
+
 class SweepSpec(_Strict):
     """A whole study: pairs x grid x seeds, plus baselines and source models (see orchestrator.spec.expand)."""
 
@@ -195,7 +218,7 @@ class SweepSpec(_Strict):
     range: str = "all"
     th2: float | None = None
     grid: dict[str, Any] | None = None
-    seeds: int | list[int] = 7
+    seeds: int | list[int] | Race = 7
     baseline: bool = True
     train: dict[str, Any] = Field(default_factory=dict)
     attacks: dict[str, dict[str, Any]] = Field(default_factory=demo_attacks)
@@ -249,6 +272,8 @@ class SweepSpec(_Strict):
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # a race: Race checks its own fields
+            return value
         if isinstance(value, int) and not isinstance(value, bool):
             if value <= 0:
                 raise ValueError(f"{value} seeds; use a count > 0 (7 in the papers) or a list of seeds")
@@ -317,8 +342,26 @@ class SweepSpec(_Strict):
                 raise SpecFieldError(("scheduler", "grace_period"), f"{self.scheduler.grace_period} is more than the "
                                                                     f"{longest} epochs a trial trains; lower it")
         self._validate_attacks()
+        self._validate_race()
         return self
 
+    def _validate_race(self) -> None:
+        race = self.race
+        if race is None:
+            return
+        for i, name in enumerate(race.decide or []):
+            if name not in self.attacks:
+                raise SpecFieldError(("seeds", "decide", i), f"{name!r} is not among attacks "
+                                     f"({', '.join(self.attacks) or 'none'}); name one of them")
+        if self.search.type != "grid":
+            raise SpecFieldError(("seeds",), "a race (seeds: {start, max}) needs search: grid; give optuna a "
+                                             "seed count or list")
+        if self.scheduler.type != "fifo":
+            raise SpecFieldError(("seeds",), "a race needs scheduler: fifo (a trial ASHA stops has no results "
+                                             "to decide with); remove scheduler or give a seed count")
+        if self.train.get("pack", 1) > 1:
+            raise SpecFieldError(("train", "pack"), "a race adds seeds one at a time; use pack: 1 with "
+                                                    "seeds: {start, max}")
     def size(self) -> tuple[int, dict[str, int]]:
         """(at most how many trials the spec expands to, the factors: pairs, grid points, seeds), counted without
         expanding anything: pairs x grid points x seeds, twice with baselines (a baseline per seed may be shared),
@@ -328,7 +371,8 @@ class SweepSpec(_Strict):
             points = math.prod(axes) * max(1, len(self.grid.get("points") or []))
         else:
             points = 1
-        seeds = self.seeds if isinstance(self.seeds, int) else len(self.seeds)
+        seeds = self.seeds.max if isinstance(self.seeds, Race) else (
+            self.seeds if isinstance(self.seeds, int) else len(self.seeds))
         factors = {"pairs": len(self.pairs), "grid": points, "seeds": seeds}
         per_seed = (self.search.trials if self.search.type == "optuna" else points) + (1 if self.baseline else 0)
         return len(self.pairs) * seeds * per_seed + len(self.pairs) * points, factors
@@ -388,7 +432,19 @@ class SweepSpec(_Strict):
     # --- what expansion needs ---------------------------------------------------------------------------------
     @property
     def seed_list(self) -> list[int]:
+        """Every seed the spec may train (a race: seeds 0 .. max - 1; it trains those it needs, in order)."""
+        if isinstance(self.seeds, Race):
+            return list(range(self.seeds.max))
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def race(self) -> Race | None:
+        return self.seeds if isinstance(self.seeds, Race) else None
+
+    def race_attacks(self) -> list[str]:
+        """The attacks whose selections a race must decide (seeds.decide, default every attack)."""
+        race = self.race
+        return list(self.attacks) if race is None or race.decide is None else list(race.decide)
 
     @property
     def source(self) -> str:
