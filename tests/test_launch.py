@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import weakref
 from pathlib import Path
 
@@ -89,6 +90,9 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert set(robustness["attack"]) == {"gaussian"} and len(robustness) == 4 * 2
     assert (sweep / "spec.yaml").read_text() == spec.read_text()
     assert "every trial ok" in out and "done 4/4" in out
+    # the closing lines say per attack what was chosen and how sure (2 seeds a side: a p_chosen exists)
+    assert re.search(r"digits / digits / gaussian: .*(p_chosen|P\(no setting acceptable\)) \d\.\d\d: "
+                     r"(decided|undecided)", out), out
     # every epoch went to Tune: its TensorBoard logger wrote event files
     assert list((sweep / "tune").rglob("events.out.tfevents*"))
     # Tune's own trial records hold the real fields under readable names, not a hash
@@ -109,6 +113,7 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert main(["status", str(sweep)]) == 0
     status = capsys.readouterr().out
     assert "ok 4; pending 0 of 4" in status
+    assert "chosen, as of the last aggregate" in status and "digits / digits / gaussian: " in status
     assert "baseline" in status and "trial" in status
 
     # --fresh starts the folder over (another spec under the same name grows the study instead:

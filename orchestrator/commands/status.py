@@ -55,7 +55,16 @@ def summarize(sweep_dir: str, everything: bool = False) -> dict[str, Any]:
     by_role = trials.groupby(["role", "status"]).size().to_dict() if len(trials) else {}
     pending = None if total is None else max(0, total - len(trials))
     return {"trials": trials, "total": total, "by_status": by_status, "by_role": by_role, "pending": pending,
-            "race": racelog.describe(racelog.read(sweep_dir))}
+            "chosen": chosen_lines(sweep_dir), "race": racelog.describe(racelog.read(sweep_dir))}
+
+
+def chosen_lines(sweep_dir: str) -> list[str]:
+    """The choice per pair and attack with how sure it is, from best.parquet (none before the first aggregate, or
+    when it cannot be read)."""
+    from orchestrator.analysis.aggregate import describe_chosen, read_derived
+
+    best = read_derived(sweep_dir, "best.parquet")
+    return describe_chosen(best) if best is not None else []
 
 
 def render(info: dict[str, Any], show_all: bool = False) -> str:
@@ -82,6 +91,9 @@ def render(info: dict[str, Any], show_all: bool = False) -> str:
         for row in failed.itertuples():
             lines.append(f"{row.status} {row.trial_id}: {row.error}")
         lines += timing_lines(trials)
+    if info.get("chosen"):
+        lines.append("chosen, as of the last aggregate (best.parquet; `orchestrator aggregate` refreshes it):")
+        lines += [f"  {line}" for line in info["chosen"]]
     return "\n".join(lines)
 
 
