@@ -1,4 +1,4 @@
-"""Figures, the HTML report, results.load, analyze-targets and the Chromium screenshot, on hand-made data."""
+"""Figures, the HTML report, orchestrator.load, analyze-targets and the Chromium screenshot, on hand-made data."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from conftest import make_results
 
+import orchestrator
 from orchestrator.analysis import aggregate, report
 from orchestrator.cli import main
 from orchestrator.commands import analyze_targets as analyze_targets
 from orchestrator.errors import UserError
-from orchestrator.sweepdir import tables as results
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_FIGURES = {"curves_MNIST_MNIST_ResNet18.png", "tradeoff_MNIST_MNIST_ResNet18.png", "boundary.png",
@@ -126,12 +126,12 @@ def test_report_aggregates_first_when_needed(tmp_path: Path) -> None:
 
 def test_results_load_returns_every_table(sweep: tuple[Path, dict]) -> None:
     root, _ = sweep
-    r = results.load(root)
+    r = orchestrator.load(root)
     assert set(r._fields) == {"trials", "epochs", "robustness", "spectrum", "summary", "best"}
     assert len(r.trials) == 14 and len(r.epochs) == 28 and len(r.spectrum) == 14 * 8
     assert {"attack", "eps", "value"} <= set(r.robustness.columns)
     assert {"mean", "sem", "n"} <= set(r.summary.columns) and r.best["chosen"].sum() == 5
-    empty = results.load(root.parent / "not_yet")
+    empty = orchestrator.load(root.parent / "not_yet")
     assert empty.trials.empty and "status" in empty.trials.columns and empty.summary.empty
 
 
