@@ -60,16 +60,13 @@ BENCH = {  # benchmarks/gpu.py arguments per part, sized for the limits above
 # --smoke blocks these in every process it starts, as tests/test_imports.py blocks imports.
 SMOKE_BLOCKED = ("ray", "optuna", "sklearn", "requests", "pydantic", "pydantic_core", "mlxtend", "moto", "boto3",
                  "botocore", "s3fs", "tensorboardX")
-BLOCKER = """import importlib.abc, sys
+BLOCKER = """import sys
 
-class _Absent(importlib.abc.MetaPathFinder):
-    # what the GPU machine's Python lacks (benchmarks/gpu_check.py --smoke)
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (not on the GPU machine)", name=name)
-        return None
-
-sys.meta_path.insert(0, _Absent())
+# What the GPU machine's Python lacks (benchmarks/gpu_check.py --smoke). None in sys.modules is Python's own mark
+# of an absent module: `import X` raises ModuleNotFoundError and importlib.util.find_spec(X) returns None, as on a
+# machine without X (a finder that raised instead broke find_spec probes, such as gpu.py's choice of runner).
+for _name in {blocked!r}:
+    sys.modules[_name] = None
 """
 
 

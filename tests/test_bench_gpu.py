@@ -121,11 +121,13 @@ def test_the_dry_run_blocks_what_the_gpu_machine_lacks_in_every_process_it_start
     code = ("import subprocess, sys\n"
             "for name in ('sklearn', 'requests', 'pydantic', 'ray'):\n"
             "    try:\n        __import__(name)\n    except ModuleNotFoundError:\n        print('absent', name)\n"
+            "import importlib.util\n"
+            "print('spec', importlib.util.find_spec('ray'))\n"  # a probe answers as on a machine without it
             "import torch, yaml, numpy\n")
     done = subprocess.run([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
                            f"{code!r}])"], capture_output=True, text=True, env=env, timeout=120)
-    assert done.stdout.split("\n")[:4] == ["absent sklearn", "absent requests", "absent pydantic", "absent ray"], \
-        done.stdout + done.stderr[-2000:]
+    assert done.stdout.split("\n")[:5] == ["absent sklearn", "absent requests", "absent pydantic", "absent ray",
+                                           "spec None"], done.stdout + done.stderr[-2000:]
 
 
 def test_a_step_at_its_limit_is_killed_with_its_children(tmp_path):
