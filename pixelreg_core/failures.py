@@ -27,16 +27,10 @@ STICKY_CUDA = ("device-side assert", "illegal memory access", "illegal instructi
 def forget_frames(exc: BaseException | None) -> None:
     """Clear the locals of every frame the exception (and its causes and contexts) passed through, and drop the
     tracebacks: the exception stays a type and a message, holding no model, graph or optimizer."""
-    todo, seen = [exc], set()
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in chain(exc):
         if e.__traceback__ is not None:
             traceback.clear_frames(e.__traceback__)
             e.__traceback__ = None
-        todo += [e.__cause__, e.__context__]
 
 
 def release_memory() -> None:
@@ -54,13 +48,16 @@ def release_memory() -> None:
 
 def sticky_cuda_error(exc: BaseException) -> bool:
     """Whether the exception (or one it came from) is a CUDA error that leaves the context unusable."""
+    return any(text in str(e).lower() for e in chain(exc) for text in STICKY_CUDA)
+
+
+def chain(exc: BaseException | None):
+    """The exception and every one it came from (causes and contexts), each once."""
     todo, seen = [exc], set()
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if any(text in str(e).lower() for text in STICKY_CUDA):
-            return True
+        yield e
         todo += [e.__cause__, e.__context__]
-    return False
