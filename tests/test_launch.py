@@ -1,4 +1,5 @@
-"""`orchestrator launch` / `status` end to end through a real Ray Tune, plus the pure helpers.
+"""`orchestrator launch` / `status` end to end through a real Ray Tune, plus the security lines a launch prints
+(orchestrator/localray/start.py).
 
 One local Ray (2 CPUs, no dashboard) serves the whole module: starting Ray costs ~10 s on 2 cores. Sweeps are tiny
 (digits, width 4, 1 epoch, 100 train images, gaussian noise on 20 test images) but real: torch training, Tune
@@ -21,9 +22,6 @@ from conftest import TINY_TRAIN, local_ray, write_spec
 
 from orchestrator import cli
 from orchestrator.localray.start import access_lines, security_warnings
-from orchestrator.plan.resources import concurrent_slots
-from orchestrator.run.objective import score
-from orchestrator.run.progress import Progress
 from pixelreg_core.hooks import faults
 
 
@@ -555,14 +553,7 @@ def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):
     assert "no such sweep folder" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------ pure helpers
-
-
-def test_concurrent_slots_take_the_scarcer_resource():
-    assert concurrent_slots(cpus=16, gpus=1, cpu=1, gpu=0.25, cap=None) == 4   # 4 trials share the GPU
-    assert concurrent_slots(cpus=2, gpus=0, cpu=1, gpu=0, cap=None) == 2
-    assert concurrent_slots(cpus=8, gpus=0, cpu=2, gpu=0, cap=3) == 3
-    assert concurrent_slots(cpus=1, gpus=0, cpu=2, gpu=0, cap=None) == 1
+# ------------------------------------------------------------------------------------------ security lines
 
 
 def test_security_warnings_only_when_auth_off_or_dashboard_exposed():
@@ -574,49 +565,3 @@ def test_security_warnings_only_when_auth_off_or_dashboard_exposed():
     assert "0.0.0.0" in bind
     assert "ray get-auth-token" in " ".join(access_lines("127.0.0.1:8265", "token"))
     assert "ray get-auth-token" not in " ".join(access_lines("127.0.0.1:8265", "disabled"))
-
-
-def test_the_progress_log_pickles_after_print_is_replaced(monkeypatch):
-    """Tune pickles its callbacks, and so the progress log, with every Tuner; after a node loss Ray has replaced
-    builtins.print in the driver, and a launch's last phase (deferred evaluations) failed to start."""
-    import builtins
-    import pickle
-
-    from orchestrator.run.progress import Progress
-
-    progress = Progress(total=3, already_done=0, slots=1)
-    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
-    assert pickle.loads(pickle.dumps(progress)).total == 3
-
-
-def test_progress_eta_is_mean_time_times_remaining_over_slots():
-    lines = []
-    progress = Progress(total=10, already_done=2, slots=2, log=lines.append)
-    assert progress.eta() is None and progress.pending == 8
-    progress.done, progress.running, progress.unit_seconds = 2, 2, [10.0, 30.0]
-    assert progress.pending == 4
-    assert progress.eta() == pytest.approx(20.0 * 6 / 2)
-    assert "done 4/10" in progress.line() and "failed 0" in progress.line()
-
-
-def test_progress_eta_counts_the_time_running_trials_have_run():
-    """Between completions the ETA falls with the running trials' elapsed time instead of freezing."""
-    progress = Progress(total=4, already_done=0, slots=2, log=lambda _: None)
-    progress.done, progress.running, progress.unit_seconds = 1, 2, [100.0]
-    progress.running_since = {"a": (0.0, 1), "b": (30.0, 1)}
-    # pending 1: work left (100 - 40) + (100 - 10) + 100 over 2 slots
-    assert progress.eta(now=40.0) == pytest.approx((60 + 90 + 100) / 2)
-    assert progress.eta(now=70.0) == pytest.approx((30 + 60 + 100) / 2)
-    assert progress.eta(now=70.0) < progress.eta(now=40.0)
-    # a trial past the mean has nothing left; the longest running trial bounds the ETA from below
-    progress.running_since = {"a": (0.0, 1), "b": (30.0, 3)}
-    progress.running = 4
-    progress.total = 5
-    assert progress.eta(now=130.0) == pytest.approx(max((0 + 200 + 0) / 2, 200.0))
-
-
-def test_search_score_prefers_every_feasible_point():
-    assert score(clean_ratio=0.95, robust_ratio=1.3, min_clean_ratio=0.9) == 1.3
-    infeasible = score(clean_ratio=0.5, robust_ratio=5.0, min_clean_ratio=0.9)
-    assert infeasible < 0 < score(0.9, 0.01, 0.9)
-    assert score(0.8, 5.0, 0.9) > score(0.5, 5.0, 0.9)  # graded: closer to feasible is better
