@@ -65,19 +65,26 @@ def trial_ids(spec: Path, root: Path) -> dict[str, str]:
 main = cli.main  # the real console-script entry
 
 
-def launch(spec: Path, root: Path, *extra: str) -> int:
-    return main(["launch", str(spec), "--results", str(root), "--progress-every", "2", *extra])
+def launch(spec: Path, root: Path, *extra: str, figures: bool = False) -> int:
+    """The launch command; without its figures (seconds of matplotlib per launch) unless a test asks for them."""
+    return main(["launch", str(spec), "--results", str(root), "--progress-every", "2", *extra,
+                 *([] if figures else ["--no-figures"])])
 
 
 # ------------------------------------------------------------------------------------------ end to end (Ray)
 
 
-def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, capsys):
-    spec = write_spec(tmp_path)
+def test_tiny_sweep_end_to_end_then_resume_is_a_no_op_and_an_override_grows_it(ray_session, tmp_path, capsys):
+    """A tiny sweep end to end; a relaunch runs nothing; `launch SPEC --results R seeds=3` trains only seed 2's
+    models, the folder records the spec with the override applied and status names it as the current spec; the
+    same override again runs nothing; --fresh starts the folder over. (One launch sequence for all of it: each
+    launch costs seconds of Tune start-up.)"""
+    spec = write_spec(tmp_path, seeds=2)
     root = tmp_path / "results"
-    assert launch(spec, root) == 0
+    assert launch(spec, root, figures=True) == 0
     out = capsys.readouterr().out
     sweep = root / "tiny"
+    assert f"figures: {sweep / 'figures'} (" in out and list((sweep / "figures").iterdir())
     trials = pd.read_parquet(sweep / "trials")
     epochs = pd.read_parquet(sweep / "epochs")
     robustness = pd.read_parquet(sweep / "robustness")
@@ -114,9 +121,29 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert "chosen, as of the last aggregate" in status and "digits / digits / gaussian: " in status
     assert "baseline" in status and "trial" in status
 
+    # a command-line override grows the study: only seed 2's models train
+    assert launch(spec, root, "seeds=3") == 0
+    out = capsys.readouterr().out
+    assert "4 complete from earlier launches, 2 to run" in out and "every trial ok" in out
+    grown = pd.read_parquet(sweep / "trials")
+    assert sorted(grown["seed"]) == [0, 0, 1, 1, 2, 2] and set(grown["status"]) == {"ok"}
+    now = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
+    assert {name: now[name] for name in mtimes} == mtimes  # seeds 0 and 1's models were not trained again
+    recorded = (sweep / "spec.yaml").read_text()
+    assert recorded.startswith(f"# {spec} with overrides: seeds=3\n") and "\nseeds: 3\n" in recorded
+    versions = sorted((sweep / "specs").iterdir())
+    assert len(versions) == 2 and versions[-1].read_text() == recorded
+    assert main(["status", str(sweep)]) == 0
+    status = capsys.readouterr().out
+    assert status.startswith(f"spec: version 2 of 2 (specs/{versions[-1].name}); since version 1: seeds: 3 (was 2)")
+    assert "ok 6; pending 0 of 6" in status
+    assert launch(spec, root, "seeds=3") == 0  # the same override again: nothing to run, no third version
+    assert "6 complete from earlier launches, 0 to run" in capsys.readouterr().out
+    assert len(list((sweep / "specs").iterdir())) == 2
+
     # --fresh starts the folder over (another spec under the same name grows the study instead:
     # test_a_study_grows_by_seeds_points_pairs_and_attacks_and_evaluate_trains_nothing)
-    old_ids = set(trials["trial_id"])
+    old_ids = set(grown["trial_id"])
     second = write_spec(tmp_path, seeds=[0], baseline=False, grid={"th": [0.5], "alpha": [2.0]})
     assert launch(second, root, "--fresh") == 0
     trials = pd.read_parquet(sweep / "trials")
@@ -124,36 +151,7 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert trials["th"].tolist() == [0.5] and trials["status"].tolist() == ["ok"]
 
 
-def test_a_command_line_override_grows_the_study_and_is_the_spec_status_shows(ray_session, tmp_path, capsys):
-    """`launch SPEC --results R seeds=2` after a finished one-seed launch trains only seed 1's models; the folder
-    records the spec with the override applied, and status names it as the current spec."""
-    spec = write_spec(tmp_path, name="grow", seeds=1)
-    root = tmp_path / "results"
-    sweep = root / "grow"
-    assert launch(spec, root) == 0
-    first = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
-    assert len(first) == 2
-    capsys.readouterr()
-    assert launch(spec, root, "seeds=2") == 0
-    out = capsys.readouterr().out
-    assert "2 complete from earlier launches, 2 to run" in out and "every trial ok" in out
-    trials = pd.read_parquet(sweep / "trials")
-    assert sorted(trials["seed"]) == [0, 0, 1, 1] and set(trials["status"]) == {"ok"}
-    now = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
-    assert {name: now[name] for name in first} == first  # seed 0's models were not trained again
-    recorded = (sweep / "spec.yaml").read_text()
-    assert recorded.startswith(f"# {spec} with overrides: seeds=2\n") and "\nseeds: 2\n" in recorded
-    versions = sorted((sweep / "specs").iterdir())
-    assert len(versions) == 2 and versions[-1].read_text() == recorded
-    assert main(["status", str(sweep)]) == 0
-    status = capsys.readouterr().out
-    assert status.startswith(f"spec: version 2 of 2 (specs/{versions[-1].name}); since version 1: seeds: 2 (was 1)")
-    assert "ok 4; pending 0 of 4" in status
-    assert launch(spec, root, "seeds=2") == 0  # the same override again: nothing to run, no third version
-    assert "4 complete from earlier launches, 0 to run" in capsys.readouterr().out
-    assert len(list((sweep / "specs").iterdir())) == 2
-
-
+@pytest.mark.slow  # packed training itself: tests/test_pack.py (a packed trial writes what separate runs do)
 def test_seed_packs_write_each_trial_as_an_unpacked_launch_does(ray_session, tmp_path, capsys):
     """`pack: 4`: the 4 regularized trials (2 th x 2 seeds) train as one Tune trial, the 2 baselines as another;
     every trial has its own trials and epochs rows under the id an unpacked launch gives it."""
@@ -393,6 +391,7 @@ def test_optuna_trains_a_points_seeds_as_one_seed_pack(ray_session, tmp_path):
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
 
 
+@pytest.mark.slow  # the rule, fast: tests/test_tune.py (asha_max_t)
 def test_asha_lets_the_longest_trial_of_an_epochs_grid_finish(ray_session, tmp_path):
     """ASHA's max_t comes from the longest trial: with train.epochs 1 and a grid epochs [1, 3], the 3-epoch
     trial must train its 3 epochs and end ok, not be cut at 2 reports and recorded `stopped`."""
