@@ -70,6 +70,7 @@ def test_eps_zero_equals_clean_accuracy(setup):
         assert len(at_zero) == 1 and at_zero[0]["value"] == clean and at_zero[0]["images"] == len(data.test_y)
 
 
+@pytest.mark.float
 def test_the_shortcuts_give_the_rows_the_plain_loops_give(setup, monkeypatch):
     """CPU forwards in cache-sized chunks and one clean accuracy shared by every eps-0 point: the same rows, value
     for value, as each curve running every eps itself in whole batches; the clean images are classified once."""

@@ -35,11 +35,12 @@ def test_the_test_command_installs_the_same_project_with_dev():
     assert " -e . " in readme_commands()[0] + " "  # the quickstart's install is the lean one
 
 
-def test_ci_runs_the_readme_test_command_first_then_the_slow_tier():
+def test_ci_runs_the_readme_test_command_first_then_the_slow_tier_then_float_under_other_kernels():
     ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
           if line and not line.startswith(("#", "set ", "cd "))]
     assert ci[0] == readme_commands()[1]  # verbatim: the fast tier is what a newcomer runs
-    assert ci[1:] == [".venv/bin/python -m pytest -q -m slow || [ $? -eq 5 ]"]
+    assert ci[1:] == [".venv/bin/python -m pytest -q -m slow || [ $? -eq 5 ]",
+                      "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 .venv/bin/python -m pytest -q -m float"]
     addopts = (REPO / "pyproject.toml").read_text().split("[tool.pytest.ini_options]", 1)[1]
     assert '-m "not slow"' in addopts  # so the README's plain `pytest -q` is the fast tier
 

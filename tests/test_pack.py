@@ -78,6 +78,7 @@ def _assert_same_state(separate: list, grouped: GroupedPairResNet, atol: float) 
             assert torch.allclose(state[name].double(), value.double(), atol=atol, rtol=rtol), name
 
 
+@pytest.mark.float
 @pytest.mark.parametrize("sim_layer", [None, 2])
 def test_one_packed_sgd_step_equals_separate_steps(sim_layer):
     """Weights, BatchNorm statistics, gamma and feature means of each model within 1e-5 after one float32 step."""
@@ -86,6 +87,7 @@ def test_one_packed_sgd_step_equals_separate_steps(sim_layer):
     assert grouped.layer_weights().shape == (3, 5)
 
 
+@pytest.mark.float
 def test_a_second_packed_step_with_momentum_stays_within_rounding():
     """Two steps, the second with momentum: within 1e-4 (seen: 2e-5; float32 rounding of the first step, grown
     through small-batch BatchNorm, is what differs)."""
@@ -93,14 +95,27 @@ def test_a_second_packed_step_with_momentum_stays_within_rounding():
     _assert_same_state(separate, grouped, 1e-4)
 
 
+# How far a packed member's first epoch may sit from a separate run's. The packed model runs grouped convolutions,
+# the separate one plain ones: two kernels that round differently, and their differences grow through the epoch's
+# steps. The training means (loss_cls, loss_sim, sim_corr, batch statistics) stay within 1e-5 (seen: 9e-6 on an
+# AVX-512 Xeon, under its own and PyTorch's portable kernels), so 1e-4. The validation loss is ill-conditioned at
+# this size: eval-mode BatchNorm on running statistics of four batches gives logits so large that the loss is ~20,
+# and there the same separate run moved by 0.95% between the Xeon's own and the portable kernels (19.895 against
+# 20.084), and packed against separate by 5.8e-4 on an AMD EPYC: so 1e-2. A member mixed up with another (other
+# seed, alpha, data) differs by far more (20 against 2.3 here).
+MEANS_REL = 1e-4
+VALID_LOSS_REL = 1e-2
+
+
 def _tables(root, trial_id: str) -> dict[str, pd.DataFrame]:
     return {name: pd.read_parquet(root / name, filters=[("trial_id", "==", trial_id)])
             for name in ("trials", "epochs", "robustness")}
 
 
+@pytest.mark.float
 def test_a_packed_trial_writes_what_a_separate_run_writes(tmp_path):
     """Two regularized trials (other seed, th and alpha) in one pack: the same trial ids, tables and columns as
-    separate runs, their first epoch's numbers within float tolerance, each evaluated as its own model.
+    separate runs, their first epoch's numbers within the tolerances above, each evaluated as its own model.
 
     lr 0.005, batches of 64 and 32 pairs: at width 4 the last stage's feature maps are 1 x 1, and with the
     defaults (lr 0.1, batches of 32 with a last batch of 6, BatchNorm over the 16 images of a pair half) float
@@ -117,8 +132,9 @@ def test_a_packed_trial_writes_what_a_separate_run_writes(tmp_path):
         for name in packed:
             assert list(packed[name].columns) == list(apart[name].columns), name
             assert len(packed[name]) == len(apart[name]) > 0, name
-        for column in ("loss_cls", "loss_sim", "sim_corr", "valid_loss"):
-            assert packed["epochs"][column].tolist() == pytest.approx(apart["epochs"][column].tolist(), rel=1e-4)
+        for column, rel in (("loss_cls", MEANS_REL), ("loss_sim", MEANS_REL), ("sim_corr", MEANS_REL),
+                            ("valid_loss", VALID_LOSS_REL)):
+            assert packed["epochs"][column].tolist() == pytest.approx(apart["epochs"][column].tolist(), rel=rel)
         for column in ("train_acc", "valid_acc", "test_acc"):  # counts: at most one image either way
             assert packed["epochs"][column].tolist() == pytest.approx(apart["epochs"][column].tolist(), abs=1 / 64)
         assert packed["trials"]["best_epoch"].tolist() == apart["trials"]["best_epoch"].tolist()
@@ -130,6 +146,7 @@ def test_a_packed_trial_writes_what_a_separate_run_writes(tmp_path):
     assert first["loss_sim"][0] != second["loss_sim"][0]
 
 
+@pytest.mark.float
 def test_a_nan_in_one_model_fails_only_its_trial(tmp_path, monkeypatch):
     """A `nan` fault in member 1 after epoch 1 of 3: its trial fails at epoch 2 with train.py's message, and the
     other trial's numbers are exactly those of the same pack without the fault (the NaN weights never reach its
@@ -154,7 +171,9 @@ def test_a_nan_in_one_model_fails_only_its_trial(tmp_path, monkeypatch):
     assert epochs[numbers].values.tolist()[:2] == without[numbers].values.tolist()[:2]
     run_trial(cfgs[0].replace(pack=1), tmp_path / "apart")
     apart = pd.read_parquet(tmp_path / "apart" / "epochs")
-    assert epochs["valid_loss"][0] == pytest.approx(apart["valid_loss"][0], rel=1e-4)  # later epochs drift
+    for column in ("loss_cls", "loss_sim"):  # the first epoch; later ones drift (see above)
+        assert epochs[column][0] == pytest.approx(apart[column][0], rel=MEANS_REL)
+    assert epochs["valid_loss"][0] == pytest.approx(apart["valid_loss"][0], rel=VALID_LOSS_REL)
 
 
 def test_a_failed_member_keeps_its_checkpoint_and_resumes_apart(tmp_path, monkeypatch):

@@ -93,6 +93,7 @@ def joint_reference(model, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
     return centred_similarity(model, model.features(torch.cat([xa, xb]))[1], xa.shape[0])
 
 
+@pytest.mark.float
 def test_pair_bn_joint_is_bit_identical_to_the_single_pass():
     xa, xb = pair_inputs()
     torch.manual_seed(0)
@@ -103,6 +104,7 @@ def test_pair_bn_joint_is_bit_identical_to_the_single_pass():
         assert torch.equal(a, b), name  # BatchNorm running statistics and feature means too
 
 
+@pytest.mark.float
 def test_pair_bn_split_normalises_each_half_on_its_own():
     xa, xb = pair_inputs()
     torch.manual_seed(0)

@@ -42,11 +42,17 @@ def test_cyclic_schedule_restarts_after_a_cycle():
     assert lrs[20] == 0.1
 
 
+@pytest.mark.float
 def test_a_few_epochs_lower_both_losses():
     """Both terms of the loss, evaluated on the same fixed data (all train images; 512 fixed pairs) before and
-    after training, must fall. (Per-epoch training means are noisy: on one CPU the classification mean rose from
-    epoch 1 to 3 while the model learned.)"""
-    cfg = tiny(alpha=1, th=0.2, epochs=5, lr=0.05)
+    after training, fall clearly: by 10% (classification) and 5% (similarity).
+
+    The run is what makes that hold on any CPU: 8 epochs, 4 at lr 0.02 then 4 at 0.006. At lr 0.05 for 5 epochs
+    these losses swing by +-0.5 from epoch to epoch (width 4, batches of 32), so whether the last one sat below the
+    first was the CPU's rounding: an AMD EPYC ended at 2.555 from 2.531. Seen with this run, seeds 0-3, on an
+    AVX-512 Xeon under its own and PyTorch's portable kernels (ATEN_CPU_CAPABILITY=default): after/before at most
+    0.82 (classification) and 0.87 (similarity)."""
+    cfg = tiny(alpha=1, th=0.2, epochs=8, phase_epochs=4, lr=0.02)
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, 1, data.num_classes)
@@ -65,7 +71,7 @@ def test_a_few_epochs_lower_both_losses():
     before = losses()
     train(cfg, data, model, target, torch.device("cpu"))
     after = losses()
-    assert after[0] < before[0] and after[1] < before[1]
+    assert after[0] < 0.9 * before[0] and after[1] < 0.95 * before[1], (before, after)
 
 
 def test_same_seed_same_numbers_and_other_seed_differs(tmp_path):
