@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.fit, 
 from benchmarks.fit import quick_fit  # noqa: E402
 from pixelreg_core.attacks import boundary, fgsm  # noqa: E402
 from pixelreg_core.attacks import source as attack_source  # noqa: E402
-from pixelreg_core.attacks.common import accuracy, correct_subset  # noqa: E402
+from pixelreg_core.attacks.accuracy import accuracy  # noqa: E402
+from pixelreg_core.attacks.seeds import correct_subset  # noqa: E402
 from pixelreg_core.config import TrialConfig  # noqa: E402
 from pixelreg_core.data.bundle import prepare_data  # noqa: E402
 from pixelreg_core.model import save_checkpoint  # noqa: E402

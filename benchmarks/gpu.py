@@ -52,7 +52,13 @@ import torch  # noqa: E402
 from pixelreg_core import attacks  # noqa: E402
 from pixelreg_core.config import KERNEL_FIELDS, TrialConfig  # noqa: E402
 from pixelreg_core.data.bundle import DataBundle  # noqa: E402
-from pixelreg_core.kernels import compile_session, kernel_settings, make_optimizer, uses_channels_last  # noqa: E402
+from pixelreg_core.kernels import (  # noqa: E402
+    compile_session,
+    compile_toolchain_missing,
+    kernel_settings,
+    make_optimizer,
+    uses_channels_last,
+)
 from pixelreg_core.model import build_model, save_checkpoint  # noqa: E402
 from pixelreg_core.targets.registry import build_target  # noqa: E402
 from pixelreg_core.train import (  # noqa: E402
@@ -101,11 +107,17 @@ class Budget:
     def __init__(self, seconds: float | None) -> None:
         self.deadline = time.monotonic() + seconds if seconds else None
 
-    def over(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
+    def over(self, needs: float = 0.0) -> bool:
+        """Whether the budget is used up, or has less than `needs` seconds left (a row that may take that long)."""
+        return self.deadline is not None and time.monotonic() + needs > self.deadline
+
+    def left(self, at_most: float) -> float:
+        """The seconds left, at most `at_most`: a level's own limit is the budget left (gpu_check.py's margins)."""
+        return at_most if self.deadline is None else max(0.0, min(at_most, self.deadline - time.monotonic()))
 
 
 OVER_BUDGET = "skipped: the part's --part-budget-s was used up"
+COMPILE_ROW_S = 60.0  # budget a compile row needs left to start (its compile took 30-90 s in the issue's estimate)
 
 
 def failure(exc: BaseException) -> str:
@@ -245,9 +257,12 @@ class Stepper:
 
 
 def sweep_train(name: str) -> dict[str, Any]:
-    from orchestrator.spec.load import load_spec
+    """A shipped sweep's `train` settings as its YAML writes them: read with pyyaml, not through the spec schema,
+    because the GPU machine has no pydantic (part (b) needs only the few numbers it names; a field the YAML leaves
+    out takes TrialConfig's default, as the spec would give it)."""
+    import yaml
 
-    return dict(load_spec(ROOT / "sweeps" / name).train)
+    return dict(yaml.safe_load((ROOT / "sweeps" / name).read_text()).get("train") or {})
 
 
 # ----------------------------------------------------------------------------------------------------- (a)
@@ -287,7 +302,9 @@ def part_a(device: torch.device, smoke: bool, report: Report, widths: list[int],
         for variant, options in phase.items():
             row: dict[str, Any] = {"width": width, "regularized": regularized, "variant": variant,
                                    "step_s": None, "images_per_s": None, "speedup": None, "compile_s": None}
-            skip = _skip_reason(variant, options, device, smoke) or (OVER_BUDGET if budget.over() else "")
+            # a compile row is started only with COMPILE_ROW_S left: compiling alone takes 30-90 s on a GPU
+            needs = COMPILE_ROW_S if "compile" in options else 0.0
+            skip = _skip_reason(variant, options, device, smoke) or (OVER_BUDGET if budget.over(needs) else "")
             if skip:
                 out["rows"].append({**row, "note": skip})
                 report.save()
@@ -330,6 +347,8 @@ def _skip_reason(variant: str, options: dict[str, Any], device: torch.device, sm
         return "n/a: acts on CUDA only"
     if "compile" in options and smoke:
         return "skipped in --smoke: compiling takes minutes on a CPU"
+    if "compile" in options and device.type == "cuda" and compile_toolchain_missing():
+        return f"n/a: {compile_toolchain_missing()}"
     return ""
 
 
@@ -343,16 +362,18 @@ def part_b(device: torch.device, smoke: bool, kernels: dict[str, Any], report: R
             out[task] = {"error": OVER_BUDGET}
             report.save()
             continue
-        try:
-            out[task] = _part_b_task(task, shape, device, smoke, kernels, attack_epochs, max_steps, max_test)
+        try:  # the epoch figures are saved before the attacks are timed: a kill during them keeps the figures
+            _part_b_task(task, shape, device, smoke, kernels, attack_epochs, max_steps, max_test, out, report)
         except Exception as exc:  # noqa: BLE001 - one shape failing must not lose the other's figures
-            out[task] = {"error": failure(exc)}
+            out[task] = {**out.get(task, {}), "error": failure(exc)}
         report.save()
     return out
 
 
 def _part_b_task(task: str, shape: dict[str, Any], device: torch.device, smoke: bool, kernels: dict[str, Any],
-                 attack_epochs: int, max_steps: int | None, max_test: int | None) -> dict[str, Any]:
+                 attack_epochs: int, max_steps: int | None, max_test: int | None, out: dict[str, Any],
+                 report: Report) -> None:
+    """out[task]: the shape's step and epoch figures (saved at once), then its attack times and trial times."""
     train = sweep_train(shape["sweep"])
     fields = {k: v for k, v in train.items() if k in ("arch", "width", "batch_size", "reg_pairs", "reg_images",
                                                       "epochs", "grayscale")}
@@ -375,13 +396,15 @@ def _part_b_task(task: str, shape: dict[str, Any], device: torch.device, smoke: 
         epoch_s = step_s * steps_per_epoch + eval_s
         figures[label] = {"step_s": step_s, "steps_per_epoch": steps_per_epoch, "steps_timed": timed,
                           "eval_s": eval_s, "epoch_s": epoch_s, "first_epoch_s": stepper.first_epoch_s}
-    attack_s, attack_notes = time_attacks(TrialConfig(**base, alpha=0.0), data, device, smoke, attack_epochs)
     epochs = cfg.epochs
+    out[task] = {"epochs": epochs, "width": cfg.width, "image": f"{shape['channels']}x{shape['size']}x{shape['size']}",
+                 "train_images": shape["train"], **figures, "attacks": "not timed yet"}
+    report.save()
+    attack_s, attack_notes = time_attacks(TrialConfig(**base, alpha=0.0), data, device, smoke, attack_epochs)
     for label in figures:
         figures[label]["attacks_s"] = attack_s
         figures[label]["trial_s"] = epochs * figures[label]["epoch_s"] + attack_s
-    return {"epochs": epochs, "width": cfg.width, "image": f"{shape['channels']}x{shape['size']}x{shape['size']}",
-            "train_images": shape["train"], **figures, "attacks": attack_notes}
+    out[task]["attacks"] = attack_notes
 
 
 def time_attacks(cfg: TrialConfig, data: DataBundle, device: torch.device, smoke: bool, epochs: int
@@ -399,7 +422,7 @@ def time_attacks(cfg: TrialConfig, data: DataBundle, device: torch.device, smoke
     n_test = len(data.test_y)
     n_train = len(data.train_x)
     with tempfile.TemporaryDirectory() as tmp:
-        source_cfg = cfg.replace(alpha=0.0, seed=1000, role="fgsm_source")
+        source_cfg = cfg.replace(seed=1000).unregularized("fgsm_source")
         source_path = os.path.join(tmp, "source.pt")
         with compile_session(source_cfg):
             source = Stepper(source_cfg, data, device)
@@ -469,6 +492,18 @@ def write_idx(folder: Path, n_train: int, n_test: int) -> None:
             fh.write(bytes([0, 0, 0x08, 1]) + n.to_bytes(4, "big") + labels.tobytes())
 
 
+def visible_gpu(cuda_visible_devices: str | None) -> tuple[str, int | str]:
+    """The GPU torch's cuda:0 is, as NVML names it: ("index", i) or ("uuid", "GPU-..."/"MIG-...").
+    CUDA_VISIBLE_DEVICES renumbers the GPUs for CUDA only; NVML (and nvidia-smi) count the machine's, so on a
+    machine where cuda:0 is physical GPU 3 the sampler must read GPU 3, not NVML's index 0."""
+    first = (cuda_visible_devices or "").split(",")[0].strip()
+    if first.isdigit():
+        return "index", int(first)
+    if first.startswith(("GPU-", "MIG-")):
+        return "uuid", first
+    return "index", 0
+
+
 class GpuSampler:
     """GPU utilisation and memory in use, sampled every 0.5 s in a thread (pynvml, else nvidia-smi), each sample
     with its wall-clock time, so that the samples taken while trials trained can be picked out afterwards.
@@ -484,7 +519,9 @@ class GpuSampler:
             import pynvml
 
             pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            kind, which = visible_gpu(os.environ.get("CUDA_VISIBLE_DEVICES"))
+            handle = (pynvml.nvmlDeviceGetHandleByUUID(which) if kind == "uuid"
+                      else pynvml.nvmlDeviceGetHandleByIndex(which))
             self._read = lambda: (pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
                                   pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20)
             self.source = "pynvml"
@@ -495,7 +532,9 @@ class GpuSampler:
 
     @staticmethod
     def _read_smi() -> tuple[float, float]:
-        util, mem = _smi(["--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]).split(",")
+        which = str(visible_gpu(os.environ.get("CUDA_VISIBLE_DEVICES"))[1])
+        util, mem = _smi([f"--id={which}", "--query-gpu=utilization.gpu,memory.used",
+                          "--format=csv,noheader,nounits"]).split(",")
         return float(util), float(mem)
 
     def _run(self) -> None:
@@ -546,7 +585,7 @@ def c_trials(folder: Path, smoke: bool, train_images: int, kernels: dict[str, An
     # make one seed pack of N (a baseline never shares a pack with a regularized trial)
     configs = [TrialConfig(**common, th=th, alpha=alpha, seed=seed) for th in grid["th"] for alpha in grid["alpha"]
                for seed in range(seeds)]
-    configs += [TrialConfig(**common, alpha=0.0, seed=seed) for seed in range(seeds)]
+    configs += [TrialConfig(**common, seed=seed).unregularized() for seed in range(seeds)]
     return configs[:cap] if cap else configs
 
 
@@ -587,7 +626,7 @@ def part_c(device: torch.device, smoke: bool, levels: list[int], mps: bool, trai
                     run = _run_ray if runner == "ray" else _run_processes
                     try:
                         row.update(run(folder, results, smoke, train_images, kernels, threads, gpu, level, pack,
-                                       mps_mode, level_timeout_s, tmp))
+                                       mps_mode, budget.left(level_timeout_s), tmp))  # never past the budget
                     except Exception as exc:  # noqa: BLE001 - a level that cannot run is recorded, not fatal
                         row.update(trials=0, failed=0, error=failure(exc))
                     out["rows"].append(row)

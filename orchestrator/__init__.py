@@ -7,8 +7,8 @@ The only package that imports Ray (and only inside the commands that need it, so
 def load(path, **kwargs):
     """A sweep folder's tables as DataFrames, for notebooks: `orchestrator.load("results/mnist_grid").trials`.
 
-    The work is `orchestrator.sweepdir.tables.load`; this name is the public entry, imported lazily so that
+    The work is `orchestrator.analysis.load.load`; this name is the public entry, imported lazily so that
     `import orchestrator` stays cheap."""
-    from orchestrator.sweepdir.tables import load as load_tables
+    from orchestrator.analysis.load import load as load_tables
 
     return load_tables(path, **kwargs)

@@ -1,7 +1,13 @@
-"""`orchestrator` console script: one subcommand per module, each exposing `add_arguments` and `run`.
+"""Sweeps of pixel-similarity regularization on Ray Tune: check a sweep spec, see its plan, launch it, follow
+it, then aggregate and report its results.
 
-Errors a user can cause end here as one line on stderr and exit code 2, never a traceback.
+Usually, in this order: orchestrator validate SPEC; orchestrator plan SPEC; orchestrator launch SPEC; orchestrator
+status results/NAME; orchestrator report results/NAME. docs/running.md walks through a sweep.
 """
+
+# For developers: each subcommand is a module of orchestrator/commands/ with `add_arguments(parser)` and
+# `run(args)` (COMMANDS below). Errors a user can cause end here as one line on stderr and exit code 2, never a
+# traceback.
 
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="orchestrator", description=" ".join(__doc__.split("\n\n")[0].split()),
+                                     epilog=__doc__.split("\n\n", 1)[1].strip())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(f"orchestrator.commands.{module_name}")

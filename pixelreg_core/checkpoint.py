@@ -14,7 +14,9 @@ leaves an epoch file whose best file exists. Each is written whole (temp file + 
 store) through pixelreg_core.results, so a crash mid-save leaves the previous epoch's checkpoint. They are removed
 once the trial's rows are written; a failed trial keeps them, so a relaunch resumes from its last finished epoch.
 `benchmarks/bench_checkpoint.py` prints the bytes per epoch at width 64.
-A file that cannot be read, or that belongs to another trial, is ignored: the trial then starts from epoch 1.
+A file that belongs to another trial is ignored: the trial then starts from epoch 1. So is a file that cannot be
+read (damaged, zero length), with one line, and it is moved into the sweep's quarantine/ folder, never deleted
+(pixelreg_core.results.quarantine).
 So is one saved on another kind of device (the device is not part of the trial id, so a trial stopped on a GPU
 may be relaunched on a CPU): a CPU generator's state (5,056 bytes) cannot be put into a CUDA generator (16 bytes)
 or the reverse, and continuing with another stream would give numbers neither device would give; the trial says
@@ -49,9 +51,11 @@ class EpochCheckpoint:
     epochs: int  # the trial's epoch count: a file with more epochs done than that is not this trial's
     best_saved: int | None = None  # the epoch (0: the untrained model) whose best file is on disk; None: none
 
+    out_root: str | None = None  # the sweep folder (for_trial): where a damaged file is quarantined
+
     @classmethod
     def for_trial(cls, out_root: str | os.PathLike, cfg: Any) -> EpochCheckpoint:
-        return cls(running_path(out_root, cfg.trial_id), cfg.trial_id, cfg.epochs)
+        return cls(running_path(out_root, cfg.trial_id), cfg.trial_id, cfg.epochs, out_root=str(out_root))
 
     def best_path(self, epoch: int) -> str:
         # a URI's ?query (endpoint, region) stays last, where pyarrow reads it: the name changes before it
@@ -84,18 +88,33 @@ class EpochCheckpoint:
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when there is none usable (missing, unreadable, another trial's)."""
-        state = _deserialise(read_bytes(self.path))
+        state = self._read(self.path)
         if (not isinstance(state, dict) or state.get("format") not in (1, FORMAT)
                 or state.get("trial_id") != self.trial_id or not 0 < int(state.get("epochs_done", 0)) <= self.epochs):
             return None
         if state["format"] == FORMAT:  # the best state lives in the best file the epoch file names (if any yet)
             state["best_state"] = {}
             if state.get("best_file") is not None:
-                best = _deserialise(read_bytes(self.best_path(int(state["best_file"]))))
+                best = self._read(self.best_path(int(state["best_file"])))
                 if (not isinstance(best, dict) or best.get("trial_id") != self.trial_id
                         or best.get("best_epoch") != state["best_file"]):
                     return None
                 state["best_state"] = best["best_state"]
+        return state
+
+    def _read(self, path: str) -> Any:
+        """The object saved at `path`; None when there is none, or when it cannot be read: then it is quarantined
+        (with its epoch file, for a best file) and the trial starts from epoch 1."""
+        data = read_bytes(path)
+        state = _deserialise(data)
+        if data is not None and state is None and self.out_root is not None:
+            from pixelreg_core.results import quarantine
+
+            relative = f"checkpoints/running/{os.path.basename(path.split('?', 1)[0])}"
+            epoch_file = f"checkpoints/running/{self.trial_id}.pt"
+            quarantine(self.out_root, relative, "not a readable torch file", f"the resume state of model "
+                       f"{self.trial_id}", "the trial starts again from epoch 1",
+                       also=[epoch_file] if relative != epoch_file else [])
         return state
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,

@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         cfg = config_from_args(args)
+        if cfg.alpha == 0:  # an unregularized run is a baseline (or a source model), made as a sweep makes it
+            cfg = cfg.unregularized("fgsm_source" if cfg.role == "fgsm_source" else "baseline")
         from pixelreg_core.trial import run_trial  # heavy imports only once the flags are good
 
         def show(row: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,47 @@ REGULARIZER_FIELDS = ("reg_data", "target", "range", "th", "th2", "arctanh", "ex
 BASELINE_NEUTRAL = {"reg_data": "none", "target": "none", "range": "none", "th": 0.0, "th2": None}
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What one field's value must be: `ok(value)`, else ConfigError(field, "is <value>; <fix>"). A value of the
+    wrong type fails its rule too. `regularized_only`: checked only when alpha > 0 (the field means nothing
+    otherwise)."""
+
+    ok: Callable[[Any], bool]
+    fix: str
+    regularized_only: bool = False
+
+    def check(self, name: str, value: Any) -> None:
+        try:
+            ok = bool(self.ok(value))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(name, f"is {value!r}; {self.fix}")
+
+
+def one_of(choices: tuple[str, ...], regularized_only: bool = False) -> Rule:
+    return Rule(lambda v: v in choices, f"use one of {', '.join(choices)}", regularized_only)
+
+
+def at_least(low: int, fix: str = "", none: str = "", regularized_only: bool = False) -> Rule:
+    """A whole number >= low; `none`, if given, says what null means (then null is allowed)."""
+    def ok(v: Any) -> bool:
+        return (none != "" and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
+    return Rule(ok, fix or f"must be a whole number >= {low}" + (f", or null ({none})" if none else ""),
+                regularized_only)
+
+
+def in_range(low: float, high: float, *, low_open: bool = True, high_open: bool = True, fix: str = "") -> Rule:
+    """A finite number in (low, high), `low_open`/`high_open` false closing that end."""
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return False
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return Rule(ok, fix or f"must lie in {interval}")
+
+
 def demo_attacks() -> dict[str, dict[str, Any]]:
     """Cheap defaults for a CPU demo: random noise only. The paper's set is `attacks.PAPER_ATTACKS`."""
     return {"gaussian": {}, "uniform": {}, "salt_pepper": {}}
@@ -63,78 +105,99 @@ def demo_attacks() -> dict[str, dict[str, Any]]:
 
 @dataclass
 class TrialConfig:
-    """Every field of one trial. Field docs double as the CLI's --help text (see `field_help`)."""
+    """Every field of one trial. Each field's `help` doubles as the CLI's --help text (see `field_help`); its
+    `rule` (a `Rule`) is what `validate` checks."""
 
     # --- identity -------------------------------------------------------------------------------------------
     sweep: str = field(default="adhoc", metadata={"help": "sweep name written into every row"})
-    role: str = field(default="trial", metadata={"help": "trial | baseline | fgsm_source"})
+    role: str = field(default="trial", metadata={"help": "trial | baseline | fgsm_source", "rule": one_of(ROLES)})
     task: str = field(default="digits", metadata={"help": "classification dataset, a labelled one of: "
-                                                         + datasets.names_help()})
+                                                         + datasets.names_help(),
+                                                 "rule": Rule(bool, "name a dataset such as MNIST or digits")})
     reg_data: str = field(default="digits", metadata={"help": "regularization dataset: " + datasets.names_help()})
-    data_root: str = field(default="data", metadata={"help": "torchvision dataset root"})
-    download: bool = field(default=False, metadata={"help": "let torchvision download missing datasets"})
     # --- the regularizer ------------------------------------------------------------------------------------
     target: str = field(default="threshold", metadata={"help": "|".join(TARGETS)})
     range: str = field(default="all", metadata={"help": "which pairs are regularized: " + "|".join(RANGES)})
     th: float = field(default=0.2, metadata={"help": "threshold Th in (0, 1)"})
     th2: float | None = field(default=None, metadata={"help": "second, lower threshold for range double"})
     alpha: float = field(default=0.0, metadata={"help": "regularization strength (0 = unregularized); "
-                                                        "for the authors' 2*artanh loss form"})
+                                                        "for the authors' 2*artanh loss form",
+                                                "rule": in_range(0, math.inf, low_open=False, fix="must be >= 0 "
+                                                                 "(0 trains an unregularized model)")})
     arctanh: bool = field(default=True, metadata={"help": "compare similarities through the stable arctanh "
                                                           "(false: plain MSE)"})
     exact_targets: bool = field(default=True, metadata={"help": "S^Th targets exactly +/-1, eps only inside the "
                                                                 "logs (authors' code); false: +/-(1 - 1e-5)"})
-    reg_images: int = field(default=5000, metadata={"help": "N: first N train images of reg_data"})
+    reg_images: int = field(default=5000, metadata={"help": "N: first N train images of reg_data",
+                                                    "rule": at_least(2, "N must be >= 2", regularized_only=True)})
     reg_augment: bool | None = field(default=None, metadata={"help": "augment each regularization image once at "
                                                                      "load time (null: the reg_data's record "
                                                                      "decides; on for CIFAR, authors' code)"})
-    reg_pairs: int = field(default=16, metadata={"help": "k: pairs per regularization batch"})
+    reg_pairs: int = field(default=16, metadata={"help": "k: pairs per regularization batch",
+                                                 "rule": at_least(1, "k must be >= 1", regularized_only=True)})
     pair_draw: str = field(default="without_replacement",
                            metadata={"help": "without_replacement: pairs in passes over a shuffled order of all "
                                              "qualifying pairs i < j (authors' code) | with_replacement: each "
-                                             "step draws k uniform pairs"})
+                                             "step draws k uniform pairs",
+                                     "rule": one_of(PAIR_DRAWS, regularized_only=True)})
     pair_bn: str = field(default="split", metadata={"help": "BatchNorm batches of the pair pathway: split (the k "
                                                             "first and the k second images as two passes, authors' "
-                                                            "code) | joint (one pass over all 2k)"})
+                                                            "code) | joint (one pass over all 2k)",
+                                                    "rule": one_of(PAIR_BN_MODES, regularized_only=True)})
     sim_layer: int | None = field(default=None, metadata={"help": "None: learned softmax(gamma) over the 5 "
-                                                                  "layers; 0-4: that layer only (0 = stem)"})
-    beta: float = field(default=0.9, metadata={"help": "running-mean momentum of the feature centring"})
+                                                                  "layers; 0-4: that layer only (0 = stem)",
+                                                          "rule": Rule(lambda v: v is None or 0 <= v < NUM_SIM_LAYERS,
+                                                                       "use null (learned weights) or "
+                                                                       f"0-{NUM_SIM_LAYERS - 1}")})
+    beta: float = field(default=0.9, metadata={"help": "running-mean momentum of the feature centring",
+                                               "rule": in_range(0, 1)})
     matrix: str | None = field(default=None, metadata={"help": "target matrix/shuffle: .npy N x N similarity"})
     matrix_images: str | None = field(default=None, metadata={"help": "target matrix/shuffle: .npy N images "
                                                                       "(N,H,W) or (N,C,H,W) in [0,1]"})
     vgg_weights: str | None = field(default=None, metadata={"help": "target vgg: local VGG19 state_dict file"})
     # --- model and schedule ---------------------------------------------------------------------------------
     seed: int = field(default=0, metadata={"help": "seed of splits, init, batches and noise"})
-    arch: str = field(default="ResNet18", metadata={"help": "|".join(ARCHS)})
-    width: int = field(default=64, metadata={"help": "base channels (64 in the papers; 4-8 for tests)"})
+    arch: str = field(default="ResNet18", metadata={"help": "|".join(ARCHS), "rule": one_of(ARCHS)})
+    width: int = field(default=64, metadata={"help": "base channels (64 in the papers; 4-8 for tests)",
+                                             "rule": at_least(1)})
     grayscale: bool = field(default=True, metadata={"help": "grayscale input (false: RGB)"})
     gray: str = field(default="luma", metadata={"help": "RGB -> gray: luma (0.299, 0.587, 0.114; authors' code) "
-                                                        "| mean (channel average)"})
-    epochs: int = field(default=20, metadata={"help": "training epochs"})
-    batch_size: int = field(default=64, metadata={"help": "classification batch size"})
-    lr: float = field(default=0.1, metadata={"help": "peak learning rate"})
+                                                        "| mean (channel average)", "rule": one_of(GRAY_MODES)})
+    epochs: int = field(default=20, metadata={"help": "training epochs", "rule": at_least(1)})
+    batch_size: int = field(default=64, metadata={"help": "classification batch size", "rule": at_least(1)})
+    lr: float = field(default=0.1, metadata={"help": "peak learning rate",
+                                             "rule": in_range(0, math.inf, fix="must be > 0")})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    lr_decay: float = field(default=0.3, metadata={"help": "lr factor per phase"})
-    phase_epochs: int = field(default=4, metadata={"help": "epochs per lr phase"})
-    cycle_phases: int = field(default=5, metadata={"help": "phases per cycle, then lr restarts"})
-    valid_fraction: float = field(default=0.01, metadata={"help": "share of train held out for validation"})
+    lr_decay: float = field(default=0.3, metadata={"help": "lr factor per phase",
+                                                   "rule": in_range(0, 1, high_open=False)})
+    phase_epochs: int = field(default=4, metadata={"help": "epochs per lr phase", "rule": at_least(1)})
+    cycle_phases: int = field(default=5, metadata={"help": "phases per cycle, then lr restarts", "rule": at_least(1)})
+    valid_fraction: float = field(default=0.01, metadata={"help": "share of train held out for validation",
+                                                          "rule": in_range(0, 1, fix="must lie in (0, 1), e.g. 0.01")})
     valid_images: int | None = field(default=None, metadata={"help": "validation images held out (overrides "
-                                                                     "valid_fraction; null: valid_fraction)"})
+                                                                     "valid_fraction; null: valid_fraction)",
+                                                             "rule": at_least(1, none="valid_fraction decides")})
     select: str = field(default="valid_loss", metadata={"help": "which epoch is the reported model: valid_loss "
                                                                 "(lowest, authors' code) | valid_acc (highest) | "
-                                                                "last"})
+                                                                "last", "rule": one_of(SELECT_RULES)})
     select_untrained: bool = field(default=True, metadata={"help": "the untrained model (epoch 0) is a candidate "
                                                                    "of `select` (authors' code)"})
-    train_images: int | None = field(default=None, metadata={"help": "cap on training images (demos, tests)"})
-    test_images: int | None = field(default=None, metadata={"help": "cap on test images"})
+    train_images: int | None = field(default=None, metadata={"help": "cap on training images (demos, tests)",
+                                                             "rule": at_least(1, none="all")})
+    test_images: int | None = field(default=None, metadata={"help": "cap on test images",
+                                                            "rule": at_least(1, none="all")})
     # --- evaluation -----------------------------------------------------------------------------------------
     attacks: dict[str, dict[str, Any]] = field(default_factory=demo_attacks,
-                                               metadata={"help": "JSON: attack name -> options"})
+                                               metadata={"help": "JSON: attack name -> options",
+                                                         "rule": Rule(lambda v: isinstance(v, dict), "must map "
+                                                                      "attack names to option mappings")})
     # The source model of every transferred attack (Attack.source); named after the first one, fgsm_transfer.
     fgsm_source: str | None = field(default=None, metadata={"help": "checkpoint of the unregularized source "
                                                                     "model of the transferred attacks"})
-    # --- where it runs --------------------------------------------------------------------------------------
-    device: str = field(default="auto", metadata={"help": "|".join(DEVICES)})
+    # --- where it runs: not identity (NON_IDENTITY_FIELDS) ---------------------------------------------------
+    data_root: str = field(default="data", metadata={"help": "torchvision dataset root"})
+    download: bool = field(default=False, metadata={"help": "let torchvision download missing datasets"})
+    device: str = field(default="auto", metadata={"help": "|".join(DEVICES), "rule": one_of(DEVICES)})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch default)"})
     # --- kernels and precision: how fast, not what (all off = today's numbers; docs/performance.md) ----------
     amp: bool = field(default=False, metadata={"help": "bf16 autocast of the forward passes (meant for CUDA; "
@@ -148,18 +211,21 @@ class TrialConfig:
                                                         "default is on)"})
     compile: str = field(default="none", metadata={"help": "torch.compile of the training step: "
                                                            + "|".join(COMPILE_MODES)
-                                                           + " (reduce-overhead adds CUDA graphs)"})
+                                                           + " (reduce-overhead adds CUDA graphs)",
+                                                   "rule": one_of(COMPILE_MODES)})
     pack: int = field(default=1, metadata={"help": "seed pack: the orchestrator trains up to N trials that differ "
                                                    "only in seed, th, alpha or target parameters as one grouped "
-                                                   "network (1: each apart; docs/spec.md)"})
+                                                   "network (1: each apart; docs/spec.md)",
+                                           "rule": at_least(1, "use 1 (train apart) or more (trials trained as "
+                                                               "one grouped network)")})
 
     # ----------------------------------------------------------------------------------------------------------
-    def __post_init__(self) -> None:
-        if self.alpha == 0 and self.role != "fgsm_source":
-            self.role = "baseline"
-        if self.alpha == 0:
-            for name, value in BASELINE_NEUTRAL.items():
-                setattr(self, name, value)
+    def unregularized(self, role: str = "baseline") -> TrialConfig:
+        """This config as a baseline (or, with role fgsm_source, a transferred attack's source): alpha 0 and
+        the neutral values of BASELINE_NEUTRAL, so one unregularized model of a task x seed has one id whatever
+        regularizer fields it was made from. The sweep expansion and the CLI make their unregularized models
+        with this; nothing rewrites a config behind its maker's back."""
+        return self.replace(alpha=0.0, role=role, **BASELINE_NEUTRAL)
 
     @property
     def regularized(self) -> bool:
@@ -215,53 +281,21 @@ class TrialConfig:
                                        "options": self.attacks.get(attack), "source": source})[:8]
 
     def validate(self) -> TrialConfig:
-        """Raise ConfigError on the first value a user must fix. Cheap: touches no data."""
-        _check(self.task != "", "task", "is empty; name a dataset such as MNIST or digits")
-        _check(self.role in ROLES, "role", f"must be one of {', '.join(ROLES)}")
-        _check(math.isfinite(self.alpha) and self.alpha >= 0, "alpha",
-               f"is {self.alpha}; must be >= 0 (0 trains an unregularized model)")
+        """Raise ConfigError on the first value a user must fix: each field's `rule`, then, when regularized,
+        the target's own checks (target, range, th, th2 and the matrix files: the target registry's one place).
+        Cheap: touches no data."""
+        for f in dataclasses.fields(self):
+            rule = f.metadata.get("rule")
+            if rule is not None and (not rule.regularized_only or self.regularized):
+                rule.check(f.name, getattr(self, f.name))
         if self.regularized:
-            target_kinds.check(self)  # target, range, th, th2 and the matrix files: one place
-            _check(self.reg_images >= 2, "reg_images", f"is {self.reg_images}; N must be >= 2")
-            _check(self.reg_pairs >= 1, "reg_pairs", f"is {self.reg_pairs}; k must be >= 1")
-            _check(self.pair_draw in PAIR_DRAWS, "pair_draw", f"is {self.pair_draw!r}; use one of "
-                                                              f"{', '.join(PAIR_DRAWS)}")
-            _check(self.pair_bn in PAIR_BN_MODES, "pair_bn", f"is {self.pair_bn!r}; use one of "
-                                                             f"{', '.join(PAIR_BN_MODES)}")
-        _check(self.sim_layer is None or 0 <= self.sim_layer < NUM_SIM_LAYERS, "sim_layer",
-               f"is {self.sim_layer}; use null (learned weights) or 0-{NUM_SIM_LAYERS - 1}")
-        _check(0 < self.beta < 1, "beta", "must lie in (0, 1)")
-        _check(self.arch in ARCHS, "arch", f"is {self.arch!r}; use one of {', '.join(ARCHS)}")
-        _check(self.gray in GRAY_MODES, "gray", f"is {self.gray!r}; use one of {', '.join(GRAY_MODES)}")
-        _check(self.width >= 1, "width", "must be >= 1")
-        _check(self.epochs >= 1, "epochs", "must be >= 1")
-        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        _check(self.lr > 0, "lr", "must be > 0")
-        _check(0 < self.lr_decay <= 1, "lr_decay", "must lie in (0, 1]")
-        _check(self.phase_epochs >= 1 and self.cycle_phases >= 1, "phase_epochs", "phases must be >= 1")
-        _check(0 < self.valid_fraction < 1, "valid_fraction", "must lie in (0, 1), e.g. 0.01")
-        _check(self.valid_images is None or self.valid_images >= 1, "valid_images",
-               f"is {self.valid_images}; must be >= 1 or null (valid_fraction decides)")
-        _check(self.select in SELECT_RULES, "select", f"is {self.select!r}; use one of {', '.join(SELECT_RULES)}")
-        for name in ("train_images", "test_images"):
-            value = getattr(self, name)
-            _check(value is None or value >= 1, name, "must be >= 1 or null (all)")
-        _check(self.device in DEVICES, "device", f"is {self.device!r}; use one of {', '.join(DEVICES)}")
-        _check(self.compile in COMPILE_MODES, "compile", f"is {self.compile!r}; use one of {', '.join(COMPILE_MODES)}")
-        _check(isinstance(self.pack, int) and self.pack >= 1, "pack", f"is {self.pack!r}; use 1 (train apart) or "
-               "more (trials trained as one grouped network)")
-        _check(isinstance(self.attacks, dict), "attacks", "must map attack names to option mappings")
+            target_kinds.check(self)
         return self
 
 
 def _digest(value: Any) -> str:
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _check(ok: bool, field_name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(field_name, message)
 
 
 def field_help() -> dict[str, str]:

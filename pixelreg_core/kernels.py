@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import sys
+import sysconfig
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +74,31 @@ def tf32_enabled() -> tuple[bool, bool]:
     return tuple(getattr(owner, name) == on for owner, name, on, _ in tf32_switches())
 
 
+def check_device_support(cfg: TrialConfig, device: torch.device) -> None:
+    """One line (ConfigError) before anything runs, for a kernel option this CUDA machine cannot run: `amp` on a
+    GPU without bf16 (autocast would fail or run emulated), `compile` without the C compiler and Python headers
+    that Triton builds its kernels with at run time (a bare image fails the compile with a long, unclear error)."""
+    if device.type != "cuda":
+        return
+    if cfg.amp and not torch.cuda.is_bf16_supported():
+        raise ConfigError("amp", f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; set amp false")
+    if cfg.compile != "none":
+        missing = compile_toolchain_missing()
+        if missing:
+            raise ConfigError("compile", f"{missing}, or set compile none")
+
+
+def compile_toolchain_missing() -> str:
+    """What `compile` on CUDA lacks here, or "": inductor's Triton kernels are built at run time with a C compiler
+    and the Python headers (Python.h)."""
+    include = sysconfig.get_paths().get("include") or ""
+    if not any(shutil.which(cc) for cc in (os.environ.get("CC") or "cc", "gcc", "clang")):
+        return "torch.compile on CUDA needs a C compiler (cc, gcc or clang) at run time for Triton; install one"
+    if not Path(include, "Python.h").is_file():
+        return f"torch.compile on CUDA needs Python.h (in {include}) at run time for Triton; install the Python headers"
+    return ""
+
+
 @contextlib.contextmanager
 def kernel_settings(cfg: TrialConfig, device: torch.device) -> Iterator[None]:
     """The process-wide kernel flags for the trial only (a Ray worker runs many trials and must find them as they
@@ -78,6 +107,7 @@ def kernel_settings(cfg: TrialConfig, device: torch.device) -> Iterator[None]:
     flags act on CUDA only; on other devices they are left as they are. trial.py and pack/trial.py hold them for
     the whole trial (the untrained model's evaluation, the epochs, every attack and the FGSM cache), so a trial's
     accuracies are all of one arithmetic; train() holds them too, for callers that train without a trial."""
+    check_device_support(cfg, device)
     switches = tf32_switches() if device.type == "cuda" else []
     before = [getattr(owner, name) for owner, name, _, _ in switches]
     benchmark_before = torch.backends.cudnn.benchmark
@@ -104,7 +134,8 @@ def make_optimizer(cfg: TrialConfig, model: PairResNet, device: torch.device) ->
 
 
 class _FallbackWatch(logging.Handler):
-    """Catches dynamo's own warning that it hit a recompile limit (after which that code runs eager, silently)."""
+    """Catches dynamo's own warning that it hit a recompile limit (after which that code runs eager, silently), and
+    inductor's that it skipped CUDA graphs (`reduce-overhead` then runs without them, silently too)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -112,7 +143,7 @@ class _FallbackWatch(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if "recompile_limit" in message or "cache_size_limit" in message:
+        if any(text in message for text in ("recompile_limit", "cache_size_limit", "skipping cudagraphs")):
             self.hits.append(message.splitlines()[0])
 
 
@@ -132,17 +163,26 @@ def compile_session(cfg: TrialConfig) -> Iterator[None]:
         yield
         return
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     watch = _FallbackWatch()
-    dynamo_log = logging.getLogger("torch._dynamo")
+    logs = [logging.getLogger(name) for name in ("torch._dynamo", "torch._inductor")]
     torch._dynamo.reset()
-    dynamo_log.addHandler(watch)
+    skips_before = counters["inductor"]["cudagraph_skips"]
+    for log in logs:
+        log.addHandler(watch)
     try:
         yield
     finally:
-        dynamo_log.removeHandler(watch)
+        for log in logs:
+            log.removeHandler(watch)
+        skipped_graphs = counters["inductor"]["cudagraph_skips"] > skips_before or any(
+            "cudagraphs" in hit for hit in watch.hits)
         torch._dynamo.reset()
-        if watch.hits:
+        if skipped_graphs:
+            print(f"warning: compile: trial {cfg.trial_id}: torch.compile skipped CUDA graphs ({cfg.compile}); "
+                  "the numbers are right, the speed is not reduce-overhead's", file=sys.stderr, flush=True)
+        elif watch.hits:
             print(f"warning: compile: trial {cfg.trial_id}: torch.compile gave up and ran the step eager from then "
                   f"on ({watch.hits[0][:200]}); the numbers are right, the speed is not compile's",
                   file=sys.stderr, flush=True)

@@ -11,6 +11,8 @@ in one of them.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,82 +25,93 @@ import pyarrow.parquet as pq
 
 from pixelreg_core.config import TrialConfig
 
-KEY_FIELDS: list[pa.Field] = [
-    pa.field("trial_id", pa.string()),
-    pa.field("sweep", pa.string()),
-    pa.field("task", pa.string()),
-    pa.field("reg_data", pa.string()),
-    pa.field("target", pa.string()),
-    pa.field("range", pa.string()),
-    pa.field("th", pa.float64()),
-    pa.field("alpha", pa.float64()),
-    pa.field("seed", pa.int64()),
-    pa.field("arch", pa.string()),
+# Every column of the per-trial tables, once: (name, type, what it holds). The schemas below are built from these
+# and docs/results.md's column tables are generated from them (scripts/gen_docs.py).
+KEY_COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("trial_id", pa.string(), "the model's id: a hash of what trains it (TrialConfig.trial_id)"),
+    ("sweep", pa.string(), "the sweep's name"),
+    ("task", pa.string(), "the classification dataset"),
+    ("reg_data", pa.string(), "the regularization dataset; \"none\" for an unregularized model"),
+    ("target", pa.string(), "the similarity target; \"none\" unregularized"),
+    ("range", pa.string(), "which pairs are regularized; \"none\" unregularized"),
+    ("th", pa.float64(), "the threshold Th; 0 unregularized"),
+    ("alpha", pa.float64(), "the regularization strength; 0 unregularized"),
+    ("seed", pa.int64(), "the trial's seed"),
+    ("arch", pa.string(), "ResNet18 or ResNet34"),
 ]
-
-SCHEMAS: dict[str, pa.Schema] = {
-    # one row per trial
-    "trials": pa.schema(KEY_FIELDS + [
-        pa.field("role", pa.string()),            # trial | baseline | fgsm_source
-        pa.field("status", pa.string()),          # ok | failed | stopped | blocked
-        pa.field("error", pa.string()),           # one line, null when ok
-        pa.field("clean_acc", pa.float64()),      # test accuracy of the selected epoch
-        pa.field("valid_acc", pa.float64()),
-        pa.field("valid_loss", pa.float64()),
-        pa.field("best_epoch", pa.int64()),       # the epoch `select` chose: 1..epochs, 0 = the untrained model
-        pa.field("valid_images", pa.int64()),     # size of the validation set that chose it
-        pa.field("epochs", pa.int64()),
-        pa.field("layer_weights", pa.list_(pa.float64())),  # softmax(gamma) of best_epoch, stem first
-        pa.field("sim_layer", pa.int64()),        # null: learned weights
-        pa.field("width", pa.int64()),
-        pa.field("wall_s", pa.float64()),         # the whole trial: data, training, attacks, writes
-        pa.field("cpu_s", pa.float64()),          # process CPU seconds over wall_s (unaffected by a shared machine)
-        pa.field("train_s", pa.float64()),        # training (this run's epochs, when resumed)
-        pa.field("eval_s", pa.float64()),         # every attack, spectrum included
-        pa.field("attack_s", pa.string()),        # JSON: seconds per attack, e.g. {"gaussian": 1.2, ...}
-        pa.field("device", pa.string()),
-        pa.field("node", pa.string()),            # Ray node id of the worker; hostname without Ray; may be null
-        pa.field("versions", pa.string()),        # JSON: python, torch, torchvision, foolbox, pyarrow
-        pa.field("config", pa.string()),          # JSON of the full TrialConfig
-        pa.field("checkpoint", pa.string()),      # path of the selected model's state_dict
-        pa.field("finished_at", pa.string()),     # ISO 8601 UTC
-        pa.field("resumed_from_epoch", pa.int64()),  # epochs restored from a per-epoch checkpoint (0: none)
-    ]),
+COLUMNS: dict[str, list[tuple[str, pa.DataType, str]]] = {
+    # one row per model
+    "trials": [
+        ("role", pa.string(), "trial, baseline or fgsm_source (a transferred attack's source model)"),
+        ("status", pa.string(), "ok; failed; stopped (ended early by ASHA); blocked (not run: its FGSM source "
+                                "failed)"),
+        ("error", pa.string(), "one line, null when ok; for an ok model an evaluation that failed or was not run"),
+        ("clean_acc", pa.float64(), "test accuracy of the selected epoch"),
+        ("valid_acc", pa.float64(), "validation accuracy of the selected epoch"),
+        ("valid_loss", pa.float64(), "validation loss of the selected epoch"),
+        ("best_epoch", pa.int64(), "the epoch `select` chose: 1..epochs, 0 = the untrained model"),
+        ("valid_images", pa.int64(), "size of the validation set that chose it"),
+        ("epochs", pa.int64(), "epochs configured"),
+        ("layer_weights", pa.list_(pa.float64()), "softmax(gamma) of the selected epoch, stem first"),
+        ("sim_layer", pa.int64(), "the one layer compared; null: learned weights"),
+        ("width", pa.int64(), "base channels"),
+        ("wall_s", pa.float64(), "the whole trial: data, training, attacks, writes"),
+        ("cpu_s", pa.float64(), "process CPU seconds over wall_s (on a shared machine wall_s grows, cpu_s does "
+                                "not)"),
+        ("train_s", pa.float64(), "training (this run's epochs, when resumed); null for a failed trial"),
+        ("eval_s", pa.float64(), "every attack, spectrum included; null for a failed trial"),
+        ("attack_s", pa.string(), "JSON: seconds per attack, e.g. {\"gaussian\": 1.2}; null for a failed trial"),
+        ("device", pa.string(), "the device it trained on"),
+        ("node", pa.string(), "Ray node id of the worker; the hostname without Ray; null for a trial ASHA stopped"),
+        ("versions", pa.string(), "JSON: python, torch, torchvision, foolbox, pyarrow"),
+        ("config", pa.string(), "JSON of the full TrialConfig"),
+        ("checkpoint", pa.string(), "path of the selected model's state_dict"),
+        ("finished_at", pa.string(), "ISO 8601 UTC"),
+        ("resumed_from_epoch", pa.int64(), "epochs restored from a per-epoch checkpoint (0: trained from the "
+                                           "start)"),
+    ],
     # one row per epoch
-    "epochs": pa.schema(KEY_FIELDS + [
-        pa.field("epoch", pa.int64()),            # 1-based
-        pa.field("lr", pa.float64()),
-        pa.field("loss_cls", pa.float64()),       # mean over the epoch's steps
-        pa.field("loss_sim", pa.float64()),       # mean L_sim (before alpha); null when unregularized
-        pa.field("sim_corr", pa.float64()),       # Pearson r of S_cnn vs target over the epoch's pairs
-        pa.field("train_acc", pa.float64()),
-        pa.field("valid_loss", pa.float64()),
-        pa.field("valid_acc", pa.float64()),
-        pa.field("test_acc", pa.float64()),
-        pa.field("seconds", pa.float64()),
-    ]),
+    "epochs": [
+        ("epoch", pa.int64(), "1-based"),
+        ("lr", pa.float64(), "the epoch's learning rate"),
+        ("loss_cls", pa.float64(), "mean cross-entropy over the epoch's steps"),
+        ("loss_sim", pa.float64(), "mean L_sim (before alpha); null when unregularized"),
+        ("sim_corr", pa.float64(), "Pearson r of S_cnn vs target over the epoch's pairs"),
+        ("train_acc", pa.float64(), "accuracy on the epoch's training batches"),
+        ("valid_loss", pa.float64(), "validation loss after the epoch"),
+        ("valid_acc", pa.float64(), "validation accuracy after the epoch"),
+        ("test_acc", pa.float64(), "test accuracy after the epoch"),
+        ("seconds", pa.float64(), "the epoch's wall seconds"),
+    ],
     # one row per (attack, variant, eps or severity, repeat, metric)
-    "robustness": pa.schema(KEY_FIELDS + [
-        pa.field("attack", pa.string()),          # gaussian, uniform, salt_pepper, fgsm_transfer, boundary, ...
-        pa.field("eval_id", pa.string()),         # the evaluation (model, attack, options): TrialConfig.eval_id
-        pa.field("variant", pa.string()),         # corruption name; "" otherwise
-        pa.field("group", pa.string()),           # corruption frequency group low|medium|high; "" otherwise
-        pa.field("eps", pa.float64()),            # eps, or corruption severity
-        pa.field("repeat", pa.int64()),
-        pa.field("metric", pa.string()),          # accuracy | boundary_score | min_l2 | min_linf
-        pa.field("value", pa.float64()),
-        pa.field("images", pa.int64()),           # images the value is computed on
-        pa.field("failed", pa.int64()),           # images where the attack found no adversarial
-        pa.field("whitebox", pa.bool_()),         # true only for the minimal-perturbation attacks
-    ]),
+    "robustness": [
+        ("attack", pa.string(), "the attack's name (docs/attacks.md)"),
+        ("eval_id", pa.string(), "the evaluation: `<attack>-<hash>` of model, options and source "
+                                 "(TrialConfig.eval_id)"),
+        ("variant", pa.string(), "corruption name; \"\" otherwise"),
+        ("group", pa.string(), "corruption frequency group low, medium or high; \"\" otherwise"),
+        ("eps", pa.float64(), "eps, or corruption severity; null for an attack without an eps axis"),
+        ("repeat", pa.int64(), "the repeat, from 0"),
+        ("metric", pa.string(), "accuracy, boundary_score, min_l2 or min_linf (skipped: a corruption that could "
+                                "not run)"),
+        ("value", pa.float64(), "the metric's value"),
+        ("images", pa.int64(), "images the value is computed on"),
+        ("failed", pa.int64(), "images where the attack found no adversarial"),
+        ("whitebox", pa.bool_(), "true only for the minimal-perturbation attacks"),
+    ],
     # Fourier radial profile of the mean boundary perturbation, one row per radius bin
-    "spectrum": pa.schema(KEY_FIELDS + [
-        pa.field("attack", pa.string()),
-        pa.field("eval_id", pa.string()),
-        pa.field("radius", pa.float64()),
-        pa.field("power", pa.float64()),
-    ]),
+    "spectrum": [
+        ("attack", pa.string(), "the attack whose perturbations these are"),
+        ("eval_id", pa.string(), "the evaluation (as in robustness)"),
+        ("radius", pa.float64(), "the radius bin"),
+        ("power", pa.float64(), "radial Fourier power of the mean perturbation"),
+    ],
 }
+ROW_IS = {"trials": "model", "epochs": "epoch", "robustness": "(model, attack) x variant x eps x repeat x metric",
+          "spectrum": "(model, attack) x radius bin"}
+KEY_FIELDS: list[pa.Field] = [pa.field(name, kind) for name, kind, _ in KEY_COLUMNS]
+SCHEMAS: dict[str, pa.Schema] = {table: pa.schema(KEY_FIELDS + [pa.field(name, kind) for name, kind, _ in columns])
+                                 for table, columns in COLUMNS.items()}
 TABLES = tuple(SCHEMAS)
 # Columns that measure how long things took (or when, or where): they differ between two runs of the same trial,
 # every other column is deterministic on CPU. Tests that compare two runs drop these.
@@ -244,16 +257,13 @@ def status_row(cfg: TrialConfig, status: str, error: str | None, **columns: Any)
 
 def read_trial(root: str | os.PathLike, table: str, trial_id: str) -> list[dict[str, Any]] | None:
     """One model's rows of one table as dicts (nulls as None), every evaluation's for robustness and spectrum,
-    or None when that model has no file there."""
+    or None when that model has no readable file there."""
     fs, base, _ = _filesystem(root)
-    paths = [f"{base}/{table}/{trial_id}.parquet",
-             *(f"{base}/{table}/{trial_id}.{e}.parquet" for e in sorted(evaluation_files(root, table, trial_id)))]
-    rows, found = [], False
-    for path in paths:
-        if fs.get_file_info(path).type == pafs.FileType.File:
-            found = True
-            rows += pq.read_table(path, filesystem=fs, schema=SCHEMAS[table]).to_pylist()
-    return rows if found else None
+    names = [f"{trial_id}.parquet", *(f"{eval_key(trial_id, e)}.parquet"
+                                      for e in sorted(evaluation_files(root, table, trial_id)))]
+    names = [n for n in names if fs.get_file_info(f"{base}/{table}/{n}").type == pafs.FileType.File]
+    data, read = read_files(root, table, names)
+    return data.to_pylist() if read else None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes | None:
@@ -263,6 +273,19 @@ def read_bytes(path: str | os.PathLike) -> bytes | None:
         return None
     with fs.open_input_stream(p) as stream:
         return stream.read()
+
+
+def read_text(root: str | os.PathLike, name: str) -> str | None:
+    """A small text file of a sweep folder (spec.yaml, fingerprint, layout, specs/<n>-<fingerprint>.yaml), or None
+    when it is not there or is not text (damaged: then it is quarantined; the next launch writes it again)."""
+    data = read_bytes(join(root, name))
+    if data is None:
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        quarantine(root, name, exc, f"the folder's {name}", "the next launch writes it again")
+        return None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -312,25 +335,123 @@ def compact_tables(root: str | os.PathLike) -> dict[str, str]:
     fs, base, _ = _filesystem(root)
     out = {}
     for table in TABLES:
-        directory = f"{base}/{table}"
-        data = SCHEMAS[table].empty_table()
-        if fs.get_file_info(directory).type == pafs.FileType.Directory:
-            dataset = pq.ParquetDataset(directory, filesystem=fs, schema=SCHEMAS[table])
-            if dataset.files:
-                data = dataset.read()
+        data, _ = read_files(root, table, own_files(root, table))
         out[table] = _write_parquet(root, COMPACT_DIR, f"{table}.parquet", data)
     return out
 
 
 def read_table(root: str | os.PathLike, table: str):
-    """A table as a pandas DataFrame with the schema's columns; empty (not an error) when nothing is written."""
+    """A table as a pandas DataFrame with the schema's columns; empty (not an error) when nothing is written.
+    Only the table's own files (`own_files`); a damaged one is quarantined and left out (`read_files`)."""
+    data, _ = read_files(root, table, own_files(root, table))
+    return data.to_pandas()
+
+
+# ------------------------------------------------------------------------- the one reader of a table's files
+# A sweep folder is read by people, copied between machines and synced from clusters: a table folder may hold a
+# file that is not ours (notes.txt, a sync tool's leftovers) and one of ours may be damaged (random bytes, zero
+# length). Every reader of a table goes through `own_files` and `read_files`: only the names the trainer writes
+# are read, and a file that does not parse is moved to ROOT/quarantine/ (never deleted), named in one line with
+# what it held, and counted as missing, so the next launch or evaluate redoes exactly that (docs/reliability.md).
+QUARANTINE_DIR = "quarantine"
+# <trial_id>.parquet (a model's rows) or <trial_id>.<eval_id>.parquet (an evaluation's): TrialConfig's ids
+OWN_FILE = re.compile(r"[0-9a-f]{16}(\.[A-Za-z0-9_]+-[0-9a-f]{8})?\.parquet")
+# what a damaged file's content errors look like; an OSError (a network error on an object store, a permission)
+# says nothing about the file and is raised as it is: a good file must never be moved aside for it
+DAMAGED = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowKeyError)
+
+
+def own_files(root: str | os.PathLike, table: str) -> list[str]:
+    """The names of the files in ROOT/<table>/ that the trainer writes (OWN_FILE), sorted; [] without the
+    folder."""
     fs, base, _ = _filesystem(root)
     directory = f"{base}/{table}"
-    info = fs.get_file_info(directory)
-    if info.type == pafs.FileType.NotFound:
-        return SCHEMAS[table].empty_table().to_pandas()
-    dataset = pq.ParquetDataset(directory, filesystem=fs, schema=SCHEMAS[table])
-    return dataset.read().to_pandas() if dataset.files else SCHEMAS[table].empty_table().to_pandas()
+    if fs.get_file_info(directory).type != pafs.FileType.Directory:
+        return []
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(directory))
+                  if i.type == pafs.FileType.File and OWN_FILE.fullmatch(i.base_name))
+
+
+def read_files(root: str | os.PathLike, table: str, names: list[str]) -> tuple[pa.Table, list[str]]:
+    """(the rows of ROOT/<table>/<name> for these names as one Table of the schema, the names read). All at once
+    first (the usual case); when that fails on a damaged file, one at a time: each damaged one is quarantined
+    and left out. A file removed meanwhile (a rerun replacing its model's rows) is left out too."""
+    fs, base, _ = _filesystem(root)
+    schema = SCHEMAS[table]
+    if not names:
+        return schema.empty_table(), []
+    try:
+        return pq.ParquetDataset([f"{base}/{table}/{n}" for n in names], filesystem=fs, schema=schema).read(), names
+    except (*DAMAGED, FileNotFoundError):
+        pass
+    parts, read = [], []
+    for name in names:
+        try:
+            parts.append(pq.read_table(f"{base}/{table}/{name}", filesystem=fs, schema=schema))
+            read.append(name)
+        except FileNotFoundError:
+            continue
+        except DAMAGED as exc:
+            quarantine_table_file(root, table, name, exc)
+    return (pa.concat_tables(parts) if parts else schema.empty_table()), read
+
+
+def quarantine_table_file(root: str | os.PathLike, table: str, name: str, error: BaseException) -> None:
+    """Quarantine a damaged table file with the file that marks its unit complete, so the unit counts as missing:
+    a model is complete by its trials row (an epochs file goes with it: the model trains again), an evaluation by
+    its robustness file (a spectrum file goes with it: the evaluation runs again)."""
+    stem = name.removesuffix(".parquet")
+    model, _, eval_id = stem.partition(".")
+    if eval_id:
+        held, redo = f"evaluation {eval_id} of model {model}", "the next launch or evaluate runs it again"
+    else:
+        held, redo = f"model {model}", "the next launch trains it again"
+    marker = {"epochs": "trials", "spectrum": "robustness"}.get(table)
+    also = [f"{marker}/{name}"] if marker and file_exists(join(root, marker, name)) else []
+    quarantine(root, f"{table}/{name}", error, f"the {table} rows of {held}", redo, also)
+
+
+def quarantine(root: str | os.PathLike, relative: str, error: BaseException | str, held: str, redo: str,
+               also: list[str] | tuple[str, ...] = ()) -> None:
+    """Move ROOT/<relative> (and the files `also` names) into ROOT/quarantine/ under the same relative path
+    (`.1`, `.2`, ... when that name is taken) and say so in one line on stderr: the file, why it cannot be read,
+    what it held, and what redoes it. Never deletes; on a folder that cannot be written the file stays where it
+    is (the line says so) and is still counted as missing."""
+    moved = [_move_aside(root, path) for path in (relative, *also)]
+    reason = " ".join(str(error).split())[:160] or type(error).__name__
+    where = f"moved to {moved[0]}" if moved[0].startswith(QUARANTINE_DIR) else moved[0]
+    if also:
+        where += f" (with {', '.join(moved[1:])}, so that it counts as missing)"
+    print(f"{relative}: unreadable ({reason}); it held {held}; {where}; {redo}", file=sys.stderr, flush=True)
+
+
+def _move_aside(root: str | os.PathLike, relative: str) -> str:
+    fs, base, _ = _filesystem(root)
+    target, n = f"{QUARANTINE_DIR}/{relative}", 0
+    while fs.get_file_info(f"{base}/{target}").type != pafs.FileType.NotFound:
+        n += 1
+        target = f"{QUARANTINE_DIR}/{relative}.{n}"
+    try:
+        fs.create_dir(f"{base}/{target}".rsplit("/", 1)[0], recursive=True)
+        fs.move(f"{base}/{relative}", f"{base}/{target}")
+    except OSError as exc:
+        return f"left in place (cannot move it: {exc})"
+    return target
+
+
+def quarantined(root: str | os.PathLike) -> list[str]:
+    """The files in ROOT/quarantine/, relative to it, sorted: what `status` lists."""
+    fs, base, _ = _filesystem(root)
+    folder = f"{base}/{QUARANTINE_DIR}"
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+    return sorted(i.path[len(folder) + 1:] for i in infos if i.type == pafs.FileType.File)
+
+
+def file_exists(path: str | os.PathLike) -> bool:
+    fs, p, _ = _filesystem(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
 
 
 def remove_trial(root: str | os.PathLike, trial_id: str, tables: tuple[str, ...] = TABLES) -> None:
@@ -365,7 +486,7 @@ def evaluation_files(root: str | os.PathLike, table: str, trial_id: str | None =
     out = []
     for info in fs.get_file_info(pafs.FileSelector(directory)):
         stem = info.base_name.removesuffix(".parquet")
-        if info.type != pafs.FileType.File or "." not in stem or info.base_name == stem:
+        if info.type != pafs.FileType.File or "." not in stem or not OWN_FILE.fullmatch(info.base_name):
             continue
         model, _, eval_id = stem.partition(".")
         if trial_id is None:

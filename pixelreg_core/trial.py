@@ -150,9 +150,22 @@ def run_trial(cfg: TrialConfig, out_root: str | os.PathLike, *,
 
 
 def stored_row(run: TrialRun) -> dict[str, Any] | None:
-    """The model's trials row when the folder holds it finished (status ok and its checkpoint), else None."""
-    rows = read_trial(run.out_root, "trials", run.cfg.trial_id)
-    if not rows or rows[0]["status"] != "ok" or read_bytes(checkpoint_path(run.out_root, run.cfg.trial_id)) is None:
+    """The model's trials row when the folder holds it finished (status ok and a checkpoint that loads), else
+    None. A checkpoint that does not load is quarantined with the trials row (results.quarantine): the model
+    trains again."""
+    from pixelreg_core.model import checkpoint_from_bytes
+    from pixelreg_core.results import quarantine
+
+    trial_id = run.cfg.trial_id
+    rows = read_trial(run.out_root, "trials", trial_id)
+    data = read_bytes(checkpoint_path(run.out_root, trial_id)) if rows and rows[0]["status"] == "ok" else None
+    if data is None:
+        return None
+    try:
+        checkpoint_from_bytes(data)
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises (pickle, zip, missing keys)
+        quarantine(run.out_root, f"checkpoints/{trial_id}.pt", exc, f"the weights of model {trial_id}",
+                   "this run trains it again", also=[f"trials/{trial_id}.parquet"])
         return None
     return rows[0]
 

@@ -11,7 +11,11 @@ subprocess). Faults, all real (pixelreg_core/hooks/faults.py, through PIXELREG_F
 - an unwritable results folder: a launch on a results root that cannot be written (refused, exit 2, nothing
   written), and the `robustness` table folder made unwritable for a few seconds while trials finish;
 - one driver SIGKILL part-way, then a relaunch; then one more relaunch for the trials that ended failed (each fault
-  fires once, so they finish; they resume from their last epoch checkpoint).
+  fires once, so they finish; they resume from their last epoch checkpoint);
+- a full disk: a second, small sweep (one seed) whose first trial write fails as a full disk does (half the bytes,
+  then ENOSPC, and every write after it until space is back: fault kind `enospc`). The launch must end with one
+  `error:` line naming the folder, exit 2, with no partial file in any table; once space is back the same launch
+  completes with nothing lost or repeated.
 
 Printed at the end: completed, retried, failed (after the first relaunch and at the end), resumed-from-epoch
 counts, whether every interrupted trial resumed from its last finished epoch, rows lost, rows duplicated, Ray
@@ -231,8 +235,48 @@ def main() -> int:
                   f"at most {measured[1]} after it while trials were pending")
     print(f"exit codes: unwritable root {code}, relaunch 1 {code2}, relaunch 2 {code3}; "
           f"wall {time.monotonic() - started:.0f} s")
-    local_ray.stop(left)
-    return 0 if lost == 0 and duplicated == 0 and not wrong_resume and not left else 1
+    disk_ok = disk_full_case(work)
+    local_ray.stop(local_ray.alive(Launch.seen))
+    return 0 if lost == 0 and duplicated == 0 and not wrong_resume and not left and disk_ok else 1
+
+
+def disk_full_case(work: Path) -> bool:
+    """5. The disk fills during a launch (PIXELREG_FAULTS kind enospc) and stays full until the marker is removed;
+    prints the figures and returns whether the launch ended as promised and the relaunch completed whole."""
+    import pyarrow.parquet as pq
+
+    from pixelreg_core.results import TABLES
+
+    folder = work / "disk-full"
+    folder.mkdir(exist_ok=True)
+    spec, root, marks = write_spec(folder, 1), folder / "results", folder / "marks"
+    sweep = root / "soak"
+    plan = {"dir": str(marks), "faults": [{"trial": "*", "kind": "enospc"}]}
+    env = {**os.environ, "PYTHONPATH": str(REPO), faults.ENV: json.dumps(plan)}
+    log = folder / "launch-full.log"
+    code = Launch(spec, root, log, env).wait()
+    errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error:")]
+    fired = (marks / faults.DISK_FULL_MARKER).exists()
+    partial = []
+    for table in TABLES:
+        for path in (sweep / table).glob("*.parquet") if (sweep / table).is_dir() else []:
+            try:
+                pq.read_table(path)
+            except Exception:  # noqa: BLE001 - any unreadable file is what this case counts
+                partial.append(path.name)
+    if fired:
+        (marks / faults.DISK_FULL_MARKER).unlink()  # space is back
+    code2 = Launch(spec, root, folder / "launch-after.log", env).wait()
+    trials, epochs = rows(sweep, "trials"), rows(sweep, "epochs")
+    expected = 4  # 3 alphas + 1 baseline, one seed
+    complete = len(trials) == expected and set(trials["status"]) == {"ok"} and trials["trial_id"].is_unique
+    repeated = int(epochs.duplicated(["trial_id", "epoch"]).sum()) if len(epochs) else 0
+    print(f"disk full: fault fired {fired}, exit {code}, error lines {len(errors)} "
+          f"({errors[0][:120] if errors else '-'}), partial files {len(partial)}; after space is back: exit {code2}, "
+          f"trials ok {int((trials['status'] == 'ok').sum()) if len(trials) else 0}/{expected}, epoch rows repeated "
+          f"{repeated}")
+    return (fired and code == 2 and len(errors) == 1 and "no space left" in errors[0] and not partial
+            and code2 == 0 and complete and repeated == 0)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ CORRUPTIONS = {"gaussian_blur": "low", "contrast": "medium", "shot_noise": "high
 def config_of(name: str, seed: int, sweep: str = "toy") -> TrialConfig:
     th, alpha = SETTINGS[name][:2]
     if alpha == 0:
-        return TrialConfig(sweep=sweep, task="MNIST", reg_data="MNIST", alpha=0.0, seed=seed, width=4)
+        return TrialConfig(sweep=sweep, task="MNIST", reg_data="MNIST", seed=seed, width=4).unregularized()
     return TrialConfig(sweep=sweep, task="MNIST", reg_data="MNIST", th=th, alpha=alpha, seed=seed, width=4)
 
 
@@ -107,7 +107,10 @@ TINY = dict(task="digits", reg_data="digits", width=4, epochs=2, batch_size=32, 
 
 
 def tiny(**changes) -> TrialConfig:
-    return TrialConfig(**{**TINY, **changes})
+    """The tiny trial with `changes`; with alpha 0 it is made unregularized as a sweep makes it (a baseline, or
+    the source model with role fgsm_source: TrialConfig.unregularized)."""
+    cfg = TrialConfig(**{**TINY, **changes})
+    return cfg.unregularized("fgsm_source" if cfg.role == "fgsm_source" else "baseline") if cfg.alpha == 0 else cfg
 
 
 # =================================================================================================================
@@ -136,8 +139,21 @@ def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
 
 
 # =================================================================================================================
-# core: torch on one thread
+# core: torch on one thread; the `gpu` marker
 # =================================================================================================================
+def pytest_collection_modifyitems(config, items):
+    """The `gpu` marker's promise (pyproject.toml): a test marked gpu is skipped where no CUDA device is visible,
+    so no test file writes its own skip."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 @pytest.fixture()
 def one_thread():
     """Torch on one thread for the test, restored after: the numbers of the core tests do not depend on the

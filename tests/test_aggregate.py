@@ -8,6 +8,7 @@ trial, noise / FGSM / boundary / corruption rows with repeats, spectra, layer we
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,24 @@ def test_confidence_columns(sweep: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert gauss.loc[order, "rd_over_ud_high"].to_numpy() == pytest.approx(expected.rdud_high)
     assert gauss.loc[(0.2, 4.0), "chosen"] and gauss.loc[(0.2, 4.0), "p_chosen"] > 0.99
     assert gauss["decided"].all() and (best["confidence"] == 0.9).all()
+    # said where people look: aggregate's lines (also the launch's closing lines) and status, read from best.parquet;
+    # at A0 0.985 A's R0/U0 (0.990) sits inside its interval's reach of the cut: undecided, "none" a contender
+    assert main(["aggregate", str(sweep), "--no-figures", "--a0", "0.985"]) == 0
+    out = capsys.readouterr().out
+    g = pd.read_parquet(sweep / "best.parquet").query("attack == 'gaussian'").set_index(["th", "alpha"])
+    a, d, none = g.loc[(0.2, 4.0)], g.loc[(0.6, 4.0)], 1 - g["p_chosen"].sum()
+    assert 0.1 < a["p_chosen"] < 0.9 and d["p_chosen"] >= 0.02 and none >= 0.02 and not g["decided"].any()
+    assert (f"chosen MNIST / MNIST / gaussian: Th=0.2 alpha=4 (R0/U0=0.990 [{a['r0_over_u0_low']:.3f}, "
+            f"{a['r0_over_u0_high']:.3f}], RD/UD={a['rd_over_ud']:.3f} [{a['rd_over_ud_low']:.3f}, "
+            f"{a['rd_over_ud_high']:.3f}] at eps 0.5); p_chosen {a['p_chosen']:.2f}: undecided (below 0.9; the "
+            f"resamplings also choose Th=0.6 alpha=4 {d['p_chosen']:.2f}, none {none:.2f}; more seeds of these and "
+            "of the baseline would decide it)") in out
+    assert main(["status", str(sweep)]) == 0
+    status = capsys.readouterr().out
+    assert "chosen, as of the last aggregate" in status and f"p_chosen {a['p_chosen']:.2f}: undecided" in status
+    assert main(["aggregate", str(sweep), "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"gaussian: Th=0\.2 alpha=4 .*; p_chosen (0\.9\d|1\.00): decided \(at confidence 0\.9\)", out)
 
     best = pd.read_parquet(aggregate.aggregate_sweep(sweep, figures=False, confidence=0.9999)["best"])
     assert not best.loc[best["attack"] == "gaussian", "decided"].any() and (best["confidence"] == 0.9999).all()

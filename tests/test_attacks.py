@@ -11,8 +11,9 @@ import torch
 from benchmarks.fit import quick_fit
 from pixelreg_core import attacks
 from pixelreg_core.attacks import boundary, corruptions, fgsm, minimal, noise, resolve
-from pixelreg_core.attacks.common import accuracy, predict
-from pixelreg_core.attacks.options import eps_list, eps_options
+from pixelreg_core.attacks.accuracy import accuracy, predict
+from pixelreg_core.attacks.base import eps_list
+from pixelreg_core.attacks.options import eps_options
 from pixelreg_core.attacks.spectrum import spectrum_rows
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data
@@ -75,14 +76,14 @@ def test_the_shortcuts_give_the_rows_the_plain_loops_give(setup, monkeypatch):
     """CPU forwards in cache-sized chunks and one clean accuracy shared by every eps-0 point: the same rows, value
     for value, as each curve running every eps itself in whole batches; the clean images are classified once."""
     from pixelreg_core import model as model_module
-    from pixelreg_core.attacks import common
+    from pixelreg_core.attacks import base, seeds
 
     data, model = setup["data"], setup["model"]
     opts = {"eps": [0.0, 0.1, 0.3], "batch_size": 100}
     cfg = _cfg(setup, gaussian={**opts, "repeats": 2}, uniform=opts, salt_pepper=opts, fgsm_transfer=opts)
     clean_passes = []
-    real = common.accuracy  # the name AttackContext.clean_accuracy calls (the curves import their own)
-    monkeypatch.setattr(common, "accuracy", lambda *a, **k: clean_passes.append(len(a[2])) or real(*a, **k))
+    real = base.accuracy  # the name AttackContext.clean_accuracy calls (the curves import their own)
+    monkeypatch.setattr(base, "accuracy", lambda *a, **k: clean_passes.append(len(a[2])) or real(*a, **k))
     monkeypatch.setattr(model_module, "CPU_EVAL_CHUNK", 16)  # the test set is small: chunk it anyway
     rows, _ = attacks.evaluate(model, data, cfg, None)
     assert clean_passes == [len(data.test_y)]  # one clean pass for 5 eps-0 rows (gaussian has 2 repeats)
@@ -94,7 +95,7 @@ def test_the_shortcuts_give_the_rows_the_plain_loops_give(setup, monkeypatch):
     for name, repeats in (("gaussian", 2), ("uniform", 1), ("salt_pepper", 1)):
         for i, eps in enumerate(opts["eps"]):
             for r in range(repeats):
-                seed = common.derive_seed(cfg.seed, name, i, r)
+                seed = seeds.derive_seed(cfg.seed, name, i, r)
                 want.append((name, eps, r, noise.noise_accuracy(model, name, x, y, eps, seed, 100)))
     want += [("fgsm_transfer", eps, 0, fgsm.transfer_accuracy(model, x, y, signs, eps, 100)) for eps in opts["eps"]]
     assert [(r["attack"], r["eps"], r["repeat"]) for r in rows] == [w[:3] for w in want]
@@ -107,16 +108,16 @@ def test_the_starting_point_search_finds_foolboxs_points(setup):
     on images where every draw fails too (the labels below include classes noise is never read as)."""
     import foolbox as fb
 
-    from pixelreg_core.attacks import common
+    from pixelreg_core.attacks import foolbox_support, seeds
 
     model, data = setup["model"], setup["data"]
-    x, y = data.test_x[:40], common.predict(setup["model"], data.test_x[:40])
+    x, y = data.test_x[:40], predict(setup["model"], data.test_x[:40])
     fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=torch.device("cpu"))
-    with common.seeded_torch(7, torch.device("cpu")):
+    with seeds.seeded_torch(7, torch.device("cpu")):
         theirs = fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=30, steps=20).run(
             fmodel, x, fb.criteria.Misclassification(y))
-    with common.seeded_torch(7, torch.device("cpu")):
-        ours = common.blended_uniform_starts(fmodel, x, y, steps=20, directions=30)
+    with seeds.seeded_torch(7, torch.device("cpu")):
+        ours = foolbox_support.blended_uniform_starts(fmodel, x, y, steps=20, directions=30)
     assert torch.equal(ours, theirs)
     assert not torch.equal(ours, x)
 
@@ -337,7 +338,7 @@ def test_cifar_c_images_become_gray_like_the_clean_test_images(tmp_path):
         cfg = TrialConfig(task="digits", gray=gray, attacks={})
         opts = resolve("corruptions", {"names": ["fog"], "severities": [1, 3], "folder": str(tmp_path),
                                        "images": None})
-        rows = corruptions.run(model, clean, y, attacks.AttackContext(cfg), opts)
+        rows = attacks.get("corruptions").evaluate(model, clean, y, attacks.AttackContext(cfg), opts)
         assert [r["value"] for r in rows] == [1.0, 1.0], gray
 
 
@@ -372,7 +373,7 @@ def test_paper_preset_and_dataset_eps():
     for task, tops in expected.items():
         assert {name: top(name, task) for name in tops} == pytest.approx(tops), task
     # a new eps attack needs no key in any dataset record: it gets the record's eps_max
-    new = attacks.Attack("new_attack", "New", eps_options(), run=lambda *a: [])
+    new = attacks.Attack("new_attack", "New", eps_options(), select=lambda *a: None, measure=lambda *a: None)
     assert eps_list(new, new.resolve({}), "CIFAR10")[-1] == pytest.approx(0.1)
     assert eps_list(new, new.resolve({}), "digits")[-1] == pytest.approx(0.5)
     assert set(attacks.PAPER_ATTACKS) == {"gaussian", "uniform", "salt_pepper", "fgsm_transfer", "boundary"}

@@ -91,3 +91,64 @@ def test_the_gpu_check_dry_runs_on_cpu_and_writes_its_eight_files(tmp_path):
     assert all(s["status"] == "ok" for s in summary["steps"])
     assert "skipped" in (out / "tests.log").read_text()  # the CUDA tests ran their skip on this CPU
     assert json.loads((out / "c.json").read_text())["c_sweep"]["sweep"]["runner"] == "processes"
+
+
+def test_the_gpu_sampler_reads_the_gpu_cuda_visible_devices_selects():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from gpu import visible_gpu
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert visible_gpu(None) == ("index", 0) and visible_gpu("") == ("index", 0)
+    assert visible_gpu("3,1") == ("index", 3)  # cuda:0 is physical GPU 3: NVML's index 3, not 0
+    assert visible_gpu("GPU-5e1c2d,GPU-77") == ("uuid", "GPU-5e1c2d")
+    assert visible_gpu("MIG-abc") == ("uuid", "MIG-abc")
+
+
+def _gpu_check():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return gpu_check
+
+
+def test_the_dry_run_blocks_what_the_gpu_machine_lacks_in_every_process_it_starts(tmp_path):
+    gpu_check = _gpu_check()
+    env = dict(os.environ)
+    gpu_check.block_absent_packages(env, tmp_path / "blocked")
+    code = ("import subprocess, sys\n"
+            "for name in ('sklearn', 'requests', 'pydantic', 'ray'):\n"
+            "    try:\n        __import__(name)\n    except ModuleNotFoundError:\n        print('absent', name)\n"
+            "import importlib.util\n"
+            "print('spec', importlib.util.find_spec('ray'))\n"  # a probe answers as on a machine without it
+            "import torch, yaml, numpy\n")
+    done = subprocess.run([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                           f"{code!r}])"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.split("\n")[:5] == ["absent sklearn", "absent requests", "absent pydantic", "absent ray",
+                                           "spec None"], done.stdout + done.stderr[-2000:]
+
+
+def test_a_step_at_its_limit_is_killed_with_its_children(tmp_path):
+    # the packed-trial test and (c)'s levels start processes of their own: killed with the step, none keeps the
+    # GPU busy while the next step is timed
+    gpu_check = _gpu_check()
+    pid_file = tmp_path / "child.pid"
+    code = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+            f"time.sleep(120)']); open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
+    result = gpu_check.run_step("x", [sys.executable, "-c", code], tmp_path / "x.log", 5, dict(os.environ))
+    assert result["status"] == "killed at its 5 s limit"
+    child = int(pid_file.read_text())
+    import time
+
+    for _ in range(50):  # the kill is delivered at once; reaping by init may take a moment
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{child}/stat").read().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the step's child {child} outlived the step")

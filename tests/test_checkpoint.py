@@ -30,9 +30,7 @@ def tables(root: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def straight_and_crashed(cfg, tmp_path: Path, monkeypatch, epoch: int) -> tuple[Path, Path]:

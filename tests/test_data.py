@@ -383,7 +383,6 @@ def test_cifar_regularization_images_are_augmented_once_per_seed(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_augment_batch_on_cuda_matches_cpu_under_a_cpu_generator():
     x = torch.rand(8, 3, 32, 32)
     cpu = D.augment_batch(x, torch.Generator().manual_seed(5))

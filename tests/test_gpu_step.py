@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import conftest
 import pytest
@@ -25,8 +26,6 @@ from pixelreg_core.train import PlacedData, batch_starts, evaluate_split, learni
 
 # a regularized tiny trial with half the images of conftest's TINY
 CHANGES = dict(train_images=128, test_images=64, reg_images=100, alpha=4, th=0.2, attacks={"gaussian": {"images": 32}})
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def tiny(**changes) -> TrialConfig:
@@ -69,11 +68,33 @@ def test_the_read_counter_sees_every_kind_of_host_read():
         t.cpu()
         t.tolist()
         t[t > 1]  # boolean-mask indexing: a data-dependent size
+        t.to("meta")  # copies to another device (meta: shapes only, no hardware) are transfers;
+        torch.empty(4, device="meta").copy_(t)
+        torch.empty(4).copy_(t)  # a copy within one device is not
     assert reads.by_kind["_local_scalar_dense"] == 4
     assert reads.by_kind["cpu"] == 1 and reads.by_kind["tolist"] == 1 and reads.by_kind["boolean_mask"] == 1
+    assert reads.by_kind["transfer"] == 2
     with count_host_reads() as none:
         (t * 2 + 1).sum()
     assert none.total == 0
+
+
+@pytest.mark.parametrize("kind", ["matrix", "shuffle"])
+def test_a_matrix_targets_draw_copies_nothing_between_host_and_device(kind, tmp_path):
+    # The matrix, its permutation and its pair order live on the trial's device: a draw there copies nothing.
+    # `meta` stands for the device (shapes only, no hardware); every copy between it and the CPU is counted.
+    from test_targets import save_matrix_files
+
+    _, sim, imgs = save_matrix_files(tmp_path, 12, 12)
+    cfg = tiny(target=kind, matrix=sim, matrix_images=imgs)  # pair_draw: without_replacement, the default
+    target = build_target(cfg, torch.empty(4, 1, 8, 8, device="meta"), None)
+    assert {t.device.type for t in (target.matrix, target.images, target.order.position)} == {"meta"}
+    with count_host_reads() as reads:
+        for _ in range(3):
+            i, j, s_target = target.sample(cfg.reg_pairs)
+            DeviceImages(target.images).take(i)
+    assert reads.total == 0, dict(reads.by_kind)
+    assert i.device.type == s_target.device.type == "meta"
 
 
 @pytest.mark.parametrize("changes", [{}, {"alpha": 0}, {"target": "categorical", "sim_layer": 1}],
@@ -394,6 +415,38 @@ def test_compile_giving_up_is_one_warning(monkeypatch, capfd):
     assert len(lines) == 1 and "ran the step eager" in lines[0]
 
 
+def test_skipped_cuda_graphs_are_one_warning(capfd):
+    # reduce-overhead without CUDA graphs (inductor skips them for a CPU tensor, a mutated input, ...) runs at
+    # compile's speed, not its own: inductor says so in its log, and bumps a counter
+
+    from torch._dynamo.utils import counters
+
+    from pixelreg_core.kernels import compile_session
+
+    # (the log line is watched too, but torch's logging setup may stop its propagation: the counter is the check)
+    with compile_session(tiny(compile="reduce-overhead")):
+        counters["inductor"]["cudagraph_skips"] += 1
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: compile:")]
+    assert len(lines) == 1 and "skipped CUDA graphs" in lines[0]
+
+
+def test_a_cuda_trial_refuses_in_one_line_what_its_gpu_or_image_cannot_run(monkeypatch):
+    # The refusals are decided before anything runs, from what torch and the machine report: faked at that seam.
+    from pixelreg_core import kernels
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "a GPU without bf16")
+    with pytest.raises(ConfigError) as err, kernels.kernel_settings(tiny(amp=True), torch.device("cuda")):
+        pass
+    assert err.value.field == "amp" and "no bf16" in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError) as err, kernels.kernel_settings(tiny(compile="default"), torch.device("cuda")):
+        pass
+    assert err.value.field == "compile" and "C compiler" in str(err.value)
+    with kernels.kernel_settings(tiny(compile="default", amp=True), torch.device("cpu")):  # CPU: none of it applies
+        pass
+
+
 def test_channels_last_acts_on_cpu_only_away_from_the_shapes_that_crashed():
     from pixelreg_core.kernels import smallest_feature_map, uses_channels_last
 
@@ -473,8 +526,28 @@ def mnist_like(n_train: int = 512, n_test: int = 256, seed: int = 0) -> DataBund
                       torch.full((300,), -1), num_classes=10)
 
 
+def idx_folder(folder: Path, n: int = 600, seed: int = 0) -> Path:
+    """n generated 28 x 28 digits-like images (smooth 7 x 7 noise scaled up) and labels as MNIST IDX files: a real
+    dataset (`idx:FOLDER`, split 80/20 by position) that needs no scikit-learn, which the GPU machine lacks."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.rand(n, 1, 7, 7, generator=g), size=(28, 28), mode="bilinear")
+    images = x.mul_(255).round_().to(torch.uint8).numpy()
+    labels = torch.randint(0, 10, (n,), generator=g).to(torch.uint8).numpy()
+    (folder / "t10k-images-idx3-ubyte").write_bytes(np.array([0x803, n, 28, 28], ">i4").tobytes() + images.tobytes())
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(np.array([0x801, n], ">i4").tobytes() + labels.tobytes())
+    return folder
+
+
+def cuda_tiny(tmp_path: Path, **changes) -> TrialConfig:
+    """`tiny` on CUDA, its task and regularization data an IDX folder of generated images (`idx_folder`)."""
+    task = f"idx:{idx_folder(tmp_path / 'idx')}"
+    return tiny(task=task, reg_data=task, device="cuda", **changes)
+
+
 @pytest.mark.gpu
-@cuda
 def test_cuda_data_placement_keeps_8_bit_images_as_uint8_on_the_gpu():
     data = mnist_like()
     placed = PlacedData.of(data, data.reg_x, torch.device("cuda"))
@@ -484,55 +557,110 @@ def test_cuda_data_placement_keeps_8_bit_images_as_uint8_on_the_gpu():
     assert torch.equal(placed.train_x.take(idx).cpu(), data.train_x[idx.cpu()])
 
 
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
-def test_cuda_epoch_never_synchronises_with_the_host(amp):
-    cfg = tiny(task="MNIST", width=8, batch_size=64, amp=amp, device="cuda")
-    data = mnist_like()
-    device = torch.device("cuda")
-    model = build_model(cfg, 1, 10).to(device)
-    target = build_target(cfg, data.reg_x.to(device), data.reg_y.to(device))
-    placed = PlacedData.of(data, data.reg_x, device)
-    data.augment = True
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    generator = torch.Generator(device=device).manual_seed(0)
-    train_epoch(cfg, placed, True, model, target, optimizer, step_losses, generator)  # warm-up (allocator, cuDNN)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")  # any synchronising call inside the epoch raises
+# Every target kind and range, both pair draws, and the kernel options that change the step's code path: one
+# epoch of each must queue its work without one synchronisation (vgg draws as threshold does, from embeddings made
+# once). The ranges' thresholds suit `structured_like`'s images, whose pixel similarities spread widely.
+SYNC_CASES = {
+    **{f"threshold-{r}": dict(range=r, th=0.3 if r == "double" else 0.2, th2=0.02 if r == "double" else None)
+       for r in ("all", "high", "low", "positive", "negative", "double")},
+    "pixel": dict(target="pixel"), "shuffle": dict(target="shuffle"), "categorical": dict(target="categorical"),
+    "matrix": dict(target="matrix"), "shuffle-matrix": dict(target="shuffle"),
+    "with-replacement": dict(pair_draw="with_replacement"),
+    "with-replacement-high": dict(pair_draw="with_replacement", range="high", th=0.2),
+    "bf16": dict(amp=True), "fused-sgd": dict(fused_sgd=True), "channels-last": dict(channels_last=True),
+    "compile": dict(compile="default"), "pack": dict(pack=2),
+}
+
+
+def structured_like(seed: int = 0) -> DataBundle:
+    """mnist_like, with labelled regularization images of smooth structure (7 x 7 noise scaled up, in k / 255)."""
+    data = mnist_like(seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    smooth = F.interpolate(torch.rand(300, 1, 7, 7, generator=g), size=(28, 28), mode="bilinear")
+    data.reg_x = smooth.mul_(255).round_().div_(255)
+    data.reg_y = torch.randint(0, 10, (300,), generator=g)
+    return data
+
+
+def epoch_twice_without_sync(cfg: TrialConfig, data: DataBundle, device: torch.device) -> list[list[float]]:
+    """A warm-up epoch (allocator, cuDNN, compile), then one under sync-debug "error" (CUDA) that must not raise;
+    a seed pack (`pack` N) trains N seeds as one grouped network. Returns the second epoch's step rows."""
+    from pixelreg_core.kernels import make_optimizer, uses_channels_last
+    from pixelreg_core.pack.model import GroupedPairResNet
+    from pixelreg_core.pack.train import Member, packed_epoch
+    from pixelreg_core.train import compiled_step
+
+    def member(seed: int) -> Member:
+        c = cfg.replace(seed=seed)
+        torch.manual_seed(seed)
+        m = Member(c, data, build_model(c, 1, 10).to(device), build_target(c, data.reg_x.to(device),
+                                                                              data.reg_y.to(device)))
+        m.generator = torch.Generator(device=device).manual_seed(seed)
+        reg_x = m.target.images if m.target.images is not None else data.reg_x
+        m.placed = PlacedData.of(data, reg_x, device)
+        return m
+
+    members = [member(seed) for seed in range(max(1, cfg.pack))]
+    channels_last = uses_channels_last(cfg, device, 28)
+    if cfg.pack > 1:
+        model = GroupedPairResNet.of([m.model for m in members])
+        optimizer = make_optimizer(cfg, model, device)
+        run = lambda: packed_epoch(members, model, optimizer, channels_last)[0]  # noqa: E731
+    else:
+        m, step_fn = members[0], compiled_step(cfg)
+        model = m.model.to(memory_format=torch.channels_last) if channels_last else m.model
+        optimizer = make_optimizer(cfg, model, device)
+        run = lambda: train_epoch(cfg, m.placed, True, model, m.target, optimizer, step_fn, m.generator,  # noqa: E731
+                                  channels_last)[0]
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any synchronising call inside the epoch raises
     try:
-        per_step, pairs = train_epoch(cfg, placed, True, model, target, optimizer, step_losses, generator)
+        per_step = run()
     finally:
-        torch.cuda.set_sync_debug_mode("default")
-    rows = torch.stack(per_step).tolist()
-    assert len(rows) == len(batch_starts(512, 64)) and all(math.isfinite(r[0]) for r in rows)
-    assert torch.cat(pairs, 1).shape == (2, len(rows) * cfg.reg_pairs)
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    return torch.stack(per_step).tolist()
 
 
 @pytest.mark.gpu
-@cuda
+@pytest.mark.parametrize("case", list(SYNC_CASES))
+def test_cuda_epoch_never_synchronises_with_the_host(case, tmp_path):
+    from test_targets import save_matrix_files
+
+    changes = dict(SYNC_CASES[case])
+    if case in ("matrix", "shuffle-matrix"):
+        _, sim, imgs = save_matrix_files(tmp_path, 40, 40)
+        changes.update(matrix=sim, matrix_images=imgs)
+    cfg = tiny(task="MNIST", reg_data="MNIST", width=8, batch_size=64, device="cuda", **changes)
+    rows = epoch_twice_without_sync(cfg, structured_like(), torch.device("cuda"))
+    assert len(rows) == len(batch_starts(512, 64))
+    assert all(math.isfinite(v) for r in rows for v in torch.tensor(r).flatten().tolist())
+
+
+@pytest.mark.gpu
 def test_cuda_trial_with_every_kernel_option(tmp_path):
     from pixelreg_core.trial import run_trial
 
-    row = run_trial(tiny(device="cuda", amp=True, channels_last=True, fused_sgd=True, cudnn_benchmark=True),
+    row = run_trial(cuda_tiny(tmp_path, amp=True, channels_last=True, fused_sgd=True, cudnn_benchmark=True),
                     tmp_path)
     assert row["status"] == "ok" and row["device"].startswith("cuda") and 0 <= row["clean_acc"] <= 1
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_compiled_step_matches_the_eager_step_closely(tmp_path):
-    eager, _ = run_train(tiny(device="cuda", epochs=1), device="cuda")
-    compiled, _ = run_train(tiny(device="cuda", epochs=1, compile="default"), device="cuda")
+    eager, _ = run_train(cuda_tiny(tmp_path, epochs=1), device="cuda")
+    compiled, _ = run_train(cuda_tiny(tmp_path, epochs=1, compile="default"), device="cuda")
     assert compiled.epochs[0]["loss_cls"] == pytest.approx(eager.epochs[0]["loss_cls"], rel=1e-2)
 
 
 @pytest.mark.gpu
-@cuda
 def test_two_trials_packed_on_one_gpu(tmp_path):
     """Two trials at once on the one GPU, as two processes (what Ray's fractional `gpu: 0.5` does)."""
-    procs = [subprocess.Popen([sys.executable, "-m", "pixelreg_core", "train", "--task", "digits", "--reg-data",
-                               "digits", "--alpha", "4", "--th", "0.2", "--seed", str(seed), "--width", "8",
+    task = cuda_tiny(tmp_path).task
+    procs = [subprocess.Popen([sys.executable, "-m", "pixelreg_core", "train", "--task", task, "--reg-data",
+                               task, "--alpha", "4", "--th", "0.2", "--seed", str(seed), "--width", "8",
                                "--epochs", "2", "--train-images", "512", "--device", "cuda", "--attacks",
                                '{"gaussian": {"images": 64}}', "--out", str(tmp_path / f"r{seed}")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (0, 1)]
@@ -547,7 +675,6 @@ def test_two_trials_packed_on_one_gpu(tmp_path):
 
 
 @pytest.mark.gpu
-@cuda
 def test_two_trials_share_one_gpu_through_ray_fractional_gpus(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed here (the GPU check runs without it)")
     import pandas as pd
@@ -618,14 +745,13 @@ def test_an_accuracy_attack_reads_once_however_many_batches():
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_attacks_run_on_the_device(tmp_path):
     from pixelreg_core import attacks
     from pixelreg_core.model import save_checkpoint
 
-    cfg = tiny(device="cuda")
+    cfg = cuda_tiny(tmp_path)
     data = prepare_data(cfg)
-    source_cfg = tiny(alpha=0, seed=1000, role="fgsm_source")
+    source_cfg = cfg.replace(alpha=0, seed=1000, role="fgsm_source")
     torch.manual_seed(1000)
     save_checkpoint(build_model(source_cfg, 1, 10), source_cfg, str(tmp_path / "source.pt"))
     model = build_model(cfg, 1, 10).cuda().eval()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import weakref
 from pathlib import Path
 
 import pandas as pd
@@ -88,6 +90,9 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert set(robustness["attack"]) == {"gaussian"} and len(robustness) == 4 * 2
     assert (sweep / "spec.yaml").read_text() == spec.read_text()
     assert "every trial ok" in out and "done 4/4" in out
+    # the closing lines say per attack what was chosen and how sure (2 seeds a side: a p_chosen exists)
+    assert re.search(r"digits / digits / gaussian: .*(p_chosen|P\(no setting acceptable\)) \d\.\d\d: "
+                     r"(decided|undecided)", out), out
     # every epoch went to Tune: its TensorBoard logger wrote event files
     assert list((sweep / "tune").rglob("events.out.tfevents*"))
     # Tune's own trial records hold the real fields under readable names, not a hash
@@ -108,6 +113,7 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert main(["status", str(sweep)]) == 0
     status = capsys.readouterr().out
     assert "ok 4; pending 0 of 4" in status
+    assert "chosen, as of the last aggregate" in status and "digits / digits / gaussian: " in status
     assert "baseline" in status and "trial" in status
 
     # --fresh starts the folder over (another spec under the same name grows the study instead:
@@ -488,6 +494,60 @@ def test_a_cpu_trial_stays_on_the_cpu_where_torch_sees_a_gpu(ray_session):
     assert ray_session.get(device_of.remote(auto, True)) == ("cuda", "cpu")  # torch alone would pick the GPU
     assert ray_session.get(device_of.remote(auto, False)) == ("cpu", "cpu")
     assert with_gpu_share(TrialConfig(device="cpu")).device == "cpu"  # a named device is left as it is
+
+
+class _Held:
+    """Stands for what a failed attempt's frames hold (model, optimizer, graph): it sits in a reference cycle, as
+    modules with hooks and autograd graphs do, so only a collection frees it."""
+
+    def __init__(self):
+        self.me = self
+
+
+def _failing_attempt(held: list) -> None:
+    model = _Held()  # a local of the failing frame, as train()'s model is
+    held.append(weakref.ref(model))
+    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_retried_trial_starts_without_the_failed_attempts_objects(tmp_path, monkeypatch):
+    from orchestrator.run import trainable
+    from pixelreg_core import trial
+    from pixelreg_core.config import TrialConfig
+
+    held, alive = [], []
+
+    def run_trial(cfg, *args, **kwargs):
+        if not held:
+            _failing_attempt(held)
+        alive.append(held[0]() is not None)
+        return {"trial_id": cfg.trial_id, "status": "ok"}
+
+    monkeypatch.setattr(trial, "run_trial", run_trial)
+    assert trainable._run(TrialConfig(), str(tmp_path), 1, retries=1)["status"] == "ok"
+    assert alive == [False]  # freed before the retry ran
+
+
+def test_a_sticky_cuda_error_ends_the_worker_instead_of_failing_every_later_trial(tmp_path, monkeypatch):
+    from orchestrator.run import trainable
+    from pixelreg_core import trial
+    from pixelreg_core.config import TrialConfig
+
+    class Ended(BaseException):
+        pass
+
+    def end(status):
+        raise Ended(status)
+
+    def run_trial(cfg, *args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(trial, "run_trial", run_trial)
+    monkeypatch.setattr(trainable.os, "_exit", end)
+    with pytest.raises(Ended):
+        trainable._run(TrialConfig(), str(tmp_path), 1, retries=2)
+    monkeypatch.setattr(trial, "run_trial", lambda cfg, *a, **k: _failing_attempt([]))  # out of memory: retried
+    assert trainable._run(TrialConfig(), str(tmp_path), 1, retries=1)["status"] == "failed"
 
 
 def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):

@@ -15,13 +15,16 @@ PACKAGES = ("pixelreg_core", "orchestrator")
 # earlier one. A name stands for that module and everything under it; the longest matching name decides.
 # pixelreg_core: the trainer's data and targets are described by torch-free registries the config asks; the
 # trial's data (bundle, placement) is built from a config; model and training; the attacks use the trained model;
-# the trial runs everything. orchestrator: the spec, the analysis of finished rows (curves are also what the
-# search optimises), the local Ray's processes, the sweep folder as state (its lock stops a dead holder's Ray), the
-# plan (what to run, preflight, resources, the estimate), the running of trials, starting the local Ray (it is told
-# the GPUs plan.resources sees), and the commands on top.
+# the trial runs everything. orchestrator, in the pipeline's order: the spec; the sweep folder as state (its lock
+# stops a dead holder's Ray through localray.processes, and the plan's --mps check asks localray.mps, so those two
+# come before it); the plan (what to run, preflight, resources, the estimate); starting the local Ray (it is told
+# the GPUs plan.resources sees); the analysis of finished rows (its `load` reads the sweep folder), before the run
+# because a race (run.race) decides its next seeds from the aggregate; the run on Ray; the commands on top. Two
+# modules of the analysis stand earlier still: analysis.curves, the arithmetic of an accuracy curve, and
+# analysis.selection, which rows belong to the folder's current spec and its spec versions, which resume reads.
 # Every orchestrator stage sits above all of pixelreg_core.
 STAGES = [
-    ["pixelreg_core.errors", "pixelreg_core.hooks"],
+    ["pixelreg_core.errors", "pixelreg_core.failures", "pixelreg_core.hooks"],
     ["pixelreg_core.data.loaders", "pixelreg_core.data.registry", "pixelreg_core.targets"],
     ["pixelreg_core.config"],
     ["pixelreg_core.results", "pixelreg_core.checkpoint"],
@@ -33,12 +36,13 @@ STAGES = [
     ["pixelreg_core.pack"],  # the seed pack: several trials' training and writing, on top of trial.py
     ["orchestrator.errors"],
     ["orchestrator.spec"],
-    ["orchestrator.analysis"],
+    ["orchestrator.analysis.curves", "orchestrator.analysis.selection"],
     ["orchestrator.localray.processes", "orchestrator.localray.mps"],
     ["orchestrator.sweepdir"],
     ["orchestrator.plan"],
-    ["orchestrator.run"],
     ["orchestrator.localray"],
+    ["orchestrator.analysis"],
+    ["orchestrator.run"],
     ["orchestrator.commands", "orchestrator.cli", "orchestrator"],
 ]
 

@@ -268,3 +268,34 @@ def test_under_amp_the_packed_similarity_is_float32_as_a_single_models():
     for n, model in enumerate(separate):
         single, *_ = step_losses(model.train(), xs[n], ys[n], xas[n], xbs[n], targets[n], 1.0, True, True)
         assert float(loss[n].detach()) == pytest.approx(float(single.detach()), rel=5e-2)
+
+
+class _Held:
+    """Stands for what a failed training's frames hold (the grouped network, its optimizer and graph): in a
+    reference cycle, as modules with hooks and autograd graphs are, so only a collection frees it."""
+
+    def __init__(self):
+        self.me = self
+
+
+def test_a_failed_packs_outcomes_hold_no_frames_and_its_memory_is_freed(tmp_path, monkeypatch):
+    # The trainable retries the members of a failed pack one by one while it still holds the pack's outcomes:
+    # their errors must not keep the grouped network alive (on a GPU: its memory) through their tracebacks.
+    import gc
+    import weakref
+
+    from pixelreg_core.pack import trial as pack_trial
+
+    held = []
+
+    def train_pack(members, device):
+        grouped = _Held()
+        held.append(weakref.ref(grouped))
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pack_trial, "train_pack", train_pack)
+    outcomes = run_pack([tiny(seed=s, pack=2) for s in (0, 1)], tmp_path)
+    assert [o.row["status"] for o in outcomes] == ["failed", "failed"]
+    assert all(o.error.__traceback__ is None for o in outcomes)
+    gc.collect()
+    assert held[0]() is None

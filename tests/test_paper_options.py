@@ -32,12 +32,7 @@ def tiny(**changes) -> TrialConfig:
     return conftest.tiny(**{**CHANGES, **changes})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------------ the defaults
@@ -243,7 +238,7 @@ def test_the_pair_order_is_fixed_by_the_seed_and_resumes_from_its_state():
 
 def old_window(order):
     """The order's next m indices as every draw computed them before the window (shuffled_index per draw)."""
-    return lambda m: shuffled_index(order.position + torch.arange(m), order.count, order.seed)
+    return lambda m: order.decode(shuffled_index(order.position + torch.arange(m), order.count, order.seed))
 
 
 @pytest.mark.parametrize("range_, enumerate_below", [("all", None), ("high", 0.0), ("high", 1.0)],

@@ -13,8 +13,8 @@ from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec
 from pixelreg_core import attacks
 from pixelreg_core.attacks import pgd
-from pixelreg_core.attacks.common import accuracy
-from pixelreg_core.attacks.options import eps_list
+from pixelreg_core.attacks.accuracy import accuracy
+from pixelreg_core.attacks.base import eps_list
 from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import load_checkpoint
 from pixelreg_core.results import checkpoint_path
@@ -71,8 +71,8 @@ def test_pgd_accuracy_falls_with_eps(trained):
 def accuracy_on_subset(out, cfg) -> float:
     model, _ = load_checkpoint(checkpoint_path(out, cfg.trial_id))
     data = prepare_data(cfg)
-    x, y = pgd.select(model, data.test_x, data.test_y, attacks.AttackContext(cfg), {"images": 96})[:2]
-    return accuracy(model, x, y)
+    selected = pgd.select(model, data.test_x, data.test_y, attacks.AttackContext(cfg), {"images": 96})
+    return accuracy(model, selected.x, selected.y)
 
 
 def test_adversarials_stay_in_the_eps_ball_and_in_range(trained):

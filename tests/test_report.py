@@ -1,4 +1,4 @@
-"""Figures, the HTML report, results.load, analyze-targets and the Chromium screenshot, on hand-made data."""
+"""Figures, the HTML report, orchestrator.load, analyze-targets and the Chromium screenshot, on hand-made data."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from conftest import make_results
 
+import orchestrator
 from orchestrator.analysis import aggregate, report
 from orchestrator.cli import main
 from orchestrator.commands import analyze_targets as analyze_targets
 from orchestrator.errors import UserError
-from orchestrator.sweepdir import tables as results
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_FIGURES = {"curves_MNIST_MNIST_ResNet18.png", "tradeoff_MNIST_MNIST_ResNet18.png", "boundary.png",
@@ -63,6 +63,14 @@ def test_tradeoff_panel_of_corruptions_names_the_severity(sweep: tuple[Path, dic
     assert "corruptions" in set(best["attack"])
     fig, why = figures._tradeoff(summary, best, ("MNIST", "MNIST", "ResNet18"), 0.9)
     titles = [ax.get_title() for ax in fig.axes]
+    # every panel draws the 90% intervals on both axes of the settings that have them (D has a single seed: none)
+    gaussian = next(ax for ax in fig.axes if ax.get_title().startswith("Gaussian"))
+    bars = [c for c in gaussian.containers if c.get_label() == "90% interval"]
+    x_bars, y_bars = bars[0].lines[2]
+    a = best[(best["attack"] == "gaussian") & (best["th"] == 0.2)].iloc[0]
+    assert len(x_bars.get_segments()) == 3 and len(y_bars.get_segments()) == 3
+    assert np.ravel(x_bars.get_segments()[0]).tolist() == pytest.approx(
+        [a["r0_over_u0_low"], a["rd_over_ud"], a["r0_over_u0_high"], a["rd_over_ud"]])
     plt.close(fig)
     # one panel per attack; only the corruptions panel's D is a severity
     assert len([t for t in titles if t]) == best["attack"].nunique()
@@ -96,6 +104,10 @@ def test_report_contains_every_figure_and_tables(sweep: tuple[Path, dict], tmp_p
     assert "RuntimeError: boom" in page and "1 failed trial" in page
     assert "Best (Th, α)" in page and "summary.parquet" in page
     assert "<th>p_holm</th>" in page and "<th>ci_low</th>" in page and "Holm-Bonferroni" in page
+    # how sure: the columns, and the choice in words (D's single seed leaves every selection without p_chosen)
+    assert "<th>p_chosen</th>" in page and "<th>decided</th>" in page and "<th>rd_over_ud [90%]</th>" in page
+    assert "<li>MNIST / MNIST / gaussian: Th=0.2 alpha=4 (R0/U0=0.990 [" in page
+    assert "p_chosen not known: Th=0.6 alpha=4 has 1 seed(s)" in page
     assert "held-out" not in page  # no --confirm-seeds: no confirmation table
     page = Path(report.build_report(root, out=tmp_path / "page2.html", confirm_seeds=1)).read_text()
     assert "Does the choice hold on seeds it never saw?" in page and "<th>confirmed_rd_over_ud</th>" in page
@@ -114,12 +126,12 @@ def test_report_aggregates_first_when_needed(tmp_path: Path) -> None:
 
 def test_results_load_returns_every_table(sweep: tuple[Path, dict]) -> None:
     root, _ = sweep
-    r = results.load(root)
+    r = orchestrator.load(root)
     assert set(r._fields) == {"trials", "epochs", "robustness", "spectrum", "summary", "best"}
     assert len(r.trials) == 14 and len(r.epochs) == 28 and len(r.spectrum) == 14 * 8
     assert {"attack", "eps", "value"} <= set(r.robustness.columns)
     assert {"mean", "sem", "n"} <= set(r.summary.columns) and r.best["chosen"].sum() == 5
-    empty = results.load(root.parent / "not_yet")
+    empty = orchestrator.load(root.parent / "not_yet")
     assert empty.trials.empty and "status" in empty.trials.columns and empty.summary.empty
 
 

@@ -42,7 +42,8 @@ def test_split_done_keeps_ok_trials_and_clears_stale_rows_of_the_rest(tmp_path):
 def test_orchestrator_rows_for_failed_and_stopped_trials(tmp_path):
     """The rows the orchestrator writes itself (retries used up, ASHA stop) have the keys and config a resume and
     `status` need, and a failed row run_trial wrote keeps its details with the attempt count added."""
-    from orchestrator.sweepdir.tables import clean_accuracy, record_failure, record_status, trial_statuses
+    from orchestrator.run.objective import clean_accuracy
+    from orchestrator.sweepdir.tables import record_failure, record_status, trial_statuses
 
     never_ran, ran, stopped = (TrialConfig(task="digits", seed=s, alpha=1.0, sim_layer=2) for s in range(3))
     record_failure(str(tmp_path), never_ran, "OSError: no source (failed 3 attempt(s))")

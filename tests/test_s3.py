@@ -2,7 +2,7 @@
 
 Real Ray, real trials: an FGSM source, a baseline and one regularized trial (digits, width 4, 1 epoch) write their
 Parquet files, checkpoints and FGSM sign cache into the bucket; the transferred-FGSM attack reads its source
-checkpoint back through the URI. Then: resume skips every trial, `status` and `results.load` read the URI, and the
+checkpoint back through the URI. Then: resume skips every trial, `status` and `orchestrator.load` read the URI, and the
 aggregation wrote summary/best there. Nothing here talks to any address but 127.0.0.1, and the credentials are dummy
 values. Skipped when moto (the `dev` extra) is not installed.
 """
@@ -17,8 +17,8 @@ import yaml
 from conftest import S3_BUCKET as BUCKET
 from conftest import TINY_TRAIN, local_ray
 
+import orchestrator
 from orchestrator import cli
-from orchestrator.sweepdir import tables as results
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_sweep_on_s3_launch_resume_status_aggregate_load(s3_root, ray_session, t
     assert "every trial ok" in out, out
     assert f"summary: s3://{BUCKET}/runs/s3tiny/summary.parquet?" in out
     assert "figures: not drawn for a URI" in out
-    r = results.load(sweep)
+    r = orchestrator.load(sweep)
     assert sorted(r.trials["role"]) == ["baseline", "fgsm_source", "trial"]
     assert set(r.trials["status"]) == {"ok"}, r.trials[["role", "error"]]
     assert set(r.robustness["attack"]) == {"gaussian", "fgsm_transfer"}

@@ -148,6 +148,9 @@ BAD = [
     (GOOD.replace("th: [0.2, 0.8]", "th: [0.2, 0.8, 1.5]"), "grid.th[2]: 1.5 is outside (0, 1)"),
     (GOOD.replace("th: [0.2, 0.8]", "th: [0, 0.8]"), "grid.th[0]: 0.0 is outside (0, 1)"),
     (GOOD.replace("alpha: [4]", "alpha: [4, -1]"), "grid.alpha[1]: -1.0 is negative"),
+    (GOOD.replace("alpha: [4]", "alpha: [.nan]"), "grid.alpha[0]: nan is not a finite number"),
+    (GOOD.replace("th: [0.2, 0.8]", "th: [.inf]"), "grid.th[0]: inf is not a finite number"),
+    (GOOD.replace("epochs: 1}", "epochs: 1, lr: -.inf}"), "train.lr: -inf is not a finite number"),
     (GOOD.replace("alpha: [4]", "alpha: []"), "grid.alpha: got []; use a non-empty list"),
     (GOOD.replace("alpha: [4]", "alpha: 4"), "grid.alpha: got 4; use a non-empty list"),
     (GOOD.replace("alpha: [4]", "alpha: [four]"), "grid.alpha[0]: got 'four'"),
@@ -180,8 +183,8 @@ BAD = [
     (GOOD.replace("seeds: 2", "seeds: two"), "seeds: got 'two'"),
     (GOOD.replace("epochs: 1}", "epochs: '1'}"), "train.epochs: got '1'; expected int"),
     (GOOD.replace("epochs: 1}", "epochs: 1.5}"), "train.epochs: got 1.5; expected int"),
-    (GOOD.replace("epochs: 1}", "epochs: 0}"), "train.epochs: must be >= 1"),
-    (GOOD.replace("width: 4", "width: 0"), "train.width: must be >= 1"),
+    (GOOD.replace("epochs: 1}", "epochs: 0}"), "train.epochs: is 0; must be a whole number >= 1"),
+    (GOOD.replace("width: 4", "width: 0"), "train.width: is 0; must be a whole number >= 1"),
     (GOOD.replace("epochs: 1}", "epochs: 1, arch: VGG}"), "train.arch: is 'VGG'; use one of ResNet18"),
     (GOOD.replace("epochs: 1}", "epochs: 1, epoch: 3}"), "train.epoch: unknown field 'epoch' in train"),
     (GOOD.replace("epochs: 1}", "epochs: 1, alpha: 3}"), "train.alpha: unknown field 'alpha' in train"),
@@ -307,3 +310,26 @@ def test_the_th_bounds_are_one_rule_for_the_config_the_grid_th2_and_the_search(t
                            (search, "search.th: [0.1, 0.6] is not a range")):
         rc, _, err = validate(write(tmp_path, text), capsys)
         assert rc == 2 and expected in err, err
+
+
+def test_a_spec_beyond_the_trial_limit_is_refused_at_once_before_expanding(tmp_path, capsys):
+    """seeds: 100000000 (a typo away from 10) expands to hours and hundreds of GB: the count comes first, and the
+    refusal names the field and the count in well under 2 s; --max-trials raises the limit."""
+    import time
+
+    path = write(tmp_path, GOOD.replace("seeds: 2", "seeds: 100000000"))
+    started = time.perf_counter()
+    rc, out, err = validate(path, capsys)
+    assert time.perf_counter() - started < 2.0
+    assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert "seeds: 100,000,000 seeds make up to" in err and "more than the limit of 100,000" in err
+    assert "--max-trials" in err
+    small = write(tmp_path, GOOD, "small.yaml")  # 2 points x 2 seeds: 4 trials, 2 baselines
+    assert main(["validate", str(small), "--max-trials", "3"]) == 2
+    assert "more than the limit of 3" in capsys.readouterr().err
+    assert main(["validate", str(small), "--max-trials", "20"]) == 0
+    assert "ok: 6 trials" in capsys.readouterr().out
+    many = write(tmp_path, GOOD.replace("th: [0.2, 0.8]", f"th: {[round(0.001 * i, 3) for i in range(1, 999)]}")
+                 .replace("alpha: [4]", f"alpha: {list(range(1, 201))}"), "grid.yaml")
+    assert main(["plan", str(many), "--no-measure"]) == 2
+    assert "grid: 199,600 grid points make up to" in capsys.readouterr().err

@@ -32,8 +32,10 @@ def write_sweep(root: Path, settings: dict[tuple[float, float], dict[int, tuple[
     """
     for (th, alpha), seeds in settings.items():
         for seed, (clean, curve) in seeds.items():
-            extra = {"th": th} if alpha else {"role": "fgsm_source"} if th < 0 else {}
-            cfg = TrialConfig(sweep="st", task="MNIST", reg_data="MNIST", alpha=alpha, seed=seed, width=4, **extra)
+            cfg = TrialConfig(sweep="st", task="MNIST", reg_data="MNIST", seed=seed, width=4)
+            # alpha 0: a baseline or the source model, as the expansion makes them
+            cfg = cfg.replace(th=th, alpha=alpha) if alpha else cfg.unregularized("fgsm_source" if th < 0 else
+                                                                                  "baseline")
             keys = key_values(cfg)
             write_table(root, "trials", cfg.trial_id, [{**keys, "role": cfg.role, "status": "ok", "clean_acc": clean,
                                                         "best_epoch": 1, "epochs": 1, "width": 4, "config": "{}"}])

@@ -328,7 +328,6 @@ def test_vgg_target_runs_on_a_torchvision_state_dict(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_targets_sample_on_cuda_with_a_cuda_generator():
     images = small_images(n=60, side=8).cuda()
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny
+from conftest import TINY, tiny
 
 from pixelreg_core import cli
-from pixelreg_core.config import ConfigError
+from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import build_model, load_checkpoint, save_checkpoint
 from pixelreg_core.results import SCHEMAS
@@ -102,9 +103,31 @@ def test_run_trial_writes_documented_tables_and_a_loadable_checkpoint(tmp_path):
 
 
 def test_baseline_is_shared_across_regularization_datasets():
-    a = tiny(alpha=0, reg_data="digits", th=0.5)
-    b = tiny(alpha=0, reg_data="MNIST", th=0.8)
-    assert a.trial_id == b.trial_id and a.role == "baseline" and a.reg_data == "none"
+    """An unregularized model made as one (TrialConfig.unregularized) has one id whatever regularizer fields it
+    came from; nothing rewrites a config when it is constructed."""
+    a = tiny(alpha=1.0, reg_data="digits", th=0.5).unregularized()
+    b = tiny(alpha=2.0, reg_data="MNIST", th=0.8).unregularized()
+    assert a.trial_id == b.trial_id and a.role == "baseline" and a.reg_data == "none" and a.alpha == 0
+    as_given = TrialConfig(**{**TINY, "alpha": 0.0, "th": 0.5})
+    assert (as_given.role, as_given.reg_data, as_given.th) == ("trial", "digits", 0.5)
+
+
+@pytest.mark.parametrize("name, value", [("task", ""), ("role", "main"), ("alpha", -1.0), ("alpha", float("nan")),
+                                         ("width", 0), ("width", "8"), ("lr", 0), ("beta", 1.0), ("lr_decay", 1.5),
+                                         ("valid_fraction", 1.0), ("valid_images", 0), ("select", "best"),
+                                         ("test_images", 0), ("device", "tpu"), ("compile", "fast"), ("pack", 0),
+                                         ("attacks", []), ("sim_layer", 5)])
+def test_a_bad_field_is_one_line_naming_it_and_its_value(name, value):
+    """Every field's rule (TrialConfig field metadata) speaks the same way: `field: is <value>; <fix>`, also for
+    a value of the wrong type."""
+    with pytest.raises(ConfigError, match=f"^{name}: is {re.escape(repr(value))}; "):
+        tiny(**{"alpha": 1.0, name: value}).validate()
+
+
+def test_regularizer_fields_are_checked_only_for_a_regularized_trial():
+    tiny(alpha=0, reg_pairs=0, pair_draw="sometimes").validate()  # unregularized: they mean nothing
+    with pytest.raises(ConfigError, match="^reg_pairs: is 0; k must be >= 1"):
+        tiny(alpha=1.0, reg_pairs=0).validate()
 
 
 def test_trial_id_ignores_where_it_runs():

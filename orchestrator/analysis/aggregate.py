@@ -128,6 +128,25 @@ def aggregate_sweep(sweep_dir: str | os.PathLike, a0: float = DEFAULT_A0, distor
     return result
 
 
+def read_derived(sweep_dir: str | os.PathLike, name: str):
+    """summary.parquet or best.parquet (`name`) as a DataFrame; None when it is not there or cannot be read (then
+    it is quarantined: `orchestrator aggregate` writes it again from the tables)."""
+    import io
+
+    import pandas as pd
+
+    from pixelreg_core.results import DAMAGED, join, quarantine, read_bytes
+
+    data = read_bytes(join(str(sweep_dir), name))
+    if data is None:
+        return None
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except DAMAGED as exc:
+        quarantine(sweep_dir, name, exc, "the aggregated results", "`orchestrator aggregate` writes it again")
+        return None
+
+
 # --------------------------------------------------------------------------------------------------- summary
 
 
@@ -319,7 +338,8 @@ def _mark_choice(best):
 
 
 def describe_chosen(best) -> list[str]:
-    """One readable line per selection: the chosen setting, or why none is."""
+    """One readable line per selection: the chosen setting with its ratios, their 90% intervals and how sure the
+    choice is (p_chosen: decided or undecided, and the other settings still in contention), or why none is."""
     lines = []
     for key, part in best.groupby(SELECTION_KEYS, dropna=False):
         _, task, reg_data, arch, attack, _metric = key
@@ -327,11 +347,58 @@ def describe_chosen(best) -> list[str]:
         where = f"{task} / {reg_data} / {attack}"
         if len(chosen):
             c = chosen.iloc[0]
-            lines.append(f"{where}: Th={c['th']:g} alpha={c['alpha']:g} (R0/U0={c['r0_over_u0']:.3f}, "
-                         f"RD/UD={c['rd_over_ud']:.3f} at eps {c['d_used']:g})")
+            lines.append(f"{where}: {_setting(c)} (R0/U0={c['r0_over_u0']:.3f}{_interval(c, 'r0_over_u0')}, "
+                         f"RD/UD={c['rd_over_ud']:.3f}{_interval(c, 'rd_over_ud')} at eps {c['d_used']:g})"
+                         f"{_how_sure(part, c)}")
         else:
-            lines.append(f"{where}: no acceptable setting (R0/U0 >= {part['a0'].iloc[0]:g} and RD/UD > 1)")
+            lines.append(f"{where}: no acceptable setting (R0/U0 >= {part['a0'].iloc[0]:g} and RD/UD > 1)"
+                         f"{_how_sure(part, None)}")
     return lines
+
+
+def _setting(row) -> str:
+    return f"Th={row['th']:g} alpha={row['alpha']:g}"
+
+
+def _interval(row, column: str) -> str:
+    """' [low, high]' (the 90% interval), or '' where best.parquet has none (one seed, or written before)."""
+    low, high = row.get(f"{column}_low", math.nan), row.get(f"{column}_high", math.nan)
+    return f" [{low:.3f}, {high:.3f}]" if math.isfinite(low) else ""
+
+
+# A setting the rule picks in at least this share of the resamplings is named as still in contention.
+CONTENTION = 0.02
+
+
+def _how_sure(part, chosen) -> str:
+    """'; p_chosen 0.97: decided', or undecided with the settings still in contention, or why there is no
+    p_chosen. `part` is one selection's rows; `chosen` its chosen row or None."""
+    if "p_chosen" not in part:
+        return ""  # a best.parquet written before the confidence columns
+    if part["p_chosen"].isna().any():
+        short = part[(part["n"] < 2) | (part["n_baseline"] < 2)]
+        who = (", ".join(_setting(r) + f" has {int(r['n'])} seed(s)" for _, r in short[short["n"] < 2].iterrows())
+               or f"the baseline has {int(part['n_baseline'].min())} seed(s)")
+        return f"; p_chosen not known: {who} (2 or more on every setting and the baseline give it)"
+    decided = bool(part["decided"].iloc[0])
+    p_none = 1 - part["p_chosen"].sum()
+    if chosen is not None:
+        head = f"; p_chosen {chosen['p_chosen']:.2f}"
+        others = part[(part["p_chosen"] >= CONTENTION) & ~part["chosen"]]
+    else:
+        head = f"; P(no setting acceptable) {p_none:.2f}"
+        others = part[part["p_chosen"] >= CONTENTION]
+    if decided:
+        return f"{head}: decided (at confidence {part['confidence'].iloc[0]:g})"
+    others = others.sort_values("p_chosen", ascending=False)
+    named = [f"{_setting(r)} {r['p_chosen']:.2f}" for _, r in others.head(3).iterrows()]
+    if len(others) > 3:
+        named.append(f"{len(others) - 3} more")
+    if chosen is not None and p_none >= CONTENTION:
+        named.append(f"none {p_none:.2f}")
+    also = f"; the resamplings also choose {', '.join(named)}" if named else ""
+    return (f"{head}: undecided (below {part['confidence'].iloc[0]:g}{also}; more seeds of these and of the "
+            "baseline would decide it)")
 
 
 # --------------------------------------------------------------------------------------------------- output

@@ -5,13 +5,16 @@ regularized setting and of the baseline they are all compared with. The paper's 
 the seed means into one choice; this module says how far the seeds leave that choice open.
 
 The method. The unknown quantity is each group's true mean (over infinitely many seeds) of the two per-seed values.
-Under a normal model for the seeds with the reference prior (flat in the mean, 1/sigma in the spread), the posterior
-of one mean is the Student-t interval's own distribution: mean + s / sqrt(n) * t_{n-1}. Its central 90% is exactly
-the classical 90% t-interval, which covers at any n >= 2 (a bootstrap of 3 values cannot: its spread is that of
-the 3 values, about 0.8 of the true one, and no t tail). A group's two values are drawn together: one multivariate
-t draw with the sample covariance, so each marginal is exactly the t above and a seed that is good clean and good
-at D moves both. Every setting of the selection is drawn against the SAME baseline draw, as select_best compares
-them all with one baseline. Then, in each draw:
+For one ratio R/U of a setting's mean over the baseline's, the classical small-sample answer is Welch's t: the two
+sides are independent models with their own spreads, the linearised ratio (R - rho U) / U has the standard error
+sqrt(s_R^2 / n_R + rho^2 s_U^2 / n_U) and the Welch-Satterthwaite df. Its 90% interval covers at 3 seeds (a
+bootstrap of 3 values cannot: its spread is about 0.8 of the true one, with no t tail; and independent
+reference-prior t posteriors of the two means, mean + s / sqrt(n) * t_{n-1} each, over-cover, 95-96% at 3 seeds, as
+the sum of two t's has heavier tails than the difference needs). A draw here makes every ratio follow its own
+Welch t: the seed means plus normal deviations (a group's two values together, with their sample covariance / n,
+so a seed good clean and good at D moves both; the baseline's deviation the same for every setting, since
+select_best compares them all with one baseline) times sqrt(df / chi2_df) per ratio, the chi2 of one draw nested
+so that the ratios' scales move together (_draw_ratios). Then, in each draw:
 
 - R0/U0 and RD/UD are the ratios of the drawn means; the interval is the central `level` quantiles over draws;
 - a setting is acceptable when drawn R0/U0 >= a0 and RD/UD > 1, as select_best says; `p_acceptable` is the share;

@@ -195,11 +195,12 @@ def _tradeoff(summary, best, selection, a0: float):
     for ax, attack in zip(axes, attacks, strict=True):
         part = rows[rows["attack"] == attack]
         x, y = part["r0_over_u0"], part["rd_over_ud"]
-        x_lo, x_hi = min(x.min(), a0) - 0.03, max(x.max(), 1.0) + 0.03
-        y_lo, y_hi = min(y.min(), 1.0) - 0.1, max(y.max(), 1.0) + 0.15
+        x_lo, x_hi = _span([x, part.get("r0_over_u0_low"), part.get("r0_over_u0_high")], a0, 1.0, 0.03)
+        y_lo, y_hi = _span([y, part.get("rd_over_ud_low"), part.get("rd_over_ud_high")], 1.0, 1.0, 0.1)
         ax.fill_between([a0, x_hi], 1, y_hi, color="#2ca02c", alpha=0.12, label=f"acceptable (≥ {a0:g}, > 1)")
         ax.axvline(a0, color="#2ca02c", lw=1, ls="--")
         ax.axhline(1, color="#2ca02c", lw=1, ls="--")
+        _intervals(ax, part, (x_hi, y_hi))
         ok = part["acceptable"].astype(bool)
         ax.scatter(x[~ok], y[~ok], color="#888888", s=40, label="not acceptable", zorder=3)
         ax.scatter(x[ok], y[ok], color=COLORS[0], s=40, label="acceptable", zorder=3)
@@ -208,7 +209,8 @@ def _tradeoff(summary, best, selection, a0: float):
             ax.scatter(chosen["r0_over_u0"], chosen["rd_over_ud"], marker="*", s=260, color=COLORS[1],
                        label="chosen", zorder=4)
         for _, row in part.iterrows():
-            ax.annotate(_label(row), (row["r0_over_u0"], row["rd_over_ud"]), textcoords="offset points",
+            sure = f"\np_chosen {row['p_chosen']:.2f}" if math.isfinite(row.get("p_chosen", math.nan)) else ""
+            ax.annotate(_label(row) + sure, (row["r0_over_u0"], row["rd_over_ud"]), textcoords="offset points",
                         xytext=(5, 5), fontsize=8)
         ax.set_xlim(x_lo, x_hi)
         ax.set_ylim(y_lo, y_hi)
@@ -223,12 +225,40 @@ def _tradeoff(summary, best, selection, a0: float):
         ax.set_title(f"{attack_title(attack)} ({where})")
         ax.set_xlabel("R0 / U0 (clean accuracy vs unregularized)")
         ax.grid(alpha=0.3)
-    handles = {h.get_label(): h for ax in axes for h in ax.collections + ax.patches if not
+    handles = {h.get_label(): h for ax in axes for h in ax.collections + ax.patches + ax.containers if not
                h.get_label().startswith("_")}
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=len(handles), fontsize=10)
     fig.suptitle(f"{task} classified, regularized with {reg_data} ({arch}): accuracy trade-off per (Th, α)",
                  fontsize=13)
     return fig, None
+
+
+def _span(columns, low_mark: float, high_mark: float, pad: float) -> tuple[float, float]:
+    """Axis limits holding every finite value of the columns (points and interval ends; a column may be None in a
+    best.parquet written before the intervals) and the two marks, padded."""
+    import numpy as np
+
+    values = np.concatenate([np.asarray(c, dtype=float) for c in columns if c is not None])
+    values = values[np.isfinite(values)]
+    return min(values.min(), low_mark) - pad, max(values.max(), high_mark) + pad * 1.5
+
+
+def _intervals(ax, part, tops: tuple[float, float]) -> None:
+    """Each setting's 90% intervals of R0/U0 and RD/UD as error bars (an open top, inf, is drawn to the edge), so a
+    point whose interval straddles A0 or 1 looks it. Nothing where best.parquet has no interval (a single seed)."""
+    import numpy as np
+
+    if "r0_over_u0_low" not in part:
+        return
+    has = part[part["r0_over_u0_low"].notna() & part["rd_over_ud_low"].notna()]
+    if not len(has):
+        return
+    x, y = has["r0_over_u0"].to_numpy(), has["rd_over_ud"].to_numpy()
+    x_hi = np.minimum(has["r0_over_u0_high"].to_numpy(), tops[0])
+    y_hi = np.minimum(has["rd_over_ud_high"].to_numpy(), tops[1])
+    ax.errorbar(x, y, xerr=[x - has["r0_over_u0_low"].to_numpy(), x_hi - x],
+                yerr=[y - has["rd_over_ud_low"].to_numpy(), y_hi - y], fmt="none", ecolor="#555555",
+                elinewidth=1, capsize=3, alpha=0.7, zorder=2, label="90% interval")
 
 
 def distortion_label(attack: str, eps: float) -> str:

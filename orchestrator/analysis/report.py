@@ -17,16 +17,21 @@ from orchestrator.analysis.aggregate import (
     DEFAULT_A0,
     SELECTION_KEYS,
     aggregate_sweep,
+    describe_chosen,
     describe_epoch_spread,
+    read_derived,
 )
 from orchestrator.errors import UserError
+from orchestrator.spec.schema import DEFAULT_CONFIDENCE
 
 SOURCE_TABLES = ("trials", "robustness", "spectrum")
 CHOSEN_COLUMNS = ["task", "reg_data", "arch", "attack", "target", "range", "th", "alpha", "n", "r0_over_u0",
-                  "rd_over_ud", "d_used", "d_source", "diff", "ci_low", "ci_high", "p_holm", "significant",
-                  "auc_ratio", "auc_rank"]
+                  "r0_over_u0_low", "r0_over_u0_high", "rd_over_ud", "rd_over_ud_low", "rd_over_ud_high", "d_used",
+                  "d_source", "p_acceptable", "p_chosen", "decided", "diff", "ci_low", "ci_high", "p_holm",
+                  "significant", "auc_ratio", "auc_rank"]
 # Dashed in the row that stands for "no acceptable setting": they describe a setting, and none was chosen.
-SETTING_VALUES = ["th", "alpha", "r0_over_u0", "rd_over_ud", "diff", "ci_low", "ci_high", "p_holm", "auc_ratio"]
+SETTING_VALUES = ["th", "alpha", "r0_over_u0", "r0_over_u0_low", "r0_over_u0_high", "rd_over_ud", "rd_over_ud_low",
+                  "rd_over_ud_high", "p_acceptable", "p_chosen", "diff", "ci_low", "ci_high", "p_holm", "auc_ratio"]
 CONFIRM_TABLE = ["task", "reg_data", "arch", "attack", "th", "alpha", "r0_over_u0", "rd_over_ud", "held_out_seeds",
                  "confirmed_r0_over_u0", "confirmed_rd_over_ud"]
 FIGURE_CAPTIONS = {
@@ -75,8 +80,6 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
                  distortions: dict[str, float] | None = None, confirm_seeds: int | None = None,
                  everything: bool = False) -> str:
     """Aggregate if needed, then write the HTML page (atomically). Returns its path."""
-    import pandas as pd
-
     from orchestrator.analysis.selection import current, restrict
     from pixelreg_core.results import read_table
 
@@ -87,8 +90,11 @@ def build_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
         aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions,
                         confirm_seeds=confirm_seeds, everything=everything)
     trials = restrict(read_table(root, "trials"), None if everything else current(str(root)), "trials")
-    summary = pd.read_parquet(root / "summary.parquet")
-    best = pd.read_parquet(root / "best.parquet")
+    summary, best = read_derived(root, "summary.parquet"), read_derived(root, "best.parquet")
+    if summary is None or best is None:  # damaged (now quarantined): aggregate writes them again
+        aggregate_sweep(root, a0=DEFAULT_A0 if a0 is None else a0, distortions=distortions,
+                        confirm_seeds=confirm_seeds, everything=everything)
+        summary, best = read_derived(root, "summary.parquet"), read_derived(root, "best.parquet")
     page = render(root, trials, summary, best)
     path = Path(out) if out else root / "report.html"
     from pixelreg_core.results import atomic_path
@@ -110,8 +116,8 @@ def render(root: Path, trials, summary, best) -> str:
         f"<title>pixelreg report: {name}</title><style>{STYLE}</style></head><body>",
         f"<h1>pixelreg sweep report: {name}</h1>",
         f'<p class="meta">{html.escape(str(root.resolve()))} &middot; generated {now}</p>',
-        "<h2>Sweep status</h2>", spec_section(root), status_section(trials), epoch_spread_section(summary),
-        timing_section(trials),
+        "<h2>Sweep status</h2>", spec_section(root), status_section(trials), race_section(root),
+        epoch_spread_section(summary), timing_section(trials),
         "<h2>Best (Th, α) per task, regularization set and attack</h2>", chosen_section(best, a0),
         "<h2>Figures</h2>", figures_section(root / "figures"),
         "<h2>Tables</h2>",
@@ -168,6 +174,17 @@ def status_section(trials) -> str:
     return body
 
 
+def race_section(root) -> str:
+    """A race's rounds, why it stopped and its final verdicts (race.json); "" for a sweep with a fixed seed count."""
+    from orchestrator.analysis import racelog
+
+    lines = racelog.describe(racelog.read(str(root)))
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:])
+    return f"<p>{html.escape(lines[0])}</p>" + (f"<ul>{items}</ul>" if items else "")
+
+
 def epoch_spread_section(summary) -> str:
     """A warning per group whose seeds were reported at widely spread epochs (aggregate.chosen_epochs); none: ""."""
     lines = describe_epoch_spread(summary)
@@ -198,7 +215,10 @@ def chosen_section(best, a0: float) -> str:
             "interval [ci_low, ci_high]; p_holm is the two-sided Welch t-test over the per-seed values (repeats "
             "averaged first), Holm-Bonferroni-adjusted over the settings of that row's task, regularization set, "
             "architecture and attack; significant = p_holm &lt; 0.05. Fewer than two seeds on either side: no "
-            "test (dash).</p>")
+            "test (dash). How sure the choice is: each ratio [90%] comes with its 90% interval from the seeds of "
+            "both sides; p_acceptable and p_chosen are the probabilities that the setting is "
+            f"acceptable and that the rule chooses it when the seeds are resampled; decided: p_chosen &ge; the "
+            f"spec's confidence ({_confidence(best)}).</p>")
     if not len(best):
         return note + "<p>No regularized setting with a baseline yet.</p>"
     columns = [c for c in CHOSEN_COLUMNS if c in best.columns]  # a best.parquet written before a column existed
@@ -217,10 +237,35 @@ def chosen_section(best, a0: float) -> str:
 
     table = pd.concat(rows, ignore_index=True).infer_objects()  # numbers back to float columns for formatting
     table["auc_rank"] = pd.to_numeric(table["auc_rank"], errors="coerce")  # None -> NaN, printed as a dash
-    if "significant" in table:
-        table["significant"] = table["significant"].map({True: "yes", False: "no"})
-    return (note + table_html(table) + "<p>A row of dashes: no acceptable setting for that attack.</p>"
-            + confirm_section(best))
+    for column in ("significant", "decided"):
+        if column in table:
+            table[column] = table[column].map({True: "yes", False: "no"})
+    for column in ("r0_over_u0", "rd_over_ud"):  # one cell "value [low, high]": a narrower table
+        if f"{column}_low" in table:
+            table[column] = [_with_interval(*v) for v in table[[column, f"{column}_low", f"{column}_high"]].values]
+            table = table.drop(columns=[f"{column}_low", f"{column}_high"]).rename(
+                columns={column: f"{column} [90%]"})
+    return (note + choice_lines(best) + table_html(table)
+            + "<p>A row of dashes: no acceptable setting for that attack.</p>" + confirm_section(best))
+
+
+def _with_interval(value, low, high) -> str | None:
+    """'0.911 [0.872, 0.951]'; the value alone without an interval; None (a dash) without a value."""
+    import pandas as pd
+
+    if value is None or pd.isna(value):
+        return None
+    return f"{value:.4g}" + (f" [{low:.3f}, {high:.3f}]" if not pd.isna(low) else "")
+
+
+def _confidence(best) -> str:
+    return f"{best['confidence'].iloc[0] if 'confidence' in best and len(best) else DEFAULT_CONFIDENCE:g}"
+
+
+def choice_lines(best) -> str:
+    """The choice per pair and attack in words, with how sure it is (the lines `aggregate` and `status` print)."""
+    lines = describe_chosen(best)
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>" if lines else ""
 
 
 def confirm_section(best) -> str:

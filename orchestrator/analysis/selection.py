@@ -8,15 +8,17 @@ stay on disk (a model whose epochs or width changed is simply another model). `s
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec, parse_yaml
 from orchestrator.spec.overrides import changes
 from orchestrator.spec.schema import SweepSpec
-from pixelreg_core.results import filesystem, join, read_bytes
+from pixelreg_core.results import filesystem, join, read_bytes, read_text
 
 SPECS_DIR = "specs"  # every spec version the folder ran: specs/<n>-<fingerprint>.yaml, n from 1
+VERSION_FILE = re.compile(r"[0-9]+-[0-9a-f]{16}\.yaml")  # only these are read: never a stray file of specs/
 
 
 class Selection(NamedTuple):
@@ -26,14 +28,18 @@ class Selection(NamedTuple):
 
 
 def current_spec(sweep_dir: str) -> SweepSpec | None:
-    """The spec the folder was last launched with (spec.yaml); None when there is none or it does not parse."""
-    data = read_bytes(join(sweep_dir, "spec.yaml"))
-    if data is None:
-        return None
-    try:
-        return parse_spec(parse_yaml(data.decode(), "spec.yaml"), "spec.yaml")
-    except Exception:  # noqa: BLE001 - an unreadable spec selects nothing away
-        return None
+    """The spec the folder was last launched with: spec.yaml, or, where that is missing or damaged, the newest of
+    specs/ (the same text: launch writes both); None when neither parses."""
+    versions = spec_versions(sweep_dir)
+    for name in ["spec.yaml", *(f"{SPECS_DIR}/{v}" for v in versions[-1:])]:
+        text = read_text(sweep_dir, name)
+        if text is None:
+            continue
+        try:
+            return parse_spec(parse_yaml(text, name), name)
+        except Exception:  # noqa: BLE001 - an unreadable spec selects nothing away
+            continue
+    return None
 
 
 def current(sweep_dir: str) -> Selection | None:
@@ -76,7 +82,7 @@ def spec_versions(sweep_dir: str) -> list[str]:
     folder = f"{base}/{SPECS_DIR}"
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return []
-    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.base_name.endswith(".yaml")]
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if VERSION_FILE.fullmatch(i.base_name)]
     return sorted(names, key=lambda n: int(n.split("-", 1)[0]))
 
 

@@ -1,36 +1,29 @@
 """`orchestrator launch SPEC`: run (or resume) a sweep on Ray Tune.
 
-Order of work, one function each: `make_plan` checks everything a user can get wrong (spec, resources, results
-root, every config, the inputs on disk) and computes what to run, writing nothing; `run` then takes the sweep
-folder's lock, `claim`s the folder (refusing a different spec's results, wiping them with --fresh) and drops the
-stale rows of the trials to run; `run_on_ray` starts Ray and `run_phases` runs the source models (the trials'
-transferred attacks read them), then baselines and grid trials (or, with `search: optuna`, baselines and then one
-Optuna study per dataset pair). The sweep's state is only its Parquet files, so relaunching the same command resumes.
-The Tune runner (run.tune) and the Optuna search (run.search) do the running; this module decides what to run and
-says what happened. Ray, Tune and torch are imported inside functions: the CLI imports this module to build its
-parser.
+The command in three steps: `make_plan` (the plan room) checks everything a user can get wrong (spec, resources,
+results root, every config, the inputs on disk) and computes what to run, writing nothing; `run` then takes the
+sweep folder's lock and `claim`s the folder (refusing a different spec's results, wiping them with --fresh), and
+`run_on_ray` (the run stage, orchestrator.run.phases) runs the phases on Ray; last, this module says what happened
+and aggregates. The sweep's state is only its Parquet files, so relaunching the same command resumes. Ray, Tune
+and torch are imported inside functions: the CLI imports this module to build its parser.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import tempfile
 from pathlib import Path
 
+from orchestrator.analysis import racelog
 from orchestrator.errors import UserError
 from orchestrator.localray import mps
 from orchestrator.plan.make import Plan, claim, make_plan
-from orchestrator.plan.resources import check_resources, concurrent_slots
+from orchestrator.plan.work import work_line
+from orchestrator.run.phases import run_on_ray
 from orchestrator.run.progress import print_line
-from orchestrator.run.search import run_studies
-from orchestrator.run.tune import Runner, asha_max_t, asha_scheduler
-from orchestrator.sweepdir.blocked import exit_code, skip_blocked
+from orchestrator.spec.expand import race_line
+from orchestrator.sweepdir.blocked import exit_code
 from orchestrator.sweepdir.lock import sweep_lock
-from orchestrator.sweepdir.resume import (
-    missing_evaluations,
-)
+from orchestrator.sweepdir.resume import missing_evaluations
 from orchestrator.sweepdir.tables import (
     COMPLETE_STATUSES,
     DEFAULT_ROOT,
@@ -50,10 +43,21 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
                              "records the spec with them applied")
 
 
+def add_max_trials(parser: argparse.ArgumentParser) -> None:
+    """--max-trials (validate, plan, launch, evaluate): the size a spec is refused beyond, counted before expanding."""
+    from orchestrator.spec.schema import MAX_TRIALS
+
+    parser.add_argument("--max-trials", type=int, default=MAX_TRIALS, metavar="N",
+                        help=f"refuse a spec of more than N trials, counted before anything is expanded (default "
+                             f"{MAX_TRIALS:,}: far above any real study, so a typo such as seeds: 100000000 "
+                             "stops at once)")
+
+
 def add_arguments(parser: argparse.ArgumentParser, fresh: bool = True) -> None:
     """launch's arguments; `fresh=False`: without --fresh (evaluate only adds to stored models)."""
     parser.add_argument("spec", help="sweep spec YAML, e.g. sweeps/quickstart.yaml")
     add_overrides(parser)
+    add_max_trials(parser)
     parser.add_argument("--results", default=DEFAULT_ROOT, metavar="ROOT",
                         help="output root (default results/); the sweep writes ROOT/<name>/. "
                              "A pyarrow URI such as s3://bucket/prefix works where credentials exist")
@@ -78,12 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser, fresh: bool = True) -> None:
                              "(needs nvidia-cuda-mps-control and a local Ray)")
 
 
-# --------------------------------------------------------------------------------------------------- the plan
-
-
-# --------------------------------------------------------------------------------------------------- command
-
-
 def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     try:
@@ -101,11 +99,17 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: list[TrialConfig], lock) -> int:
     log = print_line
     n_total = len(plan.configs) + plan.optuna_units
-    log(f"sweep {plan.spec.name}: {n_total} trials ({len(done)} complete from earlier launches, "
-        f"{len(todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
-        f"to run) -> {plan.sweep_dir}")
-    if plan.work is not None and (done or plan.work["evaluate"]):
+    if plan.spec.race is None:
+        log(f"sweep {plan.spec.name}: {n_total} trials ({len(done)} complete from earlier launches, "
+            f"{len(todo)}{' + up to ' + str(plan.optuna_units) + ' searched' if plan.optuna_units else ''} "
+            f"to run) -> {plan.sweep_dir}")
+    else:  # how many a race runs is its decisions' to say
+        log(f"sweep {plan.spec.name}: a race of up to {n_total} trials ({len(done)} complete from earlier "
+            f"launches) -> {plan.sweep_dir}")
+    if plan.work is not None and (done or plan.work["evaluate"]) and plan.spec.race is None:
         log("  " + work_line(plan.work))
+    if plan.spec.race is not None:
+        todo = start_race(plan, todo, log)
     if todo or plan.optuna_units:
         with mps.daemon(plan.mps, log):  # before Ray starts its workers; stopped when the launch ends
             run_on_ray(plan, todo, args, n_total, len(done), log, lock)
@@ -117,141 +121,22 @@ def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: li
     if failed:
         log(f"  see their errors with: orchestrator status {plan.sweep_dir}")
     report_outputs(plan.sweep_dir, log)
+    for line in racelog.describe(racelog.read(plan.sweep_dir)):
+        log(line)
     return max(exit_code(trial_statuses(plan.sweep_dir)), 1 if missing else 0)  # 1 after failures
 
 
-def run_on_ray(plan: Plan, todo: list[TrialConfig], args: argparse.Namespace, n_total: int, n_done: int, log,
-               lock=None) -> None:
-    """Start (or join) Ray, run the trials to run in their phases, stop Ray."""
-    from orchestrator.localray.start import stop_ray
+def start_race(plan: Plan, todo: list[TrialConfig], log) -> list[TrialConfig]:
+    """A race's state (plan.race) and the trials it asks for now: what its recorded rounds asked for and did not
+    finish, or, when all of them finished, what a new decision asks for; none once it has stopped."""
+    from orchestrator.run.race import Race
 
-    quiet_tune()
-    session = start_session(args, lock, log)
-    try:
-        # Against the Ray the trials run on, local too: a GPU trial Ray cannot place would wait for it forever.
-        check_resources(plan.spec, available_gpus=session.gpus, where="in Ray")
-        runner, progress = make_runner(plan, args, session, n_total, n_done, log)
-        run_phases(runner, plan, todo, progress.log)
-        log(progress.line())
-    finally:
-        stop_ray(session)
-
-
-def quiet_tune() -> None:
-    """Tune's settings for a launch: our own progress lines (progress.py) instead of Tune's output."""
-    import logging
-
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # the final report has no epoch metrics
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy output is silent at verbose=0; ours is progress.py
-    # Tune logs every trial failure as a multi-page traceback; ours is one line per failure (progress.py), and the
-    # error itself is in the trial's trials row and in Tune's error.txt.
-    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C ends the launch at once (trials resume)
-
-
-def start_session(args: argparse.Namespace, lock, log):
-    """Join the cluster or start a local Ray; a local one is recorded in the lock, so that whoever ends this
-    launch can stop all of it."""
-    from orchestrator.localray.start import start_ray
-
-    session = start_ray(args.address, args.dashboard_host, not args.no_dashboard, log=log,
-                        listen_all=getattr(args, "listen_all", False))
-    if session.started_here and lock is not None:
-        lock.track_ray()
-    return session
-
-
-def make_runner(plan: Plan, args: argparse.Namespace, session, n_total: int, n_done: int, log):
-    """The Tune runner and the progress lines, sized to the session's CPUs and GPUs."""
-    from orchestrator.run.progress import Progress
-
-    resources = plan.spec.resources
-    storage = (tempfile.mkdtemp(prefix="pixelreg-tune-") if is_uri(plan.sweep_dir)
-               else str(Path(plan.sweep_dir, "tune")))
-    slots = max(1, concurrent_slots(session.cpus, session.gpus, resources.cpu, resources.gpu, args.max_concurrent))
-    progress = Progress(total=n_total, already_done=n_done, slots=slots, log=log)
-    log(f"{slots} trial(s) at a time ({resources.cpu:g} CPU, {resources.gpu:g} GPU each); "
-        f"Tune logs and TensorBoard files: {storage}")
-    trackers: tuple = ()
-    if plan.spec.track.any:
-        from orchestrator.run.track import tracker_callbacks
-
-        trackers = tuple(tracker_callbacks(plan.spec.track, plan.spec.name))
-        log(f"trackers: {', '.join(n for n in ('wandb', 'mlflow') if getattr(plan.spec.track, n))} (one run per "
-            "Tune trial, a setting's seeds grouped)")
-    runner = Runner(sweep_dir=plan.sweep_dir, storage=storage, stamp=dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
-                    cpu=resources.cpu, gpu=resources.gpu, retries=plan.spec.max_failures, slots=slots,
-                    progress=progress, max_concurrent=args.max_concurrent, progress_every=args.progress_every,
-                    trackers=trackers)
-    return runner, progress
-
-
-def run_phases(runner: Runner, plan: Plan, todo: list[TrialConfig], log) -> None:
-    """The order of work. With fifo and no seed packs: one phase, the FGSM source models first in line and every
-    other model training alongside (no slot idles while a source trains); a model whose source is not ready when
-    its own training ends leaves its transferred evaluations for the `evaluations` phase at the end (the
-    dependency is the evaluation's, not the training's). With ASHA or seed packs (a pack reads its source when it
-    starts): the sources first, then baselines and grid trials (baselines never stopped early by ASHA: every ratio
-    is taken against them). Then the Optuna studies, then the evaluations left for later."""
-    sources = [c for c in todo if c.role == "fgsm_source"]
-    baselines = [c for c in todo if c.role == "baseline"]
-    trials = [c for c in todo if c.role not in ("fgsm_source", "baseline")]
-    scheduler = asha_scheduler(plan.spec.scheduler, asha_max_t(trials or plan.configs))
-    packed = any(c.pack > 1 for c in todo)
-    if scheduler is None and not packed:
-        runner.grid_phase("trials", sources + baselines + trials)
-    else:
-        runner.grid_phase("fgsm_sources", sources)
-        baselines, trials = skip_blocked(plan.sweep_dir, baselines, trials, log=log)  # their source failed
-        if scheduler is None:
-            runner.grid_phase("trials", baselines + trials)
-        else:
-            runner.grid_phase("baselines", baselines)
-            runner.grid_phase("trials", trials, scheduler=scheduler)
-    if plan.spec.search.type == "optuna":
-        run_studies(runner, plan.spec, plan.configs)
-    runner.grid_phase("evaluations", deferred_evaluations(plan, log), counted=False)
-
-
-def deferred_evaluations(plan: Plan, log) -> list[TrialConfig]:
-    """Stored models of the spec still missing evaluations whose source model is ok now (run as evaluations of
-    stored models); those whose source failed are named in their model's `error` and not run."""
-    from orchestrator.sweepdir.tables import read_trial, write_table
-
-    statuses = trial_statuses(plan.sweep_dir)
-    finished = finished_evaluations(plan.sweep_dir)
-    ready, blocked = [], 0
-    for cfg in plan.configs:
-        if statuses.get(cfg.trial_id) != "ok" or not missing_evaluations(plan.sweep_dir, cfg, finished):
-            continue
-        source = cfg.source_model
-        if source is None or statuses.get(source) == "ok":
-            ready.append(cfg)
-            continue
-        rows = read_trial(plan.sweep_dir, "trials", cfg.trial_id)
-        if rows:
-            error = (rows[0].get("error") or "").split(" | ")[0]
-            note = f"transferred evaluation not run: its FGSM source {source} is {statuses.get(source, 'missing')}"
-            write_table(plan.sweep_dir, "trials", cfg.trial_id,
-                        [{**rows[0], "error": " | ".join(e for e in (error, note) if e)[:2000]}])
-        blocked += 1
-    if blocked:
-        log(f"{blocked} model(s) without their transferred evaluation: their FGSM source failed "
-            "(orchestrator status lists why; a relaunch trains the source again and runs them)")
-    return ready
-
-
-def work_line(todo: dict[str, list]) -> str:
-    """`to train: 2 models; to evaluate: 12 (model, attack) on 10 stored models (boundary 10, ...); reused: 8`."""
-    from collections import Counter
-
-    evaluations = todo["evaluate"]
-    per_attack = Counter(name for _, name in evaluations)
-    stored = len({cfg.trial_id for cfg, _ in evaluations})
-    attacks = ", ".join(f"{name} {n}" for name, n in per_attack.items())
-    return (f"to train: {len(todo['train'])} model(s); to evaluate: {len(evaluations)} (model, attack) on "
-            f"{stored} stored model(s){' (' + attacks + ')' if attacks else ''}; reused as they are: "
-            f"{len(todo['reused'])} model(s)")
+    log(f"  {race_line(plan.spec, plan.configs)}")
+    plan.race = Race(plan.spec, plan.configs, plan.sweep_dir, todo, log)
+    if plan.race.done():
+        log(f"race: stopped ({plan.race.stopped}); nothing more to train")
+        return []
+    return list(plan.race.queue)
 
 
 def count_failed(plan: Plan) -> int:

@@ -16,18 +16,20 @@ import argparse
 from typing import Any
 
 from orchestrator.plan.estimate import estimate_lines
-from orchestrator.spec.expand import expand
+from orchestrator.plan.work import folder_lines
+from orchestrator.spec.expand import expand, race_line
 from orchestrator.spec.load import load_spec
 from orchestrator.spec.schema import SweepSpec
-from orchestrator.sweepdir.tables import DEFAULT_ROOT
+from orchestrator.sweepdir.tables import DEFAULT_ROOT, sweep_dir_for
 from pixelreg_core.config import TrialConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from orchestrator.commands.launch import add_overrides
+    from orchestrator.commands.launch import add_max_trials, add_overrides
 
     parser.add_argument("spec", help="sweep spec YAML, e.g. sweeps/mnist_grid.yaml")
     add_overrides(parser)
+    add_max_trials(parser)
     parser.add_argument("--results", default=DEFAULT_ROOT,
                         help="output root the sweep would write under (ROOT/<name>/); nothing is written")
     parser.add_argument("--no-measure", action="store_true",
@@ -35,34 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, args.overrides)
-    sweep_dir = f"{str(args.results).rstrip('/')}/{spec.name}"
+    spec = load_spec(args.spec, args.overrides, args.max_trials)
+    sweep_dir = sweep_dir_for(args.results, spec.name)
     trials = expand(spec, sweep_dir)
     print(f"sweep {spec.name} ({spec.source}) -> {sweep_dir}/")
     print(format_table(trials, extra_columns(spec)))
     print()
     for line in estimate_lines(spec, trials, measure=not args.no_measure):
         print(line)
+    if spec.race is not None:  # the estimate above is the race's most: every seed up to max
+        print(f"{race_line(spec, trials)}; the estimate above is for all {len(trials)}")
     for line in folder_lines(trials, sweep_dir):
         print(line)
     return 0
-
-
-def folder_lines(trials: list[TrialConfig], sweep_dir: str) -> list[str]:
-    """What a launch would train, evaluate and reuse, given what the sweep folder already holds."""
-    from orchestrator.commands.launch import work_line
-    from orchestrator.sweepdir.resume import legacy_layout, refuse_legacy, work
-    from orchestrator.sweepdir.tables import read_text
-
-    if read_text(sweep_dir, "fingerprint") is None and not legacy_layout(sweep_dir):
-        return [f"{sweep_dir}/ holds nothing yet: launch trains and evaluates every model above"]
-    if legacy_layout(sweep_dir):
-        try:
-            refuse_legacy(sweep_dir)
-        except Exception as exc:  # noqa: BLE001 - the refusal's own line, shown as a note
-            return [f"note: {exc}"]
-    return [f"{sweep_dir}/ already holds part of this study; launch would do this: " + work_line(work(trials,
-                                                                                                      sweep_dir))]
 
 
 def extra_columns(spec: SweepSpec) -> list[str]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from orchestrator.analysis import racelog
 from orchestrator.analysis.timings import render_text as timing_lines
 from orchestrator.errors import UserError
-from orchestrator.spec.expand import expand
+from orchestrator.spec.expand import expand, race_start, searched_runs
 from orchestrator.spec.load import parse_spec, parse_yaml
-from orchestrator.sweepdir.tables import SPEC_FILE, filesystem, read_table, read_text
+from orchestrator.sweepdir.tables import SPEC_FILE, filesystem, quarantined, read_table, read_text
 
 NOT_OK = ("failed", "blocked")  # listed with their errors; blocked: not run because its source model failed
 COLUMNS = ["role", "task", "reg_data", "th", "alpha", "seed", "status", "clean_acc", "wall_s", "train_s", "eval_s"]
@@ -33,12 +34,14 @@ def expected_total(sweep_dir: str) -> int | None:
         return None
     try:
         spec = parse_spec(parse_yaml(text, SPEC_FILE), SPEC_FILE)
-        total = len(expand(spec, sweep_dir))
+        configs = expand(spec, sweep_dir)
     except Exception:  # noqa: BLE001 - status must work even with an unreadable spec
         return None
-    if spec.search.type == "optuna":
-        total += spec.search.trials * len(spec.pairs) * len(spec.seed_list)
-    return total
+    total = len(configs)
+    if spec.race is not None:  # a race: the trials its rounds asked for so far (round 0 before it starts)
+        record = racelog.read(sweep_dir)
+        total = len(racelog.asked(record)) if record else len(race_start(spec, configs))
+    return total + searched_runs(spec)
 
 
 def summarize(sweep_dir: str, everything: bool = False) -> dict[str, Any]:
@@ -51,7 +54,17 @@ def summarize(sweep_dir: str, everything: bool = False) -> dict[str, Any]:
     by_status = trials["status"].value_counts().to_dict()
     by_role = trials.groupby(["role", "status"]).size().to_dict() if len(trials) else {}
     pending = None if total is None else max(0, total - len(trials))
-    return {"trials": trials, "total": total, "by_status": by_status, "by_role": by_role, "pending": pending}
+    return {"trials": trials, "total": total, "by_status": by_status, "by_role": by_role, "pending": pending,
+            "chosen": chosen_lines(sweep_dir), "race": racelog.describe(racelog.read(sweep_dir))}
+
+
+def chosen_lines(sweep_dir: str) -> list[str]:
+    """The choice per pair and attack with how sure it is, from best.parquet (none before the first aggregate, or
+    when it cannot be read)."""
+    from orchestrator.analysis.aggregate import describe_chosen, read_derived
+
+    best = read_derived(sweep_dir, "best.parquet")
+    return describe_chosen(best) if best is not None else []
 
 
 def render(info: dict[str, Any], show_all: bool = False) -> str:
@@ -65,6 +78,7 @@ def render(info: dict[str, Any], show_all: bool = False) -> str:
                  f" of {total if total is not None else '? (spec.yaml unreadable)'}")
     for (role, status), n in sorted(info["by_role"].items()):
         lines.append(f"  {role:<12} {status:<8} {n}")
+    lines += info.get("race", [])
     if len(trials):
         table = trials.sort_values(["role", "task", "reg_data", "th", "alpha", "seed"])
         shown = table if show_all or len(table) <= 50 else pd.concat(
@@ -77,6 +91,9 @@ def render(info: dict[str, Any], show_all: bool = False) -> str:
         for row in failed.itertuples():
             lines.append(f"{row.status} {row.trial_id}: {row.error}")
         lines += timing_lines(trials)
+    if info.get("chosen"):
+        lines.append("chosen, as of the last aggregate (best.parquet; `orchestrator aggregate` refreshes it):")
+        lines += [f"  {line}" for line in info["chosen"]]
     return "\n".join(lines)
 
 
@@ -92,4 +109,9 @@ def run(args: argparse.Namespace) -> int:
     if line:
         print(line)
     print(render(summarize(args.sweep_dir, everything=args.everything), show_all=args.all))
+    aside = quarantined(args.sweep_dir)  # after the reads above, which may have added to it
+    if aside:
+        print(f"quarantined: {len(aside)} unreadable file(s) moved to quarantine/ (what each held is redone by the "
+              "next launch or evaluate; delete them once you no longer need them):")
+        print("\n".join(f"  {name}" for name in aside))
     return 0

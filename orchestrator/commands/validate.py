@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.spec.expand import expand, role_counts
+from orchestrator.spec.expand import expand, race_line, role_counts
 from orchestrator.spec.load import load_spec
 from orchestrator.spec.overrides import is_override
-from orchestrator.sweepdir.tables import DEFAULT_ROOT
+from orchestrator.sweepdir.tables import DEFAULT_ROOT, sweep_dir_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sweep spec YAML file(s), e.g. sweeps/quickstart.yaml, and overrides applied to each, "
                              "e.g. seeds=5 train.epochs=2 (a dotted key and a YAML value)")
     parser.set_defaults(overrides=[])
+    from orchestrator.commands.launch import add_max_trials
+
+    add_max_trials(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,9 +33,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no spec file among {' '.join(items)}; give the spec first, e.g. "
                         "orchestrator validate sweeps/quickstart.yaml seeds=5")
     for path in paths:
-        spec = load_spec(path, overrides)
-        trials = expand(spec, f"{DEFAULT_ROOT}/{spec.name}")
+        spec = load_spec(path, overrides, args.max_trials)
+        trials = expand(spec, sweep_dir_for(DEFAULT_ROOT, spec.name))
         counts = ", ".join(f"{n} {role}" for role, n in role_counts(trials).items())
         searched = (f" + {spec.search.trials} searched per pair (optuna)" if spec.search.type == "optuna" else "")
         print(f"ok: {len(trials)} trials ({counts}){searched} in {spec.source}")
+        if spec.race is not None:
+            print(f"  {race_line(spec, trials)}")
     return 0

@@ -1,8 +1,9 @@
 """Start (or join) Ray and tell the user how to reach its dashboard safely.
 
-Ray 2.60 turns token authentication on by default for a cluster that `ray.init()` starts itself: it sets
-RAY_AUTH_MODE=token for the process, writes a token to ~/.ray/auth_token when none exists, and the dashboard's API
-answers 401 without it (ray/_private/authentication/authentication_token_setup.py, `enable_token_auth_by_default`).
+Ray (since 2.59, the floor in pyproject.toml) turns token authentication on by default for a cluster that
+`ray.init()` starts itself: it sets RAY_AUTH_MODE=token for the process, writes a token to ~/.ray/auth_token when
+none exists, and the dashboard's API answers 401 without it
+(ray/_private/authentication/authentication_token_setup.py, `enable_token_auth_by_default`).
 We keep that default and only explain it; a user who turned it off, or who binds the dashboard beyond localhost,
 gets one plain warning, because either makes the cluster reachable by anyone on the network who can run code.
 """

@@ -13,10 +13,11 @@ from orchestrator.errors import UserError
 from orchestrator.localray import mps
 from orchestrator.plan.preflight import preflight
 from orchestrator.plan.resources import check_resources
-from orchestrator.spec.expand import expand
+from orchestrator.spec.expand import expand, searched_runs
 from orchestrator.spec.load import load_spec
-from orchestrator.spec.schema import SweepSpec
+from orchestrator.spec.schema import MAX_TRIALS, SweepSpec
 from orchestrator.sweepdir.resume import (
+    check_files,
     check_writable,
     prepare_sweep_dir,
     spec_fingerprint,
@@ -43,6 +44,7 @@ class Plan:
     optuna_units: int = 0                   # run_trial calls the optuna studies will make at most
     mps: str | None = None                  # nvidia-cuda-mps-control to start (--mps), see mps.py
     work: dict[str, list] | None = None     # resume.work: models to train, evaluations to run, models reused
+    race: Any = None                        # run.race.Race of a spec with seeds: {start, max}, made by the launch
     overrides: tuple[str, ...] = ()         # the command line's KEY=VALUE overrides (orchestrator.spec.overrides)
 
     @property
@@ -71,7 +73,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     folder is touched or Ray starts. Reads only (the spec, the inputs preflight checks)."""
     spec_path = Path(args.spec)
     overrides = tuple(getattr(args, "overrides", None) or ())
-    spec = load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides, getattr(args, "max_trials", MAX_TRIALS))
     if not on_cluster(args):
         check_resources(spec)  # this machine's GPUs, before Ray starts; run_on_ray checks Ray's once it runs
     check_writable(args.results)
@@ -83,7 +85,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     # (spec.schema); a baseline or source differs from its point only in neutral regularizer fields.
     configs = [localize(c) for c in expand(spec, sweep_dir)]
     preflight(configs, spec_path)  # datasets, matrices, checkpoints, GPUs: present before Ray starts
-    optuna_units = spec.search.trials * len(spec.pairs) * len(spec.seed_list) if spec.search.type == "optuna" else 0
+    optuna_units = searched_runs(spec)
     return Plan(spec=spec, spec_path=spec_path, spec_text=spec.text, sweep_dir=sweep_dir,
                 configs=configs, optuna_units=optuna_units, mps=mps_control, overrides=overrides)
 
@@ -93,6 +95,7 @@ def claim(plan: Plan, fresh: bool, log, evaluate_only: bool = False) -> tuple[li
     to run); the trials to run lose their stale rows. Call it holding the folder's lock."""
     prepare_sweep_dir(plan.sweep_dir, plan.spec_text, spec_fingerprint(plan.spec), fresh, log=log)
     clean_temp(plan.sweep_dir)  # what a writer killed mid-write left in .tmp/ (we hold the lock: nobody writes now)
+    check_files(plan.sweep_dir)  # a damaged file is quarantined now, so the split below redoes what it held
     plan.work = work(plan.configs, plan.sweep_dir)  # before split_done removes the stale rows of models to train
     done, todo = split_done(plan.configs, plan.sweep_dir)
     if evaluate_only:  # `orchestrator evaluate`: stored models only, nothing trained

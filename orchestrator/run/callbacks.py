@@ -58,7 +58,7 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        failed = result.get("ok") == 0.0  # the trainable retried it in-process and gave up (tune_trainable._run)
+        failed = result.get("ok") == 0.0  # the trainable retried it in-process and gave up (run.trainable._run)
         # a seed pack reports ok 0 when any member failed, and how many did
         self._finish(trial, failed=failed and "failed_units" not in result,
                      failed_units=int(result.get("failed_units", 0)))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from orchestrator.analysis.curves import ratio
-from orchestrator.sweepdir.tables import accuracy_at, clean_accuracy
+from orchestrator.analysis.curves import nearest, ratio
+from orchestrator.sweepdir.tables import read_trial
 
 # The lowest score() gives (clean_ratio >= 0 and min_clean_ratio <= 1). A point without a ratio (its baseline
 # scored 0, so best.parquet says NaN and never chooses it) gets it too: Optuna needs a number, and the worst one
@@ -45,3 +45,23 @@ def evaluate_point(sweep_dir: str, trial_ids: list[str], baseline_ids: list[str]
     clean_ratio, robust_ratio = ratio(r0, u0), ratio(rd, ud)
     return {"objective": score(clean_ratio, robust_ratio, objective.min_clean_ratio), "clean_ratio": clean_ratio,
             "robust_ratio": robust_ratio, "clean_acc": r0, "robust_acc": rd}
+
+
+def clean_accuracy(sweep_dir: str, trial_id: str) -> float:
+    """The trial's clean test accuracy (trials.clean_acc)."""
+    rows = read_trial(sweep_dir, "trials", trial_id)
+    if not rows:
+        raise ValueError(f"trial {trial_id} has no trials row")
+    return float(rows[0]["clean_acc"])
+
+
+def accuracy_at(sweep_dir: str, trial_id: str, attack: str, eps: float) -> float:
+    """Mean accuracy over repeats at the evaluated eps nearest to `eps` (eps grids are per dataset), chosen as
+    best.parquet chooses its D (curves.nearest)."""
+    rows = [r for r in read_trial(sweep_dir, "robustness", trial_id) or []
+            if r["attack"] == attack and r["metric"] == "accuracy"]
+    if not rows:
+        raise ValueError(f"trial {trial_id} has no {attack} accuracy rows; add {attack} to the spec's attacks")
+    used = nearest(sorted({r["eps"] for r in rows}), eps)
+    values = [r["value"] for r in rows if r["eps"] == used]
+    return sum(values) / len(values)

@@ -9,6 +9,7 @@ itself, which is what makes a sweep resumable without Tune's own state.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from ray import tune
@@ -19,6 +20,7 @@ from orchestrator.spec.schema import Objective, SweepSpec
 from orchestrator.sweepdir.tables import join, read_trial, record_failure, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.errors import error_line
+from pixelreg_core.failures import forget_frames, release_memory, sticky_cuda_error
 from pixelreg_core.pack.key import packs
 from pixelreg_core.results import disk_full
 
@@ -49,12 +51,16 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
     extra = extra or {}
     node = worker_node()
     for attempt in range(retries + 1):
+        release_memory()  # what an earlier attempt or trial of this worker left (cycles, CUDA's cached blocks)
         try:
             # defer_source: the FGSM source may train alongside (launch.run_phases); its evaluations wait
             return run_trial(cfg, sweep_dir, defer_source=True,
                              on_epoch=lambda row: tune.report({**numeric(row), **extra}),
                              cache_dir=join(sweep_dir, "fgsm_cache"), record_failure=True, node=node)
         except Exception as exc:  # noqa: BLE001 - any failure of one trial must not stop the sweep, but a full disk
+            forget_frames(exc)  # the attempt's model, optimizer and graph go before the retry starts
+            if sticky_cuda_error(exc):
+                end_poisoned_worker(cfg, exc)
             if disk_full(exc):  # every retry and every other trial would fail too: the launch stops (DiskFull)
                 raise DiskFull(error_line(exc)) from None
             if isinstance(exc, ConfigError):  # a value the user must change fails the same way every time
@@ -67,6 +73,19 @@ def _run(cfg: TrialConfig, sweep_dir: str, threads: int, retries: int,
                 error = f"{error} (failed {retries + 1} attempt(s))"
     record_failure(sweep_dir, cfg, error)
     return {"trial_id": cfg.trial_id, "status": "failed", "error": error}
+
+
+POISONED_EXIT = 75  # the exit status of a worker ended after a sticky CUDA error
+
+
+def end_poisoned_worker(cfg: TrialConfig, exc: BaseException) -> None:
+    """End this worker process after a sticky CUDA error (pixelreg_core/failures.py): its CUDA context is
+    unusable, so a retry here, or any later trial of this reused actor, would fail the same way. A worker that
+    dies is what Tune replaces: FailureConfig starts the trial again in a new actor, from its checkpoint (a trial
+    that raises would instead lose its actor for good, see _run)."""
+    print(f"trial {cfg.trial_id}: {error_line(exc)}; this worker's CUDA context is unusable: ending the worker so "
+          "that Tune starts the trial again in a new one", flush=True)
+    os._exit(POISONED_EXIT)
 
 
 def with_gpu_share(cfg: TrialConfig) -> TrialConfig:
@@ -179,6 +198,8 @@ def _run_pack(cfgs: list[TrialConfig], sweep_dir: str, threads: int, retries: in
     rows = []
     for outcome, extra in zip(outcomes, extras, strict=True):
         exc = outcome.error
+        if exc is not None and sticky_cuda_error(exc):
+            end_poisoned_worker(outcome.cfg, exc)
         if exc is None:
             rows.append(outcome.row)
         elif disk_full(exc):

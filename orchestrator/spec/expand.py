@@ -62,8 +62,8 @@ def unregularized(spec: SweepSpec, task: str, seed: int, point: dict[str, Any], 
     """The alpha-0 model of a task x seed with the point's non-regularizer fields (e.g. width) kept."""
     keep = {k: v for k, v in point.items() if k not in REGULARIZER_FIELDS}
     cfg = spec.trial_config(task, "none", seed, {**keep, "alpha": 0.0})
-    # replace() re-runs __post_init__, which sets the neutral values of BASELINE_NEUTRAL on top of these defaults
-    return cfg.replace(role=role, **{name: _DEFAULTS[name] for name in REGULARIZER_FIELDS})
+    # the regularizer fields' defaults, then BASELINE_NEUTRAL's values on top (TrialConfig.unregularized)
+    return cfg.replace(**{name: _DEFAULTS[name] for name in REGULARIZER_FIELDS}).unregularized(role)
 
 
 def source_trial(spec: SweepSpec, task: str, point: dict[str, Any]) -> TrialConfig:
@@ -110,6 +110,12 @@ def trial_from_params(spec: SweepSpec, task: str, reg_data: str, seed: int, para
     return attach_source(spec, cfg, sweep_dir)
 
 
+def searched_runs(spec: SweepSpec) -> int:
+    """The trials the Optuna studies add at most (search optuna; 0 otherwise): its budget of points per pair, each
+    trained for every seed. They are not in `expand`: the launcher makes them as the studies sample."""
+    return spec.search.trials * len(spec.pairs) * len(spec.seed_list) if spec.search.type == "optuna" else 0
+
+
 def role_counts(trials: list[TrialConfig]) -> dict[str, int]:
     """Trials per role in the order sources, baselines, trials (roles with none are left out)."""
     counts = Counter(cfg.role for cfg in trials)
@@ -121,3 +127,24 @@ def _unique(trials: list[TrialConfig]) -> list[TrialConfig]:
     for cfg in trials:
         seen.setdefault(cfg.trial_id, cfg)
     return list(seen.values())
+
+
+def race_start(spec: SweepSpec, configs: list[TrialConfig]) -> list[TrialConfig]:
+    """A race's first round (seeds: {start, max}): the source models and the first `start` seeds of every setting
+    and baseline; every config for a spec without a race. The race adds the rest only where it decides."""
+    race = spec.race
+    if race is None:
+        return list(configs)
+    first = set(spec.seed_list[:race.start])
+    return [c for c in configs if c.role == "fgsm_source" or c.seed in first]
+
+
+def race_line(spec: SweepSpec, configs: list[TrialConfig]) -> str:
+    """`a race: 7 to 15 trials (seeds 2 at the start, up to 5 per setting; decides gaussian at confidence 0.9)`;
+    "" without a race."""
+    race = spec.race
+    if race is None:
+        return ""
+    return (f"a race: {len(race_start(spec, configs))} to {len(configs)} trials ({race.start} seeds per setting "
+            f"and baseline at the start, up to {race.max}; decides {', '.join(spec.race_attacks())} at "
+            f"confidence {spec.confidence:g})")

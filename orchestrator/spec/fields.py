@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import typing
 from typing import Any
@@ -62,10 +63,13 @@ def coerce_field(path: tuple[str | int, ...], name: str, value: Any) -> Any:
     """A trial field's value, type-checked strictly against TrialConfig's annotation (ints become floats where
     the field is a float, so `alpha: 4` and `alpha: 4.0` are the same trial)."""
     try:
-        return _ADAPTERS[name].validate_python(value)
+        out = _ADAPTERS[name].validate_python(value)
     except ValidationError as exc:
         raise SpecFieldError(path, f"got {short(value)}; expected {_type_name(_HINTS[name])} "
                                    f"({exc.errors()[0]['msg'].replace('Input should be', 'should be')})") from None
+    if isinstance(out, float) and not math.isfinite(out):  # here, before any range check: nan compares false
+        raise SpecFieldError(path, f"{out} is not a finite number (YAML .nan or .inf); give a number")
+    return out
 
 
 def _type_name(hint: Any) -> str:

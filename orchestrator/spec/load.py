@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.errors import UserError
 from orchestrator.spec.fields import SpecFieldError, format_path, short
 from orchestrator.spec.overrides import Override, apply_overrides, effective_text, parse_overrides
-from orchestrator.spec.schema import SweepSpec, _Kinded
+from orchestrator.spec.schema import MAX_TRIALS, SweepSpec, _Kinded
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -53,7 +53,8 @@ def parse_yaml(text: str, source: str) -> Any:
         raise UserError(f"{source}: {where}invalid YAML ({problem}); fix the syntax there") from None
 
 
-def parse_spec(data: Any, source: str = "<spec>", overrides: list[Override] | tuple[Override, ...] = ()) -> SweepSpec:
+def parse_spec(data: Any, source: str = "<spec>", overrides: list[Override] | tuple[Override, ...] = (),
+               max_trials: int = MAX_TRIALS) -> SweepSpec:
     """A parsed YAML document (or any mapping) -> SweepSpec, or UserError naming source + field path. With
     `overrides` (already applied to `data`), an error under an override's key names that override instead."""
     if data is None:
@@ -62,7 +63,7 @@ def parse_spec(data: Any, source: str = "<spec>", overrides: list[Override] | tu
         raise UserError(f"{source}: the spec must be a mapping of fields (name, pairs, grid, ...), "
                         f"not a {type(data).__name__}")
     try:
-        spec = SweepSpec.model_validate(data)
+        spec = SweepSpec.model_validate(data, context={"max_trials": max_trials})
     except SpecFieldError as exc:
         raise UserError(f"{_where(source, overrides, exc.path)}: {exc}") from None
     except ValidationError as exc:
@@ -83,7 +84,8 @@ def _where(source: str, overrides: list[Override] | tuple[Override, ...], loc: t
     return source
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+              max_trials: int = MAX_TRIALS) -> SweepSpec:
     """Read and validate a sweep spec file, with command-line overrides (`train.epochs=2`) applied. Every mistake is
     one UserError line naming the file (or the override) and the field. `spec.text` is the spec that runs: the
     file's text, or with overrides the effective spec written out (orchestrator.spec.overrides)."""
@@ -103,9 +105,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         parsed = parse_overrides(overrides, parse_yaml)
         data = apply_overrides(data or {}, parsed, section_defaults(), shorthand=_kinded_sections())
         text = effective_text(data, source, parsed)
-        spec = parse_spec(data, source, parsed)
+        spec = parse_spec(data, source, parsed, max_trials)
     else:
-        spec = parse_spec(data, source)
+        spec = parse_spec(data, source, max_trials=max_trials)
     spec._text = text
     return spec
 

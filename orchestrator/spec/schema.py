@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
@@ -31,6 +32,10 @@ from orchestrator.spec.fields import (
 from orchestrator.spec.track import Track
 from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
 from pixelreg_core.targets.ranges import inside_th_bounds
+
+# The most trials a spec may expand to unless --max-trials raises it: no real study comes near it (the papers' full
+# grid is a few thousand), while a typo such as `seeds: 100000000` would take hours and hundreds of GB to expand.
+MAX_TRIALS = 100_000
 
 # A choice of (Th, alpha) is `decided` when the rule picks it in at least this share of the seeds' resamplings
 # (orchestrator.analysis.confidence): the spec's `confidence`, `aggregate --confidence`.
@@ -180,6 +185,29 @@ class Scheduler(_Kinded):
         return self
 
 
+class Race(_Strict):
+    """`seeds: {start: 3, max: 10}`: a race (orchestrator.run.race). Every setting and baseline trains `start` seeds;
+    then, one decision after each finished trial, only the settings whose acceptability or rank is still open (and
+    the baselines they are compared with) get one more seed, up to `max` seeds each, until every selection of
+    `decide` (attack names; default every attack of the spec) is decided at the spec's `confidence`."""
+
+    start: int = 3
+    max: int = 10
+    decide: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Race:
+        if self.start < 2:
+            raise SpecFieldError(("seeds", "start"), f"{self.start}; a race starts with at least 2 seeds per "
+                                                     "setting (one seed has no spread to judge)")
+        if self.max <= self.start:
+            raise SpecFieldError(("seeds", "max"), f"{self.max} is not above seeds.start {self.start}; raise it, "
+                                                   f"or write seeds: {self.start} for a fixed count")
+        if self.decide is not None and not self.decide:
+            raise SpecFieldError(("seeds", "decide"), "is empty; name attacks of the spec, or leave it out for all")
+        return self
+
+
 class SweepSpec(_Strict):
     """A whole study: pairs x grid x seeds, plus baselines and source models (see orchestrator.spec.expand)."""
 
@@ -191,7 +219,7 @@ class SweepSpec(_Strict):
     range: str = "all"
     th2: float | None = None
     grid: dict[str, Any] | None = None
-    seeds: int | list[int] = 7
+    seeds: int | list[int] | Race = 7
     baseline: bool = True
     train: dict[str, Any] = Field(default_factory=dict)
     attacks: dict[str, dict[str, Any]] = Field(default_factory=demo_attacks)
@@ -246,17 +274,21 @@ class SweepSpec(_Strict):
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # a race: Race checks its own fields
+            return value
         if isinstance(value, int) and not isinstance(value, bool):
             if value <= 0:
                 raise ValueError(f"{value} seeds; use a count > 0 (7 in the papers) or a list of seeds")
             return value
         if not isinstance(value, list) or not value:
             raise ValueError(f"got {short(value)}; use a count > 0 or a non-empty list of distinct integers >= 0")
+        seen: set[int] = set()  # a set: a long list is checked in linear time
         for i, seed in enumerate(value):
             if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
                 raise SpecFieldError(("seeds", i), f"got {short(seed)}; a seed is an integer >= 0")
-            if seed in value[:i]:
+            if seed in seen:
                 raise SpecFieldError(("seeds", i), f"seed {seed} is listed twice; seeds must be distinct")
+            seen.add(seed)
         return value
 
     @field_validator("grid", mode="before")
@@ -285,9 +317,10 @@ class SweepSpec(_Strict):
 
     # --- the whole spec ---------------------------------------------------------------------------------------
     @model_validator(mode="after")
-    def _whole(self) -> SweepSpec:
+    def _whole(self, info: ValidationInfo) -> SweepSpec:
         if self.search.type == "grid" and self.grid is None:
             raise SpecFieldError(("grid",), "is required for search grid; e.g. grid: {th: [0.2, 0.8], alpha: [4, 10]}")
+        self._check_size((info.context or {}).get("max_trials", MAX_TRIALS))  # before anything per trial
         if self.search.type == "optuna":
             if self.grid is not None:
                 raise SpecFieldError(("grid",), "search optuna draws th and alpha from search.th and search.alpha; "
@@ -311,7 +344,54 @@ class SweepSpec(_Strict):
                 raise SpecFieldError(("scheduler", "grace_period"), f"{self.scheduler.grace_period} is more than the "
                                                                     f"{longest} epochs a trial trains; lower it")
         self._validate_attacks()
+        self._validate_race()
         return self
+
+    def _validate_race(self) -> None:
+        race = self.race
+        if race is None:
+            return
+        for i, name in enumerate(race.decide or []):
+            if name not in self.attacks:
+                raise SpecFieldError(("seeds", "decide", i), f"{name!r} is not among attacks "
+                                     f"({', '.join(self.attacks) or 'none'}); name one of them")
+        if self.search.type != "grid":
+            raise SpecFieldError(("seeds",), "a race (seeds: {start, max}) needs search: grid; give optuna a "
+                                             "seed count or list")
+        if self.scheduler.type != "fifo":
+            raise SpecFieldError(("seeds",), "a race needs scheduler: fifo (a trial ASHA stops has no results "
+                                             "to decide with); remove scheduler or give a seed count")
+        if self.train.get("pack", 1) > 1:
+            raise SpecFieldError(("train", "pack"), "a race adds seeds one at a time; use pack: 1 with "
+                                                    "seeds: {start, max}")
+    def size(self) -> tuple[int, dict[str, int]]:
+        """(at most how many trials the spec expands to, the factors: pairs, grid points, seeds), counted without
+        expanding anything: pairs x grid points x seeds, twice with baselines (a baseline per seed may be shared),
+        plus optuna's budget."""
+        if self.grid:
+            axes = [len(v) for k, v in self.grid.items() if k != "points"]
+            points = math.prod(axes) * max(1, len(self.grid.get("points") or []))
+        else:
+            points = 1
+        seeds = self.seeds.max if isinstance(self.seeds, Race) else (
+            self.seeds if isinstance(self.seeds, int) else len(self.seeds))
+        factors = {"pairs": len(self.pairs), "grid": points, "seeds": seeds}
+        per_seed = (self.search.trials if self.search.type == "optuna" else points) + (1 if self.baseline else 0)
+        return len(self.pairs) * seeds * per_seed + len(self.pairs) * points, factors
+
+    def _check_size(self, limit: int) -> None:
+        """Refuse a spec beyond `limit` trials (MAX_TRIALS unless --max-trials says otherwise), naming the field
+        with the largest count: a typo such as seeds: 100000000 would otherwise take hours and hundreds of GB just
+        to expand (about 80 us and 3 KB per trial)."""
+        count, factors = self.size()
+        if count <= limit:
+            return
+        field_name = max(factors, key=lambda k: factors[k])
+        what = {"pairs": "pairs", "grid": "grid points", "seeds": "seeds"}
+        raise SpecFieldError((field_name,), f"{factors[field_name]:,} {what[field_name]} make up to {count:,} trials "
+                                            f"({factors['pairs']:,} pairs x {factors['grid']:,} grid points x "
+                                            f"{factors['seeds']:,} seeds), more than the limit of {limit:,}; "
+                                            f"lower it, or pass --max-trials {count} if you mean it")
 
     def _validate_trial(self, pair: Pair, point: dict[str, Any]) -> None:
         """A grid point as a real TrialConfig: its own validate() is the one source of the trainer's rules."""
@@ -354,7 +434,19 @@ class SweepSpec(_Strict):
     # --- what expansion needs ---------------------------------------------------------------------------------
     @property
     def seed_list(self) -> list[int]:
+        """Every seed the spec may train (a race: seeds 0 .. max - 1; it trains those it needs, in order)."""
+        if isinstance(self.seeds, Race):
+            return list(range(self.seeds.max))
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def race(self) -> Race | None:
+        return self.seeds if isinstance(self.seeds, Race) else None
+
+    def race_attacks(self) -> list[str]:
+        """The attacks whose selections a race must decide (seeds.decide, default every attack)."""
+        race = self.race
+        return list(self.attacks) if race is None or race.decide is None else list(race.decide)
 
     @property
     def source(self) -> str:

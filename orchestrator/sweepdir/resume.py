@@ -101,7 +101,7 @@ def legacy_layout(sweep_dir: str) -> bool:
     fs, base = filesystem(sweep_dir)
     if fs.get_file_info(f"{base}/trials").type != pafs.FileType.Directory:
         return False
-    return read_text(sweep_dir, LAYOUT_FILE) is None
+    return fs.get_file_info(f"{base}/{LAYOUT_FILE}").type == pafs.FileType.NotFound  # there, even damaged: new
 
 
 def refuse_legacy(sweep_dir: str) -> None:
@@ -138,6 +138,31 @@ def prepare_sweep_dir(sweep_dir: str, spec_text: str, fingerprint: str, fresh: b
     write_text(sweep_dir, SPEC_FILE, spec_text)
     write_text(sweep_dir, FINGERPRINT_FILE, fingerprint + "\n")
     write_text(sweep_dir, LAYOUT_FILE, LAYOUT + "\n")
+
+
+def check_files(sweep_dir: str) -> None:
+    """Read every table once, and open the checkpoint of every finished model, before deciding what is done: a
+    damaged file is quarantined now (pixelreg_core.results.read_files), so what it held counts as missing and
+    this launch redoes it. A checkpoint is checked as a whole archive (torch.save writes a zip file: its
+    directory, read from the file's end, shows truncation and overwritten bytes) without reading the weights; a
+    checkpoint damaged inside is found when its model is next used (pixelreg_core.trial.stored_row)."""
+    import zipfile
+
+    from pixelreg_core.results import quarantine, read_table
+
+    for table in ("epochs", "robustness", "spectrum", "trials"):  # trials last: the files above may move rows of it
+        read_table(sweep_dir, table)
+    fs, base = filesystem(sweep_dir)
+    for trial_id, status in trial_statuses(sweep_dir).items():
+        path = f"{base}/checkpoints/{trial_id}.pt"
+        if status != "ok" or fs.get_file_info(path).type != pafs.FileType.File:
+            continue  # a finished model without a checkpoint trains again (split_done)
+        try:
+            with fs.open_input_file(path) as stream:
+                zipfile.ZipFile(stream)
+        except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+            quarantine(sweep_dir, f"checkpoints/{trial_id}.pt", exc, f"the weights of model {trial_id}",
+                       "this launch trains it again", also=[f"trials/{trial_id}.parquet"])
 
 
 def split_done(configs: Iterable[TrialConfig], sweep_dir: str) -> tuple[list[TrialConfig], list[TrialConfig]]:

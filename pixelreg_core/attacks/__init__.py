@@ -1,9 +1,9 @@
 """Robustness evaluation of a trained model: the attack registry, and every attack of `cfg.attacks` as rows.
 
-`ATTACKS` maps each attack name to its record (`options.Attack`): its title (for figures), its options with demo
-defaults and paper values, and `run(model, x, y, ctx) -> rows` (foolbox 3's one call shape: the whole test set in
-[0, 1], an `AttackContext` with the seed, the task, the source model and shared inputs, and the resolved options;
-the curve attacks get their eps x repeat loop from `base.Loop`). `cfg.attacks` maps
+`ATTACKS` maps each attack name to its record (`base.Attack`): its title (for figures), its options with demo
+defaults and paper values (`options.Option`), and its `select` and `measure`, which `Attack.evaluate` runs over
+the attack's points (variant x eps x repeat) into robustness rows: foolbox 3's one call shape, the whole test set
+in [0, 1] and an `AttackContext` with the seed, the task, the source model and shared inputs. `cfg.attacks` maps
 attack names to option mappings; `{}` means the cheap demo defaults, `{"preset": "paper"}` the papers' values.
 `PRESETS` holds whole attack sets a sweep spec can pick with one word: "demo" (random noise), "paper"
 (`PAPER_ATTACKS`: the Attias et al. set) and "full" (every attack at paper settings).
@@ -11,13 +11,15 @@ attack names to option mappings; `{}` means the cheap demo defaults, `{"preset":
 The trainer resolves the options once, before loading data (`validate_attacks(cfg)`), checks the image counts
 against the test set (`check_image_counts`) and passes the resolved options to `evaluate`.
 
-Adding an attack: write its module with its `ATTACKS` records (a curve attack: a `base.Loop` of its image
-selection and its per-eps perturbation) and add the module's name to `MODULES` below (docs/design.md, "An
-attack").
+Adding an attack: write its module with its `ATTACKS` records and add the module's name to `MODULES` below
+(docs/design.md, "An attack"; pgd.py is the example).
 A transferred attack says so in its record (`source=`): the sweep side reads only that flag (`source_attacks`).
-Modules: noise (gaussian, uniform, salt_pepper), fgsm (fgsm_transfer), source (a transferred attack's source
-model and its cache), boundary (Boundary Attack score and its spectrum), minimal (white-box minimal L2 / L-inf),
-corruptions (CIFAR-10-C style), pgd (pgd_transfer); base (the curve attacks' loop).
+Modules: the attacks noise (gaussian, uniform, salt_pepper), fgsm (fgsm_transfer), pgd (pgd_transfer), boundary
+(Boundary Attack score and its spectrum), minimal (white-box minimal L2 / L-inf), corruptions (CIFAR-10-C style);
+what they share: base (the record, its loop and rows, the context), options (option declarations and their
+checks), accuracy (predictions and the batched accuracy loop), seeds (seeded streams and image subsets),
+foolbox_support (foolbox's import and the starting-point search), source (a transferred attack's source model and
+its cache), spectrum (the Fourier profile of perturbations).
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ import torch
 from torch import nn
 
 from pixelreg_core.attacks import source as attack_source
-from pixelreg_core.attacks.common import AttackContext
-from pixelreg_core.attacks.options import Attack
+from pixelreg_core.attacks.base import Attack, AttackContext
 from pixelreg_core.attacks.source import Source
 from pixelreg_core.config import ConfigError, TrialConfig, demo_attacks
 
@@ -151,7 +152,7 @@ def evaluate(model: nn.Module, data: Any, cfg: TrialConfig, cache_dir: str | os.
     None loads it here when an attack needs it.
     `seconds`, if given, gets each attack's wall seconds (its spectrum included), for the trials row's `attack_s`.
     """
-    # The test set goes to the model's device once; every attack works there (common.py).
+    # The test set goes to the model's device once; every attack works there (accuracy.py).
     device = next(model.parameters()).device
     x_all, y_all = data.test_x.detach().to(device), data.test_y.detach().to(device)
     if resolved is None:

@@ -10,7 +10,7 @@ misclassified images are attacked too; `criterion: label` attacks the first `ima
 (in the same fixed order) against the true label, the classic minimal-perturbation reading (`preset: minimal`,
 with foolbox's 25,000 steps for converged perturbations).
 
-Starting points come from `common.attack_from_starts` (images without one are counted in `failed` and left out
+Starting points come from `foolbox_support.attack_from_starts` (images without one are counted in `failed` and left out
 of the median, and the rest are attacked). Images whose final point is not adversarial are counted the same way.
 foolbox draws its random numbers from torch's global RNG (through
 eagerpy), so each (repeat, batch) runs under its own seed inside `seeded_torch`, which restores the RNG after.
@@ -24,19 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelreg_core.attacks.base import Loop, Measured, Point
-from pixelreg_core.attacks.common import (
-    AttackContext,
-    attack_from_starts,
-    correct_subset,
-    derive_seed,
-    import_foolbox,
-    model_device,
-    predict,
-    seeded_subset,
-    seeded_torch,
-)
-from pixelreg_core.attacks.options import Attack, Option
+from pixelreg_core.attacks.accuracy import model_device, predict
+from pixelreg_core.attacks.base import Attack, AttackContext, Measured, Point, Selected
+from pixelreg_core.attacks.foolbox_support import attack_from_starts, import_foolbox
+from pixelreg_core.attacks.options import Option
+from pixelreg_core.attacks.seeds import correct_subset, derive_seed, seeded_subset, seeded_torch
 
 
 @dataclass
@@ -94,16 +86,15 @@ def attacked_images(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, 
 
 
 def select(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
-           opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+           opts: dict[str, Any]) -> Selected:
     """The attacked images and the labels to attack away from (`attacked_images`)."""
     idx, labels = attacked_images(model, x_all, y_all, opts)
-    return x_all[idx], labels
+    return Selected(x_all[idx], labels)
 
 
-def measure(model: nn.Module, images: tuple[torch.Tensor, torch.Tensor], point: Point,
-            opts: dict[str, Any]) -> Measured:
+def measure(model: nn.Module, images: Selected, point: Point, opts: dict[str, Any]) -> Measured:
     """One repeat: the score, the images attacked successfully, and their perturbations (for the spectrum)."""
-    x, y = images
+    x, y = images.x, images.y
     result = boundary_attack(model, x, y, steps=opts["steps"], batch_size=opts["batch_size"],
                              seed=derive_seed(point.seed, "repeat", point.repeat))
     n_ok = int(result.success.sum())
@@ -121,7 +112,7 @@ ATTACKS = [Attack("boundary", "Boundary attack", {
     "image_seed": Option(0, 0, "seed", "seed of the image draw, the same for every model and seed of a task"),
     "batch_size": Option(64, 100, "count", "images attacked together"),
     "spectrum": Option(True, True, "bool", "write the Fourier radial profile of the perturbations"),
-}, loop=Loop(select, measure, metric="boundary_score", eps=False), presets={
+}, select, measure, metric="boundary_score", eps=False, presets={
     # converged minimal perturbations: foolbox's default step count, correct images against their true label
     "minimal": {"steps": 25000, "criterion": "label"},
 })]

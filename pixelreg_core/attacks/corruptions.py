@@ -27,6 +27,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pixelreg_core.attacks.common import AttackContext, accuracy, derive_seed, row, seeded_subset
-from pixelreg_core.attacks.options import Attack, Option
+from pixelreg_core.attacks.accuracy import accuracy
+from pixelreg_core.attacks.base import Attack, AttackContext, Measured, Point, Selected
+from pixelreg_core.attacks.options import Option
+from pixelreg_core.attacks.seeds import derive_seed, seeded_subset
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.loaders import convert_channels
 
@@ -141,33 +144,36 @@ def corrupt_images(x: torch.Tensor, name: str, severity: int, seed: int) -> torc
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
-        opts: dict[str, Any]) -> list[dict[str, Any]]:
-    """One accuracy row per (corruption, severity); eps holds the severity, group the frequency band."""
-    seed = ctx.seed
-    rows = []
-    channels = int(x_all.shape[1])
-    idx = seeded_subset(len(y_all), opts["images"], seed, "corruptions")
-    x, y = x_all[idx], y_all[idx]
-    for name in opts["names"]:
-        for severity in opts["severities"]:
-            group = FREQUENCY_GROUP[name]
-            if opts["folder"] is not None:
-                xc, yc = folder_images(opts["folder"], name, severity, opts["images"], channels, ctx.cfg.gray)
-                if xc.shape[1:] != x_all.shape[1:]:
-                    raise ConfigError(FOLDER_FIELD, f"{name}.npy images are {tuple(xc.shape[2:])}, the test "
-                                                    f"images {tuple(x_all.shape[2:])}; use the matching -C set")
-            else:
-                try:
-                    xc, yc = corrupt_images(x, name, severity, seed), y
-                except Exception as exc:  # recorded, not fatal: some corruptions cannot run on some sizes
-                    log.warning("corruption %s severity %d skipped: %s: %s", name, severity, type(exc).__name__, exc)
-                    rows.append(row("corruptions", float("nan"), 0, eps=severity, metric="skipped", variant=name,
-                                    group=group, failed=len(y)))
-                    continue
-            acc = accuracy(model, xc, yc, opts["batch_size"])
-            rows.append(row("corruptions", acc, len(yc), eps=severity, variant=name, group=group))
-    return rows
+@dataclass(frozen=True)
+class Corrupting(Selected):
+    """The seeded subset, and what a folder's images must match: the test images' shape and the trial's gray rule."""
+
+    shape: tuple[int, ...]
+    gray: str
+
+
+def select(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
+           opts: dict[str, Any]) -> Corrupting:
+    idx = seeded_subset(len(y_all), opts["images"], ctx.seed, "corruptions")
+    return Corrupting(x_all[idx], y_all[idx], tuple(x_all.shape), ctx.cfg.gray)
+
+
+def measure(model: nn.Module, selected: Corrupting, point: Point, opts: dict[str, Any]) -> Measured:
+    """Accuracy on one corruption (the variant) at one severity (the eps column); group: its frequency band."""
+    name, severity, x, y = point.variant, point.eps, selected.x, selected.y
+    group = FREQUENCY_GROUP[name]
+    if opts["folder"] is not None:
+        xc, yc = folder_images(opts["folder"], name, severity, opts["images"], selected.shape[1], selected.gray)
+        if xc.shape[1:] != selected.shape[1:]:
+            raise ConfigError(FOLDER_FIELD, f"{name}.npy images are {tuple(xc.shape[2:])}, the test "
+                                            f"images {tuple(selected.shape[2:])}; use the matching -C set")
+    else:
+        try:
+            xc, yc = corrupt_images(x, name, severity, point.seed), y
+        except Exception as exc:  # recorded, not fatal: some corruptions cannot run on some sizes
+            log.warning("corruption %s severity %d skipped: %s: %s", name, severity, type(exc).__name__, exc)
+            return Measured(float("nan"), 0, failed=len(y), group=group, metric="skipped")
+    return Measured(accuracy(model, xc, yc, opts["batch_size"]), len(yc), group=group)
 
 
 def check(opts: dict[str, Any], cfg: TrialConfig, check_source: bool) -> None:
@@ -186,4 +192,5 @@ ATTACKS = [Attack("corruptions", "Corruptions", {
     "images": Option(100, None, "count_or_all", "test images corrupted (null: all)"),
     "folder": Option(None, None, "path_or_none", "CIFAR-10-C / CIFAR-100-C folder (null: generate)"),
     "batch_size": Option(500, 500, "count", "images per forward pass"),
-}, run, check=check, on_test_images=lambda opts: opts["folder"] is None, eps_name="severity")]
+}, select, measure, variants=lambda opts: list(opts["names"]), eps_axis=lambda opts: list(opts["severities"]),
+   repeat_axis=False, check=check, on_test_images=lambda opts: opts["folder"] is None, eps_name="severity")]

@@ -11,15 +11,17 @@ cache (pixelreg_core.attacks.source), and every trial of the task and every eps 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelreg_core.attacks.base import Loop, Measured, Point
-from pixelreg_core.attacks.common import AttackContext, accuracy, model_device, seeded_subset
-from pixelreg_core.attacks.options import UNREGULARIZED_SOURCE, Attack, eps_options
+from pixelreg_core.attacks.accuracy import accuracy, model_device
+from pixelreg_core.attacks.base import UNREGULARIZED_SOURCE, Attack, AttackContext, Measured, Point, Selected
+from pixelreg_core.attacks.options import eps_options
+from pixelreg_core.attacks.seeds import seeded_subset
 from pixelreg_core.attacks.source import cached_input
 
 
@@ -49,8 +51,15 @@ def transfer_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, signs:
     return accuracy(model, x, y, batch_size, perturb)
 
 
+@dataclass(frozen=True)
+class Signed(Selected):
+    """The images and their source gradients' signs (int8, on the model's device)."""
+
+    signs: torch.Tensor
+
+
 def select(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
-           opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           opts: dict[str, Any]) -> Signed:
     """The seeded image subset and its signs; the signs cover the whole test set so every trial shares one cache
     entry."""
     source = ctx.source
@@ -59,20 +68,19 @@ def select(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: Atta
         lambda: gradient_signs(source.model, x_all, y_all, opts["batch_size"]), tuple(x_all.shape)
     ).to(model_device(model)))  # once per trial, then every eps reads them on the device
     subset = seeded_subset(len(y_all), opts["images"], ctx.seed, "fgsm_transfer")
-    return x_all[subset], y_all[subset], signs[subset]
+    return Signed(x_all[subset], y_all[subset], signs[subset])
 
 
-def measure(model: nn.Module, selected: tuple[torch.Tensor, torch.Tensor, torch.Tensor], point: Point,
-            opts: dict[str, Any]) -> Measured:
-    x, y, signs = selected
-    return Measured(transfer_accuracy(model, x, y, signs, point.eps, opts["batch_size"]), len(y))
+def measure(model: nn.Module, selected: Signed, point: Point, opts: dict[str, Any]) -> Measured:
+    return Measured(transfer_accuracy(model, selected.x, selected.y, selected.signs, point.eps, opts["batch_size"]),
+                    len(selected.y))
 
 
-def clean(selected: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """At eps 0 the images are x itself (x + 0 * sign clamped to [0, 1]) when x is in [0, 1] (base.Loop)."""
-    x, y, _ = selected
-    return (x, y) if bool(((x >= 0) & (x <= 1)).all()) else None
+def clean(selected: Signed) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """At eps 0 the images are x itself (x + 0 * sign clamped to [0, 1]) when x is in [0, 1] (Attack.clean)."""
+    x = selected.x
+    return (x, selected.y) if bool(((x >= 0) & (x <= 1)).all()) else None
 
 
-ATTACKS = [Attack("fgsm_transfer", "Transferred FGSM", eps_options(), loop=Loop(select, measure, clean=clean),
+ATTACKS = [Attack("fgsm_transfer", "Transferred FGSM", eps_options(), select, measure, clean=clean,
                   source=UNREGULARIZED_SOURCE)]

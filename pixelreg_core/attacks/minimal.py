@@ -5,7 +5,7 @@ classified test images, searching over step sizes (and repeats) and keeping each
 Li et al. do; the metric is the median over images of that smallest distance ([0, 1] pixel scale).
 
 - min_l2: foolbox's L2BrendelBethgeAttack (the gradient-based boundary attack of Li et al.), started from
-  `common.attack_from_starts` points; or foolbox's L2FMNAttack (`method: fmn`), which needs no numba
+  `foolbox_support.attack_from_starts` points; or foolbox's L2FMNAttack (`method: fmn`), which needs no numba
   compilation (Brendel-Bethge compiles for ~35 s once per process on a CPU).
 - min_linf: foolbox's LinfPGD inside a per-image bisection over eps: an image's eps is lowered where any searched
   (step size, iteration count, random start) finds an adversarial and raised where none does. foolbox's PGD
@@ -16,24 +16,16 @@ Images never fooled (no starting point, or not adversarial at eps_max) are count
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 from torch import nn
 
-from pixelreg_core.attacks.common import (
-    AttackContext,
-    attack_from_starts,
-    correct_subset,
-    derive_seed,
-    import_foolbox,
-    model_device,
-    predict,
-    row,
-    seeded_torch,
-)
-from pixelreg_core.attacks.options import Attack, Option
+from pixelreg_core.attacks.accuracy import model_device, predict
+from pixelreg_core.attacks.base import Attack, AttackContext, Measured, Point, Selected
+from pixelreg_core.attacks.foolbox_support import attack_from_starts, import_foolbox
+from pixelreg_core.attacks.options import Option
+from pixelreg_core.attacks.seeds import correct_subset, derive_seed, seeded_torch
 
 DEFAULT_LRS = {"brendel_bethge": [1e-3], "fmn": [1.0]}  # foolbox's own defaults
 
@@ -123,20 +115,30 @@ def minimal_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: dict[
     return result, adversarials
 
 
-def _median_row(attack: str, metric: str, distances: torch.Tensor) -> dict[str, Any]:
+def select(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
+           opts: dict[str, Any]) -> Selected:
+    """The seeded correctly classified images (the same subset for L2 and L-inf)."""
+    idx = correct_subset(model, x_all, y_all, opts["images"], ctx.seed, "minimal")
+    return Selected(x_all[idx], y_all[idx])
+
+
+def median_distance(distances: torch.Tensor) -> Measured:
+    """The one row's value: the median over the images fooled (finite distance); the others count as failed."""
     ok = torch.isfinite(distances)
     value = float(distances[ok].median()) if bool(ok.any()) else float("nan")
-    return row(attack, value, int(ok.sum()), metric=metric, failed=int((~ok).sum()), whitebox=True)
+    return Measured(value, int(ok.sum()), failed=int((~ok).sum()))
 
 
-def run(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
-        opts: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row: median minimal distance over the subset (same subset for L2 and L-inf)."""
-    idx = correct_subset(model, x_all, y_all, opts["images"], ctx.seed, "minimal")
-    x, y = x_all[idx], y_all[idx]
-    if kind == "minimal_l2":
-        return [_median_row(kind, "min_l2", minimal_l2(model, x, y, opts, ctx.seed))]
-    return [_median_row(kind, "min_linf", minimal_linf(model, x, y, opts, ctx.seed)[0])]
+def measure_l2(model: nn.Module, images: Selected, point: Point, opts: dict[str, Any]) -> Measured:
+    return median_distance(minimal_l2(model, images.x, images.y, opts, point.seed))
+
+
+def measure_linf(model: nn.Module, images: Selected, point: Point, opts: dict[str, Any]) -> Measured:
+    return median_distance(minimal_linf(model, images.x, images.y, opts, point.seed)[0])
+
+
+# One row each (no eps axis); `repeats` is the search's own, inside measure, not the loop's.
+ONE_ROW = {"eps": False, "repeat_axis": False, "whitebox": True}
 
 
 ATTACKS = [
@@ -149,7 +151,7 @@ ATTACKS = [
                       "step sizes searched: Brendel-Bethge lr, FMN max_stepsize (null: the method's default)"),
         "repeats": Option(1, 5, "count", "runs per step size; the smallest distance per image counts"),
         "batch_size": Option(64, 100, "count", "images attacked together"),
-    }, functools.partial(run, "minimal_l2")),
+    }, select, measure_l2, metric="min_l2", **ONE_ROW),
     Attack("minimal_linf", "Minimal L-inf (white-box)", {
         "images": Option(16, 1000, "count", "correctly classified test images attacked"),
         "rel_stepsizes": Option([0.1, 0.3], [0.01, 0.03, 0.1, 0.3, 1.0], "pos_list", "PGD step / eps searched"),
@@ -158,5 +160,5 @@ ATTACKS = [
         "eps_max": Option(1.0, 1.0, "pos", "largest L-inf eps tried (images not fooled there count as failed)"),
         "repeats": Option(1, 5, "count", "random starts per setting"),
         "batch_size": Option(64, 100, "count", "images attacked together"),
-    }, functools.partial(run, "minimal_linf")),
+    }, select, measure_linf, metric="min_linf", **ONE_ROW),
 ]

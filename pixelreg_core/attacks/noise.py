@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelreg_core.attacks.base import Loop, Measured, Point
-from pixelreg_core.attacks.common import AttackContext, accuracy, clamp_per_image, derive_seed, seeded_subset
-from pixelreg_core.attacks.options import Attack, Option, eps_options
+from pixelreg_core.attacks.accuracy import accuracy, clamp_per_image
+from pixelreg_core.attacks.base import Attack, AttackContext, Measured, Point, Selected
+from pixelreg_core.attacks.options import Option, eps_options
+from pixelreg_core.attacks.seeds import derive_seed, seeded_subset
 
 NOISE_ATTACKS = ("gaussian", "uniform", "salt_pepper")
 TITLES = {"gaussian": "Gaussian noise", "uniform": "Uniform noise", "salt_pepper": "Salt-and-pepper noise"}
@@ -50,16 +51,15 @@ def noise_accuracy(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor
 
 
 def select(kind: str, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
-           opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+           opts: dict[str, Any]) -> Selected:
     """The seeded image subset (the same for every eps and repeat)."""
     idx = seeded_subset(len(y_all), opts["images"], ctx.seed, kind)
-    return x_all[idx], y_all[idx]
+    return Selected(x_all[idx], y_all[idx])
 
 
-def measure(kind: str, model: nn.Module, images: tuple[torch.Tensor, torch.Tensor], point: Point,
-            opts: dict[str, Any]) -> Measured:
+def measure(kind: str, model: nn.Module, images: Selected, point: Point, opts: dict[str, Any]) -> Measured:
     """Accuracy on one noisy copy, its noise seeded by (trial seed, kind, eps index, repeat)."""
-    x, y = images
+    x, y = images.x, images.y
     seed = derive_seed(point.seed, kind, point.index, point.repeat)
     return Measured(noise_accuracy(model, kind, x, y, point.eps, seed, opts["batch_size"]), len(y))
 
@@ -72,9 +72,9 @@ def _salt_pepper_eps_max(record: Any) -> float:
 
 def _record(kind: str) -> Attack:
     options = {**eps_options(), "repeats": Option(1, 1, "count", "independent noise draws per eps")}
-    # eps 0: x + 0 * noise, clamped to the image's own range, is x (base.Loop's `clean`)
-    loop = Loop(functools.partial(select, kind), functools.partial(measure, kind), clean=lambda images: images)
-    return Attack(kind, TITLES[kind], options, loop=loop,
+    # eps 0: x + 0 * noise, clamped to the image's own range, is x (Attack.clean)
+    return Attack(kind, TITLES[kind], options, functools.partial(select, kind), functools.partial(measure, kind),
+                  clean=lambda images: (images.x, images.y),
                   eps_max=_salt_pepper_eps_max if kind == "salt_pepper" else None)
 
 

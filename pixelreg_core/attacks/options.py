@@ -1,4 +1,5 @@
-"""Attack option records and their checks: what an attack accepts, its cheap default, its paper value.
+"""An attack's options: what it accepts (`Option`: its cheap default, its paper value, its kind) and the one
+checker of user-given values (`resolve_options`).
 
 Why declared options: `cfg.attacks` is user input (JSON on the CLI, YAML in a sweep), so every option an attack
 reads is declared once, in its attack's record (`Attack.options`, next to the attack's code), with its demo default
@@ -8,26 +9,18 @@ and its paper value. `{"preset": "paper"}` on an attack swaps in the paper colum
 Eps lists: `eps` (an explicit list) or `eps_max` + `num_eps` (evenly spaced, 0 included). Left empty, the top of
 the range comes from the task's record in pixelreg_core.data.registry (`Dataset.eps_top`: the papers' distortion D
 where the record gives one for the attack, else the record's `eps_max`); an attack may override that rule with its
-own (`Attack.eps_max`, e.g. salt-and-pepper's cap).
+own (`Attack.eps_max`, e.g. salt-and-pepper's cap). base.eps_list turns them into the eps axis.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pixelreg_core.data import registry as datasets
 from pixelreg_core.errors import ConfigError
 
 NUM_EPS = 10
-# The source of a transferred attack: the unregularized model of the same task and the same non-regularizer grid
-# point (e.g. width), trained at the spec's `fgsm_source_seed` (trial role "fgsm_source"), never one of the
-# evaluated models. The field and role keep their first attack's name: renaming them would move trial ids.
-UNREGULARIZED_SOURCE = "unregularized"
-SOURCES = (UNREGULARIZED_SOURCE,)
 
 
 @dataclass(frozen=True)
@@ -41,49 +34,6 @@ class Option:
     choices: tuple[str, ...] = ()  # kinds "choice" and "names": the allowed values
 
 
-@dataclass(frozen=True)
-class Attack:
-    """One attack of the registry (pixelreg_core.attacks.ATTACKS): everything the trainer, the sweep spec and the
-    figures need to know about it.
-
-    `loop`: a curve attack's `base.Loop` (its image selection and its per-eps perturbation; the base owns the
-    eps x repeat loop and the rows). Otherwise `run(model, x, y, ctx, opts)` gets the whole test set (x in [0, 1]
-    on the model's device), an `AttackContext` (seed, task, cache dir, source, shared inputs) and the resolved
-    options, and returns robustness rows without the key columns. `evaluate` calls whichever is given.
-    `check(opts, cfg, check_source)`, if given, does the checks that need more than the options (files).
-    `on_test_images(opts)`: whether `images` counts test images (False: the attack reads its own images).
-    `presets`: named option sets beyond "demo" and "paper" (e.g. boundary's "minimal"), each applied over the
-    paper values.
-    `source`: which model a transferred attack crafts its examples on (None: it needs no other model). The one
-    kind is `UNREGULARIZED_SOURCE`. This flag is all the sweep side reads: expansion trains the source trial first
-    and points the trial's `fgsm_source` field at its checkpoint, the spec checks keep its seed out of `seeds`, and
-    the source is checked and loaded by pixelreg_core.attacks.source.
-    `eps_max(dataset record)`: the top of the default eps range, when the attack's differs from the record's rule
-    (`Dataset.eps_top`). `eps_name`: what its rows' eps column holds (figures label it), e.g. "severity".
-    """
-
-    name: str
-    title: str
-    options: dict[str, Option]
-    run: Callable[..., list[dict[str, Any]]] | None = None
-    loop: Any = None  # a base.Loop (typed loosely: base imports this module)
-    check: Callable[..., None] | None = None
-    on_test_images: Callable[[dict[str, Any]], bool] = lambda opts: True
-    presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    source: str | None = None
-    eps_max: Callable[[datasets.Dataset], float] | None = None
-    eps_name: str = "eps"
-
-    def resolve(self, raw: Any) -> dict[str, Any]:
-        return resolve_options(self.name, self.options, raw, self.presets)
-
-    def evaluate(self, model: Any, x: Any, y: Any, ctx: Any, opts: dict[str, Any]) -> list[dict[str, Any]]:
-        """The attack's rows: through the base's loop (`loop`), or its own `run(model, x, y, ctx, opts)`."""
-        if self.loop is not None:
-            return self.loop.run(self, model, x, y, ctx, opts)
-        return self.run(model, x, y, ctx, opts)
-
-
 def eps_options() -> dict[str, Option]:
     """Options of an eps-curve attack (the noises, transferred FGSM)."""
     return {
@@ -93,24 +43,6 @@ def eps_options() -> dict[str, Option]:
         "images": Option(None, None, "count_or_all", "test images used (null: all)"),
         "batch_size": Option(500, 500, "count", "images per forward pass"),
     }
-
-
-def default_eps_max(attack: Attack, task: str) -> float:
-    """The top of an eps attack's default range on a task: the attack's own rule, else the dataset record's."""
-    record = datasets.get(task)
-    return attack.eps_max(record) if attack.eps_max is not None else record.eps_top(attack.name)
-
-
-def eps_list(attack: Attack, opts: dict[str, Any], task: str) -> list[float]:
-    """The eps values an eps-curve attack runs, from explicit `eps`, else `eps_max`/`num_eps`, else the task's
-    range (`default_eps_max`)."""
-    if opts.get("eps") is not None:
-        return [float(e) for e in opts["eps"]]
-    top = opts.get("eps_max")
-    if top is None:
-        top = default_eps_max(attack, task)
-    n = int(opts["num_eps"])
-    return [top * i / (n - 1) for i in range(n)] if n > 1 else [float(top)]
 
 
 def resolve_options(name: str, spec: dict[str, Option], raw: Any,

@@ -15,22 +15,18 @@ entry per eps), which every trial of the task with that seed reuses.
 from __future__ import annotations
 
 import hashlib
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from pixelreg_core.attacks.base import Loop, Measured, Point
-from pixelreg_core.attacks.common import (
-    AttackContext,
-    accuracy,
-    derive_seed,
-    import_foolbox,
-    model_device,
-    seeded_subset,
-    seeded_torch,
-)
-from pixelreg_core.attacks.options import UNREGULARIZED_SOURCE, Attack, Option, eps_options
+from pixelreg_core.attacks.accuracy import accuracy, model_device
+from pixelreg_core.attacks.base import UNREGULARIZED_SOURCE, Attack, AttackContext, Measured, Point, Selected
+from pixelreg_core.attacks.foolbox_support import import_foolbox
+from pixelreg_core.attacks.options import Option, eps_options
+from pixelreg_core.attacks.seeds import derive_seed, seeded_subset, seeded_torch
 from pixelreg_core.attacks.source import Source, cached_input
 
 NAME = "pgd_transfer"
@@ -51,20 +47,29 @@ def adversarials(source: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     return torch.cat(out).to(x.device) if out else x.clone()
 
 
+@dataclass(frozen=True)
+class OnSource(Selected):
+    """The images, the source, and what the cache key needs: the test set's hash, the subset's, the cache dir."""
+
+    source: Source
+    test_sha: str
+    subset: str
+    cache_dir: str | os.PathLike | None
+
+
 def select(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, ctx: AttackContext,
-           opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, Source, str, Any]:
-    """The seeded image subset, the source, and what the cache key needs (test-set hash, subset, cache dir)."""
+           opts: dict[str, Any]) -> OnSource:
     idx = seeded_subset(len(y_all), opts["images"], ctx.seed, NAME)
     subset = hashlib.sha256(idx.numpy().tobytes()).hexdigest()[:16]
-    return x_all[idx], y_all[idx], ctx.source, f"{ctx.test_sha256(x_all, y_all)}", (subset, ctx.cache_dir)
+    return OnSource(x_all[idx], y_all[idx], ctx.source, ctx.test_sha256(x_all, y_all), subset, ctx.cache_dir)
 
 
-def measure(model: nn.Module, selected: tuple, point: Point, opts: dict[str, Any]) -> Measured:
-    x, y, source, test_sha, (subset, cache_dir) = selected
+def measure(model: nn.Module, selected: OnSource, point: Point, opts: dict[str, Any]) -> Measured:
+    x, y, source, subset = selected.x, selected.y, selected.source, selected.subset
     seed = derive_seed(point.seed, NAME, point.index, point.repeat)
     keys = ("steps", "rel_stepsize", "random_start")
     params = "/".join([repr(float(point.eps)), subset, str(seed), *(f"{k}={opts[k]!r}" for k in keys)])
-    adv = cached_input(source, NAME, test_sha, cache_dir, lambda: adversarials(
+    adv = cached_input(source, NAME, selected.test_sha, selected.cache_dir, lambda: adversarials(
         source.model, x, y, point.eps, steps=opts["steps"], rel_stepsize=opts["rel_stepsize"],
         random_start=opts["random_start"], seed=seed, batch_size=opts["batch_size"]), tuple(x.shape), params)
     return Measured(accuracy(model, adv.to(x.device), y, opts["batch_size"]), len(y))
@@ -77,4 +82,4 @@ ATTACKS = [Attack(NAME, "Transferred PGD", {
     "rel_stepsize": Option(0.25, 0.01 / 0.3, "pos", "step size / eps (foolbox and Madry et al.: 0.01 / 0.3)"),
     "random_start": Option(False, True, "bool", "start from a uniform point in the eps ball, not from x"),
     "repeats": Option(1, 1, "count", "runs per eps (independent random starts)"),
-}, loop=Loop(select, measure), source=UNREGULARIZED_SOURCE)]
+}, select, measure, source=UNREGULARIZED_SOURCE)]

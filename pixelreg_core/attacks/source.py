@@ -2,7 +2,7 @@
 per-source cache of the inputs crafted on it.
 
 A transferred attack crafts its examples on another model than the evaluated one: an unregularized model of the
-same task (options.UNREGULARIZED_SOURCE), named by the trial field `fgsm_source` (a checkpoint path or pyarrow
+same task (base.UNREGULARIZED_SOURCE), named by the trial field `fgsm_source` (a checkpoint path or pyarrow
 URI; the sweep's expansion sets it). The field keeps the name of the first such attack; every transferred attack
 reads it.
 

@@ -10,7 +10,11 @@ What counts as a read:
 - operators whose output size depends on the data (`nonzero`, boolean-mask indexing and assignment,
   `masked_select`, `unique`): on CUDA they copy a count to the host;
 - `.cpu()`, `.tolist()` and `.numpy()` (on CPU tensors these are no-ops or direct reads that bypass the
-  dispatcher, so they are counted by wrapping the methods).
+  dispatcher, so they are counted by wrapping the methods);
+- copies between devices (`Tensor.to(device)`, `copy_` from a tensor on another device), kind `transfer`: a
+  host-to-device copy from pageable memory synchronises the stream too. On a CPU-only machine every tensor is on
+  the CPU and `.to` is a no-op that dispatches nothing, so none is counted there: tests show the count with a
+  second device that needs no hardware (`meta`, shapes only).
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ def _has_bool_index(args: tuple) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
 
 
+def _crosses_devices(name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether a `_to_copy` (Tensor.to) or `copy_` moves data between two devices."""
+    if name == "copy_":
+        dst, src = args[0], args[1] if len(args) > 1 else None
+        return isinstance(src, torch.Tensor) and src.device != dst.device
+    target = kwargs.get("device")
+    return target is not None and torch.device(target) != args[0].device
+
+
 class HostReads(TorchDispatchMode):
     """`with HostReads() as reads: ...` then `reads.total` and `reads.by_kind` (a Counter)."""
 
@@ -49,6 +62,8 @@ class HostReads(TorchDispatchMode):
             self.by_kind[name] += 1
         elif name in ("index", "index_put", "index_put_") and _has_bool_index(args):
             self.by_kind["boolean_mask"] += 1  # on CPU the nonzero inside is not dispatched; on CUDA it syncs
+        elif name in ("_to_copy", "copy_") and _crosses_devices(name, args, kwargs or {}):
+            self.by_kind["transfer"] += 1
         return func(*args, **(kwargs or {}))
 
     def __enter__(self) -> HostReads:

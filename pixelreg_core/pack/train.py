@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from pixelreg_core.checkpoint import EpochCheckpoint
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.data.bundle import DataBundle, augment_batch
+from pixelreg_core.failures import forget_frames, release_memory
 from pixelreg_core.hooks import faults
 from pixelreg_core.kernels import autocast, kernel_settings, make_optimizer, uses_channels_last
 from pixelreg_core.model import PairResNet
@@ -136,6 +137,7 @@ def _train_group(active: list[Member], start: int, device: torch.device) -> None
                                   valid[n], test[n][1], started)
                     faults.after_epoch(m.cfg.trial_id, epoch + 1, _MemberView(grouped, n))
                 except Exception as exc:  # noqa: BLE001 - one member's failure is its trial's, not the pack's
+                    forget_frames(exc)  # its frames hold the grouped network and graph: the others go on
                     m.error, m.result = exc, None
                     failed.append(m)
             if failed:
@@ -144,6 +146,7 @@ def _train_group(active: list[Member], start: int, device: torch.device) -> None
                 if not active:
                     return
                 grouped, optimizer = _grouped(active, device, channels_last)
+                release_memory()  # the larger grouped network, its momenta and graph
 
 
 def _finish_epoch(m: Member, epoch: int, lr: float, rows: list[list[float]], pairs: torch.Tensor | None,

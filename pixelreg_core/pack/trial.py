@@ -22,6 +22,7 @@ import torch
 from pixelreg_core.checkpoint import EpochCheckpoint
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.errors import error_line
+from pixelreg_core.failures import forget_frames, release_memory
 from pixelreg_core.kernels import kernel_settings
 from pixelreg_core.pack.key import check_pack
 from pixelreg_core.pack.train import Member, train_pack
@@ -53,6 +54,7 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
     members, prepared = [], {}
 
     def failed(cfg: TrialConfig, exc: BaseException, device: Any) -> None:
+        forget_frames(exc)  # the Outcome keeps the error, not the grouped model and graph its frames held
         fail_trial(runs[cfg.trial_id], exc, device)
         outcomes[cfg.trial_id] = Outcome(cfg, {"trial_id": cfg.trial_id, "status": "failed",
                                                "error": error_line(exc)}, exc)
@@ -85,6 +87,8 @@ def run_pack(cfgs: list[TrialConfig], out_root: str | os.PathLike, *,
                         m.error = exc
                 if not isinstance(exc, Exception):
                     raise
+                forget_frames(exc)  # out of memory, say: the grouped network goes before the attacks run
+                release_memory()
             train_s = time.perf_counter() - train_started  # shared: the pack's training time
         for m in members:
             p = prepared[m.cfg.trial_id]

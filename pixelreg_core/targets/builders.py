@@ -19,7 +19,7 @@ from torch import Tensor
 from pixelreg_core.data.loaders import convert_channels
 from pixelreg_core.errors import ConfigError
 from pixelreg_core.targets.fields import TargetFields
-from pixelreg_core.targets.pairs import PairOrder, PairSampler, random_pairs, triangle_pair
+from pixelreg_core.targets.pairs import PairOrder, PairSampler, pair_rows, random_pairs
 
 EPS = 1e-5  # inside f's logs (authors' code); with exact_targets false also +/-1 targets become +/-(1 - EPS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -118,7 +118,7 @@ class Target:
         """k pairs of a target where every pair qualifies: the next k of the shuffled order, or k uniform pairs."""
         if self.order is None:
             return random_pairs(self.n, k, generator)
-        i, j = triangle_pair(self.order.window(k), self.n)
+        i, j = self.order.window(k)
         self.order.advance(k)
         return i, j
 
@@ -178,8 +178,8 @@ class MatrixTarget(Target):
         self.matrix, self.images, self.permutation, self.eps = matrix, images, permutation, eps
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        i, j = self.pairs(k, generator)
-        i, j = i.to(self.matrix.device), j.to(self.matrix.device)
+        i, j = self.pairs(k, generator)  # on the matrix's device: its order is there, a trial's generator too
+        i, j = i.to(self.matrix.device), j.to(self.matrix.device)  # (a no-op then; a copy for another generator)
         a, b = (i, j) if self.permutation is None else (self.permutation[i], self.permutation[j])
         return i, j, self.matrix[a, b].clamp(-(1 - self.eps), 1 - self.eps)
 
@@ -204,11 +204,15 @@ class CategoricalTarget(Target):
 # ---------------------------------------------------------------------------------------------------------------
 # The builders the target registry (pixelreg_core.targets.registry) names, and their loaders
 # ---------------------------------------------------------------------------------------------------------------
-def matrix_target(cfg: TargetFields) -> MatrixTarget:
-    """Target matrix (or shuffle with a matrix): the user's N x N similarity over its own N images."""
+def matrix_target(cfg: TargetFields, device: torch.device | None = None) -> MatrixTarget:
+    """Target matrix (or shuffle with a matrix): the user's N x N similarity over its own N images, all of it (the
+    matrix, its images, the permutation and the pair order) on `device` (the trial's; default cpu), so that a
+    step's draw never copies between the host and the device."""
+    device = torch.device("cpu") if device is None else device
     matrix, images = load_matrix(cfg)
     perm = seeded_permutation(matrix.shape[0], cfg.seed) if cfg.target == "shuffle" else None
-    return MatrixTarget(matrix, images, permutation=perm, order=all_pairs_order(cfg, matrix.shape[0], matrix.device))
+    return MatrixTarget(matrix.to(device), images.to(device), permutation=None if perm is None else perm.to(device),
+                        order=all_pairs_order(cfg, matrix.shape[0], device))
 
 
 def order_seed(cfg: TargetFields) -> int:
@@ -221,7 +225,7 @@ def all_pairs_order(cfg: TargetFields, n: int, device: torch.device) -> PairOrde
     """A shuffled order of all n(n-1)/2 pairs for targets where every pair qualifies, or None (with replacement)."""
     if cfg.pair_draw == "with_replacement":
         return None
-    return PairOrder(n * (n - 1) // 2, order_seed(cfg), device)
+    return PairOrder(n * (n - 1) // 2, order_seed(cfg), device, pair_rows(n))
 
 
 def categorical_target(cfg: TargetFields, reg_y: Tensor | None) -> CategoricalTarget:

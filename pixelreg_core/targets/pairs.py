@@ -18,6 +18,7 @@ are common but not all qualify, the order of all pairs is walked and the non-qua
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -127,6 +128,11 @@ WINDOW_STEPS = 256  # draws whose positions are computed at once: shuffled_index
 WINDOW_MAX = 1 << 18  # but at most this many positions (2 MB of int64) where a draw takes many (rare ranges)
 
 
+def pair_rows(n: int) -> Callable[[Tensor], Tensor]:
+    """A `PairOrder` decode for the order of all pairs i < j of n items: indices -> [2, m] rows (i; j)."""
+    return lambda x: torch.stack(triangle_pair(x, n))
+
+
 class PairOrder:
     """Where a trial stands in its passes over a shuffled order of M items (pair indices): the position is a
     device tensor, advanced on the device, so drawing from it never reads back to the host. The one piece of
@@ -135,30 +141,35 @@ class PairOrder:
     `shuffled_index` costs ~1,400 small operators (24 rounds) whatever the number of positions, each one a kernel
     launch on a GPU, which made it half of a regularized step's operators (benchmarks/bench_ops.py). The positions
     a trial will draw are known ahead (they follow the position), so the order is evaluated once for a window of
-    the next `WINDOW_STEPS` draws and each draw slices it: the same indices, a few operators per draw. The window
-    is a cache only: the position alone is the state, and a restored position starts a fresh window."""
+    the next `WINDOW_STEPS` draws (at most WINDOW_MAX positions) and each draw slices it: the same indices, a few
+    operators per draw. `decode` (e.g. `pair_rows`: index -> (i, j)) is applied to the window once too, so a draw
+    gets its pairs ready. The window is a cache only: the position alone is the state, and a restored position
+    starts a fresh window."""
 
-    def __init__(self, count: int, seed: int, device: torch.device):
-        self.count, self.seed = int(count), int(seed)
+    def __init__(self, count: int, seed: int, device: torch.device,
+                 decode: Callable[[Tensor], Tensor] | None = None):
+        self.count, self.seed, self.decode = int(count), int(seed), decode
         self.position = torch.zeros((), dtype=torch.int64, device=device)
         self._forget_window()
 
     def _forget_window(self) -> None:
         self._start: Tensor | None = None  # the position where the window starts (device)
-        self._indices: Tensor | None = None  # the order at positions _start, _start + 1, ...
+        self._indices: Tensor | None = None  # the order (decoded) at positions _start, _start + 1, ... (last dim)
         self._used = 0  # positions drawn since _start: exact, or an upper bound once an advance was a tensor
         self._exact = True  # whether _used is exact (then a draw is a slice, else a gather at the position)
 
     def window(self, m: int) -> Tensor:
-        """The next m indices of the order (the position does not move: `advance` does)."""
-        if self._indices is None or self._used + m > self._indices.numel():
+        """The next m indices of the order, decoded (positions along the last dimension); the position does not
+        move: `advance` does."""
+        if self._indices is None or self._used + m > self._indices.shape[-1]:
             self._start = self.position
             g = self.position + torch.arange(max(m, min(m * WINDOW_STEPS, WINDOW_MAX)), device=self.position.device)
-            self._indices, self._used, self._exact = shuffled_index(g, self.count, self.seed), 0, True
+            x = shuffled_index(g, self.count, self.seed)
+            self._indices, self._used, self._exact = x if self.decode is None else self.decode(x), 0, True
         if self._exact:
-            return self._indices[self._used:self._used + m]
+            return self._indices[..., self._used:self._used + m]
         offsets = (self.position - self._start) + torch.arange(m, device=self.position.device)
-        return self._indices[offsets]
+        return self._indices.index_select(-1, offsets)
 
     def advance(self, steps: Tensor | int, at_most: int | None = None) -> None:
         """Move the position by `steps`: an int, or a device tensor of at most `at_most` (read on no host)."""
@@ -213,7 +224,7 @@ class PairSampler:
         if range == "all":
             self.mode, self.fraction = "all", 1.0
             if not replacement:
-                self.order = PairOrder(total, order_seed, emb.device)
+                self.order = PairOrder(total, order_seed, emb.device, pair_rows(self.n))
             return
         i, j = random_pairs(self.n, estimate_pairs, torch.Generator().manual_seed(seed))
         hits = int(self.qualifies(self.similarity(i, j)).sum())
@@ -225,9 +236,11 @@ class PairSampler:
             self.mode = "rejection"
         else:
             self._enumerate()
-        if not replacement:
-            self.order = PairOrder(total if self.mode == "rejection" else int(self._i.numel()), order_seed,
-                                   emb.device)
+        if not replacement and self.mode == "rejection":
+            self.order = PairOrder(total, order_seed, emb.device, pair_rows(self.n))
+        elif not replacement:  # the list's positions, decoded to its pairs
+            self.order = PairOrder(int(self._i.numel()), order_seed, emb.device,
+                                   lambda x: torch.stack([self._i[x], self._j[x]]).long())
 
     def similarity(self, i: Tensor, j: Tensor) -> Tensor:
         """S_pixel[i, j] as the dot product of rows; the one definition every path uses, so paths agree exactly."""
@@ -316,16 +329,12 @@ class PairSampler:
         the k-th, so no qualifying pair of a pass is skipped or repeated. Should fewer qualify, they are reused in
         turn and the whole window is consumed."""
         order = self.order
-        if self.mode == "all":
-            i, j = triangle_pair(order.window(k), self.n)
+        if self.mode in ("all", "enumerated"):
+            i, j = order.window(k)
             order.advance(k)
             return i, j
-        if self.mode == "enumerated":
-            pick = order.window(k).to(self._i.device)
-            order.advance(k)
-            return self._i[pick], self._j[pick]
         m = math.ceil(3 * k / self.fraction) + 32
-        i, j = triangle_pair(order.window(m), self.n)
+        i, j = order.window(m)
         keep = self.qualifies(self.similarity(i, j))
         first = torch.sort((~keep).to(torch.uint8), stable=True).indices  # qualifying positions first, in order
         hits = keep.sum()

@@ -39,13 +39,7 @@ def _embedding(cfg: TargetFields, reg_x: Any, reg_y: Any) -> Any:
 def _matrix(cfg: TargetFields, reg_x: Any, reg_y: Any) -> Any:
     from pixelreg_core.targets.builders import matrix_target
 
-    target = matrix_target(cfg)
-    device = getattr(reg_x, "device", None)  # the trial's device (trial.py passes reg_x there): pairs drawn there
-    if device is not None and device.type != "cpu":
-        for name in ("matrix", "images", "permutation"):
-            if getattr(target, name, None) is not None:
-                setattr(target, name, getattr(target, name).to(device))
-    return target
+    return matrix_target(cfg, getattr(reg_x, "device", None))  # the trial's device (trial.py puts reg_x there)
 
 
 def _shuffle(cfg: TargetFields, reg_x: Any, reg_y: Any) -> Any:
