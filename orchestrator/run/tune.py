@@ -62,7 +62,7 @@ class Runner:
     def run_config(self, name: str, units=lambda trial: 1, extra_callbacks=()):
         from ray import tune
 
-        from orchestrator.run.callbacks import ProgressCallback
+        from orchestrator.run.callbacks import ProgressCallback, TensorBoardHparams
 
         if self.stopper is None:
             self.stopper = disk_full_stopper()
@@ -70,7 +70,7 @@ class Runner:
             name=f"{self.stamp}_{name}", storage_path=self.storage, verbose=0, stop=self.stopper,
             failure_config=tune.FailureConfig(max_failures=self.retries, fail_fast=False),
             callbacks=[ProgressCallback(self.progress, units=units, interval=self.progress_every),
-                       *extra_callbacks, *self.trackers])
+                       TensorBoardHparams(), *extra_callbacks, *self.trackers])
 
     def check_disk(self) -> None:
         """After a Tuner: a full disk ends the launch with one line naming the folder."""

@@ -11,6 +11,7 @@ MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD / MLFLOW_TRACKING_TOKEN vari
 from __future__ import annotations
 
 import importlib.util
+import os
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -44,7 +45,9 @@ class Wandb(_Strict):
 class Mlflow(_Strict):
     """MLflow: one run per Tune trial in one experiment, tagged with its setting."""
 
-    tracking_uri: str | None = None      # a server (http://host:5000) or a local store (a path); default: MLflow's
+    # a server (http://host:5000) or a local database (sqlite:///mlflow.db, MLflow's recommended local store);
+    # default: MLflow's own (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db where the launch starts)
+    tracking_uri: str | None = None
     experiment_name: str | None = None   # default: the sweep's name
 
     @field_validator("tracking_uri")
@@ -54,7 +57,22 @@ class Mlflow(_Strict):
             raise ValueError("holds a user name or password, and the spec is recorded in the sweep folder; give "
                              "the credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
                              "MLFLOW_TRACKING_TOKEN) instead")
+        if value is not None and is_folder_store(value) and not folder_store_allowed():
+            # MLflow itself refuses it (only when the first run starts, after training): said here, at validate
+            raise ValueError(f"{value!r} is a folder, MLflow's file store, which MLflow 3 keeps in maintenance and "
+                             "refuses; use a database such as sqlite:///mlflow.db (MLflow's recommended local "
+                             "store), or set MLFLOW_ALLOW_FILE_STORE=true to keep a folder")
         return value
+
+
+def is_folder_store(uri: str) -> bool:
+    """A tracking URI that names MLflow's folder store: a plain path or file://."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def folder_store_allowed() -> bool:
+    """MLflow's own opt-in to its folder store (the MLFLOW_ALLOW_FILE_STORE variable, read as MLflow reads it)."""
+    return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
 
 
 class Track(_Strict):
