@@ -66,11 +66,11 @@ class Pair(_Strict):
 
 
 def _check_dataset(name: str, field_name: str, *, allow_folder: bool) -> str:
-    """The names pixelreg_core.data.bundle can load (imported lazily: it pulls in torch)."""
-    from pixelreg_core.data.bundle import check_dataset_name
+    """The names pixelreg_core.data can load: its registry, which imports no torch (validate stays fast)."""
+    from pixelreg_core.data import registry
 
     try:
-        check_dataset_name(name, field_name, allow_folder=allow_folder)
+        registry.get(name, field_name, allow_unlabelled=allow_folder)
     except ConfigError as exc:
         raise ValueError(config_error_message(exc)) from None
     return name
