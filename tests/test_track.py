@@ -122,6 +122,8 @@ def test_wandb_offline_runs_hold_each_trials_fields_epochs_and_figures(launched)
     trials, epochs, top = expected(launched["sweep"])
     files = sorted(launched["sweep"].glob("tune/*/*/wandb/offline-run-*/run-*.wandb"))
     runs = {run["config"]["trial_id"]: run for run in map(wandb_run, files)}
+    for path, run in zip(files, map(wandb_run, files), strict=True):  # written where its config says
+        assert Path(run["config"]["trial_log_path"]) == path.parents[2], path
     assert sorted(runs) == sorted(trials.index)  # one run per trial, named by the pixelreg trial id
     for trial_id, run in runs.items():
         row = trials.loc[trial_id]

@@ -57,6 +57,11 @@ def _environ(name: str, value: str | None):
 class FlushedWandbActor(_WandbLoggingActor):
     """Tune's W&B logging actor (one per trial), whose `run` returns only once W&B has written the run."""
 
+    def __init__(self, logdir: str, *args, **kwargs):
+        # the folder the run is written to (WandbBySetting's `dir`) is also the one the run's config names
+        # (`trial_log_path`), not the staging folder in Ray's session directory
+        super().__init__(kwargs.get("dir") or logdir, *args, **kwargs)
+
     def run(self):
         super().run()
         # wandb.finish() returns before W&B's service, a child process of this actor, has written the run (an
