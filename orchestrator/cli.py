@@ -34,20 +34,24 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (all of them when None), so `validate` answers without
+    importing torch or Ray, which the other commands' modules pull in."""
     parser = argparse.ArgumentParser(prog="orchestrator", description=" ".join(__doc__.split("\n\n")[0].split()),
                                      epilog=__doc__.split("\n\n", 1)[1].strip())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(f"orchestrator.commands.{module_name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
+        if command is None or name == command:
+            module = importlib.import_module(f"orchestrator.commands.{module_name}")
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((word for word in words if not word.startswith("-")), ""))
     # KEY=VALUE overrides may also follow the options (`launch SPEC --results R seeds=5`); argparse leaves those
     # over, and they join the ones it took
     args, rest = parser.parse_known_args(argv)

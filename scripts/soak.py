@@ -12,10 +12,10 @@ subprocess). Faults, all real (pixelreg_core/hooks/faults.py, through PIXELREG_F
   written), and the `robustness` table folder made unwritable for a few seconds while trials finish;
 - one driver SIGKILL part-way, then a relaunch; then one more relaunch for the trials that ended failed (each fault
   fires once, so they finish; they resume from their last epoch checkpoint);
-- a full disk: a second, small sweep (one seed) whose first trial write fails as a full disk does (half the bytes,
-  then ENOSPC, and every write after it until space is back: fault kind `enospc`). The launch must end with one
-  `error:` line naming the folder, exit 2, with no partial file in any table; once space is back the same launch
-  completes with nothing lost or repeated.
+- a full disk: a second, small sweep (one seed) where the disk fills mid-sweep, at the first write of its last
+  trial (half the bytes, then ENOSPC, and every write after it until space is back: fault kind `enospc`). The
+  launch must end with one `error:` line naming the folder, exit 2, with no partial file in any table; once space
+  is back the same launch completes with nothing lost or repeated, and what finished before is not trained again.
 
 Printed at the end: completed, retried, failed (after the first relaunch and at the end), resumed-from-epoch
 counts, whether every interrupted trial resumed from its last finished epoch, rows lost, rows duplicated, Ray
@@ -245,16 +245,20 @@ def disk_full_case(work: Path) -> bool:
     prints the figures and returns whether the launch ended as promised and the relaunch completed whole."""
     import pyarrow.parquet as pq
 
+    from orchestrator.spec.expand import expand
+    from orchestrator.spec.load import load_spec
     from pixelreg_core.results import TABLES
 
     folder = work / "disk-full"
     folder.mkdir(exist_ok=True)
     spec, root, marks = write_spec(folder, 1), folder / "results", folder / "marks"
     sweep = root / "soak"
-    plan = {"dir": str(marks), "faults": [{"trial": "*", "kind": "enospc"}]}
+    last = expand(load_spec(spec), str(sweep))[-1].trial_id  # mid-sweep: others run or finish before it
+    plan = {"dir": str(marks), "faults": [{"trial": last, "kind": "enospc"}]}
     env = {**os.environ, "PYTHONPATH": str(REPO), faults.ENV: json.dumps(plan)}
     log = folder / "launch-full.log"
     code = Launch(spec, root, log, env).wait()
+    before = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").glob("*.parquet")}
     errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error:")]
     fired = (marks / faults.DISK_FULL_MARKER).exists()
     partial = []
@@ -271,12 +275,14 @@ def disk_full_case(work: Path) -> bool:
     expected = 4  # 3 alphas + 1 baseline, one seed
     complete = len(trials) == expected and set(trials["status"]) == {"ok"} and trials["trial_id"].is_unique
     repeated = int(epochs.duplicated(["trial_id", "epoch"]).sum()) if len(epochs) else 0
+    retrained = [name for name, mtime in before.items() if (sweep / "trials" / name).stat().st_mtime_ns != mtime]
     print(f"disk full: fault fired {fired}, exit {code}, error lines {len(errors)} "
-          f"({errors[0][:120] if errors else '-'}), partial files {len(partial)}; after space is back: exit {code2}, "
-          f"trials ok {int((trials['status'] == 'ok').sum()) if len(trials) else 0}/{expected}, epoch rows repeated "
-          f"{repeated}")
+          f"({errors[0][:120] if errors else '-'}), partial files {len(partial)}, trials finished before it "
+          f"{len(before)}; after space is back: exit {code2}, trials ok "
+          f"{int((trials['status'] == 'ok').sum()) if len(trials) else 0}/{expected}, finished ones trained again "
+          f"{len(retrained)}, epoch rows repeated {repeated}")
     return (fired and code == 2 and len(errors) == 1 and "no space left" in errors[0] and not partial
-            and code2 == 0 and complete and repeated == 0)
+            and code2 == 0 and complete and repeated == 0 and not retrained)
 
 
 if __name__ == "__main__":

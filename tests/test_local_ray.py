@@ -174,18 +174,21 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
 
 @pytest.mark.slow
 def test_a_driver_sigkill_while_a_study_grows_loses_nothing_and_repeats_nothing(tmp_path):
-    """A finished sweep; its spec with two more seeds and one more attack is launched and the driver SIGKILLed
-    once a new model is finished; the relaunch completes: old models untouched, every model has both attacks'
-    rows, no row twice."""
+    """A finished sweep; its spec with one more seed, (th, alpha) point, pair and attack is launched and the driver
+    SIGKILLed once a new model is finished; the relaunch completes: old model untouched, every model (2 pairs x 2
+    points x 2 seeds) has both attacks' rows, no row twice."""
     root = tmp_path / "results"
     sweep = root / "grows"
     gaussian = {"images": 20, "num_eps": 2}
+    point = {"th": 0.3, "alpha": 1.0}
     first = write_spec(tmp_path, name="grows", seeds=[0], baseline=False, max_failures=0,
-                       attacks={"gaussian": gaussian})
+                       grid={"points": [point]}, attacks={"gaussian": gaussian})
     assert cli.main(["launch", str(first), "--results", str(root), "--no-dashboard"]) == 0
     old = {p.name: p.stat().st_mtime_ns for folder in ("trials", "epochs", "checkpoints", "robustness")
            for p in (sweep / folder).glob("*") if p.is_file()}
-    grown = write_spec(tmp_path, name="grows", seeds=[0, 1, 2], baseline=False, max_failures=0,
+    grown = write_spec(tmp_path, name="grows", seeds=[0, 1], baseline=False, max_failures=0,
+                       grid={"points": [point, {"th": 0.5, "alpha": 2.0}]},
+                       pairs=[{"task": "digits", "reg_data": "digits"}, {"task": "mnist5k", "reg_data": "mnist5k"}],
                        attacks={"gaussian": gaussian, "uniform": gaussian})
     driver = start(grown, root, tmp_path / "grown.log")
     seen: list[dict] = []
@@ -199,12 +202,14 @@ def test_a_driver_sigkill_while_a_study_grows_loses_nothing_and_repeats_nothing(
         local_ray.stop(seen)
 
     trials = read_table(sweep, "trials")
-    assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    assert len(trials) == 8 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    assert set(trials["task"]) == {"digits", "mnist5k"}
+    assert set(zip(trials["th"], trials["alpha"], strict=True)) == {(0.3, 1.0), (0.5, 2.0)}
     now = {p.name: p.stat().st_mtime_ns for folder in ("trials", "epochs", "checkpoints", "robustness")
            for p in (sweep / folder).glob("*") if p.is_file()}
     assert {name: now[name] for name in old} == old  # the old model and its evaluation: untouched
     epochs = read_table(sweep, "epochs")
-    assert len(epochs) == 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert len(epochs) == 8 and not epochs.duplicated(["trial_id", "epoch"]).any()
     robustness = read_table(sweep, "robustness")
     assert not robustness.duplicated(["trial_id", "attack", "eps", "repeat", "metric"]).any()
-    assert robustness.groupby("trial_id")["attack"].nunique().tolist() == [2, 2, 2]
+    assert robustness.groupby("trial_id")["attack"].nunique().tolist() == [2] * 8

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from orchestrator.commands.arguments import add_max_trials, add_overrides
 from orchestrator.plan.estimate import estimate_lines
 from orchestrator.plan.work import folder_lines
 from orchestrator.spec.expand import expand, race_line
@@ -25,8 +26,6 @@ from pixelreg_core.config import TrialConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from orchestrator.commands.launch import add_max_trials, add_overrides
-
     parser.add_argument("spec", help="sweep spec YAML, e.g. sweeps/mnist_grid.yaml")
     add_overrides(parser)
     add_max_trials(parser)

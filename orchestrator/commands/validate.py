@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.commands.arguments import add_max_trials
 from orchestrator.spec.expand import expand, race_line, role_counts
 from orchestrator.spec.load import load_spec
 from orchestrator.spec.overrides import is_override
@@ -18,8 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sweep spec YAML file(s), e.g. sweeps/quickstart.yaml, and overrides applied to each, "
                              "e.g. seeds=5 train.epochs=2 (a dotted key and a YAML value)")
     parser.set_defaults(overrides=[])
-    from orchestrator.commands.launch import add_max_trials
-
     add_max_trials(parser)
 
 

@@ -29,6 +29,7 @@ from orchestrator.spec.fields import (
     source_attacks,
     unknown_field_message,
 )
+from orchestrator.spec.track import Track
 from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
 from pixelreg_core.targets.ranges import inside_th_bounds
 
@@ -65,11 +66,11 @@ class Pair(_Strict):
 
 
 def _check_dataset(name: str, field_name: str, *, allow_folder: bool) -> str:
-    """The names pixelreg_core.data.bundle can load (imported lazily: it pulls in torch)."""
-    from pixelreg_core.data.bundle import check_dataset_name
+    """The names pixelreg_core.data can load: its registry, which imports no torch (validate stays fast)."""
+    from pixelreg_core.data import registry
 
     try:
-        check_dataset_name(name, field_name, allow_folder=allow_folder)
+        registry.get(name, field_name, allow_unlabelled=allow_folder)
     except ConfigError as exc:
         raise ValueError(config_error_message(exc)) from None
     return name
@@ -229,6 +230,7 @@ class SweepSpec(_Strict):
     fgsm_source_seed: int = Field(default=1000, ge=0)
     # P(chosen) at or above which a choice of (Th, alpha) counts as decided (best.parquet `decided`)
     confidence: float = Field(default=DEFAULT_CONFIDENCE, gt=0, lt=1)
+    track: Track = Field(default_factory=Track)  # experiment trackers (orchestrator.spec.track); off by default
 
     _source: str = PrivateAttr(default="<spec>")
     _text: str = PrivateAttr(default="")  # the spec that runs, as YAML text (load_spec: the file, or with overrides)

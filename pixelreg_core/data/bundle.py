@@ -90,12 +90,6 @@ def load_split(name: str, root: str | os.PathLike, split: str, grayscale: bool, 
     return convert_channels(to_unit_float(x), 1 if grayscale else 3, gray), y.clone()
 
 
-def check_dataset_name(name: str, field_name: str = "task", *, allow_folder: bool = True) -> datasets.Dataset:
-    """Raise ConfigError unless `name` is a known dataset (kept for the orchestrator; `datasets.get` is the one
-    lookup)."""
-    return datasets.get(name, field_name, allow_unlabelled=allow_folder)
-
-
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 0..255 -> float32 0..1; float input is copied, so the result never aliases a cached tensor."""
     if x.dtype == torch.uint8:
