@@ -1,4 +1,5 @@
-"""The Tune callbacks of a launch: the progress line's counters (run/progress.py) and the rows of trials ASHA ended.
+"""The Tune callbacks of a launch: the progress line's counters (run/progress.py), the rows of trials ASHA ended, and
+TensorBoard's files with the trial's fields in its HParams view.
 
 Imports Ray Tune at module import: only run/tune.py imports this module, inside the functions that start Tune.
 """
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from ray.tune import Callback
+from ray.tune.logger import TBXLoggerCallback
 
 from orchestrator.run.progress import Progress
 
@@ -97,3 +99,18 @@ class StoppedRecorder(Callback):
         epochs = int((trial.last_result or {}).get("training_iteration", 0))
         record_status(self.sweep_dir, TrialConfig.from_dict(self.configs[trial_id]), "stopped",
                       f"stopped early by ASHA after {epochs} epoch(s) (valid_acc)", epochs=epochs)
+
+
+class TensorBoardHparams(TBXLoggerCallback):
+    """Tune's TensorBoard logger (which writes `events.out.tfevents*` in each trial's folder) with the trial's fields
+    as HParams. Tune writes a trial's HParams, when it ends, from the values its searcher sampled: none here, every
+    trial's fields come preset (run.tune, points_to_evaluate), so TensorBoard's HPARAMS view listed no trial. The
+    fields are the trial's Tune config. Tune adds no logger of its own where one of this class is given."""
+
+    def log_trial_end(self, trial, failed: bool = False):
+        sampled = trial.evaluated_params
+        trial.evaluated_params = sampled or dict(trial.config)
+        try:
+            super().log_trial_end(trial, failed)
+        finally:
+            trial.evaluated_params = sampled

@@ -77,9 +77,17 @@ def make_runner(plan: Plan, args: argparse.Namespace, session, n_total: int, n_d
     progress = Progress(total=n_total, already_done=n_done, slots=slots, log=log)
     log(f"{slots} trial(s) at a time ({resources.cpu:g} CPU, {resources.gpu:g} GPU each); "
         f"Tune logs and TensorBoard files: {storage}")
+    trackers: tuple = ()
+    if plan.spec.track.any:
+        from orchestrator.run.track import tracker_callbacks
+
+        trackers = tuple(tracker_callbacks(plan.spec.track, plan.spec.name))
+        log(f"trackers: {', '.join(n for n in ('wandb', 'mlflow') if getattr(plan.spec.track, n))} (one run per "
+            "Tune trial, a setting's seeds grouped)")
     runner = Runner(sweep_dir=plan.sweep_dir, storage=storage, stamp=dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
                     cpu=resources.cpu, gpu=resources.gpu, retries=plan.spec.max_failures, slots=slots,
-                    progress=progress, max_concurrent=args.max_concurrent, progress_every=args.progress_every)
+                    progress=progress, max_concurrent=args.max_concurrent, progress_every=args.progress_every,
+                    trackers=trackers)
     return runner, progress
 
 

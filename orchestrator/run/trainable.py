@@ -17,7 +17,7 @@ from ray import tune
 from orchestrator.run.objective import FLOOR, evaluate_point
 from orchestrator.spec.expand import trial_from_params
 from orchestrator.spec.schema import Objective, SweepSpec
-from orchestrator.sweepdir.tables import join, record_failure, trial_statuses
+from orchestrator.sweepdir.tables import join, read_trial, record_failure, trial_statuses
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.errors import error_line
 from pixelreg_core.failures import forget_frames, release_memory, sticky_cuda_error
@@ -120,6 +120,8 @@ class DiskFull(RuntimeError):
 
 
 DISK_FULL = "disk_full"  # the report key the driver's stopper looks for
+# The trials row's figures of the kept model in a trial's last report (beside robustness_figures)
+FINAL_FIELDS = ("clean_acc", "valid_acc", "best_epoch")
 
 
 def train_one(config: dict[str, Any], *, configs: dict[str, dict[str, Any]], sweep_dir: str, threads: int,
@@ -132,8 +134,30 @@ def train_one(config: dict[str, Any], *, configs: dict[str, dict[str, Any]], swe
         tune.report({DISK_FULL: 1.0, "ok": 0.0, "error": str(exc)[:300]})
         return
     ok = row.get("status") == "ok"
-    tune.report({**numeric({"clean_acc": row.get("clean_acc"), "valid_acc": row.get("valid_acc")}),
+    # the last report: the kept model's figures (TensorBoard's HParams takes its metric columns from it)
+    tune.report({**numeric({name: row.get(name) for name in FINAL_FIELDS}),
+                 **(robustness_figures(sweep_dir, cfg.trial_id) if ok else {}),
                  "ok": float(ok), **({} if ok else {"error": row["error"][:300]})})
+
+
+def robustness_figures(sweep_dir: str, trial_id: str) -> dict[str, float]:
+    """The trial's robustness at a glance for its last report (TensorBoard, the trackers' summaries):
+    `robust/<attack>/<metric>`, the mean over repeats (and corruption variants) at the attack's largest eps or
+    severity; an attack without eps (boundary) gives the mean of its rows."""
+
+    def eps(row) -> float:
+        return -1.0 if row["eps"] is None or math.isnan(row["eps"]) else row["eps"]
+
+    rows = [r for r in read_trial(sweep_dir, "robustness", trial_id) or [] if r.get("value") is not None]
+    largest: dict[tuple[str, str], float] = {}
+    for row in rows:
+        key = (row["attack"], row["metric"])
+        largest[key] = max(largest.get(key, eps(row)), eps(row))
+    values: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if eps(row) == largest[(row["attack"], row["metric"])]:
+            values.setdefault((row["attack"], row["metric"]), []).append(float(row["value"]))
+    return numeric({f"robust/{attack}/{metric}": sum(v) / len(v) for (attack, metric), v in values.items()})
 
 
 def train_unit(config: dict[str, Any], *, units: dict[str, list[dict[str, Any]]], sweep_dir: str, threads: int,

@@ -53,6 +53,7 @@ class Runner:
     max_concurrent: int | None
     progress_every: float = 10.0
     stopper: Any = None      # DiskFullStopper, made on first use (it needs Ray)
+    trackers: tuple = ()     # the spec's experiment trackers as Tune callbacks (run.track), on every phase
 
     @property
     def threads(self) -> int:
@@ -61,7 +62,7 @@ class Runner:
     def run_config(self, name: str, units=lambda trial: 1, extra_callbacks=()):
         from ray import tune
 
-        from orchestrator.run.callbacks import ProgressCallback
+        from orchestrator.run.callbacks import ProgressCallback, TensorBoardHparams
 
         if self.stopper is None:
             self.stopper = disk_full_stopper()
@@ -69,7 +70,7 @@ class Runner:
             name=f"{self.stamp}_{name}", storage_path=self.storage, verbose=0, stop=self.stopper,
             failure_config=tune.FailureConfig(max_failures=self.retries, fail_fast=False),
             callbacks=[ProgressCallback(self.progress, units=units, interval=self.progress_every),
-                       *extra_callbacks])
+                       TensorBoardHparams(), *extra_callbacks, *self.trackers])
 
     def check_disk(self) -> None:
         """After a Tuner: a full disk ends the launch with one line naming the folder."""
@@ -169,6 +170,7 @@ def disk_full_stopper():
 
 # The fields every Tune trial shows, in this order; fields a phase varies (a grid over width, lr, ...) follow.
 SHOWN_FIELDS = ("role", "task", "reg_data", "target", "range", "th", "alpha", "seed")
+SETTING = "setting"  # the Tune config key of a trial's setting: its name without the seed (tune_params)
 # Short names in readable trial names (trial_mnist-mnist_th0.2_a4_s3); other varying fields use their own name.
 SHORT = {"alpha": "a", "seed": "s"}
 
@@ -181,20 +183,27 @@ def varying(configs: list[TrialConfig]) -> list[str]:
 
 
 def tune_params(configs: list[TrialConfig]) -> list[dict[str, Any]]:
-    """One flat Tune config per trial: trial_id (what train_one runs), SHOWN_FIELDS and the varying fields."""
+    """One flat Tune config per trial: trial_id (what train_one runs), SHOWN_FIELDS, the varying fields, and the
+    trial's `setting` (its name without the seed: what groups a setting's seeds in the trackers, run.track)."""
     extra = varying(configs)
-    return [{"trial_id": c.trial_id, **{k: getattr(c, k) for k in (*SHOWN_FIELDS, *extra)}} for c in configs]
+    out = []
+    for c in configs:
+        params = {"trial_id": c.trial_id, **{k: getattr(c, k) for k in (*SHOWN_FIELDS, *extra)}}
+        out.append({**params, SETTING: trial_name(params, extra, seed=False)})
+    return out
 
 
-def trial_name(params: dict[str, Any], extra: list[str]) -> str:
-    """trial_mnist-mnist_th0.2_a4_s3, baseline_mnist_s3, fgsm_source_mnist_s1000 (+ _width8 for a width grid)."""
+def trial_name(params: dict[str, Any], extra: list[str], seed: bool = True) -> str:
+    """trial_mnist-mnist_th0.2_a4_s3, baseline_mnist_s3, fgsm_source_mnist_s1000 (+ _width8 for a width grid);
+    `seed=False`: the setting's name, the same for all its seeds (trial_mnist-mnist_th0.2_a4)."""
     parts = [params["role"]]
     if params["alpha"] > 0:
         parts += [f"{safe(params['task'])}-{safe(params['reg_data'])}", f"th{params['th']:g}",
                   f"a{params['alpha']:g}"]
     else:
         parts.append(safe(params["task"]))
-    parts.append(f"s{params['seed']}")
+    if seed:
+        parts.append(f"s{params['seed']}")
     parts += [f"{SHORT.get(k, k)}{safe(str(params[k]))}" for k in extra]
     return "_".join(parts)
 

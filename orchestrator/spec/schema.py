@@ -29,6 +29,7 @@ from orchestrator.spec.fields import (
     source_attacks,
     unknown_field_message,
 )
+from orchestrator.spec.track import Track
 from pixelreg_core.config import RANGES, TARGETS, ConfigError, TrialConfig, demo_attacks
 from pixelreg_core.targets.ranges import inside_th_bounds
 
@@ -229,6 +230,7 @@ class SweepSpec(_Strict):
     fgsm_source_seed: int = Field(default=1000, ge=0)
     # P(chosen) at or above which a choice of (Th, alpha) counts as decided (best.parquet `decided`)
     confidence: float = Field(default=DEFAULT_CONFIDENCE, gt=0, lt=1)
+    track: Track = Field(default_factory=Track)  # experiment trackers (orchestrator.spec.track); off by default
 
     _source: str = PrivateAttr(default="<spec>")
     _text: str = PrivateAttr(default="")  # the spec that runs, as YAML text (load_spec: the file, or with overrides)

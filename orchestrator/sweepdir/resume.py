@@ -42,7 +42,7 @@ from pixelreg_core.config import NON_IDENTITY_FIELDS, TrialConfig
 
 # Fields that are not part of what a sweep computes: left out of the fingerprint, like NON_IDENTITY_FIELDS for ids.
 # `confidence` only says how sure a finished choice must be to count as decided; a folder keeps its fingerprint.
-NON_FINGERPRINT_KEYS = ("data_root", "download", "resources", "max_failures", "confidence")
+NON_FINGERPRINT_KEYS = ("data_root", "download", "resources", "max_failures", "confidence", "track")
 
 
 def spec_fingerprint(spec: SweepSpec) -> str:
