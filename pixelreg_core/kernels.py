@@ -27,12 +27,11 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 # channels_last on CPU: the narrowest stage (`width` channels) and the smallest feature map (the input side after
-# the three stride-2 stages) it is allowed at. A CPU channels-last backward corrupted the heap once at width 4 on
-# 28 x 28 ("corrupted double-linked list") and at width 8 on 8 x 8 digits, whose last stage is 1 x 1; with torch
-# 2.14.1 neither crashed in 30 probe runs (widths 2-16, 8 x 8 and 28 x 28, 1 and 2 threads, MALLOC_CHECK_=3), and
-# the gradients differ from the plain layout's by float reassociation only (docs/performance.md). The layout is
-# allowed only away from both reported shapes; the quickstart's (width 8, 28 x 28: last map 4 x 4) is 0.8x the
-# plain step time there.
+# the three stride-2 stages) it is allowed at. A CPU channels-last backward has corrupted the heap ("corrupted
+# double-linked list") at width 4 on 28 x 28 and at width 8 on 8 x 8 digits, whose last stage is 1 x 1. It does not
+# reproduce with torch 2.14.1, but nothing explains why it stopped, so the layout stays away from both shapes.
+# Where it is allowed, its gradients differ from the plain layout's by float reassociation only, and the
+# quickstart's shape (width 8, 28 x 28: last map 4 x 4) gains from it (docs/performance.md).
 CPU_CHANNELS_LAST_MIN_WIDTH = 8
 
 

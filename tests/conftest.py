@@ -113,6 +113,16 @@ def tiny(**changes) -> TrialConfig:
     return cfg.unregularized("fgsm_source" if cfg.role == "fgsm_source" else "baseline") if cfg.alpha == 0 else cfg
 
 
+# the step, pair and kernel tests' trial: regularized at (Th 0.2, alpha 4) with half of TINY's images, a short attack
+REGULARIZED = dict(train_images=128, test_images=64, reg_images=100, alpha=4, th=0.2,
+                   attacks={"gaussian": {"images": 32, "num_eps": 2}})
+
+
+def tiny_reg(**changes) -> TrialConfig:
+    """tiny() with REGULARIZED, then `changes`."""
+    return tiny(**{**REGULARIZED, **changes})
+
+
 # =================================================================================================================
 # orchestrator: a tiny sweep spec (launch, resume, local Ray, MPS, S3, cluster tests)
 # =================================================================================================================
@@ -154,16 +164,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
-@pytest.fixture()
-def one_thread():
-    """Torch on one thread for the test, restored after: the numbers of the core tests do not depend on the
-    machine's core count, and two engineers' test runs do not fight over the CPU."""
+@contextlib.contextmanager
+def torch_threads(count: int = 1):
+    """Torch on `count` threads inside the block, the thread count restored after: the numbers of the core tests
+    do not depend on the machine's core count, and two test runs on one machine do not fight over the CPU. For a
+    module-scoped fixture; a test uses `one_thread`."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def one_thread():
+    """Torch on one thread for the test (torch_threads)."""
+    with torch_threads(1):
+        yield
 
 
 # =================================================================================================================

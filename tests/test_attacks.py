@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads
 
 from benchmarks.fit import quick_fit
 from pixelreg_core import attacks
@@ -20,15 +21,17 @@ from pixelreg_core.data.bundle import prepare_data
 from pixelreg_core.model import save_checkpoint
 from pixelreg_core.results import SCHEMAS, key_values, to_arrow
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)
     cfg = TrialConfig(task="digits", width=4, seed=0, alpha=0.0, device="cpu", attacks={})
     data = prepare_data(cfg)
-    model = quick_fit(cfg, data, 150)
-    source_cfg = TrialConfig(task="digits", width=4, seed=1, alpha=0.0, role="fgsm_source", device="cpu")
-    source = quick_fit(source_cfg, data, 150)
+    with torch_threads(1):
+        model = quick_fit(cfg, data, 150)
+        source_cfg = TrialConfig(task="digits", width=4, seed=1, alpha=0.0, role="fgsm_source", device="cpu")
+        source = quick_fit(source_cfg, data, 150)
     ckpt = tmp_path_factory.mktemp("ckpt") / "source.pt"
     save_checkpoint(source, source_cfg, str(ckpt))
     own = tmp_path_factory.mktemp("own") / "own.pt"

@@ -36,7 +36,7 @@ def finished(ray_session, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def launch(spec: Path, root: Path) -> int:
-    return cli.main(["launch", str(spec), "--results", str(root), "--progress-every", "60"])
+    return cli.main(["launch", str(spec), "--results", str(root), "--progress-every", "60", "--no-figures"])
 
 
 def copy_of(finished: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:

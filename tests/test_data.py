@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 from PIL import Image
 
 from pixelreg_core.config import ConfigError, TrialConfig
@@ -40,10 +41,9 @@ def write_idx_pair(folder: Path, prefix: str, x: np.ndarray, y: np.ndarray, gz: 
 
 
 def tiny_cfg(**changes) -> TrialConfig:
-    base = dict(task="digits", reg_data="digits", alpha=1.0, th=0.2, reg_images=50, train_images=200,
-                test_images=100, seed=0)
-    base.update(changes)
-    return TrialConfig(**base)
+    """conftest's tiny trial with the data sizes these tests count on (and TrialConfig's valid_fraction)."""
+    return tiny(**{"alpha": 1.0, "th": 0.2, "reg_images": 50, "train_images": 200, "test_images": 100,
+                   "valid_fraction": TrialConfig.valid_fraction, **changes})
 
 
 # ------------------------------------------------------------------------------------------------ digits

@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import conftest
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_reg
 
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import DataBundle, augment_batch, prepare_data
@@ -23,14 +23,6 @@ from pixelreg_core.model import build_model
 from pixelreg_core.targets.builders import similarity_loss
 from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import PlacedData, batch_starts, evaluate_split, learning_rate, step_losses, train, train_epoch
-
-# a regularized tiny trial with half the images of conftest's TINY
-CHANGES = dict(train_images=128, test_images=64, reg_images=100, alpha=4, th=0.2, attacks={"gaussian": {"images": 32}})
-
-
-def tiny(**changes) -> TrialConfig:
-    return conftest.tiny(**{**CHANGES, **changes})
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -86,7 +78,7 @@ def test_a_matrix_targets_draw_copies_nothing_between_host_and_device(kind, tmp_
     from test_targets import save_matrix_files
 
     _, sim, imgs = save_matrix_files(tmp_path, 12, 12)
-    cfg = tiny(target=kind, matrix=sim, matrix_images=imgs)  # pair_draw: without_replacement, the default
+    cfg = tiny_reg(target=kind, matrix=sim, matrix_images=imgs)  # pair_draw: without_replacement, the default
     target = build_target(cfg, torch.empty(4, 1, 8, 8, device="meta"), None)
     assert {t.device.type for t in (target.matrix, target.images, target.order.position)} == {"meta"}
     with count_host_reads() as reads:
@@ -100,16 +92,16 @@ def test_a_matrix_targets_draw_copies_nothing_between_host_and_device(kind, tmp_
 @pytest.mark.parametrize("changes", [{}, {"alpha": 0}, {"target": "categorical", "sim_layer": 1}],
                          ids=["regularized", "baseline", "categorical-fixed-layer"])
 def test_host_reads_per_epoch_do_not_grow_with_the_number_of_steps(changes):
-    short = reads_per_epoch(tiny(**changes, train_images=128))  # 4 steps per epoch
-    long = reads_per_epoch(tiny(**changes, train_images=256))  # 8 steps per epoch
+    short = reads_per_epoch(tiny_reg(**changes, train_images=128))  # 4 steps per epoch
+    long = reads_per_epoch(tiny_reg(**changes, train_images=256))  # 8 steps per epoch
     assert short == long
     assert max(long[1:]) <= 10  # a handful per epoch (the step numbers, validation, test, sim_corr), not per step
 
 
 def test_augmentation_and_rejection_sampling_add_no_reads_per_step():
-    data = prepare_data(tiny())
+    data = prepare_data(tiny_reg())
     for n in (128, 256):
-        cfg = tiny(range="high", th=0.6, train_images=n, epochs=1)
+        cfg = tiny_reg(range="high", th=0.6, train_images=n, epochs=1)
         bundle = prepare_data(cfg)
         bundle.augment = True
         target = build_target(cfg, bundle.reg_x, bundle.reg_y)
@@ -170,7 +162,7 @@ def reference_train(cfg: TrialConfig, data: DataBundle, model, target) -> list[d
                          ids=["regularized", "baseline", "high-range-fixed-layer"])
 @pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
 def test_the_sync_free_loop_gives_exactly_the_numbers_of_the_plain_loop(changes, augment):
-    cfg = tiny(**changes)
+    cfg = tiny_reg(**changes)
     data = prepare_data(cfg)
     data.augment = augment
     result, model = run_train(cfg, data=data)
@@ -187,7 +179,7 @@ def test_the_sync_free_loop_gives_exactly_the_numbers_of_the_plain_loop(changes,
 def test_a_non_finite_loss_stops_at_its_epoch_before_any_weights_are_kept():
     seen = []
     with pytest.raises(ConfigError, match=r"the loss became (nan|inf|-inf) at epoch 1, step \d+ .*lower lr or alpha"):
-        run_train(tiny(lr=1e12, epochs=2), on_epoch=seen.append)
+        run_train(tiny_reg(lr=1e12, epochs=2), on_epoch=seen.append)
     assert seen == []  # no epoch was validated, reported or kept
 
 
@@ -210,16 +202,16 @@ def test_eight_bit_images_are_stored_as_uint8_and_come_back_bit_for_bit():
 
 
 def test_kernel_options_are_not_part_of_the_trial_id_and_are_validated():
-    plain = tiny()
-    fast = tiny(amp=True, channels_last=True, fused_sgd=True, cudnn_benchmark=True, compile="reduce-overhead")
+    plain = tiny_reg()
+    fast = tiny_reg(amp=True, channels_last=True, fused_sgd=True, cudnn_benchmark=True, compile="reduce-overhead")
     assert plain.trial_id == fast.trial_id and fast.to_dict()["amp"] is True  # recorded, but not identity
     with pytest.raises(ConfigError, match="compile"):
-        tiny(compile="fast").validate()
+        tiny_reg(compile="fast").validate()
 
 
 def test_amp_runs_the_forward_in_bf16_and_still_learns():
-    plain, _ = run_train(tiny(epochs=2))
-    amp, model = run_train(tiny(epochs=2, amp=True))
+    plain, _ = run_train(tiny_reg(epochs=2))
+    amp, model = run_train(tiny_reg(epochs=2, amp=True))
     for a, p in zip(amp.epochs, plain.epochs, strict=True):
         assert math.isfinite(a["loss_cls"]) and math.isfinite(a["loss_sim"])
         assert a["loss_cls"] == pytest.approx(p["loss_cls"], rel=0.1)
@@ -245,7 +237,7 @@ def test_amp_keeps_s_cnn_in_float32_where_bf16_would_round_the_cosines():
     # bf16 near 1 has steps of 1/256: 0.9990 -> 1.0 and 0.9975 -> 0.99609 if the weighted sum ran under autocast
     cosines = [0.9990, 0.9975, 0.9990, 0.9975, 0.9990]
     # eval: the (zero) feature means are used as they are; joint: one `features` call returns both halves' layers
-    model = build_model(tiny(pair_bn="joint"), 1, 10).eval()
+    model = build_model(tiny_reg(pair_bn="joint"), 1, 10).eval()
     model.features = lambda x: (None, pair_layers(cosines))
     x = torch.zeros(1, 1, 8, 8)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
@@ -256,7 +248,7 @@ def test_amp_keeps_s_cnn_in_float32_where_bf16_would_round_the_cosines():
 
 def test_amp_updates_the_feature_means_in_float32():
     # bf16 layer outputs 1 and 1 + 2^-7 (adjacent bf16 values): their mean 1 + 2^-8 is no bf16 value
-    model = build_model(tiny(), 1, 10).train()
+    model = build_model(tiny_reg(), 1, 10).train()
     h = torch.tensor([1.0, 1.0 + 2**-7]).to(torch.bfloat16)[:, None, None, None]
     model.features = lambda x: (None, [h.repeat(1, c, 1, 1) for c in CHANNELS])
     x = torch.zeros(1, 1, 8, 8)
@@ -277,18 +269,18 @@ def test_amp_evaluates_clean_accuracy_in_float32_as_the_attacks_run(monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "evaluate_split", spy)
-    run_train(tiny(epochs=1, amp=True))
+    run_train(tiny_reg(epochs=1, amp=True))
     assert calls and not any(calls)  # validation and test splits in float32
 
 
 def test_fused_sgd_and_the_cuda_only_options_train_on_cpu():
-    plain, plain_model = run_train(tiny(epochs=1))
-    fused, fused_model = run_train(tiny(epochs=1, fused_sgd=True))
+    plain, plain_model = run_train(tiny_reg(epochs=1))
+    fused, fused_model = run_train(tiny_reg(epochs=1, fused_sgd=True))
     assert fused.epochs[0]["loss_cls"] == pytest.approx(plain.epochs[0]["loss_cls"], rel=1e-4)
     for a, b in zip(plain_model.parameters(), fused_model.parameters(), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
     # channels_last and cudnn_benchmark act on CUDA only: on CPU the numbers are exactly the plain ones
-    cl, _ = run_train(tiny(epochs=1, channels_last=True, cudnn_benchmark=True))
+    cl, _ = run_train(tiny_reg(epochs=1, channels_last=True, cudnn_benchmark=True))
     assert [dict(r, seconds=0) for r in cl.epochs] == [dict(r, seconds=0) for r in plain.epochs]
     assert torch.backends.cudnn.benchmark is False  # restored after the trial
 
@@ -299,8 +291,8 @@ def test_tf32_is_an_explicit_kernel_option_and_off_is_plain_float32_on_cuda(tf32
     from pixelreg_core.kernels import kernel_settings, tf32_enabled
 
     before = tf32_enabled()
-    cfg = tiny(tf32=tf32)
-    assert cfg.trial_id == tiny().trial_id  # a kernel option: not part of the trial id
+    cfg = tiny_reg(tf32=tf32)
+    assert cfg.trial_id == tiny_reg().trial_id  # a kernel option: not part of the trial id
     with kernel_settings(cfg, torch.device("cuda")):
         assert tf32_enabled() == (tf32, tf32)
     assert tf32_enabled() == before  # restored
@@ -321,7 +313,7 @@ def test_tf32_never_reads_the_legacy_flags_once_the_new_api_was_used():
         conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision = "tf32", "ieee"  # as a library might
         with pytest.raises(RuntimeError):
             torch.backends.cudnn.allow_tf32  # noqa: B018 - the read that must not happen
-        with kernel_settings(tiny(tf32=False), torch.device("cuda")):
+        with kernel_settings(tiny_reg(tf32=False), torch.device("cuda")):
             assert tf32_enabled() == (False, False)
         assert conv.fp32_precision == "tf32"
     finally:
@@ -357,7 +349,7 @@ def test_the_kernel_settings_hold_for_the_whole_trial(tmp_path, monkeypatch):
     monkeypatch.setattr(trial, "kernel_settings", counted)
     monkeypatch.setattr(train, "evaluate_split", spy("evaluate_split", train.evaluate_split))
     monkeypatch.setattr(attacks, "evaluate", spy("attacks", attacks.evaluate))
-    cfg = tiny(epochs=1, select_untrained=True)
+    cfg = tiny_reg(epochs=1, select_untrained=True)
     assert trial.run_trial(cfg, tmp_path)["status"] == "ok"
     assert {name for name, _ in seen} == {"evaluate_split", "attacks"}
     assert all(d >= 1 for _, d in seen), seen
@@ -392,10 +384,10 @@ def test_compile_keeps_one_graph_per_trial_despite_the_short_last_batch_and_earl
     def count(row):
         graphs.append(len(_debug_get_cache_entry_list(step_losses.__code__)))
 
-    assert len(prepare_data(tiny(train_images=120)).train_x) % 32 != 0  # a short last batch in every epoch
+    assert len(prepare_data(tiny_reg(train_images=120)).train_x) % 32 != 0  # a short last batch in every epoch
     # trials one after another in one process, as a reused Ray actor runs them; each differs in a guarded value
     for changes in ({}, {"sim_layer": 2}, {"alpha": 0}, {"amp": True}):
-        cfg = tiny(compile="default", train_images=120, **changes)
+        cfg = tiny_reg(compile="default", train_images=120, **changes)
         run_train(cfg, on_epoch=count)
     assert graphs == [1] * 8
     assert len(_debug_get_cache_entry_list(step_losses.__code__)) == 0  # freed once the trial is over
@@ -408,7 +400,7 @@ def test_compile_giving_up_is_one_warning(monkeypatch, capfd):
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     fn = torch.compile(lambda x: x * 2, backend="eager")
-    with compile_session(tiny(compile="default")):
+    with compile_session(tiny_reg(compile="default")):
         for dtype in (torch.float32, torch.float64, torch.float16):  # each dtype is a recompile
             fn(torch.ones(2, dtype=dtype))
     lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: compile:")]
@@ -424,7 +416,7 @@ def test_skipped_cuda_graphs_are_one_warning(capfd):
     from pixelreg_core.kernels import compile_session
 
     # (the log line is watched too, but torch's logging setup may stop its propagation: the counter is the check)
-    with compile_session(tiny(compile="reduce-overhead")):
+    with compile_session(tiny_reg(compile="reduce-overhead")):
         counters["inductor"]["cudagraph_skips"] += 1
     lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: compile:")]
     assert len(lines) == 1 and "skipped CUDA graphs" in lines[0]
@@ -436,14 +428,14 @@ def test_a_cuda_trial_refuses_in_one_line_what_its_gpu_or_image_cannot_run(monke
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "a GPU without bf16")
-    with pytest.raises(ConfigError) as err, kernels.kernel_settings(tiny(amp=True), torch.device("cuda")):
+    with pytest.raises(ConfigError) as err, kernels.kernel_settings(tiny_reg(amp=True), torch.device("cuda")):
         pass
     assert err.value.field == "amp" and "no bf16" in str(err.value) and "\n" not in str(err.value)
     monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
-    with pytest.raises(ConfigError) as err, kernels.kernel_settings(tiny(compile="default"), torch.device("cuda")):
+    with pytest.raises(ConfigError) as err, kernels.kernel_settings(tiny_reg(compile="default"), torch.device("cuda")):
         pass
     assert err.value.field == "compile" and "C compiler" in str(err.value)
-    with kernels.kernel_settings(tiny(compile="default", amp=True), torch.device("cpu")):  # CPU: none of it applies
+    with kernels.kernel_settings(tiny_reg(compile="default", amp=True), torch.device("cpu")):  # CPU: none of it applies
         pass
 
 
@@ -452,13 +444,13 @@ def test_channels_last_acts_on_cpu_only_away_from_the_shapes_that_crashed():
 
     cpu, cuda_device, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert [smallest_feature_map(s) for s in (8, 16, 28, 32)] == [1, 2, 4, 4]
-    asked = tiny(channels_last=True)
+    asked = tiny_reg(channels_last=True)
     assert uses_channels_last(asked.replace(width=8), cpu, 28)          # the quickstart's shape
     assert uses_channels_last(asked.replace(width=16), cpu, 32)
     assert not uses_channels_last(asked.replace(width=4), cpu, 28)      # crashed: width 4 on 28 x 28
     assert not uses_channels_last(asked.replace(width=8), cpu, 8)       # crashed: width 8 on 8 x 8 (last map 1 x 1)
     assert not uses_channels_last(asked.replace(width=8), cpu, None)    # shape unknown: off
-    assert not uses_channels_last(tiny(width=8), cpu, 28)               # not asked
+    assert not uses_channels_last(tiny_reg(width=8), cpu, 28)           # not asked
     assert uses_channels_last(asked, cuda_device) and not uses_channels_last(asked.replace(width=8), mps, 28)
 
 
@@ -466,17 +458,18 @@ CPU_CHANNELS_LAST_RUN = """
 import sys, torch
 import torch.nn.functional as F
 sys.path.insert(0, {tests!r})
-from test_gpu_step import mnist_like, run_train, tiny
+from conftest import tiny_reg
+from test_gpu_step import mnist_like, run_train
 from pixelreg_core.model import build_model
 torch.set_num_threads(1)
 data = mnist_like(n_train=192, n_test=64)
-plain, _ = run_train(tiny(width=8, epochs=1), data=data)
-cl, model = run_train(tiny(width=8, epochs=1, channels_last=True), data=data)
+plain, _ = run_train(tiny_reg(width=8, epochs=1), data=data)
+cl, model = run_train(tiny_reg(width=8, epochs=1, channels_last=True), data=data)
 assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)  # the layout really acted
 losses, grads = [], []
 for layout in (torch.contiguous_format, torch.channels_last):  # one step from the same weights
     torch.manual_seed(0)
-    net = build_model(tiny(width=8), 1, 10).to(memory_format=layout).train()
+    net = build_model(tiny_reg(width=8), 1, 10).to(memory_format=layout).train()
     loss = F.cross_entropy(net(data.train_x[:64].contiguous(memory_format=layout)), data.train_y[:64])
     loss.backward()
     losses.append(loss.item())
@@ -544,7 +537,7 @@ def idx_folder(folder: Path, n: int = 600, seed: int = 0) -> Path:
 def cuda_tiny(tmp_path: Path, **changes) -> TrialConfig:
     """`tiny` on CUDA, its task and regularization data an IDX folder of generated images (`idx_folder`)."""
     task = f"idx:{idx_folder(tmp_path / 'idx')}"
-    return tiny(task=task, reg_data=task, device="cuda", **changes)
+    return tiny_reg(task=task, reg_data=task, device="cuda", **changes)
 
 
 @pytest.mark.gpu
@@ -633,7 +626,7 @@ def test_cuda_epoch_never_synchronises_with_the_host(case, tmp_path):
     if case in ("matrix", "shuffle-matrix"):
         _, sim, imgs = save_matrix_files(tmp_path, 40, 40)
         changes.update(matrix=sim, matrix_images=imgs)
-    cfg = tiny(task="MNIST", reg_data="MNIST", width=8, batch_size=64, device="cuda", **changes)
+    cfg = tiny_reg(task="MNIST", reg_data="MNIST", width=8, batch_size=64, device="cuda", **changes)
     rows = epoch_twice_without_sync(cfg, structured_like(), torch.device("cuda"))
     assert len(rows) == len(batch_starts(512, 64))
     assert all(math.isfinite(v) for r in rows for v in torch.tensor(r).flatten().tolist())
@@ -701,14 +694,14 @@ def test_a_loaded_split_is_held_once_per_process_and_each_trial_indexes_it():
     from pixelreg_core.data import placement
 
     placement.clear_cache()
-    a, b = prepare_data(tiny(seed=0)), prepare_data(tiny(seed=1))
+    a, b = prepare_data(tiny_reg(seed=0)), prepare_data(tiny_reg(seed=1))
     pa, pb = (PlacedData.of(d, d.reg_x, torch.device("cpu")) for d in (a, b))
     assert pa.train_x.stored is pb.train_x.stored and pa.train_x.index is not None  # one copy, two index sets
     assert pa.reg_x.stored.data_ptr() == pb.reg_x.stored.data_ptr()  # a view of the one cached split
     for data, placed in ((a, pa), (b, pb)):
         assert torch.equal(placed.train_x.all(), data.train_x) and torch.equal(placed.test_x, data.test_x)
         assert torch.equal(placed.reg_x.all(), data.reg_x)
-    changed = prepare_data(tiny(seed=0))
+    changed = prepare_data(tiny_reg(seed=0))
     changed.train_x = changed.train_x.flip(0)  # a bundle changed after loading uses its own tensors
     assert torch.equal(PlacedData.of(changed, changed.reg_x, torch.device("cpu")).train_x.all(), changed.train_x)
 
@@ -734,7 +727,7 @@ def test_the_device_rejection_sampler_reads_nothing_and_draws_only_qualifying_pa
 def test_an_accuracy_attack_reads_once_however_many_batches():
     from pixelreg_core.attacks.noise import noise_accuracy
 
-    model = build_model(tiny(), 1, 10).eval()
+    model = build_model(tiny_reg(), 1, 10).eval()
     x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
     counts = []
     for batch in (8, 32):

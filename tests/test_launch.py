@@ -1,4 +1,5 @@
-"""`orchestrator launch` / `status` end to end through a real Ray Tune, plus the pure helpers.
+"""`orchestrator launch` / `status` end to end through a real Ray Tune, plus the security lines a launch prints
+(orchestrator/localray/start.py).
 
 One local Ray (2 CPUs, no dashboard) serves the whole module: starting Ray costs ~10 s on 2 cores. Sweeps are tiny
 (digits, width 4, 1 epoch, 100 train images, gaussian noise on 20 test images) but real: torch training, Tune
@@ -21,9 +22,6 @@ from conftest import TINY_TRAIN, local_ray, write_spec
 
 from orchestrator import cli
 from orchestrator.localray.start import access_lines, security_warnings
-from orchestrator.plan.resources import concurrent_slots
-from orchestrator.run.objective import score
-from orchestrator.run.progress import Progress
 from pixelreg_core.hooks import faults
 
 
@@ -67,19 +65,26 @@ def trial_ids(spec: Path, root: Path) -> dict[str, str]:
 main = cli.main  # the real console-script entry
 
 
-def launch(spec: Path, root: Path, *extra: str) -> int:
-    return main(["launch", str(spec), "--results", str(root), "--progress-every", "2", *extra])
+def launch(spec: Path, root: Path, *extra: str, figures: bool = False) -> int:
+    """The launch command; without its figures (seconds of matplotlib per launch) unless a test asks for them."""
+    return main(["launch", str(spec), "--results", str(root), "--progress-every", "2", *extra,
+                 *([] if figures else ["--no-figures"])])
 
 
 # ------------------------------------------------------------------------------------------ end to end (Ray)
 
 
-def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, capsys):
-    spec = write_spec(tmp_path)
+def test_tiny_sweep_end_to_end_then_resume_is_a_no_op_and_an_override_grows_it(ray_session, tmp_path, capsys):
+    """A tiny sweep end to end; a relaunch runs nothing; `launch SPEC --results R seeds=3` trains only seed 2's
+    models, the folder records the spec with the override applied and status names it as the current spec; the
+    same override again runs nothing; --fresh starts the folder over. (One launch sequence for all of it: each
+    launch costs seconds of Tune start-up.)"""
+    spec = write_spec(tmp_path, seeds=2)
     root = tmp_path / "results"
-    assert launch(spec, root) == 0
+    assert launch(spec, root, figures=True) == 0
     out = capsys.readouterr().out
     sweep = root / "tiny"
+    assert f"figures: {sweep / 'figures'} (" in out and list((sweep / "figures").iterdir())
     trials = pd.read_parquet(sweep / "trials")
     epochs = pd.read_parquet(sweep / "epochs")
     robustness = pd.read_parquet(sweep / "robustness")
@@ -116,9 +121,29 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert "chosen, as of the last aggregate" in status and "digits / digits / gaussian: " in status
     assert "baseline" in status and "trial" in status
 
+    # a command-line override grows the study: only seed 2's models train
+    assert launch(spec, root, "seeds=3") == 0
+    out = capsys.readouterr().out
+    assert "4 complete from earlier launches, 2 to run" in out and "every trial ok" in out
+    grown = pd.read_parquet(sweep / "trials")
+    assert sorted(grown["seed"]) == [0, 0, 1, 1, 2, 2] and set(grown["status"]) == {"ok"}
+    now = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
+    assert {name: now[name] for name in mtimes} == mtimes  # seeds 0 and 1's models were not trained again
+    recorded = (sweep / "spec.yaml").read_text()
+    assert recorded.startswith(f"# {spec} with overrides: seeds=3\n") and "\nseeds: 3\n" in recorded
+    versions = sorted((sweep / "specs").iterdir())
+    assert len(versions) == 2 and versions[-1].read_text() == recorded
+    assert main(["status", str(sweep)]) == 0
+    status = capsys.readouterr().out
+    assert status.startswith(f"spec: version 2 of 2 (specs/{versions[-1].name}); since version 1: seeds: 3 (was 2)")
+    assert "ok 6; pending 0 of 6" in status
+    assert launch(spec, root, "seeds=3") == 0  # the same override again: nothing to run, no third version
+    assert "6 complete from earlier launches, 0 to run" in capsys.readouterr().out
+    assert len(list((sweep / "specs").iterdir())) == 2
+
     # --fresh starts the folder over (another spec under the same name grows the study instead:
     # test_a_study_grows_by_seeds_points_pairs_and_attacks_and_evaluate_trains_nothing)
-    old_ids = set(trials["trial_id"])
+    old_ids = set(grown["trial_id"])
     second = write_spec(tmp_path, seeds=[0], baseline=False, grid={"th": [0.5], "alpha": [2.0]})
     assert launch(second, root, "--fresh") == 0
     trials = pd.read_parquet(sweep / "trials")
@@ -126,36 +151,7 @@ def test_tiny_sweep_end_to_end_then_resume_is_a_no_op(ray_session, tmp_path, cap
     assert trials["th"].tolist() == [0.5] and trials["status"].tolist() == ["ok"]
 
 
-def test_a_command_line_override_grows_the_study_and_is_the_spec_status_shows(ray_session, tmp_path, capsys):
-    """`launch SPEC --results R seeds=2` after a finished one-seed launch trains only seed 1's models; the folder
-    records the spec with the override applied, and status names it as the current spec."""
-    spec = write_spec(tmp_path, name="grow", seeds=1)
-    root = tmp_path / "results"
-    sweep = root / "grow"
-    assert launch(spec, root) == 0
-    first = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
-    assert len(first) == 2
-    capsys.readouterr()
-    assert launch(spec, root, "seeds=2") == 0
-    out = capsys.readouterr().out
-    assert "2 complete from earlier launches, 2 to run" in out and "every trial ok" in out
-    trials = pd.read_parquet(sweep / "trials")
-    assert sorted(trials["seed"]) == [0, 0, 1, 1] and set(trials["status"]) == {"ok"}
-    now = {p.name: p.stat().st_mtime_ns for p in (sweep / "trials").iterdir()}
-    assert {name: now[name] for name in first} == first  # seed 0's models were not trained again
-    recorded = (sweep / "spec.yaml").read_text()
-    assert recorded.startswith(f"# {spec} with overrides: seeds=2\n") and "\nseeds: 2\n" in recorded
-    versions = sorted((sweep / "specs").iterdir())
-    assert len(versions) == 2 and versions[-1].read_text() == recorded
-    assert main(["status", str(sweep)]) == 0
-    status = capsys.readouterr().out
-    assert status.startswith(f"spec: version 2 of 2 (specs/{versions[-1].name}); since version 1: seeds: 2 (was 1)")
-    assert "ok 4; pending 0 of 4" in status
-    assert launch(spec, root, "seeds=2") == 0  # the same override again: nothing to run, no third version
-    assert "4 complete from earlier launches, 0 to run" in capsys.readouterr().out
-    assert len(list((sweep / "specs").iterdir())) == 2
-
-
+@pytest.mark.slow  # packed training itself: tests/test_pack.py (a packed trial writes what separate runs do)
 def test_seed_packs_write_each_trial_as_an_unpacked_launch_does(ray_session, tmp_path, capsys):
     """`pack: 4`: the 4 regularized trials (2 th x 2 seeds) train as one Tune trial, the 2 baselines as another;
     every trial has its own trials and epochs rows under the id an unpacked launch gives it."""
@@ -395,6 +391,7 @@ def test_optuna_trains_a_points_seeds_as_one_seed_pack(ray_session, tmp_path):
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
 
 
+@pytest.mark.slow  # the rule, fast: tests/test_tune.py (asha_max_t)
 def test_asha_lets_the_longest_trial_of_an_epochs_grid_finish(ray_session, tmp_path):
     """ASHA's max_t comes from the longest trial: with train.epochs 1 and a grid epochs [1, 3], the 3-epoch
     trial must train its 3 epochs and end ok, not be cut at 2 reports and recorded `stopped`."""
@@ -555,14 +552,7 @@ def test_status_of_a_missing_folder_is_a_user_error(tmp_path, capsys):
     assert "no such sweep folder" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------ pure helpers
-
-
-def test_concurrent_slots_take_the_scarcer_resource():
-    assert concurrent_slots(cpus=16, gpus=1, cpu=1, gpu=0.25, cap=None) == 4   # 4 trials share the GPU
-    assert concurrent_slots(cpus=2, gpus=0, cpu=1, gpu=0, cap=None) == 2
-    assert concurrent_slots(cpus=8, gpus=0, cpu=2, gpu=0, cap=3) == 3
-    assert concurrent_slots(cpus=1, gpus=0, cpu=2, gpu=0, cap=None) == 1
+# ------------------------------------------------------------------------------------------ security lines
 
 
 def test_security_warnings_only_when_auth_off_or_dashboard_exposed():
@@ -574,49 +564,3 @@ def test_security_warnings_only_when_auth_off_or_dashboard_exposed():
     assert "0.0.0.0" in bind
     assert "ray get-auth-token" in " ".join(access_lines("127.0.0.1:8265", "token"))
     assert "ray get-auth-token" not in " ".join(access_lines("127.0.0.1:8265", "disabled"))
-
-
-def test_the_progress_log_pickles_after_print_is_replaced(monkeypatch):
-    """Tune pickles its callbacks, and so the progress log, with every Tuner; after a node loss Ray has replaced
-    builtins.print in the driver, and a launch's last phase (deferred evaluations) failed to start."""
-    import builtins
-    import pickle
-
-    from orchestrator.run.progress import Progress
-
-    progress = Progress(total=3, already_done=0, slots=1)
-    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
-    assert pickle.loads(pickle.dumps(progress)).total == 3
-
-
-def test_progress_eta_is_mean_time_times_remaining_over_slots():
-    lines = []
-    progress = Progress(total=10, already_done=2, slots=2, log=lines.append)
-    assert progress.eta() is None and progress.pending == 8
-    progress.done, progress.running, progress.unit_seconds = 2, 2, [10.0, 30.0]
-    assert progress.pending == 4
-    assert progress.eta() == pytest.approx(20.0 * 6 / 2)
-    assert "done 4/10" in progress.line() and "failed 0" in progress.line()
-
-
-def test_progress_eta_counts_the_time_running_trials_have_run():
-    """Between completions the ETA falls with the running trials' elapsed time instead of freezing."""
-    progress = Progress(total=4, already_done=0, slots=2, log=lambda _: None)
-    progress.done, progress.running, progress.unit_seconds = 1, 2, [100.0]
-    progress.running_since = {"a": (0.0, 1), "b": (30.0, 1)}
-    # pending 1: work left (100 - 40) + (100 - 10) + 100 over 2 slots
-    assert progress.eta(now=40.0) == pytest.approx((60 + 90 + 100) / 2)
-    assert progress.eta(now=70.0) == pytest.approx((30 + 60 + 100) / 2)
-    assert progress.eta(now=70.0) < progress.eta(now=40.0)
-    # a trial past the mean has nothing left; the longest running trial bounds the ETA from below
-    progress.running_since = {"a": (0.0, 1), "b": (30.0, 3)}
-    progress.running = 4
-    progress.total = 5
-    assert progress.eta(now=130.0) == pytest.approx(max((0 + 200 + 0) / 2, 200.0))
-
-
-def test_search_score_prefers_every_feasible_point():
-    assert score(clean_ratio=0.95, robust_ratio=1.3, min_clean_ratio=0.9) == 1.3
-    infeasible = score(clean_ratio=0.5, robust_ratio=5.0, min_clean_ratio=0.9)
-    assert infeasible < 0 < score(0.9, 0.01, 0.9)
-    assert score(0.8, 5.0, 0.9) > score(0.5, 5.0, 0.9)  # graded: closer to feasible is better

@@ -205,6 +205,7 @@ def test_packs_group_trials_that_differ_only_in_seed_th_alpha():
         tiny(pack=0).validate()
 
 
+@pytest.mark.slow  # a benchmark smoke, as benchmarks/gpu.py --smoke is: the packed step itself is tested above
 def test_the_pack_benchmark_prints_both_columns(tmp_path):
     """benchmarks/bench_pack.py at toy size (its figures are for a GPU session; here only that it runs)."""
     import subprocess

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import copy
 
-import conftest
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_reg
 
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.data.bundle import prepare_data, split_train_valid
@@ -22,15 +22,6 @@ from pixelreg_core.targets.pairs import WINDOW_STEPS, PairSampler, shuffled_inde
 from pixelreg_core.targets.registry import build_target
 from pixelreg_core.train import PlacedData, step_losses, train, train_epoch
 from pixelreg_core.trial import run_trial
-
-# a regularized tiny trial with fewer images than conftest's TINY
-CHANGES = dict(train_images=128, test_images=64, reg_images=60, alpha=4, th=0.2,
-               attacks={"gaussian": {"images": 32, "num_eps": 2}})
-
-
-def tiny(**changes) -> TrialConfig:
-    return conftest.tiny(**{**CHANGES, **changes})
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -59,7 +50,7 @@ def test_select_default_is_the_authors_lowest_validation_loss_on_their_valid_fra
                                           ("valid_images", 0)])
 def test_bad_values_name_their_field(field, value):
     with pytest.raises(ConfigError) as err:
-        tiny(**{field: value}).validate()
+        tiny_reg(**{field: value}).validate()
     assert err.value.field == field
 
 
@@ -92,7 +83,7 @@ def joint_reference(model, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
 def test_pair_bn_joint_is_bit_identical_to_the_single_pass():
     xa, xb = pair_inputs()
     torch.manual_seed(0)
-    model = build_model(tiny(pair_bn="joint"), 1, 10).train()
+    model = build_model(tiny_reg(pair_bn="joint"), 1, 10).train()
     reference = copy.deepcopy(model)
     assert torch.equal(model.pair_similarity(xa, xb), joint_reference(reference, xa, xb))
     for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
@@ -103,7 +94,7 @@ def test_pair_bn_joint_is_bit_identical_to_the_single_pass():
 def test_pair_bn_split_normalises_each_half_on_its_own():
     xa, xb = pair_inputs()
     torch.manual_seed(0)
-    split = build_model(tiny(), 1, 10).train()
+    split = build_model(tiny_reg(), 1, 10).train()
     joint = copy.deepcopy(split)
     joint.pair_bn = "joint"
     manual = copy.deepcopy(split)
@@ -132,8 +123,8 @@ def reads_per_epoch(cfg: TrialConfig) -> list[int]:
 
 @pytest.mark.parametrize("draw", ["without_replacement", "with_replacement"])
 def test_pair_bn_split_keeps_the_step_free_of_host_reads(draw):
-    short = reads_per_epoch(tiny(train_images=64, pair_bn="split", pair_draw=draw))  # 2 steps per epoch
-    long = reads_per_epoch(tiny(train_images=128, pair_bn="split", pair_draw=draw))  # 4 steps per epoch
+    short = reads_per_epoch(tiny_reg(train_images=64, pair_bn="split", pair_draw=draw))  # 2 steps per epoch
+    long = reads_per_epoch(tiny_reg(train_images=128, pair_bn="split", pair_draw=draw))  # 4 steps per epoch
     assert short == long
 
 
@@ -202,7 +193,7 @@ def test_with_replacement_repeats_pairs_within_a_pass():
 
 
 def test_categorical_and_matrix_targets_follow_the_order_too():
-    cfg = tiny(target="categorical")
+    cfg = tiny_reg(target="categorical")
     labels = torch.arange(8) % 3
     target = CategoricalTarget(labels, order=all_pairs_order(cfg, 8, labels.device))
     drawn = []
@@ -211,7 +202,7 @@ def test_categorical_and_matrix_targets_follow_the_order_too():
         assert torch.equal(s, (labels[i] == labels[j]).float())
         drawn += list(zip(i.tolist(), j.tolist(), strict=True))
     assert sorted(drawn) == [(a, b) for a in range(8) for b in range(a + 1, 8)]
-    assert all_pairs_order(tiny(pair_draw="with_replacement"), 8, labels.device) is None
+    assert all_pairs_order(tiny_reg(pair_draw="with_replacement"), 8, labels.device) is None
 
 
 @pytest.mark.parametrize("range_, enumerate_below", [("all", None), ("high", 0.0), ("high", 1.0)])
@@ -224,12 +215,12 @@ def test_drawing_in_order_reads_nothing_back_to_the_host(range_, enumerate_below
 
 
 def test_the_pair_order_is_fixed_by_the_seed_and_resumes_from_its_state():
-    cfg = tiny()
+    cfg = tiny_reg()
     data = prepare_data(cfg)
     first, again = build_target(cfg, data.reg_x, data.reg_y), build_target(cfg, data.reg_x, data.reg_y)
     a = [first.sample(4)[0].tolist() for _ in range(3)]
     assert a == [again.sample(4)[0].tolist() for _ in range(3)]
-    other = build_target(tiny(seed=1), data.reg_x, data.reg_y)
+    other = build_target(tiny_reg(seed=1), data.reg_x, data.reg_y)
     assert a != [other.sample(4)[0].tolist() for _ in range(3)]
     resumed = build_target(cfg, data.reg_x, data.reg_y)
     resumed.load_state_dict(first.state_dict())
@@ -255,9 +246,9 @@ def test_the_windowed_order_draws_the_indices_each_draw_computed_alone(range_, e
                            order_seed=5)
     restored.load_state_dict(windowed.state_dict())
     assert draw(restored, 30, 4) == draw(reference, 30, 4)
-    target = CategoricalTarget(torch.arange(30) % 3, order=all_pairs_order(tiny(target="categorical"), 30,
+    target = CategoricalTarget(torch.arange(30) % 3, order=all_pairs_order(tiny_reg(target="categorical"), 30,
                                                                              torch.device("cpu")))
-    plain = CategoricalTarget(torch.arange(30) % 3, order=all_pairs_order(tiny(target="categorical"), 30,
+    plain = CategoricalTarget(torch.arange(30) % 3, order=all_pairs_order(tiny_reg(target="categorical"), 30,
                                                                             torch.device("cpu")))
     plain.order.window = old_window(plain.order)
     assert [target.sample(3)[0].tolist() for _ in range(WINDOW_STEPS + 5)] == \
@@ -269,7 +260,7 @@ def test_the_pair_draw_is_at_most_5_percent_of_a_steps_operators(target, range_)
     # Operator counts are rounding-free: the same on every CPU and on a GPU, where each is a kernel launch.
     # benchmarks/bench_ops.py prints them for every draw, range and target kind; before the window the default
     # draw was 1,426 of 2,809 operators per step (51%).
-    cfg = tiny(target=target, range=range_, th=0.2, width=8, batch_size=32, train_images=64)
+    cfg = tiny_reg(target=target, range=range_, th=0.2, width=8, batch_size=32, train_images=64)
     data = prepare_data(cfg)
     model = build_model(cfg, data.in_channels, data.num_classes)
     built = build_target(cfg, data.reg_x, data.reg_y)
@@ -310,7 +301,7 @@ def unlearnable_validation(cfg: TrialConfig):
 
 @pytest.mark.parametrize("untrained", [True, False])
 def test_the_untrained_model_is_chosen_when_no_epoch_beats_it(untrained):
-    cfg = tiny(alpha=0, select_untrained=untrained, valid_fraction=0.2)
+    cfg = tiny_reg(alpha=0, select_untrained=untrained, valid_fraction=0.2)
     data = unlearnable_validation(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, 1, data.num_classes)
@@ -328,7 +319,7 @@ def test_the_untrained_model_is_chosen_when_no_epoch_beats_it(untrained):
 def test_validating_the_untrained_model_leaves_training_unchanged():
     runs = []
     for untrained in (True, False):
-        cfg = tiny(select_untrained=untrained)
+        cfg = tiny_reg(select_untrained=untrained)
         torch.manual_seed(cfg.seed)
         data = prepare_data(cfg)
         model = build_model(cfg, 1, data.num_classes)
@@ -339,7 +330,7 @@ def test_validating_the_untrained_model_leaves_training_unchanged():
 
 @pytest.mark.parametrize("select", ["valid_acc", "last"])
 def test_select_rules(select):
-    cfg = tiny(alpha=0, epochs=3, select=select)
+    cfg = tiny_reg(alpha=0, epochs=3, select=select)
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)
     result = train(cfg, data, build_model(cfg, 1, data.num_classes), None, torch.device("cpu"))
@@ -355,7 +346,7 @@ def test_valid_images_holds_out_that_many_and_the_trials_row_records_it(tmp_path
     assert len(valid_idx) == 300 and len(train_idx) == 500 and not set(train_idx.tolist()) & set(valid_idx.tolist())
     with pytest.raises(ConfigError, match="valid_images"):
         split_train_valid(100, 0.01, None, seed=0, valid_images=100)
-    row = run_trial(tiny(alpha=0, epochs=1, valid_images=40), tmp_path)
+    row = run_trial(tiny_reg(alpha=0, epochs=1, valid_images=40), tmp_path)
     assert row["valid_images"] == 40 and 0 <= row["best_epoch"] <= 1
-    row = run_trial(tiny(alpha=0, epochs=1), tmp_path)
+    row = run_trial(tiny_reg(alpha=0, epochs=1), tmp_path)
     assert row["valid_images"] == round(0.1 * 143)  # valid_fraction of the images in use (128 / 0.9 -> 143)

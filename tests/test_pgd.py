@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_TRAIN, tiny, tiny_spec
+from conftest import TINY_TRAIN, tiny, tiny_spec, torch_threads
 
+from benchmarks.fit import quick_fit
 from orchestrator.errors import UserError
 from orchestrator.spec.expand import expand
 from orchestrator.spec.load import parse_spec
@@ -16,24 +17,28 @@ from pixelreg_core.attacks import pgd
 from pixelreg_core.attacks.accuracy import accuracy
 from pixelreg_core.attacks.base import eps_list
 from pixelreg_core.data.bundle import prepare_data
-from pixelreg_core.model import load_checkpoint
+from pixelreg_core.model import load_checkpoint, save_checkpoint
 from pixelreg_core.results import checkpoint_path
 from pixelreg_core.trial import run_trial
 
 EPS = [0.0, 0.15, 0.3, 0.5]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A source and an evaluated model (digits, width 4), the evaluated one attacked by transferred PGD."""
-    torch.set_num_threads(1)
+    """A source fitted in seconds (benchmarks/fit.py) and a model trained and evaluated by a real trial (digits,
+    width 4), the evaluated one attacked by transferred PGD from the source."""
     out = tmp_path_factory.mktemp("pgd")
-    source_cfg = tiny(seed=1000, alpha=0.0, role="fgsm_source", epochs=6, train_images=None, attacks={})
-    run_trial(source_cfg, out)
-    cfg = tiny(seed=0, alpha=0.0, role="baseline", epochs=6, train_images=None,
+    source_cfg = tiny(seed=1000, alpha=0.0, role="fgsm_source", train_images=None, attacks={})
+    cfg = tiny(seed=0, alpha=0.0, role="baseline", epochs=3, train_images=None,
                fgsm_source=checkpoint_path(out, source_cfg.trial_id),
                attacks={"pgd_transfer": {"eps": EPS, "images": 96}})
-    run_trial(cfg, out)
+    with torch_threads(1):
+        source = quick_fit(source_cfg, prepare_data(source_cfg), 150)
+        save_checkpoint(source, source_cfg, cfg.fgsm_source)
+        run_trial(cfg, out)
     return out, cfg, source_cfg
 
 

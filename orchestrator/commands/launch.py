@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser, fresh: bool = True) -> None:
                         help="run at most N trials at once (default: as many as the resources allow)")
     parser.add_argument("--progress-every", type=float, default=10.0, metavar="S",
                         help="seconds between progress lines (default 10)")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="aggregate without drawing the figures (seconds per launch; `orchestrator aggregate` "
+                             "or `report` draws them later)")
     parser.add_argument("--mps", action="store_true",
                         help="run a CUDA MPS daemon for the launch, so trials packed on one GPU share it "
                              "(needs nvidia-cuda-mps-control and a local Ray)")
@@ -103,7 +106,7 @@ def _run(args: argparse.Namespace, plan: Plan, done: list[TrialConfig], todo: li
         log(f"  {len(missing)} evaluation(s) of trained models failed, e.g. {missing[0]} (a relaunch runs them)")
     if failed:
         log(f"  see their errors with: orchestrator status {plan.sweep_dir}")
-    report_outputs(plan.sweep_dir, log)
+    report_outputs(plan.sweep_dir, log, figures=not getattr(args, "no_figures", False))
     for line in racelog.describe(racelog.read(plan.sweep_dir)):
         log(line)
     return max(exit_code(trial_statuses(plan.sweep_dir)), 1 if missing else 0)  # 1 after failures
@@ -137,8 +140,8 @@ def missing_after(plan: Plan) -> list[str]:
             for name in missing_evaluations(plan.sweep_dir, c, finished)]
 
 
-def report_outputs(sweep_dir: str, log) -> None:
-    """Aggregate and say where everything is."""
+def report_outputs(sweep_dir: str, log, figures: bool = True) -> None:
+    """Aggregate (with the figures unless figures=False) and say where everything is."""
     if is_uri(sweep_dir):
         log(f"results: {sweep_dir} (tables trials, epochs, robustness, spectrum; "
             f"orchestrator.load(URI) reads them)")
@@ -147,7 +150,7 @@ def report_outputs(sweep_dir: str, log) -> None:
     from orchestrator.analysis.aggregate import aggregate_sweep
 
     try:
-        result = aggregate_sweep(sweep_dir)
+        result = aggregate_sweep(sweep_dir, figures=figures)
     except UserError as exc:
         log(f"aggregate skipped: {exc}")
         return
