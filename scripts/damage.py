@@ -7,8 +7,9 @@ versions, race.json, figures; the report and Tune's own logs aside), a copy of t
 overwritten with 100 random bytes; then `orchestrator status`, `aggregate`, `report` and `orchestrator.load()` run
 on the copy, each in its own process. A run passes when no output holds a traceback and each exits 0 or 2 (2: one
 `error:` line, for a file the command cannot do without, such as spec.yaml). With --relaunch-each-kind, for the
-first file of each kind (each table, a checkpoint, spec.yaml) `orchestrator launch SPEC --results COPY-ROOT` must
-then end 0 with every trial of the original back. Prints one line per file and a total; exit 1 on any failure.
+first file of each kind that holds results (each table, the compacted tables, a checkpoint, spec.yaml, a spec
+version) `orchestrator launch SPEC --results COPY-ROOT` must then end 0 with every model and every (model, attack)
+evaluation of the original back. Prints one line per file and a total; exit 1 on any failure.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = ("tune/", "report.html", "quarantine/", ".tmp/")
+# the kinds of file a relaunch has to restore (the rest, summary, best and figures, `aggregate` writes again)
+RELAUNCH_KINDS = ("trials", "epochs", "robustness", "spectrum", "checkpoints", "compact", "spec.yaml", "specs")
+
+
+# after the relaunch: the copy holds every model and (model, attack) evaluation the original holds
+RESTORED = """import orchestrator, sys
+a, b = orchestrator.load(sys.argv[1]), orchestrator.load(sys.argv[2])
+assert set(a.trials.trial_id) == set(b.trials.trial_id), "models lost"
+pairs = lambda r: set(zip(r.robustness.trial_id, r.robustness.attack))
+assert pairs(a) == pairs(b), "evaluations lost"
+"""
 
 
 def run(args: list[str], env: dict[str, str]) -> tuple[int, str]:
@@ -56,15 +68,12 @@ def main() -> int:
             for name in ("status", "aggregate", "report"):
                 results[name] = run(["-m", "orchestrator.cli", name, str(copy)], env)
             results["load"] = run(["-c", f"import orchestrator; orchestrator.load({str(copy)!r})"], env)
-            if args.relaunch_each_kind and kind(relative) not in kinds_relaunched:
+            if args.relaunch_each_kind and kind(relative) in RELAUNCH_KINDS and kind(relative) not in kinds_relaunched:
                 kinds_relaunched.add(kind(relative))
                 code, out = run(["-m", "orchestrator.cli", "launch", str(args.spec), "--results", str(root),
                                  "--no-dashboard"], env)
                 if code == 0:
-                    code, out = run(["-c", "import orchestrator, sys; a = orchestrator.load(sys.argv[1]).trials; "
-                                     "b = orchestrator.load(sys.argv[2]).trials; "
-                                     "assert set(a.trial_id) == set(b.trial_id), 'trials lost'",
-                                     str(copy), str(args.sweep)], env)
+                    code, out = run(["-c", RESTORED, str(copy), str(args.sweep)], env)
                 results["relaunch"] = (code, out)
             bad = {name: (code, out) for name, (code, out) in results.items()
                    if "Traceback" in out or code not in (0, 2) or (name == "relaunch" and code != 0)}

@@ -301,3 +301,13 @@ def test_wandb_offline_needs_no_api_key(tmp_path, monkeypatch):
     (online,) = tracker_callbacks(Track(wandb={"mode": "online"}), "sweep")
     with pytest.raises(ValueError, match="No WandB API key found"):
         online.setup()
+
+
+def test_the_launch_says_where_each_tracker_writes():
+    from orchestrator.run.track import tracker_callbacks, trackers_line
+    from orchestrator.spec.track import Track
+
+    track = Track(wandb={"mode": "offline", "project": "p"}, mlflow={"tracking_uri": "sqlite:///m.db"})
+    assert trackers_line(tracker_callbacks(track, "sweep")) == (
+        "trackers: wandb, mlflow: one run per Tune trial, a setting's seeds grouped; W&B project p (each trial's "
+        "folder under tune/); MLflow experiment sweep at sqlite:///m.db")

@@ -79,11 +79,10 @@ def make_runner(plan: Plan, args: argparse.Namespace, session, n_total: int, n_d
         f"Tune logs and TensorBoard files: {storage}")
     trackers: tuple = ()
     if plan.spec.track.any:
-        from orchestrator.run.track import tracker_callbacks
+        from orchestrator.run.track import tracker_callbacks, trackers_line
 
         trackers = tuple(tracker_callbacks(plan.spec.track, plan.spec.name))
-        log(f"trackers: {', '.join(n for n in ('wandb', 'mlflow') if getattr(plan.spec.track, n))} (one run per "
-            "Tune trial, a setting's seeds grouped)")
+        log(trackers_line(trackers))
     runner = Runner(sweep_dir=plan.sweep_dir, storage=storage, stamp=dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
                     cpu=resources.cpu, gpu=resources.gpu, retries=plan.spec.max_failures, slots=slots,
                     progress=progress, max_concurrent=args.max_concurrent, progress_every=args.progress_every,

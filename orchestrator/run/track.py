@@ -126,3 +126,18 @@ def tracker_callbacks(track: Track, sweep: str) -> list:
         out.append(MlflowBySetting(tracking_uri=uri, experiment_name=track.mlflow.experiment_name or sweep,
                                    tags={"sweep": sweep}))
     return out
+
+
+def trackers_line(callbacks: list) -> str:
+    """`trackers: wandb, mlflow (...)`: the launch's line saying where each tracker's runs go."""
+    where = []
+    for callback in callbacks:
+        if isinstance(callback, WandbBySetting):
+            mode = callback.kwargs.get("mode", "online")
+            place = "each trial's folder under tune/" if mode == "offline" else mode
+            where.append(f"W&B project {callback.project} ({place})")
+        elif isinstance(callback, MlflowBySetting):
+            uri = callback.tracking_uri or "MLflow's default tracking URI"
+            where.append(f"MLflow experiment {callback.experiment_name} at {uri}")
+    names = ", ".join("wandb" if isinstance(c, WandbBySetting) else "mlflow" for c in callbacks)
+    return f"trackers: {names}: one run per Tune trial, a setting's seeds grouped; {'; '.join(where)}"
