@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, tiny
+from conftest import TINY, tiny, torch_threads
 
 from pixelreg_core import cli
 from pixelreg_core.config import ConfigError, TrialConfig
@@ -228,12 +228,9 @@ def test_a_run_time_config_error_leaves_a_failed_row_when_asked(tmp_path):
 
 
 def test_run_trial_leaves_the_thread_count_as_it_found_it(tmp_path):
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         run_trial(tiny(epochs=1), tmp_path)  # num_threads=1 for this trial only
         assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(1)
 
 
 def test_a_matrix_target_brings_its_images_and_needs_none_from_reg_data(tmp_path):
