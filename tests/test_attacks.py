@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -163,21 +164,32 @@ def test_evaluate_refuses_the_model_as_its_own_source(setup):
         attacks.evaluate(setup["model"], setup["data"], cfg, None)
 
 
-def test_fgsm_cache_is_hit_on_second_use(setup, tmp_path, monkeypatch):
+def test_fgsm_cache_is_hit_on_second_use_and_a_damaged_entry_is_set_aside(setup, tmp_path, monkeypatch, capsys):
     computed = []  # images whose gradient signs were computed, per call
     real = fgsm.gradient_signs
     monkeypatch.setattr(fgsm, "gradient_signs",
                         lambda source, x, y, *a: computed.append(len(y)) or real(source, x, y, *a))
     cfg = _cfg(setup, fgsm_transfer={})
-    first, _ = attacks.evaluate(setup["model"], setup["data"], cfg, tmp_path)
+    cache = tmp_path / "fgsm_cache"  # as a sweep folder holds it
+    first, _ = attacks.evaluate(setup["model"], setup["data"], cfg, cache)
     assert computed == [len(setup["data"].test_y)]
-    assert len(list((tmp_path / "fgsm_signs").glob("*.npy"))) == 1
+    assert len(entries := list((cache / "fgsm_signs").glob("*.npy"))) == 1
     # another trial (other seed) of the same task, other eps: same cache entry, no gradient computed
     other = cfg.replace(seed=5, attacks={"fgsm_transfer": {"eps": [0.05, 0.1]}})
-    attacks.evaluate(setup["model"], setup["data"], other, tmp_path)
-    second, _ = attacks.evaluate(setup["model"], setup["data"], cfg, tmp_path)
+    attacks.evaluate(setup["model"], setup["data"], other, cache)
+    second, _ = attacks.evaluate(setup["model"], setup["data"], cfg, cache)
     assert computed == [len(setup["data"].test_y)]
     assert first == second and len(first) == 10
+    # random bytes in the entry: one line names it, it moves to the folder's quarantine/, the signs are computed
+    # again and stored, and the rows are the same
+    entries[0].write_bytes(os.urandom(100))
+    capsys.readouterr()
+    third, _ = attacks.evaluate(setup["model"], setup["data"], cfg, cache)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"fgsm_cache/fgsm_signs/{entries[0].name}: unreadable" in lines[0], lines
+    assert (tmp_path / "quarantine" / "fgsm_cache" / "fgsm_signs" / entries[0].name).read_bytes() != b""
+    assert computed == [len(setup["data"].test_y)] * 2 and third == first
+    assert np.load(entries[0]).shape[0] == len(setup["data"].test_y)
 
 
 def test_boundary_adversarials_are_misclassified_and_scored_by_their_distance(setup):

@@ -31,7 +31,7 @@ from torch import nn
 
 from pixelreg_core.config import ConfigError, TrialConfig
 from pixelreg_core.model import checkpoint_from_bytes
-from pixelreg_core.results import join, read_bytes, write_bytes
+from pixelreg_core.results import join, quarantine, read_bytes, write_bytes
 
 FIELD = "fgsm_source"
 
@@ -114,8 +114,14 @@ def cached_input(source: Source, kind: str, test_sha: str, cache_dir: str | os.P
     path = join(cache_dir, kind, f"{key}.npy")
     data = read_bytes(path)
     if data is not None:
-        cached = torch.from_numpy(np.load(io.BytesIO(data)))
-        if tuple(cached.shape) == tuple(shape):
+        try:
+            cached = torch.from_numpy(np.load(io.BytesIO(data)))
+        except (ValueError, EOFError, OSError) as exc:  # a damaged file: set aside with one line, crafted again
+            parent, _, folder = str(cache_dir).rstrip("/").rpartition("/")
+            quarantine(parent or ".", f"{folder}/{kind}/{key}.npy", exc, f"the {kind} crafted on source "
+                       f"{source.sha256[:12]}", "computed again now")
+            cached = None
+        if cached is not None and tuple(cached.shape) == tuple(shape):
             return cached
     value = compute()
     buffer = io.BytesIO()
