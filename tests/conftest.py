@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,51 @@ import yaml
 
 from pixelreg_core.config import TrialConfig
 from pixelreg_core.results import key_values, write_table
+
+# =================================================================================================================
+# the run: the fast tier on two worker processes (pytest-xdist; pyproject's addopts say `-n auto`)
+# =================================================================================================================
+LAUNCH_MODULES = ("tests/test_launch.py", "tests/test_damaged.py")  # the in-process launches on a local Ray
+
+
+def pytest_xdist_auto_num_workers(config):
+    """How many processes `-n auto` starts. The core tests run torch on one thread (`one_thread`), so one process
+    leaves a second core idle; two use it (the fast tier's times, one process and two: docs/performance.md). More
+    would not help much: the in-process launches, one work unit, are the longest.
+    Any other selection runs in one process: the slow tier (`-m slow`), whose launches, kills and clusters each
+    use every core; `-m gpu`, whose tests must not share the GPU; `-m float`, a few tests. The environment's
+    PYTEST_XDIST_AUTO_NUM_WORKERS decides first."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    if config.option.collectonly or config.option.markexpr != "not slow":
+        return 0
+    return min(2, os.cpu_count() or 1)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """A test module is one work unit, run start to end by one worker, so its fixtures (a trained model, a local
+    Ray) are made once, as in a one-process run; LAUNCH_MODULES are one unit together, handed out first: the
+    longest, and one local Ray at a time (two `ray.init` at once on a fresh machine would both write
+    ~/.ray/auth_token). xdist's own `--dist loadgroup` cannot say this: pytest 9 ignores the node ids it renames."""
+    if config.option.dist != "load":  # a --dist the user chose
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "launches" if module in LAUNCH_MODULES else module
+
+    config.option.loadscopereorder = False  # the collection's order, launches first (below)
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The launches first (see pytest_xdist_make_scheduler); then the `gpu` marker's promise (pyproject.toml): a
+    test marked gpu is skipped where no CUDA device is visible, so no test file writes its own skip."""
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LAUNCH_MODULES)  # stable: the rest keep order
+    skip_gpu_tests(items)
+
 
 # =================================================================================================================
 # orchestrator: a hand-made sweep folder (aggregate, figures, report, results, the search objective)
@@ -151,9 +197,7 @@ def write_spec(directory: Path, name: str = "tiny", **overrides) -> Path:
 # =================================================================================================================
 # core: torch on one thread; the `gpu` marker
 # =================================================================================================================
-def pytest_collection_modifyitems(config, items):
-    """The `gpu` marker's promise (pyproject.toml): a test marked gpu is skipped where no CUDA device is visible,
-    so no test file writes its own skip."""
+def skip_gpu_tests(items):
     gpu_tests = [item for item in items if "gpu" in item.keywords]
     if not gpu_tests:
         return
@@ -220,9 +264,12 @@ def s3_root():
 
 @contextlib.contextmanager
 def local_ray():
-    """A small local Ray for tests that run trials through Tune in-process (2 CPUs, no dashboard)."""
+    """A small local Ray for tests that run trials through Tune in-process: no dashboard, 2 CPUs, or 1 where the
+    fast tier runs on two workers (the other worker's tests use the second core; 2 would put three busy
+    processes on two cores)."""
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    cpus = 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         yield ray
     finally:

@@ -1,7 +1,7 @@
 """`orchestrator launch` / `status` end to end through a real Ray Tune, plus the security lines a launch prints
 (orchestrator/localray/start.py).
 
-One local Ray (2 CPUs, no dashboard) serves the whole module: starting Ray costs ~10 s on 2 cores. Sweeps are tiny
+One local Ray (tests/conftest.py's local_ray) serves the whole module: starting Ray takes seconds. Sweeps are tiny
 (digits, width 4, 1 epoch, 100 train images, gaussian noise on 20 test images) but real: torch training, Tune
 scheduling, Parquet files. These launches run in this process, a few seconds each, so they are in the fast tier:
 they are the only tests of launch.py and orchestrator/run/ (the `slow` tier has the launches in their own
@@ -271,7 +271,8 @@ def test_injected_faults_are_retried_from_the_last_epoch_or_fail_at_once(ray_ses
 
 def test_models_train_while_their_fgsm_source_trains_and_a_failed_source_blocks_only_its_evaluations(
         ray_session, tmp_path, inject, capsys):
-    """No idle slot (issue 18): the source trains alongside the other models; a transferred evaluation waits for
+    """No idle slot (issue 18): the source is one phase with the other models, which train beside it where Ray has
+    a second slot (not under the fast tier's two workers: conftest.local_ray); a transferred evaluation waits for
     the source's checkpoint. A source that fails blocks only the evaluations that need it: the models train, their
     other attacks run, their trials rows say why fgsm_transfer is missing, the launch exits 1; a relaunch trains
     the source and runs just those evaluations."""
@@ -452,6 +453,7 @@ def test_a_gpu_sweep_that_ray_cannot_place_stops_at_once_with_exit_2(ray_session
     assert err.startswith("error: ") and "resources.gpu" in err and "in Ray" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # a Ray of its own, in its own process
 def test_the_local_ray_is_told_the_gpus_torch_sees(tmp_path):
     # A fresh process (no Ray session of this module's): torch is made to report 2 GPUs, which this CPU machine's
     # Ray would never detect by itself; the local Ray must carry them as its GPU resource.
