@@ -23,6 +23,12 @@ from pixelreg_core.results import key_values, write_table
 LAUNCH_MODULES = ("tests/test_launch.py", "tests/test_damaged.py")  # the in-process launches on a local Ray
 
 
+def work_unit(nodeid: str) -> str:
+    """What a test runs with on one worker: its module, or "launches" for every test of LAUNCH_MODULES."""
+    module = nodeid.split("::")[0]
+    return "launches" if module in LAUNCH_MODULES else module
+
+
 def pytest_xdist_auto_num_workers(config):
     """How many processes `-n auto` starts. The core tests run torch on one thread (`one_thread`), so one process
     leaves a second core idle; two use it (the fast tier's times, one process and two: docs/performance.md). More
@@ -48,8 +54,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return "launches" if module in LAUNCH_MODULES else module
+            return work_unit(nodeid)
 
     config.option.loadscopereorder = False  # the collection's order, launches first (below)
     return ByModule(config, log)
@@ -58,7 +63,7 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_modifyitems(config, items):
     """The launches first (see pytest_xdist_make_scheduler); then the `gpu` marker's promise (pyproject.toml): a
     test marked gpu is skipped where no CUDA device is visible, so no test file writes its own skip."""
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LAUNCH_MODULES)  # stable: the rest keep order
+    items.sort(key=lambda item: work_unit(item.nodeid) != "launches")  # stable: the rest keep their order
     skip_gpu_tests(items)
 
 

@@ -280,7 +280,7 @@ def test_minimal_linf_eps_is_adversarial(setup):
     assert ((adv - x[correct]).flatten(1).abs().amax(1) <= eps + 1e-6).all()
 
 
-@pytest.mark.slow  # numba compiles Brendel-Bethge on first use, the longest test of the fast tier it was in
+@pytest.mark.slow  # numba compiles Brendel-Bethge on first use: longer than any fast test takes
 def test_brendel_bethge_minimal_l2(setup):
     opts = resolve("minimal_l2", {"images": 8, "steps": 20})
     x, y = setup["data"].test_x[:8], setup["data"].test_y[:8]

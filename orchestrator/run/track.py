@@ -41,17 +41,18 @@ def _swapped(obj, name: str, value):
 @contextlib.contextmanager
 def _environ(name: str, value: str | None):
     """The environment variable `name` set to `value` for the duration (untouched when value is None)."""
+    if value is None:
+        yield
+        return
     before = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
+    os.environ[name] = value
     try:
         yield
     finally:
-        if value is not None:
-            if before is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = before
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 class FlushedWandbActor(_WandbLoggingActor):
@@ -130,14 +131,15 @@ def tracker_callbacks(track: Track, sweep: str) -> list:
 
 def trackers_line(callbacks: list) -> str:
     """`trackers: wandb, mlflow (...)`: the launch's line saying where each tracker's runs go."""
-    where = []
+    names, where = [], []
     for callback in callbacks:
         if isinstance(callback, WandbBySetting):
             mode = callback.kwargs.get("mode", "online")
             place = "each trial's folder under tune/" if mode == "offline" else mode
+            names.append("wandb")
             where.append(f"W&B project {callback.project} ({place})")
         elif isinstance(callback, MlflowBySetting):
             uri = callback.tracking_uri or "MLflow's default tracking URI"
+            names.append("mlflow")
             where.append(f"MLflow experiment {callback.experiment_name} at {uri}")
-    names = ", ".join("wandb" if isinstance(c, WandbBySetting) else "mlflow" for c in callbacks)
-    return f"trackers: {names}: one run per Tune trial, a setting's seeds grouped; {'; '.join(where)}"
+    return f"trackers: {', '.join(names)}: one run per Tune trial, a setting's seeds grouped; {'; '.join(where)}"
