@@ -3,9 +3,10 @@ left running however the launch ends (SIGKILL then relaunch, SIGTERM).
 
 One test, two launches of the same tiny sweep (each starts a local Ray: 15-60 s on a busy 2-core machine):
 A runs; while it runs its Ray listens only on 127.0.0.1, a second launch is refused naming A, and status works.
-Once A has finished a trial and is past the first epoch of the next, it is killed with SIGKILL: some of its Ray
-survives. B takes A's stale lock over and stops what A left, finishes the trial A was running from its last epoch
-checkpoint, never reruns or duplicates what A finished, and is ended with SIGTERM, leaving nothing running. (The
+Once A has finished a trial and is past the first epoch of the next, A is frozen (SIGSTOP) and its driver killed
+with SIGKILL: some of its Ray survives, stopped. B takes A's stale lock over and stops what A left, finishes the
+trial A was running from its last epoch checkpoint, never reruns or duplicates what A finished, and is ended with
+SIGTERM, leaving nothing running. Both run with --max-concurrent 1 on a 2-CPU Ray: one trial at a time. (The
 normal end runs the same `finally` as SIGTERM; test_launch's sweeps end normally.)
 """
 
@@ -75,6 +76,29 @@ def interrupted(sweep: Path) -> set[str]:
     return {p.stem for p in running.glob("*.pt") if not p.name.startswith(".")} - done if running.is_dir() else set()
 
 
+def freeze(pid: int) -> list[psutil.Process]:
+    """SIGSTOP a launch and every process below it (its Ray: GCS, raylet, the worker running the trial); the
+    driver first, so it starts nothing new meanwhile."""
+    driver = psutil.Process(pid)
+    driver.suspend()
+    procs = [driver]
+    for proc in driver.children(recursive=True):
+        try:
+            proc.suspend()
+            procs.append(proc)
+        except psutil.Error:
+            continue
+    return procs
+
+
+def thaw(procs: list[psutil.Process]) -> None:
+    for proc in reversed(procs):
+        try:
+            proc.resume()
+        except psutil.Error:
+            continue
+
+
 def tree(pid: int) -> list[dict]:
     procs = psutil.Process(pid).children(recursive=True)
     return [{"pid": p.pid, "started": p.create_time(), "name": p.name()} for p in procs if p.is_running()]
@@ -121,14 +145,21 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
         assert cli.main(["status", str(sweep)]) == 0
 
         # SIGKILL the driver only (as the OOM killer would), once a trial is finished and another past its first
-        # epoch; part of its Ray outlives it
-        wait_for(lambda: finished(sweep) and interrupted(sweep), a, tmp_path / "a.log",
-                 "A's first finished trial and another one's first epoch")
+        # epoch; part of its Ray outlives it. A tiny trial's last epochs take well under a second, so A is frozen
+        # first: what it finished and what it cut short cannot change between the test's look and the kill.
+        for _ in range(3):
+            wait_for(lambda: finished(sweep) and interrupted(sweep), a, tmp_path / "a.log",
+                     "A's first finished trial and another one's first epoch")
+            frozen = freeze(a.pid)
+            if interrupted(sweep):
+                break
+            thaw(frozen)  # the trial finished between the look and the freeze: wait for the next one
         recorded = lock_record(sweep)["ray"]
+        done_by_a, cut_short = finished(sweep), interrupted(sweep)
         os.kill(a.pid, signal.SIGKILL)
         a.wait()
         time.sleep(2)
-        done_by_a, cut_short = finished(sweep), interrupted(sweep)
+        assert (finished(sweep), interrupted(sweep)) == (done_by_a, cut_short)  # the frozen leftovers wrote nothing
         rows_by_a = pd.read_parquet(sweep / "trials").set_index("trial_id")["finished_at"]
         assert done_by_a and cut_short, "the kill must land mid-sweep, during a trial"
         left_by_a = local_ray.alive(recorded)
@@ -167,6 +198,11 @@ def test_loopback_lock_and_nothing_left_after_sigkill_sigterm_and_a_normal_end(t
     assert len(epochs[epochs["trial_id"].isin(trials["trial_id"])]) == 3 * len(trials)
     robustness = pd.read_parquet(sweep / "robustness")
     assert not robustness.duplicated(["trial_id", "attack", "eps", "repeat", "metric"]).any()
+    # --max-concurrent 1 on a 2-CPU Ray: one trial at a time (finished_at is whole seconds, hence the 1 s)
+    end = (pd.to_datetime(trials["finished_at"]) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    spans = trials.assign(end=end).sort_values("end")
+    starts = (spans["end"] - spans["wall_s"]).to_numpy()
+    assert (starts[1:] >= spans["end"].to_numpy()[:-1] - 1.0).all(), spans[["trial_id", "end", "wall_s"]]
     # what A finished, B never ran again: the same files, the same finish times
     assert {name: finished(sweep)[name] for name in done_by_a} == done_by_a
     assert trials.set_index("trial_id").loc[rows_by_a.index, "finished_at"].tolist() == rows_by_a.tolist()

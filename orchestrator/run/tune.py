@@ -131,12 +131,14 @@ class Runner:
         # every key must be in the param space for Tune to accept a preset value; the domains list exactly
         # the preset values, so Tune never samples anything of its own
         space = {key: tune.choice(_distinct(p[key] for p in points)) for key in points[0]}
+        # --max-concurrent goes to the generator itself: Tune ignores TuneConfig.max_concurrent_trials (with only
+        # a log warning) when search_alg is a BasicVariantGenerator, and runs as many trials as resources allow
+        generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=self.max_concurrent or 0)
         tuner = tune.Tuner(
             self.with_resources(trainable),
             param_space=space,
             tune_config=tune.TuneConfig(
-                search_alg=BasicVariantGenerator(points_to_evaluate=points), num_samples=len(points),
-                reuse_actors=True, scheduler=scheduler, max_concurrent_trials=self.max_concurrent,
+                search_alg=generator, num_samples=len(points), reuse_actors=True, scheduler=scheduler,
                 trial_name_creator=lambda t: names[t.config["trial_id"]],
                 trial_dirname_creator=lambda t: f"{names[t.config['trial_id']]}_{t.config['trial_id']}"),
             run_config=self.run_config(name, units=units if counted else (lambda trial: 0),
