@@ -70,10 +70,12 @@ def finished(sweep: Path) -> dict[str, int]:
 
 
 def interrupted(sweep: Path) -> set[str]:
-    """Trials past their first epoch and not finished: what a kill now interrupts."""
+    """Trials past their first epoch and not finished: what a kill now interrupts (a trial's checkpoints are
+    <trial_id>.pt and <trial_id>.best-<epoch>.pt; a name starting with "." is a file being written)."""
     running = sweep / "checkpoints" / "running"
     done = {Path(name).stem for name in finished(sweep)}
-    return {p.stem for p in running.glob("*.pt") if not p.name.startswith(".")} - done if running.is_dir() else set()
+    trials = {p.name.split(".", 1)[0] for p in running.glob("*.pt") if not p.name.startswith(".")}
+    return trials - done if running.is_dir() else set()
 
 
 def freeze(pid: int) -> list[psutil.Process]:
